@@ -1,0 +1,1 @@
+//! InfluxDB v2 sink (issue 4).

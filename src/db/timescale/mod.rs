@@ -1,0 +1,1 @@
+//! TimescaleDB sink (issue 3).

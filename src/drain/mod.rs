@@ -1,0 +1,64 @@
+//! Drainers: replay the log into the sinks.
+//!
+//! Invariant: a sink's cursor advances only past frames whose every record the
+//! sink has confirmed, either written or moved to the dead-letter store. A
+//! failure that confirms nothing leaves the cursor where it was; the same frames
+//! are offered again after a backoff, which is safe because both sinks write
+//! idempotently (Influx overwrites the identical point, Timescale inserts with
+//! `ON CONFLICT DO NOTHING`).
+
+pub mod retry;
+
+use std::future::Future;
+use std::time::Duration;
+
+use crate::record::{Record, RecordKind};
+
+/// How a sink failure should be handled. Each sink's error enum maps itself to one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorClass {
+    /// Outage, timeout, overload: retry the same batch with backoff, forever.
+    Transient,
+    /// The data itself is refused: isolate the offending records, dead-letter
+    /// them, write the rest.
+    Data,
+    /// Credentials, permissions, missing database/bucket: the sink is unhealthy;
+    /// retry slowly, dead-letter nothing.
+    Config,
+}
+
+/// What a successful delivery confirmed. Every record of the batch is either
+/// written or dead-lettered.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Delivery {
+    /// Records the sink stored.
+    pub written: usize,
+    /// Records moved to the dead-letter store with their reason.
+    pub dead_lettered: usize,
+}
+
+/// A delivery that confirmed nothing; the batch must be offered again.
+#[derive(Debug, Clone)]
+pub struct SinkFailure {
+    pub class: ErrorClass,
+    /// Human-readable cause, free of secrets.
+    pub message: String,
+    /// A server-provided wait (HTTP `Retry-After`), honoured by the retry loop.
+    pub retry_after: Option<Duration>,
+}
+
+/// A destination the drainer writes to.
+pub trait Sink: Send {
+    /// Stable name: the cursor name in the log and the `sink` label in metrics.
+    fn name(&self) -> &'static str;
+
+    /// Whether records of this kind go to this sink.
+    fn accepts(&self, kind: RecordKind) -> bool;
+
+    /// Writes one batch (all records accepted by this sink, in log order).
+    ///
+    /// `Ok` confirms every record as written or dead-lettered; `Err` confirms
+    /// nothing. Implementations bound every network call by a deadline.
+    fn deliver(&mut self, batch: &[Record]) -> impl Future<Output = Result<Delivery, SinkFailure>> + Send;
+}

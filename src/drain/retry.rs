@@ -1,0 +1,112 @@
+//! The retry policy, in one place: capped exponential backoff with full jitter,
+//! with a slower cadence for configuration failures (an operator must act) than
+//! for transient ones (the server will come back).
+
+use std::time::Duration;
+
+use rand::Rng;
+
+use super::ErrorClass;
+
+/// Backoff settings for one sink.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryPolicy {
+    /// First wait after a transient failure.
+    pub initial: Duration,
+    /// Largest wait after transient failures.
+    pub max: Duration,
+    /// Wait between attempts while the sink is misconfigured (auth, missing bucket).
+    pub config_interval: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(10),
+            config_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Backoff state across consecutive failures of one sink.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    policy: RetryPolicy,
+    attempt: u32,
+}
+
+impl Backoff {
+    pub fn new(policy: RetryPolicy) -> Self {
+        Backoff { policy, attempt: 0 }
+    }
+
+    /// Consecutive failures so far.
+    pub fn attempts(&self) -> u32 {
+        self.attempt
+    }
+
+    /// Forget past failures (after a success).
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+
+    /// The wait before the next attempt after a failure of `class`; a server's
+    /// `retry_after` is a floor. Never zero, so a failing loop cannot spin.
+    pub fn next_delay(&mut self, class: ErrorClass, retry_after: Option<Duration>) -> Duration {
+        self.attempt = self.attempt.saturating_add(1);
+        let cap = match class {
+            ErrorClass::Config => self.policy.config_interval,
+            _ => {
+                let exp = self.policy.initial.saturating_mul(1u32 << self.attempt.min(20));
+                exp.min(self.policy.max)
+            }
+        };
+        // Full jitter: uniform in [cap/2, cap] for config (keeps the slow cadence
+        // predictable), [0, cap] otherwise; floored at 10 ms.
+        let lo = if class == ErrorClass::Config { cap / 2 } else { Duration::ZERO };
+        let jittered = rand::thread_rng().gen_range(lo..=cap.max(lo));
+        jittered.max(retry_after.unwrap_or_default()).max(Duration::from_millis(10))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delays_grow_are_capped_and_never_zero() {
+        let policy = RetryPolicy {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(2),
+            config_interval: Duration::from_secs(30),
+        };
+        let mut b = Backoff::new(policy);
+        for _ in 0..50 {
+            let d = b.next_delay(ErrorClass::Transient, None);
+            assert!(d >= Duration::from_millis(10) && d <= Duration::from_secs(2), "{d:?}");
+        }
+        assert_eq!(b.attempts(), 50);
+        let d = b.next_delay(ErrorClass::Config, None);
+        assert!(d >= Duration::from_secs(15) && d <= Duration::from_secs(30), "{d:?}");
+        let d = b.next_delay(ErrorClass::Transient, Some(Duration::from_secs(5)));
+        assert!(d >= Duration::from_secs(5), "retry-after is a floor: {d:?}");
+        b.reset();
+        assert_eq!(b.attempts(), 0);
+    }
+
+    #[test]
+    fn jitter_spreads_delays() {
+        let mut b = Backoff::new(RetryPolicy::default());
+        let delays: std::collections::HashSet<_> = (0..20)
+            .map(|_| {
+                b.reset();
+                for _ in 0..5 {
+                    b.next_delay(ErrorClass::Transient, None);
+                }
+                b.next_delay(ErrorClass::Transient, None)
+            })
+            .collect();
+        assert!(delays.len() > 5, "{delays:?}");
+    }
+}

@@ -1,0 +1,12 @@
+//! walrelay: a write-ahead-log buffered relay for market data.
+//!
+//! Every record is appended to a local sled log ([`wal`]) and acknowledged only
+//! once durable; drainers ([`drain`]) replay the log into InfluxDB v2 and
+//! TimescaleDB ([`db`]). See `docs/ARCHITECTURE.md` for the flow and the log's
+//! invariants.
+
+pub mod db;
+pub mod drain;
+pub mod record;
+
+pub use record::{Record, RecordError, RecordKind};

@@ -1,0 +1,7 @@
+//! Shared harness for integration tests: real servers started from the
+//! machine's own binaries, each on a free loopback port, torn down on drop.
+#![allow(dead_code)]
+
+pub mod pg;
+pub mod proxy;
+pub mod vm;

@@ -1,0 +1,1 @@
+//! Throwaway PostgreSQL 15 cluster (filled by the Timescale work).

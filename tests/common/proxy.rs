@@ -1,0 +1,1 @@
+//! Fault-injecting TCP proxy (filled by the Influx work).

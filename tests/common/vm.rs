@@ -1,0 +1,1 @@
+//! VictoriaMetrics speaking the InfluxDB v2 write API (filled by the Influx work).
