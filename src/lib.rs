@@ -8,5 +8,7 @@
 pub mod db;
 pub mod drain;
 pub mod record;
+pub mod wal;
 
 pub use record::{Record, RecordError, RecordKind};
+pub use wal::{Wal, WalConfig, WalError};

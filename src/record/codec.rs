@@ -131,13 +131,11 @@ pub fn decode_record(bytes: &[u8]) -> Result<(Record, usize), CodecError> {
     Ok((record, used + 1))
 }
 
+/// One record of every variant, in tag order (test fixture).
 #[cfg(test)]
-pub(crate) mod tests {
-    use super::*;
-    use crate::record::{BarKind, FieldValue};
-
-    /// One record of every variant, in tag order.
-    pub(crate) fn one_of_each() -> Vec<Record> {
+pub(crate) fn one_of_each() -> Vec<Record> {
+    use super::{BarKind, FieldValue};
+    {
         let ts = 1_764_000_000_123_456_789;
         let (v, s) = ("BINANCE_FUTURES".to_string(), "BTCUSDT".to_string());
         let mut point = Point {
@@ -165,6 +163,11 @@ pub(crate) mod tests {
             Record::Point(point),
         ]
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
 
     #[test]
     fn every_tag_round_trips() {

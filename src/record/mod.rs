@@ -16,7 +16,10 @@ mod codec;
 mod validate;
 
 pub use codec::{decode_record, encode_record, CodecError, RecordTag};
+#[cfg(test)]
+pub(crate) use codec::one_of_each as codec_samples;
 pub use validate::RecordError;
+pub(crate) use validate::now_ns;
 
 use std::collections::BTreeMap;
 

@@ -1,0 +1,156 @@
+//! Settings of the log. Every field states its default and, where it trades
+//! durability for speed, the data-loss window of each choice.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// When an acknowledged append is guaranteed to survive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Default. The writer flushes sled (fsync) before acknowledging a group:
+    /// an acknowledged record survives a process crash *and* power loss.
+    Sync,
+    /// Acknowledge after the in-memory insert, flush at most every `interval_ms`.
+    /// An acknowledged record survives a process crash (sled's buffers are in
+    /// the process, and the kernel keeps written pages), but **power loss or a
+    /// kernel crash may lose the last `interval_ms` milliseconds** of appends.
+    Interval { interval_ms: u64 },
+}
+
+impl Default for Durability {
+    fn default() -> Self {
+        Durability::Sync
+    }
+}
+
+impl<'de> Deserialize<'de> for Durability {
+    /// Accepts `durability = "sync"` or `durability = { interval_ms = 50 }`.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Repr {
+            Name(String),
+            Interval {
+                interval_ms: u64,
+            },
+        }
+        match Repr::deserialize(d).map_err(|_| {
+            serde::de::Error::custom(r#"expected "sync" or { interval_ms = N } with N > 0"#)
+        })? {
+            Repr::Name(s) if s == "sync" => Ok(Durability::Sync),
+            Repr::Name(s) => Err(serde::de::Error::custom(format!(
+                r#"unknown durability "{s}": expected "sync" or {{ interval_ms = N }}"#
+            ))),
+            Repr::Interval { interval_ms: 0 } => Err(serde::de::Error::custom("interval_ms must be > 0")),
+            Repr::Interval { interval_ms } => Ok(Durability::Interval { interval_ms }),
+        }
+    }
+}
+
+/// What `append` does when the log holds `max_bytes`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenFull {
+    /// Default. `append` waits up to `block_timeout` for drainers to free space,
+    /// then fails with [`WalError::Full`](super::WalError::Full); callers turn
+    /// that into backpressure (HTTP 503). Nothing is lost.
+    #[default]
+    Block,
+    /// The oldest frames are deleted to make room; lagging cursors move past
+    /// them. Every dropped record is counted and logged as a warning.
+    DropOldest,
+}
+
+/// Configuration of the write-ahead log (`[wal]` in the TOML file).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WalConfig {
+    /// Directory of the sled store; created with mode 0700. Default `./walrelay-data`.
+    pub dir: PathBuf,
+    /// See [`Durability`]. Default `"sync"`.
+    pub durability: Durability,
+    /// Upper bound of the log's size in bytes (approximate: frame bytes). Default 10 GiB.
+    pub max_bytes: u64,
+    /// See [`WhenFull`]. Default `"block"`.
+    pub when_full: WhenFull,
+    /// How long `append` waits for space under `block`. Default 5000 ms.
+    pub block_timeout_ms: u64,
+    /// sled page-cache bound in bytes. Default 64 MiB.
+    pub cache_bytes: u64,
+    /// A frame is sealed once it holds this many records. Default 1024.
+    pub max_frame_records: usize,
+    /// A frame is sealed once it holds this many payload bytes. Default 256 KiB.
+    pub max_frame_bytes: usize,
+    /// sled segment size (fixed when the log is created; items over a quarter
+    /// of it are stored as separate blob files). Default 8 MiB.
+    pub segment_bytes: usize,
+    /// Sinks whose cursors hold frames back from truncation. Filled from the
+    /// configured sinks by the relay; a frame is deleted once every one of them
+    /// has acknowledged it.
+    #[serde(skip)]
+    pub sinks: Vec<String>,
+}
+
+impl Default for WalConfig {
+    fn default() -> Self {
+        WalConfig {
+            dir: PathBuf::from("walrelay-data"),
+            durability: Durability::Sync,
+            max_bytes: 10 * 1024 * 1024 * 1024,
+            when_full: WhenFull::Block,
+            block_timeout_ms: 5000,
+            cache_bytes: 64 * 1024 * 1024,
+            max_frame_records: 1024,
+            max_frame_bytes: 256 * 1024,
+            segment_bytes: 8 * 1024 * 1024,
+            sinks: Vec::new(),
+        }
+    }
+}
+
+impl WalConfig {
+    /// Defaults with the given directory.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        WalConfig {
+            dir: dir.into(),
+            ..Default::default()
+        }
+    }
+
+    /// Registers the sinks that must deliver a frame before it is truncated.
+    pub fn with_sinks<S: Into<String>>(mut self, sinks: impl IntoIterator<Item = S>) -> Self {
+        self.sinks = sinks.into_iter().map(Into::into).collect();
+        self
+    }
+
+    pub(crate) fn block_timeout(&self) -> Duration {
+        Duration::from_millis(self.block_timeout_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durability_parses_both_forms_and_rejects_others() {
+        #[derive(Deserialize)]
+        struct T {
+            durability: Durability,
+        }
+        let t: T = toml::from_str(r#"durability = "sync""#).unwrap();
+        assert_eq!(t.durability, Durability::Sync);
+        let t: T = toml::from_str("durability = { interval_ms = 25 }").unwrap();
+        assert_eq!(t.durability, Durability::Interval { interval_ms: 25 });
+        assert!(toml::from_str::<T>(r#"durability = "fast""#).is_err());
+        assert!(toml::from_str::<T>("durability = { interval_ms = 0 }").is_err());
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let err = toml::from_str::<WalConfig>("max_byte = 1").unwrap_err();
+        assert!(err.to_string().contains("max_byte"), "{err}");
+    }
+}

@@ -1,0 +1,59 @@
+//! Errors of the write-ahead log.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::record::CodecError;
+
+/// Everything that can go wrong in the log.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WalError {
+    /// The log directory could not be created or its mode set.
+    #[error("cannot prepare log directory {path}: {source}")]
+    Dir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// sled failed (I/O error, corruption it detected, or a bug it reports).
+    #[error("sled {op} failed: {source}")]
+    Sled {
+        op: &'static str,
+        #[source]
+        source: sled::Error,
+    },
+    /// Under `when_full = "block"`, no space was freed within the deadline.
+    /// Retriable: the caller should push back (HTTP 503 with `Retry-After`).
+    #[error("write-ahead log is full ({used} of {max} bytes) and no space was freed within {waited:?}")]
+    Full { used: u64, max: u64, waited: Duration },
+    /// One append is larger than the whole log may ever hold.
+    #[error("append of {bytes} bytes exceeds the log's max_bytes of {max}")]
+    TooLarge { bytes: u64, max: u64 },
+    /// The group commit holding this append failed; nothing of it is acknowledged.
+    #[error("group commit failed: {detail}")]
+    Commit { detail: String },
+    /// The log is closed (shutdown in progress, or the writer thread died).
+    #[error("write-ahead log is closed")]
+    Closed,
+    /// The log on disk was written by a newer walrelay.
+    #[error("log format version {found} is newer than this walrelay supports ({supported})")]
+    UnsupportedVersion { found: u32, supported: u32 },
+    /// A record could not be encoded for the log.
+    #[error("record does not encode: {0}")]
+    Encode(#[from] CodecError),
+    /// A stored value did not parse (dead letter, cursor, meta entry).
+    #[error("corrupt {what} in the log: {detail}")]
+    Corrupt { what: &'static str, detail: String },
+}
+
+impl WalError {
+    /// Whether the same call may succeed later without operator action.
+    pub fn is_retriable(&self) -> bool {
+        matches!(self, WalError::Full { .. })
+    }
+
+    pub(crate) fn sled(op: &'static str) -> impl FnOnce(sled::Error) -> WalError {
+        move |source| WalError::Sled { op, source }
+    }
+}

@@ -1,0 +1,103 @@
+//! Opening the log. The startup sequence, in order:
+//!
+//! 1. Create the directory with mode 0700 (or tighten an existing one).
+//! 2. Open sled with the page-cache bound, the segment size and the background
+//!    flush period of the durability policy. sled replays its own log and
+//!    discards a torn tail: that is sled's contract, tested once as such
+//!    (`tests/crash.rs`), not re-implemented here.
+//! 3. Check the format version in the meta tree: absent means a new log (the
+//!    current version is written), newer than this build is an error.
+//! 4. Load the totals record (`state.rs`). It is missing only in a new log.
+//! 5. Reconcile the next sequence number with the last frame key (one O(log n)
+//!    lookup): totals and frames change in one atomic batch, so a mismatch
+//!    means outside interference; the frames win and a warning is logged.
+//!
+//! What opening does **not** do: scan frames. Startup time does not grow with
+//! the backlog. A frame that fails its CRC or does not decode is found by the
+//! reader that reaches it, moved to the `quarantine` tree with its reason
+//! (counted and logged), and reading continues; `walrelay wal verify` checks
+//! every frame offline. Cursors of sinks that are no longer configured are
+//! kept but do not hold truncation back.
+
+use std::path::Path;
+
+use super::frame::{key_seq, seq_key};
+use super::state::{LogState, STATE_KEY};
+use super::{WalConfig, WalError};
+
+/// The format version this build writes and reads.
+pub(crate) const FORMAT_VERSION: u32 = 1;
+const VERSION_KEY: &[u8] = b"wal/format_version";
+
+pub(crate) struct Store {
+    pub db: sled::Db,
+    pub frames: sled::Tree,
+    pub cursors: sled::Tree,
+    pub meta: sled::Tree,
+    pub dead: sled::Tree,
+    pub quarantine: sled::Tree,
+    pub state: LogState,
+}
+
+fn prepare_dir(dir: &Path) -> Result<(), WalError> {
+    use std::os::unix::fs::PermissionsExt;
+    let err = |source| WalError::Dir { path: dir.to_path_buf(), source };
+    std::fs::create_dir_all(dir).map_err(err)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(err)
+}
+
+pub(crate) fn open_store(config: &WalConfig) -> Result<Store, WalError> {
+    prepare_dir(&config.dir)?;
+    let db = sled::Config::new()
+        .path(&config.dir)
+        .cache_capacity(config.cache_bytes)
+        .segment_size(config.segment_bytes)
+        .flush_every_ms(Some(super::durability::Persist::background_flush_ms(config.durability)))
+        .mode(sled::Mode::HighThroughput)
+        .open()
+        .map_err(WalError::sled("open"))?;
+    let tree = |name: &'static str| db.open_tree(name).map_err(WalError::sled("open tree"));
+    let (frames, cursors, meta, dead, quarantine) =
+        (tree("frames")?, tree("cursors")?, tree("meta")?, tree("dead_letters")?, tree("quarantine")?);
+
+    match meta.get(VERSION_KEY).map_err(WalError::sled("read version"))? {
+        None => {
+            meta.insert(VERSION_KEY, &FORMAT_VERSION.to_le_bytes()).map_err(WalError::sled("write version"))?;
+        }
+        Some(v) => {
+            let found = u32::from_le_bytes(v.as_ref().try_into().map_err(|_| WalError::Corrupt {
+                what: "format version",
+                detail: format!("{} bytes", v.len()),
+            })?);
+            if found > FORMAT_VERSION {
+                return Err(WalError::UnsupportedVersion { found, supported: FORMAT_VERSION });
+            }
+        }
+    }
+
+    let mut state = match frames.get(STATE_KEY).map_err(WalError::sled("read totals"))? {
+        Some(v) => LogState::decode(&v)?,
+        None => LogState::default(),
+    };
+    let last = frames
+        .range(seq_key(0)..)
+        .next_back()
+        .transpose()
+        .map_err(WalError::sled("read last frame"))?
+        .and_then(|(k, _)| key_seq(&k));
+    if let Some(last) = last {
+        if last >= state.next_seq {
+            tracing::warn!(last_frame = last, next_seq = state.next_seq, "log totals behind the last frame; continuing after the last frame");
+            state.next_seq = last + 1;
+        }
+    }
+    tracing::info!(
+        dir = %config.dir.display(),
+        frames = state.frames,
+        records = state.records,
+        bytes = state.bytes,
+        next_seq = state.next_seq,
+        "write-ahead log opened"
+    );
+    Ok(Store { db, frames, cursors, meta, dead, quarantine, state })
+}
