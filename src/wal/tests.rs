@@ -1,0 +1,294 @@
+//! In-process tests of the log: write, drop, reopen, assert.
+
+use super::*;
+use crate::record::Trade;
+use tempfile::TempDir;
+
+pub(crate) fn trade(id: u64) -> Record {
+    Record::Trade(Trade {
+        venue: "BINANCE".into(),
+        symbol: "BTCUSDT".into(),
+        ts: 1_764_000_000_000_000_000 + id as i64,
+        price: 97_000.0 + id as f64,
+        quantity: 0.5,
+        side: "buy".into(),
+        trade_id: id.to_string(),
+    })
+}
+
+fn ids(frames: &[Frame]) -> Vec<u64> {
+    frames
+        .iter()
+        .flat_map(|f| &f.records)
+        .map(|r| match r {
+            Record::Trade(t) => t.trade_id.parse().unwrap(),
+            other => panic!("{other:?}"),
+        })
+        .collect()
+}
+
+fn small(dir: &TempDir) -> WalConfig {
+    WalConfig { max_frame_records: 4, ..WalConfig::new(dir.path()).with_sinks(["a", "b"]) }
+}
+
+#[test]
+fn appends_survive_reopen_in_order() {
+    let dir = TempDir::new().unwrap();
+    {
+        let wal = Wal::open(small(&dir)).unwrap();
+        for i in 0..10 {
+            let out = wal.append(&[trade(2 * i), trade(2 * i + 1)]).unwrap();
+            assert_eq!(out.records, 2);
+        }
+    }
+    let wal = Wal::open(small(&dir)).unwrap();
+    let frames = wal.read_after(0, usize::MAX).unwrap();
+    assert_eq!(ids(&frames), (0..20).collect::<Vec<_>>());
+    assert!(frames.iter().all(|f| f.records.len() <= 4));
+    assert_eq!(wal.stats().records, 20);
+    assert_eq!(wal.stats().appended_records, 20);
+}
+
+#[test]
+fn directory_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new().unwrap();
+    let path = dir.path().join("log");
+    let _wal = Wal::open(WalConfig::new(&path)).unwrap();
+    assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o700);
+}
+
+#[test]
+fn cursors_are_independent_and_truncate_at_the_minimum() {
+    let dir = TempDir::new().unwrap();
+    let wal = Wal::open(small(&dir)).unwrap();
+    let mut last = 0;
+    for i in 0..6 {
+        last = wal.append(&[trade(i)]).unwrap().seq;
+    }
+    let a_frames = wal.read_after(0, usize::MAX).unwrap();
+    wal.ack("a", a_frames.last().unwrap().seq).unwrap();
+    assert_eq!(wal.cursor("a").unwrap(), last);
+    assert_eq!(wal.cursor("b").unwrap(), 0);
+    // b has delivered nothing: every frame is still there for it.
+    assert_eq!(ids(&wal.read_after(wal.cursor("b").unwrap(), usize::MAX).unwrap()).len(), 6);
+    assert_eq!(wal.backlog("a").unwrap().records, 0);
+    assert_eq!(wal.backlog("b").unwrap().records, 6);
+    let first_two = &a_frames[..2];
+    wal.ack("b", first_two[1].seq).unwrap();
+    assert_eq!(wal.backlog("b").unwrap().records, 4);
+    // Frames up to min(a, b) are gone, the rest remain.
+    assert_eq!(wal.stats().records, 4);
+    assert_eq!(ids(&wal.read_after(0, usize::MAX).unwrap()), vec![2, 3, 4, 5]);
+    // A cursor never moves back.
+    wal.ack("a", 1).unwrap();
+    assert_eq!(wal.cursor("a").unwrap(), last);
+}
+
+#[test]
+fn totals_persist_without_a_scan() {
+    let dir = TempDir::new().unwrap();
+    let (bytes, seq) = {
+        let wal = Wal::open(small(&dir)).unwrap();
+        for i in 0..5 {
+            wal.append(&[trade(i)]).unwrap();
+        }
+        wal.ack("a", 2).unwrap();
+        wal.ack("b", 2).unwrap();
+        (wal.stats().bytes, wal.stats().last_seq)
+    };
+    let wal = Wal::open(small(&dir)).unwrap();
+    let s = wal.stats();
+    assert_eq!((s.records, s.frames, s.bytes, s.last_seq), (3, 3, bytes, seq));
+    // Sequence numbers keep growing after everything was truncated.
+    wal.ack("a", seq).unwrap();
+    wal.ack("b", seq).unwrap();
+    assert_eq!(wal.stats().records, 0);
+    assert_eq!(wal.append(&[trade(9)]).unwrap().seq, seq + 1);
+}
+
+#[test]
+fn block_fails_with_full_after_the_deadline_and_resumes_after_truncation() {
+    let dir = TempDir::new().unwrap();
+    let cfg = WalConfig { max_bytes: 600, block_timeout_ms: 1500, ..small(&dir) };
+    let wal = Wal::open(cfg).unwrap();
+    let mut n = 0;
+    let err = loop {
+        match wal.append(&[trade(n)]) {
+            Ok(_) => n += 1,
+            Err(e) => break e,
+        }
+        assert!(n < 100, "log never filled");
+    };
+    assert!(matches!(err, WalError::Full { .. }), "{err}");
+    assert!(err.is_retriable());
+    assert_eq!(wal.stats().records, n, "every acknowledged record is kept");
+    // A producer blocked on a full log proceeds as soon as drainers free space.
+    let w2 = wal.clone();
+    let blocked = std::thread::spawn(move || w2.append(&[trade(1000)]));
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(!blocked.is_finished(), "append must wait while the log is full");
+    let last = wal.stats().last_seq;
+    wal.ack("a", last).unwrap();
+    wal.ack("b", last).unwrap();
+    blocked.join().unwrap().expect("append proceeds after truncation");
+    assert_eq!(ids(&wal.read_after(0, usize::MAX).unwrap()), vec![1000]);
+    let too_big: Vec<_> = (0..50).map(trade).collect();
+    assert!(matches!(wal.append(&too_big), Err(WalError::TooLarge { .. })));
+}
+
+#[test]
+fn drop_oldest_counts_exactly_and_moves_cursors() {
+    let dir = TempDir::new().unwrap();
+    let cfg = WalConfig { max_bytes: 1000, when_full: WhenFull::DropOldest, ..small(&dir) };
+    let wal = Wal::open(cfg).unwrap();
+    for i in 0..100 {
+        wal.append(&[trade(i)]).unwrap();
+    }
+    let s = wal.stats();
+    assert!(s.bytes <= 1000, "{s:?}");
+    assert_eq!(s.records + s.dropped_records, 100, "{s:?}");
+    assert!(s.dropped_records > 0);
+    let remaining = ids(&wal.read_after(0, usize::MAX).unwrap());
+    assert_eq!(remaining.len() as u64, s.records);
+    // The survivors are exactly the newest records.
+    assert_eq!(remaining, (s.dropped_records..100).collect::<Vec<_>>());
+    let first_seq = wal.read_after(0, 1).unwrap()[0].seq;
+    assert_eq!(wal.cursor("a").unwrap(), first_seq - 1, "lagging cursor moved past dropped frames");
+    assert_eq!(wal.backlog("a").unwrap().records, s.records);
+}
+
+#[test]
+fn corrupt_frames_are_quarantined_and_reading_continues() {
+    let dir = TempDir::new().unwrap();
+    let wal = Wal::open(small(&dir)).unwrap();
+    let s1 = wal.append(&[trade(1)]).unwrap().seq;
+    let s2 = wal.append(&[trade(2)]).unwrap().seq;
+    let s3 = wal.append(&[trade(3)]).unwrap().seq;
+    // Flip one byte of frame s2's payload.
+    let mut raw = wal.inner.shared.frames.get(seq_key(s2)).unwrap().unwrap().to_vec();
+    let last = raw.len() - 1;
+    raw[last] ^= 0xFF;
+    wal.debug_put_raw_frame(s2, &raw).unwrap();
+    let frames = wal.read_after(0, usize::MAX).unwrap();
+    assert_eq!(frames.iter().map(|f| f.seq).collect::<Vec<_>>(), vec![s1, s3]);
+    assert_eq!(ids(&frames), vec![1, 3]);
+    let q = wal.quarantined().unwrap();
+    assert_eq!(q.len(), 1);
+    assert_eq!(q[0].0, s2);
+    assert!(q[0].1.contains("crc"), "{}", q[0].1);
+    assert_eq!(wal.quarantined_since_open(), 1);
+    assert_eq!(wal.stats().records, 2);
+    // A zeroed header and a truncated frame are handled the same way.
+    wal.debug_put_raw_frame(s3 + 10, &[0u8; 40]).unwrap();
+    wal.debug_put_raw_frame(s3 + 11, &[1u8; 3]).unwrap();
+    assert_eq!(ids(&wal.read_after(0, usize::MAX).unwrap()), vec![1, 3]);
+    assert_eq!(wal.quarantined().unwrap().len(), 3);
+}
+
+#[test]
+fn verify_reports_bad_frames_without_changing_them() {
+    let dir = TempDir::new().unwrap();
+    let wal = Wal::open(small(&dir)).unwrap();
+    wal.append(&[trade(1), trade(2)]).unwrap();
+    wal.debug_put_raw_frame(99, b"garbage-frame-bytes-garbage-frame-bytes").unwrap();
+    let (frames, records, bad) = wal.verify().unwrap();
+    assert_eq!((frames, records, bad.len()), (1, 2, 1));
+    assert_eq!(bad[0].0, 99);
+    assert_eq!(wal.verify().unwrap().2.len(), 1, "verify does not quarantine");
+}
+
+#[test]
+fn dead_letters_list_take_purge() {
+    let dir = TempDir::new().unwrap();
+    let wal = Wal::open(small(&dir)).unwrap();
+    let dl = wal.dead_letters();
+    dl.put("influx", &trade(1), "400: bad line 1", 3).unwrap();
+    dl.put("influx", &trade(2), "400: bad line 2", 1).unwrap();
+    dl.put("timescale", &trade(3), "22003: out of range", 1).unwrap();
+    assert_eq!(dl.count(None).unwrap(), 3);
+    assert_eq!(dl.count(Some("influx")).unwrap(), 2);
+    let list = dl.list(Some("influx"), 10).unwrap();
+    assert_eq!(list.iter().map(|d| d.record.clone()).collect::<Vec<_>>(), vec![trade(1), trade(2)]);
+    assert_eq!(list[0].error, "400: bad line 1");
+    assert_eq!(list[0].attempts, 3);
+    assert_eq!(list[0].sink, "influx");
+    let taken = dl.take(&list[0].id).unwrap().unwrap();
+    assert_eq!(taken.record, trade(1));
+    assert_eq!(dl.count(Some("influx")).unwrap(), 1);
+    assert_eq!(dl.purge(Some("influx")).unwrap(), 1);
+    drop(dl);
+    drop(wal);
+    let wal = Wal::open(small(&dir)).unwrap();
+    assert_eq!(wal.dead_letters().count(None).unwrap(), 1, "survives reopen");
+    assert_eq!(wal.stats().dead_letters, 1);
+}
+
+#[test]
+fn meta_round_trips_and_survives_reopen() {
+    let dir = TempDir::new().unwrap();
+    {
+        let wal = Wal::open(small(&dir)).unwrap();
+        let m = wal.meta();
+        m.insert(b"x/1", b"one").unwrap();
+        m.insert(b"x/2", b"two").unwrap();
+        m.insert(b"y/1", b"other").unwrap();
+        assert_eq!(m.get(b"x/1").unwrap().as_deref(), Some(&b"one"[..]));
+        wal.flush().unwrap();
+    }
+    let wal = Wal::open(small(&dir)).unwrap();
+    let m = wal.meta();
+    assert_eq!(m.scan_prefix(b"x/").unwrap().len(), 2);
+    assert_eq!(m.remove_prefix(b"x/").unwrap(), 2);
+    assert_eq!(m.get(b"x/1").unwrap(), None);
+    assert_eq!(m.get(b"y/1").unwrap().as_deref(), Some(&b"other"[..]));
+}
+
+#[test]
+fn concurrent_producers_are_group_committed() {
+    let dir = TempDir::new().unwrap();
+    let wal = Wal::open(WalConfig::new(dir.path())).unwrap();
+    let threads: Vec<_> = (0..4u64)
+        .map(|t| {
+            let wal = wal.clone();
+            std::thread::spawn(move || {
+                for b in 0..50u64 {
+                    let recs: Vec<_> = (0..10).map(|i| trade(t * 10_000 + b * 10 + i)).collect();
+                    wal.append(&recs).unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let mut got = ids(&wal.read_after(0, usize::MAX).unwrap());
+    got.sort();
+    let mut want: Vec<u64> = (0..4u64).flat_map(|t| (0..500).map(move |i| t * 10_000 + i)).collect();
+    want.sort();
+    assert_eq!(got, want);
+    assert!(wal.stats().frames < 200, "appends were grouped: {:?}", wal.stats());
+}
+
+#[test]
+fn interval_durability_acknowledges_and_keeps_on_clean_close() {
+    let dir = TempDir::new().unwrap();
+    let cfg = WalConfig { durability: Durability::Interval { interval_ms: 50 }, ..small(&dir) };
+    {
+        let wal = Wal::open(cfg.clone()).unwrap();
+        for i in 0..10 {
+            wal.append(&[trade(i)]).unwrap();
+        }
+    }
+    let wal = Wal::open(cfg).unwrap();
+    assert_eq!(ids(&wal.read_after(0, usize::MAX).unwrap()), (0..10).collect::<Vec<_>>());
+}
+
+#[test]
+fn watch_reports_committed_frames() {
+    let dir = TempDir::new().unwrap();
+    let wal = Wal::open(small(&dir)).unwrap();
+    let rx = wal.watch_last_seq();
+    let seq = wal.append(&[trade(1)]).unwrap().seq;
+    assert_eq!(*rx.borrow(), seq);
+}
