@@ -51,7 +51,14 @@ fn drain(wal: &Wal, sink: &str, max_records: usize, delivered: &mut Vec<u64>) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+    // Regressions live beside this file (the repository's top level is fixed).
+    #![proptest_config(ProptestConfig {
+        cases: 64,
+        failure_persistence: Some(Box::new(
+            proptest::test_runner::FileFailurePersistence::WithSource("proptest-regressions"),
+        )),
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn every_record_reaches_every_sink_once_in_order(actions in prop::collection::vec(action(), 1..60)) {
