@@ -1,1 +1,179 @@
-fn main() {}
+//! WAL throughput against the disk's own limit, measured in the same run.
+//!
+//! - `append/<durability>/<producers>p`: durable appends of real-sized trades
+//!   (~80 bytes encoded), each producer appending batches so that group commit
+//!   forms frames of ~1000 records.
+//! - `limit/write_fdatasync`: the physical limit, the same bytes per flush
+//!   written sequentially to a plain file, each chunk followed by `fdatasync`.
+//! - `replay/decode`: reading frames after a cursor, decoding included.
+//!
+//! At the end the bench prints records/s of each and the ratio of every
+//! append variant to the raw limit (`cargo bench --bench wal`).
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
+use walrelay::record::{encode_record, Trade};
+use walrelay::wal::Durability;
+use walrelay::{Record, Wal, WalConfig};
+
+const FRAME_RECORDS: usize = 1000;
+
+/// (records, elapsed) accumulated per benchmark id, for the ratio report.
+static MEASURED: Mutex<BTreeMap<String, (u64, Duration)>> = Mutex::new(BTreeMap::new());
+
+fn note(id: &str, records: u64, elapsed: Duration) {
+    let mut m = MEASURED.lock().unwrap();
+    let e = m.entry(id.to_string()).or_insert((0, Duration::ZERO));
+    e.0 += records;
+    e.1 += elapsed;
+}
+
+fn trade(i: u64) -> Record {
+    Record::Trade(Trade {
+        venue: "BINANCE_FUTURES".into(),
+        symbol: "BTCUSDT".into(),
+        ts: 1_764_000_000_000_000_000 + i as i64,
+        price: 97_000.5 + (i % 100) as f64,
+        quantity: 0.012,
+        side: if i % 2 == 0 { "buy" } else { "sell" }.into(),
+        trade_id: (5_000_000_000 + i).to_string(),
+    })
+}
+
+fn append(c: &mut Criterion) {
+    let mut g = c.benchmark_group("append");
+    g.sample_size(10).measurement_time(Duration::from_secs(6));
+    let policies = [
+        ("sync", Durability::Sync),
+        ("interval_50ms", Durability::Interval { interval_ms: 50 }),
+    ];
+    for (pname, durability) in policies {
+        for producers in [1usize, 4] {
+            let per_batch = FRAME_RECORDS / producers;
+            let batches_per_producer = 20;
+            let records_per_iter = (per_batch * producers * batches_per_producer) as u64;
+            let id = format!("{pname}/{producers}p");
+            g.throughput(Throughput::Elements(records_per_iter));
+            g.bench_function(BenchmarkId::from_parameter(&id), |b| {
+                let dir = tempfile::TempDir::new().unwrap();
+                let wal = Wal::open(WalConfig {
+                    durability,
+                    ..WalConfig::new(dir.path())
+                })
+                .unwrap();
+                let batch: Vec<Record> = (0..per_batch as u64).map(trade).collect();
+                b.iter_custom(|iters| {
+                    let start = Instant::now();
+                    for _ in 0..iters {
+                        std::thread::scope(|s| {
+                            for _ in 0..producers {
+                                s.spawn(|| {
+                                    for _ in 0..batches_per_producer {
+                                        wal.append(&batch).unwrap();
+                                    }
+                                });
+                            }
+                        });
+                    }
+                    let elapsed = start.elapsed();
+                    note(&format!("append/{id}"), records_per_iter * iters, elapsed);
+                    elapsed
+                });
+            });
+        }
+    }
+    g.finish();
+}
+
+fn limit(c: &mut Criterion) {
+    let mut g = c.benchmark_group("limit");
+    g.sample_size(10).measurement_time(Duration::from_secs(6));
+    // The same bytes the log writes for one frame of FRAME_RECORDS trades.
+    let mut chunk = Vec::new();
+    for i in 0..FRAME_RECORDS as u64 {
+        encode_record(&trade(i), &mut chunk).unwrap();
+    }
+    chunk.extend_from_slice(&[0u8; 33]); // frame header + key
+    let chunks_per_iter = 20;
+    let records_per_iter = (FRAME_RECORDS * chunks_per_iter) as u64;
+    g.throughput(Throughput::Elements(records_per_iter));
+    g.bench_function("write_fdatasync", |b| {
+        let dir = tempfile::TempDir::new().unwrap();
+        let mut f = std::fs::File::create(dir.path().join("raw")).unwrap();
+        b.iter_custom(|iters| {
+            let start = Instant::now();
+            for _ in 0..iters * chunks_per_iter as u64 {
+                f.write_all(&chunk).unwrap();
+                f.sync_data().unwrap(); // fdatasync
+            }
+            let elapsed = start.elapsed();
+            note("limit/write_fdatasync", records_per_iter * iters, elapsed);
+            elapsed
+        });
+    });
+    g.finish();
+}
+
+fn replay(c: &mut Criterion) {
+    let mut g = c.benchmark_group("replay");
+    g.sample_size(10).measurement_time(Duration::from_secs(5));
+    let dir = tempfile::TempDir::new().unwrap();
+    let wal = Wal::open(WalConfig::new(dir.path())).unwrap();
+    let total = 200_000u64;
+    for chunk in 0..total / FRAME_RECORDS as u64 {
+        let recs: Vec<Record> = (0..FRAME_RECORDS as u64)
+            .map(|i| trade(chunk * 1000 + i))
+            .collect();
+        wal.append(&recs).unwrap();
+    }
+    g.throughput(Throughput::Elements(total));
+    g.bench_function("decode", |b| {
+        b.iter_custom(|iters| {
+            let start = Instant::now();
+            for _ in 0..iters {
+                let mut cursor = 0;
+                let mut n = 0;
+                loop {
+                    let frames = wal.read_after(cursor, 10_000).unwrap();
+                    let Some(last) = frames.last() else { break };
+                    cursor = last.seq;
+                    n += frames.iter().map(|f| f.records.len() as u64).sum::<u64>();
+                }
+                assert_eq!(n, total);
+            }
+            let elapsed = start.elapsed();
+            note("replay/decode", total * iters, elapsed);
+            elapsed
+        });
+    });
+    g.finish();
+}
+
+fn report() {
+    let m = MEASURED.lock().unwrap();
+    let rate = |(n, d): &(u64, Duration)| *n as f64 / d.as_secs_f64();
+    println!("\n== walrelay WAL summary (this run) ==");
+    for (id, v) in m.iter() {
+        println!("{id:<32} {:>12.0} records/s", rate(v));
+    }
+    if let Some(limit) = m.get("limit/write_fdatasync").map(rate) {
+        for (id, v) in m.iter().filter(|(id, _)| id.starts_with("append/")) {
+            println!(
+                "{id:<32} {:>6.1}% of raw write+fdatasync",
+                100.0 * rate(v) / limit
+            );
+        }
+    }
+}
+
+criterion_group!(benches, limit, append, replay);
+
+fn main() {
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+    report();
+}

@@ -5,8 +5,10 @@
 //! TimescaleDB ([`db`]). See `docs/ARCHITECTURE.md` for the flow and the log's
 //! invariants.
 
+pub mod config;
 pub mod db;
 pub mod drain;
+pub mod ingest;
 pub mod record;
 pub mod wal;
 

@@ -46,7 +46,9 @@ fn crash_child() {
                 let mut rng = rand::thread_rng();
                 for batch in 0u64.. {
                     let n = rng.gen_range(1..=64u64);
-                    let recs: Vec<_> = (0..n).map(|i| trade(format!("{cycle}:{t}:{batch}:{i}"))).collect();
+                    let recs: Vec<_> = (0..n)
+                        .map(|i| trade(format!("{cycle}:{t}:{batch}:{i}")))
+                        .collect();
                     let out = wal.append(&recs).unwrap();
                     // One write per line so a kill tears at most the last line.
                     let line = format!("ACK {cycle} {t} {batch} {n} {}\n", out.seq);
@@ -69,7 +71,13 @@ type Acked = HashMap<(u64, u64, u64), (u64, u64)>;
 /// Runs the child on `dir` and SIGKILLs it after `after`; returns what it acknowledged.
 fn run_and_kill(dir: &Path, cycle: u64, after: Duration) -> Acked {
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["crash_child", "--exact", "--ignored", "--nocapture", "--test-threads=1"])
+        .args([
+            "crash_child",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(CHILD_DIR, dir)
         .env(CHILD_CYCLE, cycle.to_string())
         .stdout(Stdio::piped())
@@ -101,7 +109,9 @@ fn present(dir: &Path) -> HashMap<String, u32> {
     let mut seen = HashMap::new();
     for f in wal.read_after(0, usize::MAX).unwrap() {
         for r in f.records {
-            let Record::Trade(t) = r else { panic!("unexpected record") };
+            let Record::Trade(t) = r else {
+                panic!("unexpected record")
+            };
             *seen.entry(t.trade_id).or_insert(0) += 1;
         }
     }
@@ -127,20 +137,41 @@ fn missing(acked: &Acked, seen: &HashMap<String, u32>, skip_seq_from: u64) -> Ve
 #[test]
 fn sigkill_loses_no_acknowledged_record() {
     let dir = tempfile::TempDir::new().unwrap();
-    let cycles: u64 = std::env::var("WALRELAY_CRASH_CYCLES").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
+    let cycles: u64 = std::env::var("WALRELAY_CRASH_CYCLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
     let mut all = Acked::new();
     let mut rng = rand::thread_rng();
     for cycle in 0..cycles {
-        let acked = run_and_kill(dir.path(), cycle, Duration::from_millis(rng.gen_range(150..700)));
-        assert!(!acked.is_empty(), "cycle {cycle}: the child acknowledged nothing before the kill");
+        let acked = run_and_kill(
+            dir.path(),
+            cycle,
+            Duration::from_millis(rng.gen_range(150..700)),
+        );
+        assert!(
+            !acked.is_empty(),
+            "cycle {cycle}: the child acknowledged nothing before the kill"
+        );
         all.extend(acked);
         let seen = present(dir.path());
         let lost = missing(&all, &seen, u64::MAX);
-        assert!(lost.is_empty(), "cycle {cycle}: {} acknowledged records lost or duplicated: {:?}", lost.len(), &lost[..lost.len().min(5)]);
-        assert!(seen.values().all(|&c| c == 1), "cycle {cycle}: a record appears twice");
+        assert!(
+            lost.is_empty(),
+            "cycle {cycle}: {} acknowledged records lost or duplicated: {:?}",
+            lost.len(),
+            &lost[..lost.len().min(5)]
+        );
+        assert!(
+            seen.values().all(|&c| c == 1),
+            "cycle {cycle}: a record appears twice"
+        );
     }
     let records: u64 = all.values().map(|(n, _)| n).sum();
-    println!("crash: cycles={cycles} acked_batches={} acked_records={records} lost=0 duplicated=0", all.len());
+    println!(
+        "crash: cycles={cycles} acked_batches={} acked_records={records} lost=0 duplicated=0",
+        all.len()
+    );
 }
 
 /// sled's contract for a torn tail: after the last bytes of its log file are
@@ -154,16 +185,30 @@ fn torn_tail_of_sled_file_still_opens_and_keeps_earlier_frames() {
     let db = dir.path().join("db");
     // Cut into the last bytes actually written (past any zero padding).
     let bytes = std::fs::read(&db).unwrap();
-    let last_written = bytes.iter().rposition(|&b| b != 0).expect("sled wrote something") as u64;
+    let last_written = bytes
+        .iter()
+        .rposition(|&b| b != 0)
+        .expect("sled wrote something") as u64;
     let keep = last_written.saturating_sub(64);
     let f = std::fs::OpenOptions::new().write(true).open(&db).unwrap();
     f.set_len(keep).unwrap();
     drop(f);
-    eprintln!("torn tail: sled file was {} bytes, last written byte at {last_written}, cut to {keep}", bytes.len());
+    eprintln!(
+        "torn tail: sled file was {} bytes, last written byte at {last_written}, cut to {keep}",
+        bytes.len()
+    );
     let seen = present(dir.path());
-    assert!(seen.values().all(|&c| c == 1), "no duplicates after a torn tail");
+    assert!(
+        seen.values().all(|&c| c == 1),
+        "no duplicates after a torn tail"
+    );
     // Every record acknowledged before the last flushed frame survives.
     let last_seq = acked.values().map(|&(_, seq)| seq).max().unwrap();
     let lost = missing(&acked, &seen, last_seq);
-    assert!(lost.is_empty(), "{} records acknowledged before frame {last_seq} lost: {:?}", lost.len(), &lost[..lost.len().min(5)]);
+    assert!(
+        lost.is_empty(),
+        "{} records acknowledged before frame {last_seq} lost: {:?}",
+        lost.len(),
+        &lost[..lost.len().min(5)]
+    );
 }

@@ -60,5 +60,8 @@ pub trait Sink: Send {
     ///
     /// `Ok` confirms every record as written or dead-lettered; `Err` confirms
     /// nothing. Implementations bound every network call by a deadline.
-    fn deliver(&mut self, batch: &[Record]) -> impl Future<Output = Result<Delivery, SinkFailure>> + Send;
+    fn deliver(
+        &mut self,
+        batch: &[Record],
+    ) -> impl Future<Output = Result<Delivery, SinkFailure>> + Send;
 }

@@ -58,15 +58,24 @@ impl Backoff {
         let cap = match class {
             ErrorClass::Config => self.policy.config_interval,
             _ => {
-                let exp = self.policy.initial.saturating_mul(1u32 << self.attempt.min(20));
+                let exp = self
+                    .policy
+                    .initial
+                    .saturating_mul(1u32 << self.attempt.min(20));
                 exp.min(self.policy.max)
             }
         };
         // Full jitter: uniform in [cap/2, cap] for config (keeps the slow cadence
         // predictable), [0, cap] otherwise; floored at 10 ms.
-        let lo = if class == ErrorClass::Config { cap / 2 } else { Duration::ZERO };
+        let lo = if class == ErrorClass::Config {
+            cap / 2
+        } else {
+            Duration::ZERO
+        };
         let jittered = rand::thread_rng().gen_range(lo..=cap.max(lo));
-        jittered.max(retry_after.unwrap_or_default()).max(Duration::from_millis(10))
+        jittered
+            .max(retry_after.unwrap_or_default())
+            .max(Duration::from_millis(10))
     }
 }
 
@@ -84,11 +93,17 @@ mod tests {
         let mut b = Backoff::new(policy);
         for _ in 0..50 {
             let d = b.next_delay(ErrorClass::Transient, None);
-            assert!(d >= Duration::from_millis(10) && d <= Duration::from_secs(2), "{d:?}");
+            assert!(
+                d >= Duration::from_millis(10) && d <= Duration::from_secs(2),
+                "{d:?}"
+            );
         }
         assert_eq!(b.attempts(), 50);
         let d = b.next_delay(ErrorClass::Config, None);
-        assert!(d >= Duration::from_secs(15) && d <= Duration::from_secs(30), "{d:?}");
+        assert!(
+            d >= Duration::from_secs(15) && d <= Duration::from_secs(30),
+            "{d:?}"
+        );
         let d = b.next_delay(ErrorClass::Transient, Some(Duration::from_secs(5)));
         assert!(d >= Duration::from_secs(5), "retry-after is a floor: {d:?}");
         b.reset();

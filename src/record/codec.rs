@@ -5,7 +5,10 @@
 
 use bincode::config::{self, Configuration, Limit, LittleEndian, Varint};
 
-use super::{Bar, Funding, Kline, Liquidation, OpenInterest, OptionsTicker, OrderBookTop, Point, PriceIndex, Record, Trade};
+use super::{
+    Bar, Funding, Kline, Liquidation, OpenInterest, OptionsTicker, OrderBookTop, Point, PriceIndex,
+    Record, Trade,
+};
 
 /// Largest record body we decode (guards allocations against a corrupt length).
 const MAX_RECORD_BYTES: usize = 16 * 1024 * 1024;
@@ -111,8 +114,12 @@ pub fn decode_record(bytes: &[u8]) -> Result<(Record, usize), CodecError> {
     let tag = RecordTag::from_u8(tag_byte).ok_or(CodecError::UnknownTag(tag_byte))?;
     macro_rules! get {
         ($ty:ident) => {{
-            let (v, n) = bincode::decode_from_slice::<$ty, _>(body, cfg())
-                .map_err(|source| CodecError::Body { tag: tag_byte, source })?;
+            let (v, n) = bincode::decode_from_slice::<$ty, _>(body, cfg()).map_err(|source| {
+                CodecError::Body {
+                    tag: tag_byte,
+                    source,
+                }
+            })?;
             (Record::$ty(v), n)
         }};
     }
@@ -146,20 +153,106 @@ pub(crate) fn one_of_each() -> Vec<Record> {
         };
         point.tags.insert("host".into(), "a,b=c".into());
         point.fields.insert("f".into(), FieldValue::Float(-0.5));
-        point.fields.insert("i".into(), FieldValue::Integer(i64::MIN));
-        point.fields.insert("u".into(), FieldValue::Unsigned(u64::MAX));
-        point.fields.insert("s".into(), FieldValue::String("say \"hi\"\n".into()));
+        point
+            .fields
+            .insert("i".into(), FieldValue::Integer(i64::MIN));
+        point
+            .fields
+            .insert("u".into(), FieldValue::Unsigned(u64::MAX));
+        point
+            .fields
+            .insert("s".into(), FieldValue::String("say \"hi\"\n".into()));
         point.fields.insert("b".into(), FieldValue::Boolean(true));
         vec![
-            Record::Trade(Trade { venue: v.clone(), symbol: s.clone(), ts, price: 97_000.5, quantity: 0.012, side: "buy".into(), trade_id: "5521".into() }),
-            Record::OrderBookTop(OrderBookTop { venue: v.clone(), symbol: s.clone(), ts, bid_price: 1.0, bid_qty: 2.0, ask_price: 1.5, ask_qty: 3.0 }),
-            Record::Funding(Funding { venue: v.clone(), symbol: s.clone(), ts, rate: -0.0001, mark_price: 1.0, index_price: 1.1, next_funding_time: 1_764_028_800_000 }),
-            Record::Liquidation(Liquidation { venue: v.clone(), symbol: s.clone(), ts, side: "sell".into(), price: 9.0, quantity: 1.0 }),
-            Record::OpenInterest(OpenInterest { venue: v.clone(), symbol: s.clone(), ts, open_interest: 10.0, open_interest_value: 1e9 }),
-            Record::OptionsTicker(OptionsTicker { venue: "DERIBIT".into(), symbol: "BTC-27DEC26-100000-C".into(), ts, open_interest: 1.0, mark_iv: 55.0, best_bid_price: 0.01, best_ask_price: 0.02, mark_price: 0.015, underlying_price: 97_000.0, last_price: 0.014, bid_iv: 54.0, ask_iv: 56.0 }),
-            Record::PriceIndex(PriceIndex { venue: "DERIBIT".into(), index_name: "btc_usd".into(), ts, price: 97_001.25 }),
-            Record::Bar(Bar { kind: BarKind::VolumeImbalance, venue: v.clone(), symbol: s.clone(), interval: "tib_100".into(), ts, open: 1.0, high: 2.0, low: 0.5, close: 1.5, volume: 10.0, buy_ticks: 6, sell_ticks: 4, total_ticks: 10, theta: 0.25 }),
-            Record::Kline(Kline { venue: v, symbol: s, interval: "1m".into(), ts, open: 1.0, high: 2.0, low: 0.5, close: 1.5, volume: 10.0 }),
+            Record::Trade(Trade {
+                venue: v.clone(),
+                symbol: s.clone(),
+                ts,
+                price: 97_000.5,
+                quantity: 0.012,
+                side: "buy".into(),
+                trade_id: "5521".into(),
+            }),
+            Record::OrderBookTop(OrderBookTop {
+                venue: v.clone(),
+                symbol: s.clone(),
+                ts,
+                bid_price: 1.0,
+                bid_qty: 2.0,
+                ask_price: 1.5,
+                ask_qty: 3.0,
+            }),
+            Record::Funding(Funding {
+                venue: v.clone(),
+                symbol: s.clone(),
+                ts,
+                rate: -0.0001,
+                mark_price: 1.0,
+                index_price: 1.1,
+                next_funding_time: 1_764_028_800_000,
+            }),
+            Record::Liquidation(Liquidation {
+                venue: v.clone(),
+                symbol: s.clone(),
+                ts,
+                side: "sell".into(),
+                price: 9.0,
+                quantity: 1.0,
+            }),
+            Record::OpenInterest(OpenInterest {
+                venue: v.clone(),
+                symbol: s.clone(),
+                ts,
+                open_interest: 10.0,
+                open_interest_value: 1e9,
+            }),
+            Record::OptionsTicker(OptionsTicker {
+                venue: "DERIBIT".into(),
+                symbol: "BTC-27DEC26-100000-C".into(),
+                ts,
+                open_interest: 1.0,
+                mark_iv: 55.0,
+                best_bid_price: 0.01,
+                best_ask_price: 0.02,
+                mark_price: 0.015,
+                underlying_price: 97_000.0,
+                last_price: 0.014,
+                bid_iv: 54.0,
+                ask_iv: 56.0,
+            }),
+            Record::PriceIndex(PriceIndex {
+                venue: "DERIBIT".into(),
+                index_name: "btc_usd".into(),
+                ts,
+                price: 97_001.25,
+            }),
+            Record::Bar(Bar {
+                kind: BarKind::VolumeImbalance,
+                venue: v.clone(),
+                symbol: s.clone(),
+                interval: "tib_100".into(),
+                ts,
+                open: 1.0,
+                high: 2.0,
+                low: 0.5,
+                close: 1.5,
+                volume: 10.0,
+                buy_ticks: 6,
+                sell_ticks: 4,
+                total_ticks: 10,
+                theta: 0.25,
+            }),
+            Record::Kline(Kline {
+                venue: v,
+                symbol: s,
+                interval: "1m".into(),
+                ts,
+                open: 1.0,
+                high: 2.0,
+                low: 0.5,
+                close: 1.5,
+                volume: 10.0,
+            }),
             Record::Point(point),
         ]
     }
@@ -189,7 +282,10 @@ mod tests {
             let mut buf = Vec::new();
             encode_record(&record, &mut buf).unwrap();
             for cut in 0..buf.len() {
-                assert!(decode_record(&buf[..cut]).is_err(), "{record:?} cut at {cut}");
+                assert!(
+                    decode_record(&buf[..cut]).is_err(),
+                    "{record:?} cut at {cut}"
+                );
             }
         }
     }
@@ -216,7 +312,9 @@ mod tests {
         assert_eq!(json["symbol"], "BTCUSDT");
         let back: Record = serde_json::from_value(json).unwrap();
         assert_eq!(back, one_of_each()[0]);
-        let bad = serde_json::from_str::<Record>(r#"{"type":"trade","venue":"V","symbol":"S","ts":1,"price":1,"quantity":1,"side":"buy","bogus":1}"#);
+        let bad = serde_json::from_str::<Record>(
+            r#"{"type":"trade","venue":"V","symbol":"S","ts":1,"price":1,"quantity":1,"side":"buy","bogus":1}"#,
+        );
         assert!(bad.unwrap_err().to_string().contains("bogus"));
     }
 }

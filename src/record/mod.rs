@@ -15,11 +15,11 @@
 mod codec;
 mod validate;
 
-pub use codec::{decode_record, encode_record, CodecError, RecordTag};
 #[cfg(test)]
 pub(crate) use codec::one_of_each as codec_samples;
+pub use codec::{decode_record, encode_record, CodecError, RecordTag};
+pub use validate::now_ns;
 pub use validate::RecordError;
-pub(crate) use validate::now_ns;
 
 use std::collections::BTreeMap;
 
@@ -228,7 +228,11 @@ pub enum BarKind {
 
 impl BarKind {
     /// Every bar kind.
-    pub const ALL: [BarKind; 3] = [BarKind::TickImbalance, BarKind::VolumeImbalance, BarKind::Vpin];
+    pub const ALL: [BarKind; 3] = [
+        BarKind::TickImbalance,
+        BarKind::VolumeImbalance,
+        BarKind::Vpin,
+    ];
 
     /// Stable snake_case name (matches the JSON value and the table suffix).
     pub fn as_str(self) -> &'static str {

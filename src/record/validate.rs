@@ -27,7 +27,9 @@ pub enum RecordError {
     #[error("field `{field}` ({ts} ns since epoch) is more than 100 years away from now")]
     TimestampOutOfRange { field: String, ts: i64 },
     /// A counter does not fit in a PostgreSQL BIGINT.
-    #[error("field `{field}` ({value}) does not fit in a signed 64-bit integer (PostgreSQL BIGINT)")]
+    #[error(
+        "field `{field}` ({value}) does not fit in a signed 64-bit integer (PostgreSQL BIGINT)"
+    )]
     CounterTooLarge { field: String, value: u64 },
     /// A name or tag value that line protocol cannot carry.
     #[error("field `{field}` cannot be carried by line protocol: {reason}")]
@@ -52,7 +54,8 @@ impl RecordError {
     }
 }
 
-pub(crate) fn now_ns() -> i64 {
+/// Now, in nanoseconds since the Unix epoch (0 if the clock is before 1970).
+pub fn now_ns() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as i64)
@@ -66,7 +69,9 @@ struct Check {
 impl Check {
     fn text(&self, field: &str, v: &str) -> Result<(), RecordError> {
         if v.is_empty() {
-            return Err(RecordError::Empty { field: field.into() });
+            return Err(RecordError::Empty {
+                field: field.into(),
+            });
         }
         Ok(())
     }
@@ -219,7 +224,12 @@ impl Record {
                 c.venue_symbol(&r.venue, &r.symbol)?;
                 c.text("interval", &r.interval)?;
                 c.ts(r.ts)?;
-                for (name, v) in [("open", r.open), ("high", r.high), ("low", r.low), ("close", r.close)] {
+                for (name, v) in [
+                    ("open", r.open),
+                    ("high", r.high),
+                    ("low", r.low),
+                    ("close", r.close),
+                ] {
                     c.finite(name, v)?;
                 }
                 c.qty("volume", r.volume)?;
@@ -232,7 +242,12 @@ impl Record {
                 c.venue_symbol(&r.venue, &r.symbol)?;
                 c.text("interval", &r.interval)?;
                 c.ts(r.ts)?;
-                for (name, v) in [("open", r.open), ("high", r.high), ("low", r.low), ("close", r.close)] {
+                for (name, v) in [
+                    ("open", r.open),
+                    ("high", r.high),
+                    ("low", r.low),
+                    ("close", r.close),
+                ] {
                     c.finite(name, v)?;
                 }
                 c.qty("volume", r.volume)
@@ -362,7 +377,8 @@ mod tests {
             ts: NOW,
         };
         assert_eq!(field_of(Record::Point(p.clone())), "fields");
-        p.fields.insert("v".into(), FieldValue::Float(f64::INFINITY));
+        p.fields
+            .insert("v".into(), FieldValue::Float(f64::INFINITY));
         assert_eq!(field_of(Record::Point(p.clone())), "fields.v");
         p.fields.insert("v".into(), FieldValue::Float(1.0));
         p.tags.insert("_reserved".into(), "x".into());

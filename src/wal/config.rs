@@ -32,9 +32,7 @@ impl<'de> Deserialize<'de> for Durability {
         #[serde(untagged)]
         enum Repr {
             Name(String),
-            Interval {
-                interval_ms: u64,
-            },
+            Interval { interval_ms: u64 },
         }
         match Repr::deserialize(d).map_err(|_| {
             serde::de::Error::custom(r#"expected "sync" or { interval_ms = N } with N > 0"#)
@@ -43,7 +41,9 @@ impl<'de> Deserialize<'de> for Durability {
             Repr::Name(s) => Err(serde::de::Error::custom(format!(
                 r#"unknown durability "{s}": expected "sync" or {{ interval_ms = N }}"#
             ))),
-            Repr::Interval { interval_ms: 0 } => Err(serde::de::Error::custom("interval_ms must be > 0")),
+            Repr::Interval { interval_ms: 0 } => {
+                Err(serde::de::Error::custom("interval_ms must be > 0"))
+            }
             Repr::Interval { interval_ms } => Ok(Durability::Interval { interval_ms }),
         }
     }

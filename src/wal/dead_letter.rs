@@ -58,20 +58,39 @@ impl DeadLetters {
     ///
     /// # Errors
     /// [`WalError::Sled`] on I/O failure; the caller must then not advance its cursor.
-    pub fn put(&self, sink: &str, record: &Record, error: &str, attempts: u32) -> Result<(), WalError> {
+    pub fn put(
+        &self,
+        sink: &str,
+        record: &Record,
+        error: &str,
+        attempts: u32,
+    ) -> Result<(), WalError> {
         let at_ns = now_ns();
         let mut key = prefix(Some(sink));
         key.extend_from_slice(&((at_ns as u64) ^ (1 << 63)).to_be_bytes());
-        let id = self.db.generate_id().map_err(WalError::sled("dead letter id"))?;
+        let id = self
+            .db
+            .generate_id()
+            .map_err(WalError::sled("dead letter id"))?;
         key.extend_from_slice(&id.to_be_bytes());
         let mut rec = Vec::new();
         encode_record(record, &mut rec)?;
         let value = bincode::encode_to_vec(
-            Stored { error: error.to_string(), attempts, at_ns, record: rec },
+            Stored {
+                error: error.to_string(),
+                attempts,
+                at_ns,
+                record: rec,
+            },
             bincode::config::standard(),
         )
-        .map_err(|e| WalError::Corrupt { what: "dead letter", detail: e.to_string() })?;
-        self.tree.insert(key, value).map_err(WalError::sled("dead letter insert"))?;
+        .map_err(|e| WalError::Corrupt {
+            what: "dead letter",
+            detail: e.to_string(),
+        })?;
+        self.tree
+            .insert(key, value)
+            .map_err(WalError::sled("dead letter insert"))?;
         self.persist.dead_lettered()
     }
 
@@ -111,7 +130,10 @@ impl DeadLetters {
     /// # Errors
     /// [`WalError::Sled`] on I/O failure.
     pub fn take(&self, id: &[u8]) -> Result<Option<DeadLetter>, WalError> {
-        let old = self.tree.remove(id).map_err(WalError::sled("dead letter remove"))?;
+        let old = self
+            .tree
+            .remove(id)
+            .map_err(WalError::sled("dead letter remove"))?;
         let out = old.map(|v| parse(id, &v)).transpose()?;
         self.persist.dead_lettered()?;
         Ok(out)
@@ -128,18 +150,33 @@ impl DeadLetters {
             batch.remove(k.map_err(WalError::sled("dead letter scan"))?);
             n += 1;
         }
-        self.tree.apply_batch(batch).map_err(WalError::sled("dead letter purge"))?;
+        self.tree
+            .apply_batch(batch)
+            .map_err(WalError::sled("dead letter purge"))?;
         self.persist.dead_lettered()?;
         Ok(n)
     }
 }
 
 fn parse(key: &[u8], value: &[u8]) -> Result<DeadLetter, WalError> {
-    let corrupt = |detail: String| WalError::Corrupt { what: "dead letter", detail };
-    let nul = key.iter().position(|b| *b == 0).ok_or_else(|| corrupt("key without sink".into()))?;
+    let corrupt = |detail: String| WalError::Corrupt {
+        what: "dead letter",
+        detail,
+    };
+    let nul = key
+        .iter()
+        .position(|b| *b == 0)
+        .ok_or_else(|| corrupt("key without sink".into()))?;
     let sink = String::from_utf8_lossy(&key[..nul]).into_owned();
-    let (s, _): (Stored, usize) =
-        bincode::decode_from_slice(value, bincode::config::standard()).map_err(|e| corrupt(e.to_string()))?;
+    let (s, _): (Stored, usize) = bincode::decode_from_slice(value, bincode::config::standard())
+        .map_err(|e| corrupt(e.to_string()))?;
     let (record, _) = decode_record(&s.record).map_err(|e| corrupt(e.to_string()))?;
-    Ok(DeadLetter { id: key.to_vec(), sink, record, error: s.error, attempts: s.attempts, at_ns: s.at_ns })
+    Ok(DeadLetter {
+        id: key.to_vec(),
+        sink,
+        record,
+        error: s.error,
+        attempts: s.attempts,
+        at_ns: s.at_ns,
+    })
 }

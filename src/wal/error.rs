@@ -25,8 +25,14 @@ pub enum WalError {
     },
     /// Under `when_full = "block"`, no space was freed within the deadline.
     /// Retriable: the caller should push back (HTTP 503 with `Retry-After`).
-    #[error("write-ahead log is full ({used} of {max} bytes) and no space was freed within {waited:?}")]
-    Full { used: u64, max: u64, waited: Duration },
+    #[error(
+        "write-ahead log is full ({used} of {max} bytes) and no space was freed within {waited:?}"
+    )]
+    Full {
+        used: u64,
+        max: u64,
+        waited: Duration,
+    },
     /// One append is larger than the whole log may ever hold.
     #[error("append of {bytes} bytes exceeds the log's max_bytes of {max}")]
     TooLarge { bytes: u64, max: u64 },

@@ -32,7 +32,11 @@ pub enum FrameError {
     Crc { stored: u32, computed: u32 },
     /// The CRC matched but a record did not decode.
     #[error("record {index} of {count} does not decode: {detail}")]
-    Record { index: u32, count: u32, detail: String },
+    Record {
+        index: u32,
+        count: u32,
+        detail: String,
+    },
     /// Bytes left over after the last record.
     #[error("{0} trailing bytes after the last record")]
     Trailing(usize),
@@ -150,7 +154,11 @@ pub(crate) fn decode(seq: u64, bytes: &[u8]) -> Result<Frame, FrameError> {
     if !rest.is_empty() {
         return Err(FrameError::Trailing(rest.len()));
     }
-    Ok(Frame { seq, header, records })
+    Ok(Frame {
+        seq,
+        header,
+        records,
+    })
 }
 
 #[cfg(test)]
@@ -174,7 +182,14 @@ mod tests {
         let (records, bytes) = sample();
         let f = decode(7, &bytes).unwrap();
         assert_eq!(f.seq, 7);
-        assert_eq!(f.header, FrameHeader { first_record: 42, created_ms: 1_700_000_000_000, count: records.len() as u32 });
+        assert_eq!(
+            f.header,
+            FrameHeader {
+                first_record: 42,
+                created_ms: 1_700_000_000_000,
+                count: records.len() as u32
+            }
+        );
         assert_eq!(f.records, records);
     }
 

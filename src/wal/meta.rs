@@ -18,7 +18,11 @@ impl Meta {
     /// # Errors
     /// [`WalError::Sled`] on I/O failure.
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, WalError> {
-        Ok(self.tree.get(key).map_err(WalError::sled("meta get"))?.map(|v| v.to_vec()))
+        Ok(self
+            .tree
+            .get(key)
+            .map_err(WalError::sled("meta get"))?
+            .map(|v| v.to_vec()))
     }
 
     /// Stores `value` under `key`.
@@ -26,7 +30,9 @@ impl Meta {
     /// # Errors
     /// [`WalError::Sled`] on I/O failure.
     pub fn insert(&self, key: &[u8], value: &[u8]) -> Result<(), WalError> {
-        self.tree.insert(key, value).map_err(WalError::sled("meta insert"))?;
+        self.tree
+            .insert(key, value)
+            .map_err(WalError::sled("meta insert"))?;
         self.persist.meta_written()
     }
 
@@ -53,7 +59,9 @@ impl Meta {
             batch.remove(kv.map_err(WalError::sled("meta scan"))?);
             n += 1;
         }
-        self.tree.apply_batch(batch).map_err(WalError::sled("meta remove"))?;
+        self.tree
+            .apply_batch(batch)
+            .map_err(WalError::sled("meta remove"))?;
         self.persist.meta_written()?;
         Ok(n)
     }

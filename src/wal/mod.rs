@@ -159,7 +159,10 @@ impl Wal {
             quarantine: store.quarantine,
             persist,
             config,
-            state: Mutex::new(Guarded { log: store.state, pending_bytes: 0 }),
+            state: Mutex::new(Guarded {
+                log: store.state,
+                pending_bytes: 0,
+            }),
             space_freed: Condvar::new(),
             last_seq: seq_tx,
             quarantined_now: AtomicU64::new(0),
@@ -169,8 +172,17 @@ impl Wal {
         let writer = std::thread::Builder::new()
             .name("walrelay-wal-writer".into())
             .spawn(move || writer::run(writer_shared, rx))
-            .map_err(|source| WalError::Dir { path: shared.config.dir.clone(), source })?;
-        Ok(Wal { inner: Arc::new(Inner { shared, tx: Some(tx), writer: Some(writer) }) })
+            .map_err(|source| WalError::Dir {
+                path: shared.config.dir.clone(),
+                source,
+            })?;
+        Ok(Wal {
+            inner: Arc::new(Inner {
+                shared,
+                tx: Some(tx),
+                writer: Some(writer),
+            }),
+        })
     }
 
     fn shared(&self) -> &Shared {
@@ -194,16 +206,32 @@ impl Wal {
         self.append_encoded(payload, records.len() as u32)
     }
 
-    pub(crate) fn append_encoded(&self, payload: Vec<u8>, count: u32) -> Result<AppendOutcome, WalError> {
+    pub(crate) fn append_encoded(
+        &self,
+        payload: Vec<u8>,
+        count: u32,
+    ) -> Result<AppendOutcome, WalError> {
         let shared = self.shared();
         if count == 0 {
             let last = *shared.last_seq.borrow();
-            return Ok(AppendOutcome { seq: last, group_last_seq: last, group_bytes: 0, records: 0 });
+            return Ok(AppendOutcome {
+                seq: last,
+                group_last_seq: last,
+                group_bytes: 0,
+                records: 0,
+            });
         }
         shared.reserve(payload.len() as u64 + FRAME_OVERHEAD)?;
         let (reply_tx, reply_rx) = bounded(1);
         let tx = self.inner.tx.as_ref().ok_or(WalError::Closed)?;
-        if tx.send(writer::Request { payload, count, reply: reply_tx }).is_err() {
+        if tx
+            .send(writer::Request {
+                payload,
+                count,
+                reply: reply_tx,
+            })
+            .is_err()
+        {
             return Err(WalError::Closed);
         }
         reply_rx.recv().map_err(|_| WalError::Closed)?
@@ -289,14 +317,31 @@ impl Wal {
             .transpose()
             .map_err(WalError::sled("read backlog"))?;
         let Some((_, v)) = first else {
-            return Ok(Backlog { cursor, records: 0, bytes: 0, oldest_ms: None });
+            return Ok(Backlog {
+                cursor,
+                records: 0,
+                bytes: 0,
+                oldest_ms: None,
+            });
         };
         let (records, oldest_ms) = match peek_header(&v) {
-            Ok(h) => (st.next_record.saturating_sub(h.first_record), Some(h.created_ms)),
+            Ok(h) => (
+                st.next_record.saturating_sub(h.first_record),
+                Some(h.created_ms),
+            ),
             Err(_) => (st.records, None),
         };
-        let bytes = if st.records == 0 { 0 } else { (st.bytes as u128 * records as u128 / st.records as u128) as u64 };
-        Ok(Backlog { cursor, records, bytes, oldest_ms })
+        let bytes = if st.records == 0 {
+            0
+        } else {
+            (st.bytes as u128 * records as u128 / st.records as u128) as u64
+        };
+        Ok(Backlog {
+            cursor,
+            records,
+            bytes,
+            oldest_ms,
+        })
     }
 
     /// Size and counters of the log.
@@ -324,13 +369,20 @@ impl Wal {
 
     /// The meta tree (small durable facts).
     pub fn meta(&self) -> Meta {
-        Meta { tree: self.shared().meta.clone(), persist: self.shared().persist.clone() }
+        Meta {
+            tree: self.shared().meta.clone(),
+            persist: self.shared().persist.clone(),
+        }
     }
 
     /// The dead-letter store.
     pub fn dead_letters(&self) -> DeadLetters {
         let s = self.shared();
-        DeadLetters { tree: s.dead.clone(), db: s.db.clone(), persist: s.persist.clone() }
+        DeadLetters {
+            tree: s.dead.clone(),
+            db: s.db.clone(),
+            persist: s.persist.clone(),
+        }
     }
 
     /// Frames quarantined by readers since this process opened the log.
@@ -348,8 +400,12 @@ impl Wal {
             .iter()
             .map(|kv| {
                 let (k, v) = kv.map_err(WalError::sled("read quarantine"))?;
-                let len = v.get(..4).map(|b| u32::from_le_bytes(b.try_into().unwrap()) as usize).unwrap_or(0);
-                let reason = String::from_utf8_lossy(v.get(4..4 + len).unwrap_or_default()).into_owned();
+                let len = v
+                    .get(..4)
+                    .map(|b| u32::from_le_bytes(b.try_into().unwrap()) as usize)
+                    .unwrap_or(0);
+                let reason =
+                    String::from_utf8_lossy(v.get(4..4 + len).unwrap_or_default()).into_owned();
                 Ok((key_seq(&k).unwrap_or(0), reason))
             })
             .collect()
@@ -393,7 +449,11 @@ impl Wal {
     /// tests can plant corrupt frames.
     #[doc(hidden)]
     pub fn debug_put_raw_frame(&self, seq: u64, bytes: &[u8]) -> Result<(), WalError> {
-        self.shared().frames.insert(seq_key(seq), bytes).map(drop).map_err(WalError::sled("raw frame"))
+        self.shared()
+            .frames
+            .insert(seq_key(seq), bytes)
+            .map(drop)
+            .map_err(WalError::sled("raw frame"))
     }
 }
 
@@ -405,7 +465,12 @@ impl Shared {
     }
 
     fn cursor(&self, sink: &str) -> Result<u64, WalError> {
-        Ok(self.cursors.get(sink).map_err(WalError::sled("read cursor"))?.and_then(|v| key_seq(&v)).unwrap_or(0))
+        Ok(self
+            .cursors
+            .get(sink)
+            .map_err(WalError::sled("read cursor"))?
+            .and_then(|v| key_seq(&v))
+            .unwrap_or(0))
     }
 
     /// Reserves room for an append of `bytes`, waiting under `block`.
@@ -421,9 +486,17 @@ impl Shared {
             while g.log.bytes + g.pending_bytes + bytes > max {
                 let now = Instant::now();
                 if now >= deadline {
-                    return Err(WalError::Full { used: g.log.bytes, max, waited: now - waited_from });
+                    return Err(WalError::Full {
+                        used: g.log.bytes,
+                        max,
+                        waited: now - waited_from,
+                    });
                 }
-                g = self.space_freed.wait_timeout(g, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
+                g = self
+                    .space_freed
+                    .wait_timeout(g, deadline - now)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
             }
         }
         g.pending_bytes += bytes;
@@ -432,7 +505,11 @@ impl Shared {
 
     /// Under `drop_oldest`: adds deletes of the oldest frames to `batch` until
     /// `st` fits `max_bytes`. Returns the last dropped seq and dropped records.
-    fn drop_oldest(&self, st: &mut LogState, batch: &mut sled::Batch) -> Result<Option<(u64, u64)>, WalError> {
+    fn drop_oldest(
+        &self,
+        st: &mut LogState,
+        batch: &mut sled::Batch,
+    ) -> Result<Option<(u64, u64)>, WalError> {
         let mut last = None;
         let mut records = 0;
         for kv in self.frames.range(seq_key(0)..) {
@@ -457,12 +534,18 @@ impl Shared {
         for sink in &self.config.sinks {
             let cursor = self.cursor(sink)?;
             if cursor < last_dropped {
-                self.cursors.insert(sink.as_bytes(), &seq_key(last_dropped)).map_err(WalError::sled("advance cursor"))?;
+                self.cursors
+                    .insert(sink.as_bytes(), &seq_key(last_dropped))
+                    .map_err(WalError::sled("advance cursor"))?;
                 tracing::warn!(sink = %sink, from_seq = cursor, to_seq = last_dropped, "cursor moved past dropped frames");
             }
         }
         self.persist.cursor_advanced()?;
-        tracing::warn!(records, last_seq = last_dropped, "log full under drop_oldest: dropped the oldest records");
+        tracing::warn!(
+            records,
+            last_seq = last_dropped,
+            "log full under drop_oldest: dropped the oldest records"
+        );
         Ok(())
     }
 
@@ -492,11 +575,17 @@ impl Shared {
             return Ok(());
         }
         batch.insert(STATE_KEY, &st.encode()[..]);
-        self.frames.apply_batch(batch).map_err(WalError::sled("truncate"))?;
+        self.frames
+            .apply_batch(batch)
+            .map_err(WalError::sled("truncate"))?;
         g.log = st;
         drop(g);
         self.space_freed.notify_all();
-        tracing::debug!(frames = removed, up_to_seq = min, "truncated delivered frames");
+        tracing::debug!(
+            frames = removed,
+            up_to_seq = min,
+            "truncated delivered frames"
+        );
         Ok(())
     }
 
@@ -507,7 +596,9 @@ impl Shared {
         value.extend_from_slice(&(reason_text.len() as u32).to_le_bytes());
         value.extend_from_slice(reason_text.as_bytes());
         value.extend_from_slice(raw);
-        self.quarantine.insert(seq_key(seq), value).map_err(WalError::sled("quarantine frame"))?;
+        self.quarantine
+            .insert(seq_key(seq), value)
+            .map_err(WalError::sled("quarantine frame"))?;
 
         let mut g = self.lock_state();
         let mut st = g.log;
@@ -516,7 +607,9 @@ impl Shared {
         let mut batch = sled::Batch::default();
         batch.remove(&seq_key(seq)[..]);
         batch.insert(STATE_KEY, &st.encode()[..]);
-        self.frames.apply_batch(batch).map_err(WalError::sled("remove quarantined frame"))?;
+        self.frames
+            .apply_batch(batch)
+            .map_err(WalError::sled("remove quarantined frame"))?;
         g.log = st;
         drop(g);
         self.space_freed.notify_all();

@@ -31,7 +31,11 @@ fn action() -> impl Strategy<Value = Action> {
 }
 
 fn config(dir: &TempDir) -> WalConfig {
-    WalConfig { max_frame_records: 3, max_frame_bytes: 400, ..WalConfig::new(dir.path()).with_sinks(SINKS) }
+    WalConfig {
+        max_frame_records: 3,
+        max_frame_bytes: 400,
+        ..WalConfig::new(dir.path()).with_sinks(SINKS)
+    }
 }
 
 fn trade_id(r: &Record) -> u64 {
@@ -43,7 +47,9 @@ fn trade_id(r: &Record) -> u64 {
 
 /// Reads everything after the sink's cursor, acknowledging as it goes.
 fn drain(wal: &Wal, sink: &str, max_records: usize, delivered: &mut Vec<u64>) {
-    let frames = wal.read_after(wal.cursor(sink).unwrap(), max_records).unwrap();
+    let frames = wal
+        .read_after(wal.cursor(sink).unwrap(), max_records)
+        .unwrap();
     if let Some(last) = frames.last() {
         delivered.extend(frames.iter().flat_map(|f| &f.records).map(trade_id));
         wal.ack(sink, last.seq).unwrap();

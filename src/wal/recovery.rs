@@ -41,7 +41,10 @@ pub(crate) struct Store {
 
 fn prepare_dir(dir: &Path) -> Result<(), WalError> {
     use std::os::unix::fs::PermissionsExt;
-    let err = |source| WalError::Dir { path: dir.to_path_buf(), source };
+    let err = |source| WalError::Dir {
+        path: dir.to_path_buf(),
+        source,
+    };
     std::fs::create_dir_all(dir).map_err(err)?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(err)
 }
@@ -52,30 +55,48 @@ pub(crate) fn open_store(config: &WalConfig) -> Result<Store, WalError> {
         .path(&config.dir)
         .cache_capacity(config.cache_bytes)
         .segment_size(config.segment_bytes)
-        .flush_every_ms(Some(super::durability::Persist::background_flush_ms(config.durability)))
+        .flush_every_ms(Some(super::durability::Persist::background_flush_ms(
+            config.durability,
+        )))
         .mode(sled::Mode::HighThroughput)
         .open()
         .map_err(WalError::sled("open"))?;
     let tree = |name: &'static str| db.open_tree(name).map_err(WalError::sled("open tree"));
-    let (frames, cursors, meta, dead, quarantine) =
-        (tree("frames")?, tree("cursors")?, tree("meta")?, tree("dead_letters")?, tree("quarantine")?);
+    let (frames, cursors, meta, dead, quarantine) = (
+        tree("frames")?,
+        tree("cursors")?,
+        tree("meta")?,
+        tree("dead_letters")?,
+        tree("quarantine")?,
+    );
 
-    match meta.get(VERSION_KEY).map_err(WalError::sled("read version"))? {
+    match meta
+        .get(VERSION_KEY)
+        .map_err(WalError::sled("read version"))?
+    {
         None => {
-            meta.insert(VERSION_KEY, &FORMAT_VERSION.to_le_bytes()).map_err(WalError::sled("write version"))?;
+            meta.insert(VERSION_KEY, &FORMAT_VERSION.to_le_bytes())
+                .map_err(WalError::sled("write version"))?;
         }
         Some(v) => {
-            let found = u32::from_le_bytes(v.as_ref().try_into().map_err(|_| WalError::Corrupt {
-                what: "format version",
-                detail: format!("{} bytes", v.len()),
-            })?);
+            let found =
+                u32::from_le_bytes(v.as_ref().try_into().map_err(|_| WalError::Corrupt {
+                    what: "format version",
+                    detail: format!("{} bytes", v.len()),
+                })?);
             if found > FORMAT_VERSION {
-                return Err(WalError::UnsupportedVersion { found, supported: FORMAT_VERSION });
+                return Err(WalError::UnsupportedVersion {
+                    found,
+                    supported: FORMAT_VERSION,
+                });
             }
         }
     }
 
-    let mut state = match frames.get(STATE_KEY).map_err(WalError::sled("read totals"))? {
+    let mut state = match frames
+        .get(STATE_KEY)
+        .map_err(WalError::sled("read totals"))?
+    {
         Some(v) => LogState::decode(&v)?,
         None => LogState::default(),
     };
@@ -87,7 +108,11 @@ pub(crate) fn open_store(config: &WalConfig) -> Result<Store, WalError> {
         .and_then(|(k, _)| key_seq(&k));
     if let Some(last) = last {
         if last >= state.next_seq {
-            tracing::warn!(last_frame = last, next_seq = state.next_seq, "log totals behind the last frame; continuing after the last frame");
+            tracing::warn!(
+                last_frame = last,
+                next_seq = state.next_seq,
+                "log totals behind the last frame; continuing after the last frame"
+            );
             state.next_seq = last + 1;
         }
     }
@@ -99,5 +124,13 @@ pub(crate) fn open_store(config: &WalConfig) -> Result<Store, WalError> {
         next_seq = state.next_seq,
         "write-ahead log opened"
     );
-    Ok(Store { db, frames, cursors, meta, dead, quarantine, state })
+    Ok(Store {
+        db,
+        frames,
+        cursors,
+        meta,
+        dead,
+        quarantine,
+        state,
+    })
 }

@@ -27,16 +27,30 @@ pub(crate) struct LogState {
 
 impl Default for LogState {
     fn default() -> Self {
-        LogState { next_seq: 1, next_record: 0, bytes: 0, records: 0, frames: 0, dropped_records: 0 }
+        LogState {
+            next_seq: 1,
+            next_record: 0,
+            bytes: 0,
+            records: 0,
+            frames: 0,
+            dropped_records: 0,
+        }
     }
 }
 
 impl LogState {
     pub(crate) fn encode(&self) -> [u8; 48] {
         let mut out = [0u8; 48];
-        for (i, v) in [self.next_seq, self.next_record, self.bytes, self.records, self.frames, self.dropped_records]
-            .into_iter()
-            .enumerate()
+        for (i, v) in [
+            self.next_seq,
+            self.next_record,
+            self.bytes,
+            self.records,
+            self.frames,
+            self.dropped_records,
+        ]
+        .into_iter()
+        .enumerate()
         {
             out[i * 8..i * 8 + 8].copy_from_slice(&v.to_le_bytes());
         }
@@ -45,10 +59,20 @@ impl LogState {
 
     pub(crate) fn decode(b: &[u8]) -> Result<Self, WalError> {
         if b.len() != 48 {
-            return Err(WalError::Corrupt { what: "log totals", detail: format!("{} bytes, expected 48", b.len()) });
+            return Err(WalError::Corrupt {
+                what: "log totals",
+                detail: format!("{} bytes, expected 48", b.len()),
+            });
         }
         let at = |i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap());
-        Ok(LogState { next_seq: at(0), next_record: at(1), bytes: at(2), records: at(3), frames: at(4), dropped_records: at(5) })
+        Ok(LogState {
+            next_seq: at(0),
+            next_record: at(1),
+            bytes: at(2),
+            records: at(3),
+            frames: at(4),
+            dropped_records: at(5),
+        })
     }
 
     /// Accounts for a frame leaving the log.
@@ -65,7 +89,14 @@ mod tests {
 
     #[test]
     fn round_trips() {
-        let s = LogState { next_seq: 9, next_record: 8, bytes: 7, records: 6, frames: 5, dropped_records: 4 };
+        let s = LogState {
+            next_seq: 9,
+            next_record: 8,
+            bytes: 7,
+            records: 6,
+            frames: 5,
+            dropped_records: 4,
+        };
         assert_eq!(LogState::decode(&s.encode()).unwrap(), s);
         assert!(LogState::decode(&[1, 2, 3]).is_err());
     }

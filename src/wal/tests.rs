@@ -28,7 +28,10 @@ fn ids(frames: &[Frame]) -> Vec<u64> {
 }
 
 fn small(dir: &TempDir) -> WalConfig {
-    WalConfig { max_frame_records: 4, ..WalConfig::new(dir.path()).with_sinks(["a", "b"]) }
+    WalConfig {
+        max_frame_records: 4,
+        ..WalConfig::new(dir.path()).with_sinks(["a", "b"])
+    }
 }
 
 #[test]
@@ -55,7 +58,10 @@ fn directory_is_private() {
     let dir = TempDir::new().unwrap();
     let path = dir.path().join("log");
     let _wal = Wal::open(WalConfig::new(&path)).unwrap();
-    assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o700);
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
 }
 
 #[test]
@@ -71,7 +77,13 @@ fn cursors_are_independent_and_truncate_at_the_minimum() {
     assert_eq!(wal.cursor("a").unwrap(), last);
     assert_eq!(wal.cursor("b").unwrap(), 0);
     // b has delivered nothing: every frame is still there for it.
-    assert_eq!(ids(&wal.read_after(wal.cursor("b").unwrap(), usize::MAX).unwrap()).len(), 6);
+    assert_eq!(
+        ids(&wal
+            .read_after(wal.cursor("b").unwrap(), usize::MAX)
+            .unwrap())
+        .len(),
+        6
+    );
     assert_eq!(wal.backlog("a").unwrap().records, 0);
     assert_eq!(wal.backlog("b").unwrap().records, 6);
     let first_two = &a_frames[..2];
@@ -79,7 +91,10 @@ fn cursors_are_independent_and_truncate_at_the_minimum() {
     assert_eq!(wal.backlog("b").unwrap().records, 4);
     // Frames up to min(a, b) are gone, the rest remain.
     assert_eq!(wal.stats().records, 4);
-    assert_eq!(ids(&wal.read_after(0, usize::MAX).unwrap()), vec![2, 3, 4, 5]);
+    assert_eq!(
+        ids(&wal.read_after(0, usize::MAX).unwrap()),
+        vec![2, 3, 4, 5]
+    );
     // A cursor never moves back.
     wal.ack("a", 1).unwrap();
     assert_eq!(wal.cursor("a").unwrap(), last);
@@ -99,7 +114,10 @@ fn totals_persist_without_a_scan() {
     };
     let wal = Wal::open(small(&dir)).unwrap();
     let s = wal.stats();
-    assert_eq!((s.records, s.frames, s.bytes, s.last_seq), (3, 3, bytes, seq));
+    assert_eq!(
+        (s.records, s.frames, s.bytes, s.last_seq),
+        (3, 3, bytes, seq)
+    );
     // Sequence numbers keep growing after everything was truncated.
     wal.ack("a", seq).unwrap();
     wal.ack("b", seq).unwrap();
@@ -110,7 +128,11 @@ fn totals_persist_without_a_scan() {
 #[test]
 fn block_fails_with_full_after_the_deadline_and_resumes_after_truncation() {
     let dir = TempDir::new().unwrap();
-    let cfg = WalConfig { max_bytes: 600, block_timeout_ms: 1500, ..small(&dir) };
+    let cfg = WalConfig {
+        max_bytes: 600,
+        block_timeout_ms: 1500,
+        ..small(&dir)
+    };
     let wal = Wal::open(cfg).unwrap();
     let mut n = 0;
     let err = loop {
@@ -127,20 +149,33 @@ fn block_fails_with_full_after_the_deadline_and_resumes_after_truncation() {
     let w2 = wal.clone();
     let blocked = std::thread::spawn(move || w2.append(&[trade(1000)]));
     std::thread::sleep(std::time::Duration::from_millis(300));
-    assert!(!blocked.is_finished(), "append must wait while the log is full");
+    assert!(
+        !blocked.is_finished(),
+        "append must wait while the log is full"
+    );
     let last = wal.stats().last_seq;
     wal.ack("a", last).unwrap();
     wal.ack("b", last).unwrap();
-    blocked.join().unwrap().expect("append proceeds after truncation");
+    blocked
+        .join()
+        .unwrap()
+        .expect("append proceeds after truncation");
     assert_eq!(ids(&wal.read_after(0, usize::MAX).unwrap()), vec![1000]);
     let too_big: Vec<_> = (0..50).map(trade).collect();
-    assert!(matches!(wal.append(&too_big), Err(WalError::TooLarge { .. })));
+    assert!(matches!(
+        wal.append(&too_big),
+        Err(WalError::TooLarge { .. })
+    ));
 }
 
 #[test]
 fn drop_oldest_counts_exactly_and_moves_cursors() {
     let dir = TempDir::new().unwrap();
-    let cfg = WalConfig { max_bytes: 1000, when_full: WhenFull::DropOldest, ..small(&dir) };
+    let cfg = WalConfig {
+        max_bytes: 1000,
+        when_full: WhenFull::DropOldest,
+        ..small(&dir)
+    };
     let wal = Wal::open(cfg).unwrap();
     for i in 0..100 {
         wal.append(&[trade(i)]).unwrap();
@@ -154,7 +189,11 @@ fn drop_oldest_counts_exactly_and_moves_cursors() {
     // The survivors are exactly the newest records.
     assert_eq!(remaining, (s.dropped_records..100).collect::<Vec<_>>());
     let first_seq = wal.read_after(0, 1).unwrap()[0].seq;
-    assert_eq!(wal.cursor("a").unwrap(), first_seq - 1, "lagging cursor moved past dropped frames");
+    assert_eq!(
+        wal.cursor("a").unwrap(),
+        first_seq - 1,
+        "lagging cursor moved past dropped frames"
+    );
     assert_eq!(wal.backlog("a").unwrap().records, s.records);
 }
 
@@ -166,12 +205,22 @@ fn corrupt_frames_are_quarantined_and_reading_continues() {
     let s2 = wal.append(&[trade(2)]).unwrap().seq;
     let s3 = wal.append(&[trade(3)]).unwrap().seq;
     // Flip one byte of frame s2's payload.
-    let mut raw = wal.inner.shared.frames.get(seq_key(s2)).unwrap().unwrap().to_vec();
+    let mut raw = wal
+        .inner
+        .shared
+        .frames
+        .get(seq_key(s2))
+        .unwrap()
+        .unwrap()
+        .to_vec();
     let last = raw.len() - 1;
     raw[last] ^= 0xFF;
     wal.debug_put_raw_frame(s2, &raw).unwrap();
     let frames = wal.read_after(0, usize::MAX).unwrap();
-    assert_eq!(frames.iter().map(|f| f.seq).collect::<Vec<_>>(), vec![s1, s3]);
+    assert_eq!(
+        frames.iter().map(|f| f.seq).collect::<Vec<_>>(),
+        vec![s1, s3]
+    );
     assert_eq!(ids(&frames), vec![1, 3]);
     let q = wal.quarantined().unwrap();
     assert_eq!(q.len(), 1);
@@ -191,11 +240,16 @@ fn verify_reports_bad_frames_without_changing_them() {
     let dir = TempDir::new().unwrap();
     let wal = Wal::open(small(&dir)).unwrap();
     wal.append(&[trade(1), trade(2)]).unwrap();
-    wal.debug_put_raw_frame(99, b"garbage-frame-bytes-garbage-frame-bytes").unwrap();
+    wal.debug_put_raw_frame(99, b"garbage-frame-bytes-garbage-frame-bytes")
+        .unwrap();
     let (frames, records, bad) = wal.verify().unwrap();
     assert_eq!((frames, records, bad.len()), (1, 2, 1));
     assert_eq!(bad[0].0, 99);
-    assert_eq!(wal.verify().unwrap().2.len(), 1, "verify does not quarantine");
+    assert_eq!(
+        wal.verify().unwrap().2.len(),
+        1,
+        "verify does not quarantine"
+    );
 }
 
 #[test]
@@ -205,11 +259,15 @@ fn dead_letters_list_take_purge() {
     let dl = wal.dead_letters();
     dl.put("influx", &trade(1), "400: bad line 1", 3).unwrap();
     dl.put("influx", &trade(2), "400: bad line 2", 1).unwrap();
-    dl.put("timescale", &trade(3), "22003: out of range", 1).unwrap();
+    dl.put("timescale", &trade(3), "22003: out of range", 1)
+        .unwrap();
     assert_eq!(dl.count(None).unwrap(), 3);
     assert_eq!(dl.count(Some("influx")).unwrap(), 2);
     let list = dl.list(Some("influx"), 10).unwrap();
-    assert_eq!(list.iter().map(|d| d.record.clone()).collect::<Vec<_>>(), vec![trade(1), trade(2)]);
+    assert_eq!(
+        list.iter().map(|d| d.record.clone()).collect::<Vec<_>>(),
+        vec![trade(1), trade(2)]
+    );
     assert_eq!(list[0].error, "400: bad line 1");
     assert_eq!(list[0].attempts, 3);
     assert_eq!(list[0].sink, "influx");
@@ -220,7 +278,11 @@ fn dead_letters_list_take_purge() {
     drop(dl);
     drop(wal);
     let wal = Wal::open(small(&dir)).unwrap();
-    assert_eq!(wal.dead_letters().count(None).unwrap(), 1, "survives reopen");
+    assert_eq!(
+        wal.dead_letters().count(None).unwrap(),
+        1,
+        "survives reopen"
+    );
     assert_eq!(wal.stats().dead_letters, 1);
 }
 
@@ -264,16 +326,25 @@ fn concurrent_producers_are_group_committed() {
     }
     let mut got = ids(&wal.read_after(0, usize::MAX).unwrap());
     got.sort();
-    let mut want: Vec<u64> = (0..4u64).flat_map(|t| (0..500).map(move |i| t * 10_000 + i)).collect();
+    let mut want: Vec<u64> = (0..4u64)
+        .flat_map(|t| (0..500).map(move |i| t * 10_000 + i))
+        .collect();
     want.sort();
     assert_eq!(got, want);
-    assert!(wal.stats().frames < 200, "appends were grouped: {:?}", wal.stats());
+    assert!(
+        wal.stats().frames < 200,
+        "appends were grouped: {:?}",
+        wal.stats()
+    );
 }
 
 #[test]
 fn interval_durability_acknowledges_and_keeps_on_clean_close() {
     let dir = TempDir::new().unwrap();
-    let cfg = WalConfig { durability: Durability::Interval { interval_ms: 50 }, ..small(&dir) };
+    let cfg = WalConfig {
+        durability: Durability::Interval { interval_ms: 50 },
+        ..small(&dir)
+    };
     {
         let wal = Wal::open(cfg.clone()).unwrap();
         for i in 0..10 {
@@ -281,7 +352,10 @@ fn interval_durability_acknowledges_and_keeps_on_clean_close() {
         }
     }
     let wal = Wal::open(cfg).unwrap();
-    assert_eq!(ids(&wal.read_after(0, usize::MAX).unwrap()), (0..10).collect::<Vec<_>>());
+    assert_eq!(
+        ids(&wal.read_after(0, usize::MAX).unwrap()),
+        (0..10).collect::<Vec<_>>()
+    );
 }
 
 #[test]

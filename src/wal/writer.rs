@@ -58,7 +58,9 @@ pub(crate) fn run(shared: Arc<Shared>, rx: Receiver<Request>) {
             Err(e) => {
                 tracing::error!(error = %e, requests = group.len(), "group commit failed; producers get an error");
                 for req in &group {
-                    let _ = req.reply.send(Err(WalError::Commit { detail: e.to_string() }));
+                    let _ = req.reply.send(Err(WalError::Commit {
+                        detail: e.to_string(),
+                    }));
                 }
             }
         }
@@ -69,10 +71,17 @@ pub(crate) fn run(shared: Arc<Shared>, rx: Receiver<Request>) {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
-fn commit_group(shared: &Shared, b: &mut FrameBuilder, group: &[Request]) -> Result<Vec<AppendOutcome>, WalError> {
+fn commit_group(
+    shared: &Shared,
+    b: &mut FrameBuilder,
+    group: &[Request],
+) -> Result<Vec<AppendOutcome>, WalError> {
     let cfg = &shared.config;
     let created_ms = now_ms();
     let mut seqs = Vec::with_capacity(group.len());
@@ -112,9 +121,14 @@ fn commit_group(shared: &Shared, b: &mut FrameBuilder, group: &[Request]) -> Res
         None
     };
     batch.insert(STATE_KEY, &st.encode()[..]);
-    shared.frames.apply_batch(batch).map_err(WalError::sled("append frames"))?;
+    shared
+        .frames
+        .apply_batch(batch)
+        .map_err(WalError::sled("append frames"))?;
     guard.log = st;
-    guard.pending_bytes = guard.pending_bytes.saturating_sub(group.iter().map(|r| r.payload.len() as u64).sum());
+    guard.pending_bytes = guard
+        .pending_bytes
+        .saturating_sub(group.iter().map(|r| r.payload.len() as u64).sum());
     drop(guard);
 
     if let Some((last_dropped, records)) = dropped {
@@ -126,6 +140,11 @@ fn commit_group(shared: &Shared, b: &mut FrameBuilder, group: &[Request]) -> Res
     Ok(group
         .iter()
         .zip(seqs)
-        .map(|(r, seq)| AppendOutcome { seq, group_last_seq: last, group_bytes, records: r.count })
+        .map(|(r, seq)| AppendOutcome {
+            seq,
+            group_last_seq: last,
+            group_bytes,
+            records: r.count,
+        })
         .collect())
 }

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs what walrelay's demo and tests need and is missing: PostgreSQL 15
+# server binaries, VictoriaMetrics (speaks the InfluxDB v2 write API) and a Rust
+# toolchain check. Idempotent; safe to run on every invocation.
+set -euo pipefail
+
+need=()
+[ -x /usr/lib/postgresql/15/bin/initdb ] || need+=(postgresql-15)
+command -v victoria-metrics >/dev/null 2>&1 || [ -x /usr/bin/victoria-metrics ] || need+=(victoria-metrics)
+command -v runuser >/dev/null 2>&1 || need+=(util-linux)
+
+if [ ${#need[@]} -gt 0 ]; then
+  echo "setup: installing ${need[*]}" >&2
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+# The Debian package may start a system instance; tests start their own on
+# free loopback ports, so a running system service is harmless but unneeded.
+command -v cargo >/dev/null 2>&1 || { echo "setup: cargo not found; install a Rust toolchain" >&2; exit 1; }
+echo "setup: postgresql 15 and victoria-metrics present" >&2

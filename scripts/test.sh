@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The whole test suite: installs what is missing, then runs every test
+# (unit, property, crash, and the integration tests against real PostgreSQL
+# and VictoriaMetrics, which the tests start themselves on loopback), and
+# checks that the benchmarks build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+cargo build --locked --all-targets
+cargo test --locked -- --test-threads=2
+cargo bench --locked --no-run
