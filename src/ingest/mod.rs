@@ -2,4 +2,6 @@
 //! [`Record::validate`](crate::Record::validate) passed, and a caller is told
 //! "accepted" only after [`Wal::append`](crate::Wal::append) returned.
 
+pub mod line_protocol;
 pub mod synthetic;
+pub mod typed;
