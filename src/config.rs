@@ -14,6 +14,110 @@ pub struct Config {
     /// `[wal]`: the write-ahead log.
     #[serde(default)]
     pub wal: WalConfig,
+    /// `[ingest]`: the HTTP ingest server.
+    #[serde(default)]
+    pub ingest: IngestConfig,
+    /// `[drain]`: drainer batching and retry cadence.
+    #[serde(default)]
+    pub drain: DrainConfig,
+}
+
+/// A secret (token, password): never printed by `Debug` or `Display`.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    /// The secret itself, for the one place that sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// `[ingest]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// Address of the HTTP server. Default `127.0.0.1:8429` (loopback only;
+    /// binding elsewhere is an explicit choice).
+    pub listen: String,
+    /// When set, write requests must carry `Authorization: Token <token>`.
+    /// Environment override: `WALRELAY_INGEST_TOKEN`.
+    pub token: Option<Secret>,
+    /// Largest request body after decompression, bytes. Default 32 MiB.
+    pub max_body_bytes: usize,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            listen: "127.0.0.1:8429".into(),
+            token: None,
+            max_body_bytes: 32 * 1024 * 1024,
+        }
+    }
+}
+
+/// `[drain]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DrainConfig {
+    /// Records read from the log per delivery. Default 5000.
+    pub batch_records: usize,
+    /// First retry wait after a transient failure, ms. Default 100.
+    pub retry_initial_ms: u64,
+    /// Longest retry wait after transient failures, ms. Default 10000.
+    pub retry_max_ms: u64,
+    /// Retry cadence while a sink is misconfigured, ms. Default 30000.
+    pub retry_config_ms: u64,
+    /// How long shutdown waits for drainers to finish their batch, ms. Default 10000.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for DrainConfig {
+    fn default() -> Self {
+        DrainConfig {
+            batch_records: 5000,
+            retry_initial_ms: 100,
+            retry_max_ms: 10_000,
+            retry_config_ms: 30_000,
+            shutdown_grace_ms: 10_000,
+        }
+    }
+}
+
+impl DrainConfig {
+    pub(crate) fn retry_policy(&self) -> crate::drain::retry::RetryPolicy {
+        use std::time::Duration;
+        crate::drain::retry::RetryPolicy {
+            initial: Duration::from_millis(self.retry_initial_ms),
+            max: Duration::from_millis(self.retry_max_ms),
+            config_interval: Duration::from_millis(self.retry_config_ms),
+        }
+    }
+}
+
+impl Config {
+    /// Names of the sinks this configuration enables (their log cursors).
+    pub fn sink_names(&self) -> Vec<&'static str> {
+        Vec::new()
+    }
+
+    /// Applies environment overrides for secrets.
+    pub fn apply_env(&mut self) {
+        if let Ok(t) = std::env::var("WALRELAY_INGEST_TOKEN") {
+            self.ingest.token = Some(Secret::new(t));
+        }
+    }
 }
 
 /// Why the configuration could not be loaded.
@@ -70,6 +174,15 @@ mod tests {
     fn wrong_type_is_named() {
         let err = Config::parse("[wal]\nmax_bytes = \"big\"\n").unwrap_err();
         assert!(err.contains("max_bytes"), "{err}");
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_debug() {
+        let c = Config::parse("[ingest]\ntoken = \"hunter2\"\n").unwrap();
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("hunter2"), "{dbg}");
+        assert!(dbg.contains("[redacted]"));
+        assert_eq!(c.ingest.token.unwrap().expose(), "hunter2");
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod db;
 pub mod drain;
 pub mod ingest;
 pub mod record;
+pub mod relay;
 pub mod wal;
 
 pub use record::{Record, RecordError, RecordKind};

@@ -2,8 +2,6 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
@@ -24,20 +22,40 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the relay: open the log and accept records.
+    /// Run the relay daemon until SIGINT/SIGTERM (a second signal exits at once).
     Run {
         /// Config file (TOML); defaults apply when absent.
         #[arg(long)]
         config: Option<PathBuf>,
-        /// Feed the log from the built-in synthetic collector at this many records/s.
-        #[arg(long)]
-        synthetic_rate: Option<u64>,
-        /// Stop after this many seconds (default: until Ctrl-C).
-        #[arg(long)]
-        duration: Option<u64>,
-        /// Symbols of the synthetic collector.
+    },
+    /// Synthetic collector: post realistic records of every kind to a running relay.
+    Feed {
+        /// Relay base URL.
+        #[arg(long, default_value = "http://127.0.0.1:8429")]
+        url: String,
+        /// Records per second.
+        #[arg(long, default_value_t = 1000)]
+        rate: u64,
+        /// Seconds to run.
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+        /// Number of symbols.
         #[arg(long, default_value_t = 8)]
         symbols: usize,
+        /// Ingest token (or WALRELAY_INGEST_TOKEN).
+        #[arg(long, env = "WALRELAY_INGEST_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
+    /// Show a running relay's status (backlogs, sink health, ETA).
+    Status {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Relay base URL (default: from the config's ingest.listen).
+        #[arg(long)]
+        url: Option<String>,
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Inspect the write-ahead log of a stopped relay.
     Wal {
@@ -58,7 +76,11 @@ enum WalCommand {
 fn load(config: Option<PathBuf>) -> Result<Config, String> {
     match config {
         Some(p) => Config::load(&p).map_err(|e| e.to_string()),
-        None => Ok(Config::default()),
+        None => {
+            let mut c = Config::default();
+            c.apply_env();
+            Ok(c)
+        }
     }
 }
 
@@ -70,13 +92,23 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let result = match cli.command {
-        Command::Run {
-            config,
-            synthetic_rate,
+        Command::Run { config } => rt.block_on(run(config)),
+        Command::Feed {
+            url,
+            rate,
             duration,
             symbols,
-        } => run(config, synthetic_rate, duration, symbols),
+            token,
+        } => rt.block_on(feed(url, rate, duration, symbols, token)),
+        Command::Status { config, url, json } => rt.block_on(status(config, url, json)),
         Command::Wal {
             command: WalCommand::Verify { config },
         } => verify(config),
@@ -90,68 +122,157 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(
-    config: Option<PathBuf>,
-    rate: Option<u64>,
-    duration: Option<u64>,
-    symbols: usize,
-) -> Result<ExitCode, String> {
+/// Resolves on the first SIGINT or SIGTERM; a second one exits the process at
+/// once (the log keeps everything that was acknowledged).
+async fn signals() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+    tracing::info!("shutdown requested; a second signal exits at once");
+    tokio::spawn(async move {
+        tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+        eprintln!("second signal: exiting now; the log keeps every acknowledged record");
+        std::process::exit(130);
+    });
+}
+
+async fn run(config: Option<PathBuf>) -> Result<ExitCode, String> {
     let config = load(config)?;
-    let wal = Wal::open(config.wal.clone()).map_err(|e| e.to_string())?;
-    let stop = Arc::new(AtomicBool::new(false));
-    {
-        let stop = stop.clone();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| e.to_string())?;
-        std::thread::spawn(move || {
-            rt.block_on(async {
-                let _ = tokio::signal::ctrl_c().await;
-            });
-            stop.store(true, Ordering::SeqCst);
-        });
-    }
+    walrelay::relay::run(config, signals())
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn feed(
+    url: String,
+    rate: u64,
+    duration: u64,
+    symbols: usize,
+    token: Option<String>,
+) -> Result<ExitCode, String> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let mut gen = Synthetic::new(rand_seed(), symbols);
     let started = Instant::now();
-    let deadline = duration.map(|d| started + Duration::from_secs(d));
-    let mut gen = Synthetic::new(42, symbols);
-    let mut appended = 0u64;
-    let mut next_report = started + Duration::from_secs(1);
-    tracing::info!(dir = %config.wal.dir.display(), rate = rate.unwrap_or(0), "relay running (log side only: sinks are not configured)");
-    while !stop.load(Ordering::SeqCst) && deadline.map_or(true, |d| Instant::now() < d) {
-        if let Some(rate) = rate {
-            // Pace in 10 ms ticks so the feed approximates the requested rate.
-            let due = (started.elapsed().as_secs_f64() * rate as f64) as u64;
-            let n = due.saturating_sub(appended).min(10_000) as usize;
-            if n > 0 {
-                let batch = gen.batch(n, walrelay::record::now_ns());
-                wal.append(&batch).map_err(|e| e.to_string())?;
-                appended += n as u64;
+    let (mut sent, mut rejected) = (0u64, 0u64);
+    let tick = Duration::from_millis(100);
+    let endpoint = format!("{}/v1/records", url.trim_end_matches('/'));
+    while started.elapsed() < Duration::from_secs(duration) {
+        let due = ((started.elapsed().as_secs_f64() + tick.as_secs_f64()) * rate as f64) as u64;
+        let n = due.saturating_sub(sent + rejected) as usize;
+        if n > 0 {
+            let batch = gen.batch(n, walrelay::record::now_ns());
+            let body: String = batch
+                .iter()
+                .map(|r| serde_json::to_string(r).unwrap() + "\n")
+                .collect();
+            let mut req = client.post(&endpoint).body(body);
+            if let Some(t) = &token {
+                req = req.header("Authorization", format!("Token {t}"));
+            }
+            match req.send().await {
+                Ok(r) if r.status().as_u16() == 204 => sent += n as u64,
+                Ok(r) => {
+                    rejected += n as u64;
+                    let status = r.status();
+                    eprintln!(
+                        "feed: {n} records refused: {status} {}",
+                        r.text().await.unwrap_or_default()
+                    );
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(e) => {
+                    rejected += n as u64;
+                    eprintln!("feed: request failed: {e}");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
             }
         }
-        std::thread::sleep(Duration::from_millis(10));
-        if Instant::now() >= next_report {
-            let s = wal.stats();
-            tracing::info!(
-                appended,
-                log_records = s.records,
-                log_bytes = s.bytes,
-                last_seq = s.last_seq,
-                "progress"
-            );
-            next_report += Duration::from_secs(1);
-        }
+        tokio::time::sleep(tick).await;
     }
-    wal.flush().map_err(|e| e.to_string())?;
-    let s = wal.stats();
     println!(
-        "walrelay: appended {appended} records this run; the log at {} holds {} records in {} frames ({} bytes, last frame {})",
-        config.wal.dir.display(),
-        s.records,
-        s.frames,
-        s.bytes,
-        s.last_seq
+        "feed: sent={sent} acknowledged={sent} refused={rejected} in {:.1}s",
+        started.elapsed().as_secs_f64()
     );
+    Ok(if rejected == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(3)
+    })
+}
+
+fn rand_seed() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(1)
+}
+
+async fn status(
+    config: Option<PathBuf>,
+    url: Option<String>,
+    json: bool,
+) -> Result<ExitCode, String> {
+    let url = match url {
+        Some(u) => u,
+        None => format!("http://{}", load(config)?.ingest.listen),
+    };
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let v: serde_json::Value = client
+        .get(format!("{}/status", url.trim_end_matches('/')))
+        .send()
+        .await
+        .map_err(|e| format!("relay at {url} is not answering: {e}"))?
+        .json()
+        .await
+        .map_err(|e| e.to_string())?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v).unwrap());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let log = &v["log"];
+    println!(
+        "log {}: {} records in {} frames, {} of {} bytes; appended {} ever, dropped {}, quarantined frames {}",
+        log["dir"].as_str().unwrap_or(""),
+        log["records"],
+        log["frames"],
+        log["bytes"],
+        log["max_bytes"],
+        log["appended_records"],
+        log["dropped_records"],
+        log["quarantined_frames"]
+    );
+    for s in v["sinks"].as_array().into_iter().flatten() {
+        let eta = match s["eta_seconds"].as_f64() {
+            Some(e) if s["backlog_records"].as_u64() != Some(0) => format!("{e:.1}s"),
+            _ if s["backlog_records"].as_u64() == Some(0) => "caught up".into(),
+            _ => "unknown (no recent deliveries)".into(),
+        };
+        println!(
+            "sink {:<10} {:<9} cursor {:>8}  backlog {:>9} records ({} bytes), oldest {:>7}s, ETA {eta}, delivered {}, dead letters {}{}",
+            s["name"].as_str().unwrap_or(""),
+            s["state"].as_str().unwrap_or(""),
+            s["cursor"],
+            s["backlog_records"],
+            s["backlog_bytes"],
+            s["oldest_undelivered_age_seconds"].as_f64().map(|a| format!("{a:.1}")).unwrap_or("-".into()),
+            s["delivered_records"],
+            s["dead_letters"],
+            s["last_error"].as_str().map(|e| format!("\n    last error: {e}")).unwrap_or_default()
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -160,7 +281,11 @@ fn verify(config: Option<PathBuf>) -> Result<ExitCode, String> {
     if !config.wal.dir.exists() {
         return Err(format!("no log at {}", config.wal.dir.display()));
     }
-    let wal = Wal::open(config.wal.clone()).map_err(|e| e.to_string())?;
+    let wal = Wal::open(config.wal.clone()).map_err(|e| {
+        format!(
+            "{e} (is a relay still running on this log? `walrelay wal verify` needs it stopped)"
+        )
+    })?;
     let (frames, records, bad) = wal.verify().map_err(|e| e.to_string())?;
     let s = wal.stats();
     println!(
@@ -172,6 +297,13 @@ fn verify(config: Option<PathBuf>) -> Result<ExitCode, String> {
         "totals record: {} records in {} frames; last frame {}",
         s.records, s.frames, s.last_seq
     );
+    for sink in config.sink_names() {
+        let b = wal.backlog(sink).map_err(|e| e.to_string())?;
+        println!(
+            "cursor {sink}: frame {}, backlog {} records",
+            b.cursor, b.records
+        );
+    }
     for (seq, why) in wal.quarantined().map_err(|e| e.to_string())? {
         println!("quarantined frame {seq}: {why}");
     }

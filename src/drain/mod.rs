@@ -7,6 +7,7 @@
 //! idempotently (Influx overwrites the identical point, Timescale inserts with
 //! `ON CONFLICT DO NOTHING`).
 
+pub mod drainer;
 pub mod retry;
 
 use std::future::Future;

@@ -66,6 +66,21 @@ pub struct LineError {
 /// # Errors
 /// The first malformed line.
 pub fn parse(body: &str, precision: Precision, now_ns: i64) -> Result<Vec<Point>, LineError> {
+    Ok(parse_numbered(body, precision, now_ns)?
+        .into_iter()
+        .map(|(_, p)| p)
+        .collect())
+}
+
+/// Like [`parse`], with the 1-based line number where each point starts.
+///
+/// # Errors
+/// The first malformed line.
+pub fn parse_numbered(
+    body: &str,
+    precision: Precision,
+    now_ns: i64,
+) -> Result<Vec<(usize, Point)>, LineError> {
     let default_ts = now_ns / precision.factor() * precision.factor();
     let mut out = Vec::new();
     let mut p = Parser {
@@ -96,7 +111,7 @@ pub fn parse(body: &str, precision: Precision, now_ns: i64) -> Result<Vec<Point>
             p.pos += 1;
         }
         let point = p.point(default_ts, precision).map_err(err)?;
-        out.push(point);
+        out.push((start_line, point));
     }
     Ok(out)
 }

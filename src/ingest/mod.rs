@@ -2,6 +2,8 @@
 //! [`Record::validate`](crate::Record::validate) passed, and a caller is told
 //! "accepted" only after [`Wal::append`](crate::Wal::append) returned.
 
+pub mod error;
+pub mod http;
 pub mod line_protocol;
 pub mod synthetic;
 pub mod typed;

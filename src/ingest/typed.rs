@@ -9,8 +9,6 @@
 //! timestamp. For `orderbook`, the derived fields must equal what the encoder
 //! would derive, or the line stays a point.
 
-use std::collections::BTreeMap;
-
 use crate::record::*;
 
 fn tags_are(p: &Point, keys: &[&str]) -> bool {

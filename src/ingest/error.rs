@@ -1,0 +1,71 @@
+//! Why an ingest request was refused. Every refusal appends nothing.
+
+use std::time::Duration;
+
+/// A refused ingest request.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum IngestError {
+    /// A line of the body is malformed (line protocol or JSON syntax).
+    #[error("line {line}: {message}")]
+    BadLine { line: usize, message: String },
+    /// A line parsed but its record failed validation; names the field.
+    #[error("line {line}: field `{field}`: {message}")]
+    BadRecord {
+        line: usize,
+        field: String,
+        message: String,
+    },
+    /// The body is not valid UTF-8.
+    #[error("line {line}: body is not valid UTF-8")]
+    NotUtf8 { line: usize },
+    /// A query parameter is invalid (e.g. `precision`).
+    #[error("invalid query parameter `{param}`: {message}")]
+    BadParam {
+        param: &'static str,
+        message: String,
+    },
+    /// The body (after decompression) exceeds the configured limit.
+    #[error("request body exceeds {limit} bytes")]
+    TooLarge { limit: usize },
+    /// The gzip stream is corrupt.
+    #[error("body is not valid gzip: {0}")]
+    BadGzip(String),
+    /// Missing or wrong `Authorization: Token …`.
+    #[error("unauthorized: missing or wrong token")]
+    Unauthorized,
+    /// The log is full under `block`; retry later.
+    #[error("write-ahead log is full; retry after {retry_after:?}")]
+    Full { retry_after: Duration },
+    /// The log failed (I/O); nothing was acknowledged.
+    #[error("write-ahead log error: {0}")]
+    Wal(String),
+}
+
+impl IngestError {
+    /// The HTTP status the ingest server answers with.
+    pub fn status(&self) -> u16 {
+        match self {
+            IngestError::BadLine { .. }
+            | IngestError::BadRecord { .. }
+            | IngestError::NotUtf8 { .. }
+            | IngestError::BadParam { .. }
+            | IngestError::BadGzip(_) => 400,
+            IngestError::TooLarge { .. } => 413,
+            IngestError::Unauthorized => 401,
+            IngestError::Full { .. } => 503,
+            IngestError::Wal(_) => 500,
+        }
+    }
+
+    /// InfluxDB's error `code` string for this refusal.
+    pub fn code(&self) -> &'static str {
+        match self.status() {
+            400 => "invalid",
+            401 => "unauthorized",
+            413 => "request too large",
+            503 => "unavailable",
+            _ => "internal error",
+        }
+    }
+}
