@@ -9,6 +9,7 @@ use std::io::Read;
 use std::sync::Arc;
 
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -119,13 +120,29 @@ fn body_text(relay: &Relay, headers: &HeaderMap, body: Bytes) -> Result<String, 
     })
 }
 
+/// The body, or the refusal in our error shape (axum's own is plain text).
+fn limited(relay: &Relay, body: Result<Bytes, BytesRejection>) -> Result<Bytes, IngestError> {
+    body.map_err(|e| match e.status().as_u16() {
+        413 => IngestError::TooLarge {
+            limit: relay.config().ingest.max_body_bytes,
+        },
+        _ => IngestError::BadLine {
+            line: 1,
+            message: format!("cannot read the request body: {e}"),
+        },
+    })
+}
+
 async fn write_lp(
     State(relay): State<Arc<Relay>>,
     Query(q): Query<WriteParams>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<StatusCode, IngestError> {
-    let result = write_lp_inner(&relay, q, &headers, body).await;
+    let result = match limited(&relay, body) {
+        Ok(body) => write_lp_inner(&relay, q, &headers, body).await,
+        Err(e) => Err(e),
+    };
     relay.count_request("/api/v2/write", &result);
     result
 }
@@ -175,9 +192,12 @@ async fn write_lp_inner(
 async fn write_json(
     State(relay): State<Arc<Relay>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<StatusCode, IngestError> {
-    let result = write_json_inner(&relay, &headers, body).await;
+    let result = match limited(&relay, body) {
+        Ok(body) => write_json_inner(&relay, &headers, body).await,
+        Err(e) => Err(e),
+    };
     relay.count_request("/v1/records", &result);
     result
 }

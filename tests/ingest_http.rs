@@ -1,0 +1,239 @@
+//! HTTP ingest against a relay running in-process on a loopback port: each
+//! malformed request gets its documented status and appends nothing; valid
+//! requests are acknowledged only once durable.
+
+use std::io::Write;
+use std::time::Duration;
+
+use walrelay::config::{Config, Secret};
+
+struct Relay {
+    url: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Result<(), walrelay::relay::RelayError>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Relay {
+    async fn start(edit: impl FnOnce(&mut Config)) -> Relay {
+        let dir = tempfile::TempDir::new().unwrap();
+        let mut config = Config::default();
+        config.wal.dir = dir.path().join("wal");
+        config.ingest.token = Some(Secret::new("s3cret"));
+        config.ingest.max_body_bytes = 64 * 1024;
+        edit(&mut config);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(walrelay::relay::serve(config, listener, async move {
+            let _ = rx.await;
+        }));
+        let client = reqwest::Client::new();
+        for _ in 0..100 {
+            if client.get(format!("{url}/health")).send().await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Relay {
+            url,
+            stop: Some(tx),
+            task: Some(task),
+            _dir: dir,
+        }
+    }
+
+    async fn appended(&self) -> u64 {
+        let v: serde_json::Value = reqwest::get(format!("{}/status", self.url))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["log"]["appended_records"].as_u64().unwrap()
+    }
+
+    async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.take().unwrap().await.unwrap().unwrap();
+    }
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(data).unwrap();
+    e.finish().unwrap()
+}
+
+async fn post(
+    url: &str,
+    path: &str,
+    token: Option<&str>,
+    gz: bool,
+    body: Vec<u8>,
+) -> (u16, String, Option<String>) {
+    let mut req = reqwest::Client::new()
+        .post(format!("{url}{path}"))
+        .body(body);
+    if let Some(t) = token {
+        req = req.header("Authorization", format!("Token {t}"));
+    }
+    if gz {
+        req = req.header("Content-Encoding", "gzip");
+    }
+    let r = req.send().await.unwrap();
+    let retry_after = r
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_string());
+    (r.status().as_u16(), r.text().await.unwrap(), retry_after)
+}
+
+const WRITE: &str = "/api/v2/write?org=o&bucket=b&precision=ns";
+const GOOD: &str = "trades,symbol=BTCUSDT,exchange=BINANCE,side=buy price=97000.5,quantity=0.1 1764000000000000000\n";
+
+#[tokio::test]
+async fn malformed_requests_are_refused_and_append_nothing() {
+    let relay = Relay::start(|_| {}).await;
+    let tok = Some("s3cret");
+    let huge_line = format!("m f=\"{}\" 1\n", "x".repeat(70 * 1024));
+    let mut bomb_src = Vec::new();
+    bomb_src.resize(1024 * 1024, b'a');
+    let cases: Vec<(&str, &str, Option<&str>, bool, Vec<u8>, u16, &str)> = vec![
+        ("bad escape swallows the separator", WRITE, tok, false, format!("{GOOD}m,t=\\ f=1 1\n").into_bytes(), 400, "line 2"),
+        ("missing tag value", WRITE, tok, false, format!("{GOOD}{GOOD}m,t= f=1 1\n").into_bytes(), 400, "line 3"),
+        ("missing fields", WRITE, tok, false, format!("{GOOD}m 1\n").into_bytes(), 400, "line 2"),
+        ("wrong type", WRITE, tok, false, format!("{GOOD}m f=12x3 1\n").into_bytes(), 400, "invalid value"),
+        ("non-finite float", WRITE, tok, false, format!("{GOOD}m f=NaN 1\n").into_bytes(), 400, "line 2"),
+        ("reserved name", WRITE, tok, false, format!("{GOOD}_m f=1 1\n").into_bytes(), 400, "measurement"),
+        ("huge line", WRITE, tok, false, format!("{GOOD}{huge_line}").into_bytes(), 413, "exceeds"),
+        ("invalid utf-8", WRITE, tok, false, [GOOD.as_bytes(), b"m,t=\xff\xfe f=1 1\n"].concat(), 400, "line 2"),
+        ("empty body", WRITE, tok, false, Vec::new(), 400, "no points"),
+        ("wrong token", WRITE, Some("nope"), false, GOOD.as_bytes().to_vec(), 401, "unauthorized"),
+        ("no token", WRITE, None, false, GOOD.as_bytes().to_vec(), 401, "unauthorized"),
+        ("oversized gzip (bomb)", WRITE, tok, true, gzip(&bomb_src), 413, "exceeds"),
+        ("corrupt gzip", WRITE, tok, true, b"not gzip at all".to_vec(), 400, "gzip"),
+        ("bad precision", "/api/v2/write?bucket=b&precision=h", tok, false, GOOD.as_bytes().to_vec(), 400, "precision"),
+        ("json: unknown field", "/v1/records", tok, false, br#"{"type":"kline","venue":"V","symbol":"S","interval":"1m","ts":1764000000000000000,"open":1,"high":1,"low":1,"close":1,"volume":1,"x":1}"#.to_vec(), 400, "line 1"),
+        ("json: bad record names field", "/v1/records", tok, false, br#"{"type":"kline","venue":"V","symbol":"","interval":"1m","ts":1764000000000000000,"open":1,"high":1,"low":1,"close":1,"volume":1}"#.to_vec(), 400, "symbol"),
+        ("json: second line bad", "/v1/records", tok, false, format!("{}\nnot json\n", r#"{"type":"kline","venue":"V","symbol":"S","interval":"1m","ts":1764000000000000000,"open":1,"high":1,"low":1,"close":1,"volume":1}"#).into_bytes(), 400, "line 2"),
+    ];
+    for (name, path, token, gz, body, want_status, want_text) in cases {
+        let before = relay.appended().await;
+        let (status, text, _) = post(&relay.url, path, token, gz, body).await;
+        assert_eq!(status, want_status, "{name}: {text}");
+        assert!(
+            text.contains(want_text),
+            "{name}: {text:?} lacks {want_text:?}"
+        );
+        if status == 400 {
+            let v: serde_json::Value = serde_json::from_str(&text)
+                .unwrap_or_else(|_| panic!("{name}: not InfluxDB's JSON error shape: {text}"));
+            assert_eq!(v["code"], "invalid", "{name}");
+        }
+        assert_eq!(
+            relay.appended().await,
+            before,
+            "{name}: a refused request appended records"
+        );
+    }
+    // The relay keeps serving: a good request after all that is accepted.
+    let (status, text, _) = post(&relay.url, WRITE, tok, false, GOOD.repeat(3).into_bytes()).await;
+    assert_eq!(status, 204, "{text}");
+    assert_eq!(relay.appended().await, 3);
+    let (status, _, _) = post(&relay.url, WRITE, tok, true, gzip(GOOD.as_bytes())).await;
+    assert_eq!(status, 204);
+    assert_eq!(relay.appended().await, 4);
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn acknowledged_writes_are_in_the_log_after_shutdown() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let wal_dir = dir.path().join("wal");
+    let w = wal_dir.clone();
+    let relay = Relay::start(move |c| c.wal.dir = w).await;
+    let mut lines = String::new();
+    for i in 0..500 {
+        lines.push_str(&format!(
+            "cpu,host=h{} load={}.5,n={i}i {}\n",
+            i % 7,
+            i,
+            1_764_000_000_000_000_000i64 + i
+        ));
+    }
+    let (status, text, _) =
+        post(&relay.url, WRITE, Some("s3cret"), false, lines.into_bytes()).await;
+    assert_eq!(status, 204, "{text}");
+    let json: String = (0..100).map(|i| format!("{{\"type\":\"bar\",\"kind\":\"vpin\",\"venue\":\"V\",\"symbol\":\"S\",\"interval\":\"tick_100\",\"ts\":{},\"open\":1,\"high\":2,\"low\":0.5,\"close\":1.5,\"volume\":10}}\n", 1_764_000_000_000_000_000i64 + i)).collect();
+    let (status, text, _) = post(
+        &relay.url,
+        "/v1/records",
+        Some("s3cret"),
+        false,
+        json.into_bytes(),
+    )
+    .await;
+    assert_eq!(status, 204, "{text}");
+    relay.stop().await;
+    let wal = walrelay::Wal::open(walrelay::WalConfig::new(&wal_dir)).unwrap();
+    let records: Vec<_> = wal
+        .read_after(0, usize::MAX)
+        .unwrap()
+        .into_iter()
+        .flat_map(|f| f.records)
+        .collect();
+    assert_eq!(records.len(), 600);
+    assert_eq!(
+        records
+            .iter()
+            .filter(|r| r.kind() == walrelay::RecordKind::Point)
+            .count(),
+        500
+    );
+    assert_eq!(
+        records
+            .iter()
+            .filter(|r| r.kind() == walrelay::RecordKind::Bar)
+            .count(),
+        100
+    );
+}
+
+#[tokio::test]
+async fn full_log_under_block_answers_503_with_retry_after() {
+    let relay = Relay::start(|c| {
+        c.wal.max_bytes = 4096;
+        c.wal.block_timeout_ms = 200;
+    })
+    .await;
+    let mut acked = 0;
+    let mut refused = None;
+    for _ in 0..200 {
+        let (status, text, retry_after) = post(
+            &relay.url,
+            WRITE,
+            Some("s3cret"),
+            false,
+            GOOD.repeat(5).into_bytes(),
+        )
+        .await;
+        match status {
+            204 => acked += 5,
+            503 => {
+                refused = Some((text, retry_after));
+                break;
+            }
+            other => panic!("unexpected {other}: {text}"),
+        }
+    }
+    let (text, retry_after) = refused.expect("the log never filled");
+    assert!(text.contains("full"), "{text}");
+    assert!(retry_after.is_some(), "503 without Retry-After");
+    assert_eq!(
+        relay.appended().await,
+        acked,
+        "only acknowledged requests are in the log"
+    );
+    relay.stop().await;
+}
