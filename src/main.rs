@@ -57,10 +57,53 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Dead letters: records a sink rejected permanently (relay stopped).
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
     /// Inspect the write-ahead log of a stopped relay.
     Wal {
         #[command(subcommand)]
         command: WalCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// One line per dead letter: id, sink, time, attempts, reason.
+    List {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        sink: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// A dead letter in full, with its record as JSON.
+    Show {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The id printed by `list`.
+        id: String,
+    },
+    /// Put dead letters back into the log (they are delivered again), then
+    /// remove them from the dead-letter store.
+    Replay {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        sink: Option<String>,
+    },
+    /// Delete dead letters for good.
+    Purge {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        sink: Option<String>,
+        /// Required: purging cannot be undone.
+        #[arg(long)]
+        yes: bool,
     },
 }
 
@@ -112,6 +155,7 @@ fn main() -> ExitCode {
         Command::Wal {
             command: WalCommand::Verify { config },
         } => verify(config),
+        Command::Dlq { command } => dlq(command),
     };
     match result {
         Ok(code) => code,
@@ -318,4 +362,107 @@ fn verify(config: Option<PathBuf>) -> Result<ExitCode, String> {
         println!("{} corrupt frames: `walrelay run` will quarantine each when a drainer reaches it and continue", bad.len());
         Ok(ExitCode::from(2))
     }
+}
+
+fn open_stopped(config: Option<PathBuf>) -> Result<(Config, Wal), String> {
+    let config = load(config)?;
+    if !config.wal.dir.exists() {
+        return Err(format!("no log at {}", config.wal.dir.display()));
+    }
+    let wal = Wal::open(config.wal.clone().with_sinks(config.sink_names()))
+        .map_err(|e| format!("{e} (is a relay still running on this log? stop it first)"))?;
+    Ok((config, wal))
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Result<Vec<u8>, String> {
+    let bad = || format!("{s:?} is not an id printed by `walrelay dlq list`");
+    if s.len() % 2 != 0 {
+        return Err(bad());
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).map_err(|_| bad()))
+        .collect()
+}
+
+fn dlq(command: DlqCommand) -> Result<ExitCode, String> {
+    match command {
+        DlqCommand::List {
+            config,
+            sink,
+            limit,
+        } => {
+            let (_, wal) = open_stopped(config)?;
+            let dl = wal.dead_letters();
+            let total = dl.count(sink.as_deref()).map_err(|e| e.to_string())?;
+            for d in dl.list(sink.as_deref(), limit).map_err(|e| e.to_string())? {
+                println!(
+                    "{}  sink={} kind={} attempts={} at_ns={}  {}",
+                    hex(&d.id),
+                    d.sink,
+                    d.record.kind(),
+                    d.attempts,
+                    d.at_ns,
+                    d.error
+                );
+            }
+            println!(
+                "{total} dead letters{}",
+                sink.map(|s| format!(" for sink {s}")).unwrap_or_default()
+            );
+        }
+        DlqCommand::Show { config, id } => {
+            let (_, wal) = open_stopped(config)?;
+            let id = unhex(&id)?;
+            let found = wal
+                .dead_letters()
+                .list(None, usize::MAX)
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .find(|d| d.id == id);
+            let Some(d) = found else {
+                return Err("no dead letter with that id".into());
+            };
+            let record = serde_json::to_string_pretty(&d.record).unwrap_or_default();
+            println!(
+                "sink: {}\nattempts: {}\nat_ns: {}\nerror: {}\nrecord: {record}",
+                d.sink, d.attempts, d.at_ns, d.error
+            );
+        }
+        DlqCommand::Replay { config, sink } => {
+            let (_, wal) = open_stopped(config)?;
+            let dl = wal.dead_letters();
+            let mut n = 0;
+            for d in dl
+                .list(sink.as_deref(), usize::MAX)
+                .map_err(|e| e.to_string())?
+            {
+                // Append first, then remove: a crash in between replays twice,
+                // which the idempotent sinks absorb, and never loses the record.
+                wal.append(std::slice::from_ref(&d.record))
+                    .map_err(|e| e.to_string())?;
+                dl.take(&d.id).map_err(|e| e.to_string())?;
+                n += 1;
+            }
+            println!(
+                "replayed {n} dead letters into the log; they are delivered when the relay runs"
+            );
+        }
+        DlqCommand::Purge { config, sink, yes } => {
+            if !yes {
+                return Err("purge deletes dead letters for good; add --yes to confirm".into());
+            }
+            let (_, wal) = open_stopped(config)?;
+            let n = wal
+                .dead_letters()
+                .purge(sink.as_deref())
+                .map_err(|e| e.to_string())?;
+            println!("purged {n} dead letters");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
