@@ -9,6 +9,7 @@ pub mod config;
 pub mod db;
 pub mod drain;
 pub mod ingest;
+pub mod preflight;
 pub mod record;
 pub mod relay;
 pub mod wal;

@@ -28,6 +28,11 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Preflight: config, log directory, ingest port, sinks; one line per check.
+    Check {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Synthetic collector: post realistic records of every kind to a running relay.
     Feed {
         /// Relay base URL.
@@ -156,6 +161,7 @@ fn main() -> ExitCode {
             command: WalCommand::Verify { config },
         } => verify(config),
         Command::Dlq { command } => dlq(command),
+        Command::Check { config } => rt.block_on(preflight(config)),
     };
     match result {
         Ok(code) => code,
@@ -465,4 +471,29 @@ fn dlq(command: DlqCommand) -> Result<ExitCode, String> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn preflight(config: Option<PathBuf>) -> Result<ExitCode, String> {
+    let config = match load(config) {
+        Ok(c) => c,
+        Err(e) => {
+            println!("[FAIL] config                       {e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let checks = walrelay::preflight::run_checks(&config).await;
+    for c in &checks {
+        println!("{c}");
+    }
+    let failed = checks
+        .iter()
+        .filter(|c| c.verdict == walrelay::preflight::Verdict::Fail)
+        .count();
+    if failed > 0 {
+        println!("{failed} required checks failed");
+        Ok(ExitCode::FAILURE)
+    } else {
+        println!("all required checks passed");
+        Ok(ExitCode::SUCCESS)
+    }
 }

@@ -182,7 +182,7 @@ pub(crate) fn point(
         tags: tags
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect::<BTreeMap<_, _>>(),
+            .collect::<std::collections::BTreeMap<_, _>>(),
         fields: fields
             .iter()
             .map(|(k, v)| (k.to_string(), v.clone()))
