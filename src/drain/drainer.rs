@@ -261,3 +261,177 @@ async fn sleep_or_shutdown(d: Duration, shutdown: &mut watch::Receiver<bool>) ->
         _ = shutdown.changed() => true,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::drain::{Delivery, SinkFailure};
+    use crate::record::RecordKind;
+    use crate::wal::WalConfig;
+    use std::collections::VecDeque;
+
+    /// A sink that answers from a script (then succeeds) and records what it got.
+    struct Scripted {
+        script: Arc<Mutex<VecDeque<ErrorClass>>>,
+        got: Arc<Mutex<Vec<String>>>,
+    }
+
+    impl Sink for Scripted {
+        fn name(&self) -> &'static str {
+            "scripted"
+        }
+        fn accepts(&self, kind: RecordKind) -> bool {
+            kind == RecordKind::Trade
+        }
+        async fn deliver(&mut self, batch: &[Record]) -> Result<Delivery, SinkFailure> {
+            if let Some(class) = self.script.lock().unwrap().pop_front() {
+                return Err(SinkFailure {
+                    class,
+                    message: format!("scripted {class:?}"),
+                    retry_after: None,
+                });
+            }
+            let mut got = self.got.lock().unwrap();
+            for r in batch {
+                if let Record::Trade(t) = r {
+                    got.push(t.trade_id.clone());
+                }
+            }
+            Ok(Delivery {
+                written: batch.len(),
+                dead_lettered: 0,
+            })
+        }
+    }
+
+    fn settings() -> DrainerSettings {
+        DrainerSettings {
+            batch_records: 7,
+            retry: RetryPolicy {
+                initial: Duration::from_millis(5),
+                max: Duration::from_millis(20),
+                config_interval: Duration::from_millis(40),
+            },
+        }
+    }
+
+    async fn wait_for(mut cond: impl FnMut() -> bool) {
+        for _ in 0..500 {
+            if cond() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("condition not reached in 5 s");
+    }
+
+    #[tokio::test]
+    async fn retries_until_success_and_advances_only_after() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let wal = Wal::open(WalConfig::new(dir.path()).with_sinks(["scripted"])).unwrap();
+        let recs: Vec<Record> = (0..20).map(crate::wal::test_trade).collect();
+        let mut mixed = recs.clone();
+        mixed.insert(3, crate::record::codec_samples()[7].clone()); // a bar: not for this sink
+        wal.append(&mixed).unwrap();
+        let script = Arc::new(Mutex::new(VecDeque::from([
+            ErrorClass::Transient,
+            ErrorClass::Transient,
+            ErrorClass::Config,
+        ])));
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let sink = Scripted {
+            script: script.clone(),
+            got: got.clone(),
+        };
+        let health = Arc::new(SinkHealth::new("scripted"));
+        let metrics = Arc::new(Metrics::default());
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(run(
+            wal.clone(),
+            sink,
+            settings(),
+            health.clone(),
+            metrics.clone(),
+            stop_rx,
+        ));
+        wait_for(|| got.lock().unwrap().len() == 20).await;
+        let want: Vec<String> = (0..20).map(|i| i.to_string()).collect();
+        assert_eq!(
+            *got.lock().unwrap(),
+            want,
+            "every record once, in order, after the failures"
+        );
+        wait_for(|| wal.backlog("scripted").unwrap().records == 0).await;
+        assert_eq!(
+            metrics.get(
+                "walrelay_sink_retries_total",
+                &[("sink", "scripted"), ("class", "transient")]
+            ),
+            2
+        );
+        assert_eq!(
+            metrics.get(
+                "walrelay_sink_retries_total",
+                &[("sink", "scripted"), ("class", "config")]
+            ),
+            1
+        );
+        assert_eq!(
+            metrics.get(
+                "walrelay_delivered_records_total",
+                &[("sink", "scripted"), ("kind", "trade")]
+            ),
+            20
+        );
+        assert_eq!(health.snapshot().state, SinkState::Healthy);
+        // Live data after catch-up is delivered too.
+        wal.append(&[crate::wal::test_trade(99)]).unwrap();
+        wait_for(|| got.lock().unwrap().len() == 21).await;
+        stop_tx.send(true).unwrap();
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn unhealthy_sink_keeps_the_batch_and_shutdown_is_prompt() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let wal = Wal::open(WalConfig::new(dir.path()).with_sinks(["scripted"])).unwrap();
+        wal.append(&[crate::wal::test_trade(1), crate::wal::test_trade(2)])
+            .unwrap();
+        let script = Arc::new(Mutex::new(VecDeque::from(vec![ErrorClass::Config; 1000])));
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let health = Arc::new(SinkHealth::new("scripted"));
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut s = settings();
+        s.retry.config_interval = Duration::from_secs(3600);
+        let task = tokio::spawn(run(
+            wal.clone(),
+            Scripted {
+                script,
+                got: got.clone(),
+            },
+            s,
+            health.clone(),
+            Arc::new(Metrics::default()),
+            stop_rx,
+        ));
+        wait_for(|| health.snapshot().state == SinkState::Unhealthy).await;
+        assert_eq!(
+            health.snapshot().last_error.as_deref(),
+            Some("scripted Config")
+        );
+        let t0 = Instant::now();
+        stop_tx.send(true).unwrap();
+        task.await.unwrap();
+        assert!(
+            t0.elapsed() < Duration::from_secs(2),
+            "shutdown waited out the retry interval"
+        );
+        assert!(got.lock().unwrap().is_empty());
+        assert_eq!(wal.cursor("scripted").unwrap(), 0, "nothing acknowledged");
+        assert_eq!(
+            wal.backlog("scripted").unwrap().records,
+            2,
+            "the log keeps the batch"
+        );
+    }
+}

@@ -621,6 +621,8 @@ impl Shared {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+pub(crate) use tests::trade as test_trade;
 
 #[cfg(test)]
 mod model_tests;
