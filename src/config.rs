@@ -120,6 +120,37 @@ impl Config {
     }
 }
 
+/// A routing table keyed by `"VENUE:DATA_TYPE"`, then `"VENUE"`, with a
+/// default. Used for Influx buckets and gRPC upstreams.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Routes<T> {
+    table: std::collections::BTreeMap<String, T>,
+    default: T,
+}
+
+impl<T> Routes<T> {
+    pub fn new(table: std::collections::BTreeMap<String, T>, default: T) -> Self {
+        Routes { table, default }
+    }
+
+    /// The entry for `venue` and `data_type`, and the key that matched
+    /// (`""` for the default).
+    pub fn resolve(&self, venue: &str, data_type: &str) -> (&T, String) {
+        let composite = format!("{venue}:{data_type}");
+        if let Some(t) = self.table.get(&composite) {
+            return (t, composite);
+        }
+        if let Some(t) = self.table.get(venue) {
+            return (t, venue.to_string());
+        }
+        (&self.default, String::new())
+    }
+
+    pub fn default(&self) -> &T {
+        &self.default
+    }
+}
+
 /// Why the configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -174,6 +205,26 @@ mod tests {
     fn wrong_type_is_named() {
         let err = Config::parse("[wal]\nmax_bytes = \"big\"\n").unwrap_err();
         assert!(err.contains("max_bytes"), "{err}");
+    }
+
+    #[test]
+    fn routes_prefer_composite_then_venue_then_default() {
+        let mut t = std::collections::BTreeMap::new();
+        t.insert("BINANCE_FUTURES:FUNDING".to_string(), "funding-bucket");
+        t.insert("BINANCE_FUTURES".to_string(), "binance-bucket");
+        let r = Routes::new(t, "default-bucket");
+        assert_eq!(
+            r.resolve("BINANCE_FUTURES", "FUNDING"),
+            (&"funding-bucket", "BINANCE_FUTURES:FUNDING".to_string())
+        );
+        assert_eq!(
+            r.resolve("BINANCE_FUTURES", "TRADE"),
+            (&"binance-bucket", "BINANCE_FUTURES".to_string())
+        );
+        assert_eq!(
+            r.resolve("OKX", "TRADE"),
+            (&"default-bucket", String::new())
+        );
     }
 
     #[test]

@@ -90,6 +90,21 @@ impl RecordKind {
         }
     }
 
+    /// The collector data-type name used in routing keys (`"VENUE:DATA_TYPE"`).
+    pub fn data_type(self) -> &'static str {
+        match self {
+            RecordKind::Trade => "TRADE",
+            RecordKind::OrderBookTop => "ORDERBOOK",
+            RecordKind::Funding => "FUNDING",
+            RecordKind::Liquidation => "LIQUIDATION",
+            RecordKind::OpenInterest => "OPEN_INTEREST",
+            RecordKind::OptionsTicker => "TICKER",
+            RecordKind::PriceIndex => "PRICE_INDEX",
+            RecordKind::Bar | RecordKind::Kline => "CANDLE",
+            RecordKind::Point => "POINT",
+        }
+    }
+
     /// Whether records of this kind go to the warehouse (TimescaleDB) rather than
     /// to InfluxDB.
     pub fn is_warehouse(self) -> bool {

@@ -1,0 +1,140 @@
+//! One write request with a deadline, and its classification.
+//!
+//! Transport note: the `influxdb2` crate's `write_line_protocol` drops the
+//! response headers (so `Retry-After` cannot be honoured) and compresses only
+//! its DataPoint stream API; writes therefore go out as one request on the
+//! same reqwest 0.11 stack it uses. The crate serves the preflight check.
+
+use std::io::Write;
+use std::time::Duration;
+
+use super::error::InfluxError;
+use crate::config::Secret;
+
+/// Sends line protocol to one InfluxDB v2 endpoint.
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    token: Option<Secret>,
+    timeout: Duration,
+    gzip: bool,
+}
+
+impl Client {
+    /// # Errors
+    /// When the HTTP client cannot be built (TLS setup).
+    pub fn new(token: Option<Secret>, timeout: Duration, gzip: bool) -> Result<Client, String> {
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(5)))
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|e| e.to_string())?;
+        Ok(Client {
+            http,
+            token,
+            timeout,
+            gzip,
+        })
+    }
+
+    /// Writes `body` (line protocol, ns precision) to `bucket`/`org` at `url`.
+    ///
+    /// # Errors
+    /// [`InfluxError`], classified for the drainer.
+    pub async fn write(
+        &self,
+        url: &str,
+        org: &str,
+        bucket: &str,
+        body: &[u8],
+    ) -> Result<(), InfluxError> {
+        let endpoint = format!("{}/api/v2/write", url.trim_end_matches('/'));
+        let mut req = self.http.post(&endpoint).query(&[
+            ("org", org),
+            ("bucket", bucket),
+            ("precision", "ns"),
+        ]);
+        if let Some(t) = &self.token {
+            req = req.header("Authorization", format!("Token {}", t.expose()));
+        }
+        req = if self.gzip {
+            let mut e = flate2::write::GzEncoder::new(
+                Vec::with_capacity(body.len() / 4),
+                flate2::Compression::fast(),
+            );
+            let _ = e.write_all(body);
+            req.header("Content-Encoding", "gzip")
+                .body(e.finish().unwrap_or_default())
+        } else {
+            req.body(body.to_vec())
+        };
+        let sent =
+            tokio::time::timeout(self.timeout + Duration::from_millis(500), req.send()).await;
+        let resp = match sent {
+            Err(_) => {
+                return Err(InfluxError::Timeout {
+                    url: url.into(),
+                    after: self.timeout,
+                })
+            }
+            Ok(Err(e)) if e.is_timeout() => {
+                return Err(InfluxError::Timeout {
+                    url: url.into(),
+                    after: self.timeout,
+                })
+            }
+            Ok(Err(e)) => {
+                return Err(InfluxError::Connect {
+                    url: url.into(),
+                    detail: without_url(&e),
+                })
+            }
+            Ok(Ok(r)) => r,
+        };
+        let status = resp.status().as_u16();
+        if (200..300).contains(&status) {
+            return Ok(());
+        }
+        let retry_after = resp
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let message = match tokio::time::timeout(self.timeout, resp.text()).await {
+            Ok(Ok(t)) => server_message(&t),
+            _ => String::new(),
+        };
+        Err(InfluxError::Http {
+            url: url.into(),
+            status,
+            message,
+            retry_after,
+        })
+    }
+}
+
+/// reqwest's error text without the URL (which the caller names already).
+fn without_url(e: &reqwest::Error) -> String {
+    let mut s = e.to_string();
+    if let Some(u) = e.url() {
+        s = s.replace(u.as_str(), "");
+    }
+    let mut src = std::error::Error::source(e);
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}
+
+/// InfluxDB's JSON `message`, or the raw text, shortened.
+fn server_message(text: &str) -> String {
+    let msg = serde_json::from_str::<serde_json::Value>(text)
+        .ok()
+        .and_then(|v| v["message"].as_str().map(str::to_string))
+        .unwrap_or_else(|| text.trim().to_string());
+    msg.chars().take(500).collect()
+}

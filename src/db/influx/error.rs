@@ -1,0 +1,88 @@
+//! Errors of the InfluxDB sink, classified for the drainer.
+
+use std::time::Duration;
+
+use crate::drain::ErrorClass;
+
+/// The outcome of one failed write request.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum InfluxError {
+    /// No connection (refused, reset, DNS, TLS) or the connection broke mid-request.
+    #[error("cannot reach {url}: {detail}")]
+    Connect { url: String, detail: String },
+    /// The request did not complete before its deadline.
+    #[error("request to {url} timed out after {after:?}")]
+    Timeout { url: String, after: Duration },
+    /// The server answered with an error status.
+    #[error("HTTP {status} from {url}: {message}")]
+    Http {
+        url: String,
+        status: u16,
+        message: String,
+        retry_after: Option<Duration>,
+    },
+}
+
+impl InfluxError {
+    /// How the drainer handles it.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            InfluxError::Connect { .. } | InfluxError::Timeout { .. } => ErrorClass::Transient,
+            InfluxError::Http { status, .. } => match status {
+                429 | 500..=599 => ErrorClass::Transient,
+                400 | 422 => ErrorClass::Data,
+                _ => ErrorClass::Config,
+            },
+        }
+    }
+
+    /// The server asked for a smaller request (HTTP 413).
+    pub fn is_too_large(&self) -> bool {
+        matches!(self, InfluxError::Http { status: 413, .. })
+    }
+
+    /// The server's `Retry-After`, if any.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            InfluxError::Http { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn http(status: u16) -> InfluxError {
+        InfluxError::Http {
+            url: "u".into(),
+            status,
+            message: "m".into(),
+            retry_after: None,
+        }
+    }
+
+    #[test]
+    fn classification() {
+        for s in [429, 500, 502, 503, 504] {
+            assert_eq!(http(s).class(), ErrorClass::Transient, "{s}");
+        }
+        for s in [400, 422] {
+            assert_eq!(http(s).class(), ErrorClass::Data, "{s}");
+        }
+        for s in [401, 403, 404, 413] {
+            assert_eq!(http(s).class(), ErrorClass::Config, "{s}");
+        }
+        assert!(http(413).is_too_large());
+        assert_eq!(
+            InfluxError::Timeout {
+                url: "u".into(),
+                after: Duration::from_secs(1)
+            }
+            .class(),
+            ErrorClass::Transient
+        );
+    }
+}

@@ -1,0 +1,184 @@
+//! The InfluxDB driver: routes records to destinations, splits them into
+//! requests within the line and byte limits, and isolates poison records by
+//! bisection.
+//!
+//! A batch is confirmed (`Ok`) only when every record is written or
+//! dead-lettered. Dead letters found during an attempt are stored only when
+//! the whole attempt succeeds, so a retry after a transient failure never
+//! dead-letters the same record twice; re-sent good lines overwrite the
+//! identical points.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use super::client::Client;
+use super::config::{Destination, InfluxConfig};
+use super::encode::encode;
+use super::error::InfluxError;
+use crate::config::Routes;
+use crate::drain::{Delivery, ErrorClass, Sink, SinkFailure};
+use crate::record::{Record, RecordKind};
+use crate::wal::DeadLetters;
+
+/// The InfluxDB v2 sink.
+pub struct InfluxSink {
+    config: InfluxConfig,
+    routes: Routes<Destination>,
+    client: Client,
+    dead: DeadLetters,
+    attempts: u32,
+}
+
+struct Found {
+    rejected: Vec<(usize, String)>,
+}
+
+impl InfluxSink {
+    /// # Errors
+    /// When the token file cannot be read or the HTTP client cannot be built.
+    pub fn new(config: InfluxConfig, dead: DeadLetters) -> Result<InfluxSink, String> {
+        let token = config.resolve_token()?;
+        let client = Client::new(token, Duration::from_millis(config.timeout_ms), config.gzip)?;
+        Ok(InfluxSink {
+            routes: config.routes(),
+            config,
+            client,
+            dead,
+            attempts: 0,
+        })
+    }
+
+    fn destination(&self, r: &Record) -> (String, String, String) {
+        let (d, _) = match r.venue() {
+            Some(v) => self.routes.resolve(v, r.kind().data_type()),
+            None => (self.routes.default(), String::new()),
+        };
+        (
+            d.url.clone().unwrap_or_else(|| self.config.url.clone()),
+            d.org.clone().unwrap_or_else(|| self.config.org.clone()),
+            d.bucket.clone(),
+        )
+    }
+
+    /// Writes `idx` (indices into `batch`) to one destination, bisecting on
+    /// data errors; records rejected on their own go to `found`.
+    fn write_part<'a>(
+        &'a self,
+        dest: &'a (String, String, String),
+        batch: &'a [Record],
+        idx: &'a [usize],
+        found: &'a mut Found,
+    ) -> Pin<Box<dyn Future<Output = Result<(), InfluxError>> + Send + 'a>> {
+        Box::pin(async move {
+            let mut body = Vec::with_capacity(idx.len() * 120);
+            for &i in idx {
+                encode(&batch[i], &mut body);
+            }
+            match self.client.write(&dest.0, &dest.1, &dest.2, &body).await {
+                Ok(()) => Ok(()),
+                Err(e) if (e.class() == ErrorClass::Data || e.is_too_large()) && idx.len() > 1 => {
+                    let (a, b) = idx.split_at(idx.len() / 2);
+                    self.write_part(dest, batch, a, found).await?;
+                    self.write_part(dest, batch, b, found).await
+                }
+                Err(e) if e.class() == ErrorClass::Data => {
+                    found.rejected.push((idx[0], e.to_string()));
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            }
+        })
+    }
+
+    async fn deliver_inner(&mut self, batch: &[Record]) -> Result<Delivery, InfluxError> {
+        // Group by destination, keeping log order within each.
+        let mut groups: Vec<((String, String, String), Vec<usize>)> = Vec::new();
+        for (i, r) in batch.iter().enumerate() {
+            if !self.accepts(r.kind()) {
+                continue;
+            }
+            let d = self.destination(r);
+            match groups.iter_mut().find(|(k, _)| *k == d) {
+                Some((_, v)) => v.push(i),
+                None => groups.push((d, vec![i])),
+            }
+        }
+        let mut found = Found {
+            rejected: Vec::new(),
+        };
+        let mut total = 0;
+        for (dest, idx) in &groups {
+            total += idx.len();
+            // Requests within the configured limits.
+            let mut start = 0;
+            while start < idx.len() {
+                let mut end = start;
+                let mut bytes = 0;
+                let mut scratch = Vec::new();
+                while end < idx.len() && end - start < self.config.batch_max_lines {
+                    scratch.clear();
+                    encode(&batch[idx[end]], &mut scratch);
+                    if end > start && bytes + scratch.len() > self.config.batch_max_bytes {
+                        break;
+                    }
+                    bytes += scratch.len();
+                    end += 1;
+                }
+                self.write_part(dest, batch, &idx[start..end], &mut found)
+                    .await?;
+                start = end;
+            }
+        }
+        for (i, reason) in &found.rejected {
+            self.dead
+                .put("influx", &batch[*i], reason, self.attempts)
+                .map_err(|e| InfluxError::Connect {
+                    url: "dead-letter store".into(),
+                    detail: e.to_string(),
+                })?;
+            tracing::warn!(sink = "influx", kind = %batch[*i].kind(), reason = %reason, "record dead-lettered");
+        }
+        Ok(Delivery {
+            written: total - found.rejected.len(),
+            dead_lettered: found.rejected.len(),
+        })
+    }
+}
+
+impl Sink for InfluxSink {
+    fn name(&self) -> &'static str {
+        "influx"
+    }
+
+    fn accepts(&self, kind: RecordKind) -> bool {
+        !kind.is_warehouse()
+    }
+
+    async fn deliver(&mut self, batch: &[Record]) -> Result<Delivery, SinkFailure> {
+        self.attempts += 1;
+        match self.deliver_inner(batch).await {
+            Ok(d) => {
+                self.attempts = 0;
+                Ok(d)
+            }
+            Err(e) => {
+                let class = if e.is_too_large() {
+                    ErrorClass::Config
+                } else {
+                    e.class()
+                };
+                let message = if e.is_too_large() {
+                    format!("{e} (even a single line is too large for the server)")
+                } else {
+                    e.to_string()
+                };
+                Err(SinkFailure {
+                    class,
+                    message,
+                    retry_after: e.retry_after(),
+                })
+            }
+        }
+    }
+}
