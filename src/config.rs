@@ -20,6 +20,9 @@ pub struct Config {
     /// `[drain]`: drainer batching and retry cadence.
     #[serde(default)]
     pub drain: DrainConfig,
+    /// `[influx]`: the InfluxDB v2 sink (ticks and generic points); absent = disabled.
+    #[serde(default)]
+    pub influx: Option<crate::db::influx::InfluxConfig>,
 }
 
 /// A secret (token, password): never printed by `Debug` or `Display`.
@@ -109,7 +112,11 @@ impl DrainConfig {
 impl Config {
     /// Names of the sinks this configuration enables (their log cursors).
     pub fn sink_names(&self) -> Vec<&'static str> {
-        Vec::new()
+        let mut v = Vec::new();
+        if self.influx.is_some() {
+            v.push("influx");
+        }
+        v
     }
 
     /// Applies environment overrides for secrets.

@@ -176,7 +176,9 @@ impl Relay {
 }
 
 /// Decisions taken before typed records enter the log (see `docs/INFLUX.md`).
-fn prepare_typed(_records: &mut [Record]) {}
+fn prepare_typed(records: &mut [Record]) {
+    crate::db::influx::assign_identity_timestamps(records);
+}
 
 /// Runs the relay until `shutdown` resolves.
 ///
@@ -249,7 +251,6 @@ pub async fn serve(
     served.map_err(|e| RelayError::Server(e.to_string()))
 }
 
-#[allow(dead_code)]
 fn spawn_drainer<S: Sink + 'static>(
     relay: &Arc<Relay>,
     sink: S,
@@ -278,6 +279,15 @@ async fn spawn_sinks(
     stop: &watch::Receiver<bool>,
     set: &mut tokio::task::JoinSet<()>,
 ) -> Result<(), RelayError> {
-    let _ = (relay, stop, set);
+    let cfg = &relay.config;
+    if let Some(ic) = &cfg.influx {
+        let sink = crate::db::influx::InfluxSink::new(ic.clone(), relay.wal.dead_letters())
+            .map_err(|message| RelayError::Sink {
+                sink: "influx",
+                message,
+            })?;
+        tracing::info!(url = %ic.url, org = %ic.org, bucket = %ic.bucket, routes = ic.routes.len(), "influx sink configured");
+        spawn_drainer(relay, sink, cfg.drain.batch_records, stop, set);
+    }
     Ok(())
 }

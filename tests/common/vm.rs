@@ -1,1 +1,168 @@
-//! VictoriaMetrics speaking the InfluxDB v2 write API (filled by the Influx work).
+//! VictoriaMetrics (Debian's `victoria-metrics`), which accepts InfluxDB v2
+//! `POST /api/v2/write` and answers reads on `/api/v1/export`. One instance per
+//! test, on a free loopback port, with a temporary data directory and
+//! `-retentionPeriod=100y` so old fixture timestamps are kept. Killed on drop.
+//!
+//! VictoriaMetrics stores InfluxDB fields as metrics named
+//! `<measurement>_<field>`, tags as labels, string fields as the value 0, and keeps
+//! timestamps in **milliseconds**; it does not overwrite a sample with the same
+//! timestamp, so reads are compared as sets of (timestamp, value) samples.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+pub struct Vm {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+/// One exported series: labels (with `__name__`) and its samples.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Series {
+    pub labels: BTreeMap<String, String>,
+    pub samples: Vec<(i64, f64)>,
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn binary() -> String {
+    for p in [
+        "/usr/bin/victoria-metrics",
+        "/usr/local/bin/victoria-metrics",
+    ] {
+        if std::path::Path::new(p).exists() {
+            return p.into();
+        }
+    }
+    "victoria-metrics".into()
+}
+
+impl Vm {
+    pub async fn start() -> Vm {
+        let mut vm = Vm {
+            port: free_port(),
+            dir: tempfile::TempDir::new().unwrap(),
+            child: None,
+        };
+        vm.resume().await;
+        vm
+    }
+
+    /// Starts the process (again) on the same port and data directory.
+    pub async fn resume(&mut self) {
+        let child = Command::new(binary())
+            .arg(format!("-storageDataPath={}", self.dir.path().display()))
+            .arg(format!("-httpListenAddr=127.0.0.1:{}", self.port))
+            .arg("-retentionPeriod=100y")
+            .arg("-search.latencyOffset=0s")
+            .arg("-search.disableCache")
+            .arg("-loggerLevel=ERROR")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("victoria-metrics binary (install the Debian package victoria-metrics)");
+        self.child = Some(child);
+        let client = reqwest::Client::new();
+        for _ in 0..200 {
+            if let Ok(r) = client
+                .get(format!("{}/health", self.url()))
+                .timeout(Duration::from_millis(200))
+                .send()
+                .await
+            {
+                if r.status().is_success() {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!(
+            "victoria-metrics did not become healthy on port {}",
+            self.port
+        );
+    }
+
+    /// Kills the process (data stays): an outage.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Every series whose name matches `name_regex`, after a forced flush.
+    pub async fn export(&self, name_regex: &str) -> Vec<Series> {
+        let client = reqwest::Client::new();
+        client
+            .get(format!("{}/internal/force_flush", self.url()))
+            .send()
+            .await
+            .unwrap();
+        let text = client
+            .get(format!("{}/api/v1/export", self.url()))
+            .query(&[
+                ("match[]", format!("{{__name__=~\"{name_regex}\"}}")),
+                ("start".into(), "0".into()),
+                ("end".into(), "4102444800".into()),
+            ])
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            let labels = v["metric"]
+                .as_object()
+                .unwrap()
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
+                .collect();
+            let values = v["values"].as_array().unwrap();
+            let ts = v["timestamps"].as_array().unwrap();
+            let samples = ts
+                .iter()
+                .zip(values)
+                .map(|(t, v)| (t.as_i64().unwrap(), v.as_f64().unwrap()))
+                .collect();
+            out.push(Series { labels, samples });
+        }
+        out.sort_by(|a, b| a.labels.cmp(&b.labels));
+        out
+    }
+
+    /// Distinct (labels, timestamp ms, value) samples of the matching series.
+    pub async fn sample_set(
+        &self,
+        name_regex: &str,
+    ) -> BTreeSet<(Vec<(String, String)>, i64, u64)> {
+        let mut set = BTreeSet::new();
+        for s in self.export(name_regex).await {
+            let labels: Vec<_> = s.labels.clone().into_iter().collect();
+            for (t, v) in s.samples {
+                set.insert((labels.clone(), t, v.to_bits()));
+            }
+        }
+        set
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
