@@ -73,6 +73,13 @@ impl Check {
                 field: field.into(),
             });
         }
+        if v.contains('\0') {
+            // PostgreSQL text cannot hold NUL.
+            return Err(RecordError::Unrepresentable {
+                field: field.into(),
+                reason: "contains a NUL byte",
+            });
+        }
         Ok(())
     }
 
@@ -336,6 +343,9 @@ mod tests {
         let mut t = trade();
         t.side = "buy\\".into();
         assert_eq!(field_of(Record::Trade(t)), "side");
+        let mut t = trade();
+        t.symbol = "BTC\0".into();
+        assert_eq!(field_of(Record::Trade(t)), "symbol");
     }
 
     #[test]

@@ -36,6 +36,17 @@ impl Meta {
         self.persist.meta_written()
     }
 
+    /// Removes `key`.
+    ///
+    /// # Errors
+    /// [`WalError::Sled`] on I/O failure.
+    pub fn remove(&self, key: &[u8]) -> Result<(), WalError> {
+        self.tree
+            .remove(key)
+            .map_err(WalError::sled("meta remove"))?;
+        self.persist.meta_written()
+    }
+
     /// Every entry whose key starts with `prefix`, in key order.
     ///
     /// # Errors

@@ -1,0 +1,15 @@
+-- Fact table bar__kline (reference DDL). Requires create_dimensions.sql.
+-- With TimescaleDB: SELECT create_hypertable('mart.bar__kline', 'time', if_not_exists => TRUE);
+CREATE TABLE IF NOT EXISTS mart.bar__kline (
+    time TIMESTAMPTZ NOT NULL,
+    symbol_id INTEGER NOT NULL REFERENCES mart.dim_symbol (symbol_id),
+    exchange_id INTEGER NOT NULL REFERENCES mart.dim_exchange (exchange_id),
+    interval_id INTEGER NOT NULL REFERENCES mart.dim_interval (interval_id),
+    open DOUBLE PRECISION NOT NULL,
+    high DOUBLE PRECISION NOT NULL,
+    low DOUBLE PRECISION NOT NULL,
+    close DOUBLE PRECISION NOT NULL,
+    volume DOUBLE PRECISION NOT NULL,
+    UNIQUE (time, symbol_id, exchange_id, interval_id)
+);
+CREATE INDEX IF NOT EXISTS bar__kline_keys_time_idx ON mart.bar__kline (symbol_id, exchange_id, interval_id, time DESC);

@@ -1,0 +1,208 @@
+//! `[timescale]` configuration.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use crate::config::Secret;
+
+/// Natural keys seeded by `walrelay init`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DimensionLists {
+    pub symbols: Vec<String>,
+    pub exchanges: Vec<String>,
+    pub intervals: Vec<String>,
+}
+
+/// `[timescale]`: the TimescaleDB (or plain PostgreSQL) sink for bars and klines.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimescaleConfig {
+    /// `postgres://user[:password]@host:port/db[?sslmode=require]` or a
+    /// key/value string (`host=… user=… dbname=…`). TLS (rustls) is used when
+    /// `sslmode` asks for it.
+    pub url: String,
+    /// Password, if not in the URL. `WALRELAY_PG_PASSWORD` wins, then
+    /// `password_file`, then this.
+    #[serde(default)]
+    pub password: Option<Secret>,
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// Schema of the star schema. Default `mart`; a plain SQL identifier.
+    #[serde(default = "default_schema")]
+    pub schema: String,
+    /// Rows per transaction. Default 5000.
+    #[serde(default = "default_batch")]
+    pub batch_size: usize,
+    /// `statement_timeout` of the sink's session and the deadline of every
+    /// call, ms. Default 30000.
+    #[serde(default = "default_statement_timeout")]
+    pub statement_timeout_ms: u64,
+    /// Connect deadline, ms. Default 5000.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_ms: u64,
+    /// Refuse to start without the TimescaleDB extension. Default false (plain
+    /// tables, with a warning).
+    #[serde(default)]
+    pub require_timescaledb: bool,
+    /// What `walrelay init` seeds.
+    #[serde(default)]
+    pub dimensions: DimensionLists,
+}
+
+fn default_schema() -> String {
+    "mart".into()
+}
+fn default_batch() -> usize {
+    5000
+}
+fn default_statement_timeout() -> u64 {
+    30_000
+}
+fn default_connect_timeout() -> u64 {
+    5_000
+}
+
+/// The URL with any password replaced by `***`.
+pub(crate) fn redact_url(url: &str) -> String {
+    if let Some(scheme_end) = url.find("://") {
+        let rest = &url[scheme_end + 3..];
+        let auth_end = rest.find('@');
+        let path_start = rest.find('/').unwrap_or(rest.len());
+        if let Some(at) = auth_end.filter(|at| *at < path_start) {
+            if let Some(colon) = rest[..at].find(':') {
+                return format!(
+                    "{}{}:***{}",
+                    &url[..scheme_end + 3],
+                    &rest[..colon],
+                    &rest[at..]
+                );
+            }
+        }
+        return url.to_string();
+    }
+    // key=value form
+    url.split_whitespace()
+        .map(|kv| {
+            if kv.starts_with("password=") {
+                "password=***"
+            } else {
+                kv
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+impl std::fmt::Debug for TimescaleConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TimescaleConfig")
+            .field("url", &redact_url(&self.url))
+            .field("password", &self.password)
+            .field("password_file", &self.password_file)
+            .field("schema", &self.schema)
+            .field("batch_size", &self.batch_size)
+            .field("statement_timeout_ms", &self.statement_timeout_ms)
+            .field("connect_timeout_ms", &self.connect_timeout_ms)
+            .field("require_timescaledb", &self.require_timescaledb)
+            .field("dimensions", &self.dimensions)
+            .finish()
+    }
+}
+
+impl TimescaleConfig {
+    /// Defaults with the given connection string.
+    pub fn new(url: impl Into<String>) -> Self {
+        TimescaleConfig {
+            url: url.into(),
+            password: None,
+            password_file: None,
+            schema: default_schema(),
+            batch_size: default_batch(),
+            statement_timeout_ms: default_statement_timeout(),
+            connect_timeout_ms: default_connect_timeout(),
+            require_timescaledb: false,
+            dimensions: DimensionLists::default(),
+        }
+    }
+
+    /// Checks what can be checked offline.
+    ///
+    /// # Errors
+    /// A message naming the key.
+    pub fn validate(&self) -> Result<(), String> {
+        let s = &self.schema;
+        let ok = !s.is_empty()
+            && s.len() <= 63
+            && s.chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+            && s.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if !ok {
+            return Err(format!("timescale.schema {s:?} must be a plain SQL identifier: lowercase letters, digits and _, not starting with a digit, at most 63 characters"));
+        }
+        self.url.parse::<tokio_postgres::Config>().map_err(|e| {
+            format!("timescale.url is not a valid PostgreSQL connection string: {e}")
+        })?;
+        if self.batch_size == 0 {
+            return Err("timescale.batch_size must be > 0".into());
+        }
+        Ok(())
+    }
+
+    /// The password, if one is configured outside the URL.
+    ///
+    /// # Errors
+    /// A message naming the file when `password_file` cannot be read.
+    pub fn resolve_password(&self) -> Result<Option<Secret>, String> {
+        if let Ok(p) = std::env::var("WALRELAY_PG_PASSWORD") {
+            return Ok(Some(Secret::new(p)));
+        }
+        if let Some(path) = &self.password_file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("timescale.password_file {}: {e}", path.display()))?;
+            return Ok(Some(Secret::new(text.lines().next().unwrap_or("").trim())));
+        }
+        Ok(self.password.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_show() {
+        assert_eq!(
+            redact_url("postgres://bob:hunter2@db:5432/x"),
+            "postgres://bob:***@db:5432/x"
+        );
+        assert_eq!(redact_url("postgres://bob@db/x"), "postgres://bob@db/x");
+        assert_eq!(
+            redact_url("host=db user=bob password=hunter2 dbname=x"),
+            "host=db user=bob password=*** dbname=x"
+        );
+        let mut c = TimescaleConfig::new("postgres://bob:hunter2@db/x");
+        c.password = Some(Secret::new("hunter3"));
+        let dbg = format!("{c:?}");
+        assert!(
+            !dbg.contains("hunter2") && !dbg.contains("hunter3"),
+            "{dbg}"
+        );
+    }
+
+    #[test]
+    fn schema_must_be_an_identifier() {
+        let mut c = TimescaleConfig::new("postgres://u@h/d");
+        c.validate().unwrap();
+        for bad in ["", "Mart", "1mart", "mart; drop", "ma-rt"] {
+            c.schema = bad.into();
+            assert!(
+                c.validate().unwrap_err().contains("timescale.schema"),
+                "{bad}"
+            );
+        }
+    }
+}

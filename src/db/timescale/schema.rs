@@ -1,0 +1,169 @@
+//! The star schema: three dimension tables and four fact tables, created
+//! idempotently and safely from several relays at once (one advisory lock
+//! around the whole DDL transaction). `sql/create_table_bar__*.sql` is the
+//! reference DDL for schema `mart`; a test compares its catalog with this
+//! module's output so the two cannot drift.
+//!
+//! TimescaleDB: detected before anything is sent. Installed → hypertables.
+//! Available and preloaded → `CREATE EXTENSION` then hypertables. Available
+//! but not preloaded → never `CREATE EXTENSION` (a real TimescaleDB answers it
+//! with FATAL and drops the connection); the warning names the setting to add.
+//! Absent → plain tables with one warning, unless `require_timescaledb`.
+
+use tokio_postgres::Client;
+
+use super::error::TimescaleError;
+use crate::record::BarKind;
+
+/// Fact tables: (table name, has the imbalance columns).
+pub const FACT_TABLES: [(&str, bool); 4] = [
+    ("bar__tick_imbalance", true),
+    ("bar__volume_imbalance", true),
+    ("bar__vpin", true),
+    ("bar__kline", false),
+];
+
+/// The fact table of a bar kind.
+pub fn bar_table(kind: BarKind) -> &'static str {
+    match kind {
+        BarKind::TickImbalance => "bar__tick_imbalance",
+        BarKind::VolumeImbalance => "bar__volume_imbalance",
+        BarKind::Vpin => "bar__vpin",
+    }
+}
+
+/// DDL of the dimension tables.
+pub fn dimension_ddl(schema: &str) -> String {
+    format!(
+        "CREATE SCHEMA IF NOT EXISTS {schema};\n\
+         CREATE TABLE IF NOT EXISTS {schema}.dim_symbol (\n    symbol_id SERIAL PRIMARY KEY,\n    symbol TEXT UNIQUE,\n    is_deleted BOOLEAN NOT NULL DEFAULT FALSE,\n    deleted_date TIMESTAMPTZ NULL\n);\n\
+         CREATE TABLE IF NOT EXISTS {schema}.dim_exchange (\n    exchange_id SERIAL PRIMARY KEY,\n    exchange TEXT UNIQUE\n);\n\
+         CREATE TABLE IF NOT EXISTS {schema}.dim_interval (\n    interval_id SERIAL PRIMARY KEY,\n    \"interval\" TEXT UNIQUE\n);\n"
+    )
+}
+
+/// DDL of one fact table and its index.
+pub fn fact_ddl(schema: &str, table: &str, imbalance: bool) -> String {
+    let extra = if imbalance {
+        "    buy_ticks BIGINT NOT NULL DEFAULT 0,\n    sell_ticks BIGINT NOT NULL DEFAULT 0,\n    total_ticks BIGINT NOT NULL DEFAULT 0,\n    theta DOUBLE PRECISION NOT NULL DEFAULT 0,\n"
+    } else {
+        ""
+    };
+    format!(
+        "CREATE TABLE IF NOT EXISTS {schema}.{table} (\n    time TIMESTAMPTZ NOT NULL,\n    symbol_id INTEGER NOT NULL REFERENCES {schema}.dim_symbol (symbol_id),\n    exchange_id INTEGER NOT NULL REFERENCES {schema}.dim_exchange (exchange_id),\n    interval_id INTEGER NOT NULL REFERENCES {schema}.dim_interval (interval_id),\n    open DOUBLE PRECISION NOT NULL,\n    high DOUBLE PRECISION NOT NULL,\n    low DOUBLE PRECISION NOT NULL,\n    close DOUBLE PRECISION NOT NULL,\n    volume DOUBLE PRECISION NOT NULL,\n{extra}    UNIQUE (time, symbol_id, exchange_id, interval_id)\n);\n\
+         CREATE INDEX IF NOT EXISTS {table}_keys_time_idx ON {schema}.{table} (symbol_id, exchange_id, interval_id, time DESC);\n"
+    )
+}
+
+/// The whole schema as one script (what `sql/` holds for `mart`).
+pub fn full_ddl(schema: &str) -> String {
+    let mut s = dimension_ddl(schema);
+    for (t, imb) in FACT_TABLES {
+        s.push_str(&fact_ddl(schema, t, imb));
+    }
+    s
+}
+
+/// What the server offers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Timescale {
+    Installed,
+    AvailablePreloaded,
+    AvailableNotPreloaded,
+    Absent,
+}
+
+/// Looks at `pg_extension`, `pg_available_extensions` and
+/// `shared_preload_libraries` without changing anything.
+///
+/// # Errors
+/// [`TimescaleError`] when the query fails.
+pub async fn detect(client: &Client) -> Result<Timescale, TimescaleError> {
+    let row = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'), \
+                    EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'), \
+                    current_setting('shared_preload_libraries')",
+            &[],
+        )
+        .await
+        .map_err(|e| TimescaleError::from_pg("detect timescaledb", "", e))?;
+    let (installed, available, preload): (bool, bool, String) =
+        (row.get(0), row.get(1), row.get(2));
+    let preloaded = preload
+        .split(',')
+        .any(|l| l.trim().trim_matches('"') == "timescaledb");
+    Ok(match (installed, available, preloaded) {
+        (true, _, _) => Timescale::Installed,
+        (false, true, true) => Timescale::AvailablePreloaded,
+        (false, true, false) => Timescale::AvailableNotPreloaded,
+        _ => Timescale::Absent,
+    })
+}
+
+/// Creates the schema (idempotent, serialized by an advisory lock). Returns
+/// whether the fact tables are hypertables.
+///
+/// # Errors
+/// [`TimescaleError::TimescaleRequired`] when required and unusable; database errors.
+pub async fn ensure(
+    client: &mut Client,
+    schema: &str,
+    require_timescaledb: bool,
+) -> Result<bool, TimescaleError> {
+    let ts = detect(client).await?;
+    let use_ts = match ts {
+        Timescale::Installed | Timescale::AvailablePreloaded => true,
+        Timescale::AvailableNotPreloaded => {
+            let msg = "TimescaleDB is installed but not preloaded: add shared_preload_libraries = 'timescaledb' to postgresql.conf and restart PostgreSQL";
+            if require_timescaledb {
+                return Err(TimescaleError::TimescaleRequired(msg.into()));
+            }
+            tracing::warn!("{msg}; using plain PostgreSQL tables until then");
+            false
+        }
+        Timescale::Absent => {
+            let msg = "TimescaleDB extension is not available on this server";
+            if require_timescaledb {
+                return Err(TimescaleError::TimescaleRequired(format!(
+                    "{msg} and timescale.require_timescaledb is set"
+                )));
+            }
+            tracing::warn!("{msg}; using plain PostgreSQL tables (no hypertables)");
+            false
+        }
+    };
+    let tx = client
+        .transaction()
+        .await
+        .map_err(|e| TimescaleError::from_pg("begin schema", "", e))?;
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtext('walrelay schema'))",
+        &[],
+    )
+    .await
+    .map_err(|e| TimescaleError::from_pg("schema lock", "", e))?;
+    if use_ts && ts == Timescale::AvailablePreloaded {
+        tx.batch_execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
+            .await
+            .map_err(|e| TimescaleError::from_pg("create extension", "", e))?;
+    }
+    tx.batch_execute(&full_ddl(schema))
+        .await
+        .map_err(|e| TimescaleError::from_pg("create schema", "", e))?;
+    if use_ts {
+        for (t, _) in FACT_TABLES {
+            tx.execute(
+                &format!("SELECT create_hypertable('{schema}.{t}', 'time', if_not_exists => TRUE)"),
+                &[],
+            )
+            .await
+            .map_err(|e| TimescaleError::from_pg("create hypertable", "", e))?;
+        }
+    }
+    tx.commit()
+        .await
+        .map_err(|e| TimescaleError::from_pg("commit schema", "", e))?;
+    tracing::info!(schema, hypertables = use_ts, "schema ready");
+    Ok(use_ts)
+}

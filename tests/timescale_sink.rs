@@ -1,0 +1,512 @@
+//! The Timescale sink against a real PostgreSQL 15 (plain tables: TimescaleDB
+//! is not packaged here; the hypertable test runs where it is installed).
+
+mod common;
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::pg::Pg;
+use walrelay::db::timescale::{init::init, schema, TimescaleConfig, TimescaleSink};
+use walrelay::drain::drainer::{self, DrainerSettings, SinkHealth};
+use walrelay::drain::retry::RetryPolicy;
+use walrelay::drain::Sink;
+use walrelay::record::{Bar, BarKind, Kline, Record};
+use walrelay::relay::metrics::Metrics;
+use walrelay::{Wal, WalConfig};
+
+fn bar(kind: BarKind, symbol: &str, i: i64, high: f64) -> Record {
+    Record::Bar(Bar {
+        kind,
+        venue: "BINANCE_FUTURES".into(),
+        symbol: symbol.into(),
+        interval: "tick_100".into(),
+        ts: 1_700_000_000_000_000_000 + i * 1_000_000_000,
+        open: 10.0,
+        high,
+        low: 9.0,
+        close: 10.5,
+        volume: 100.0 + i as f64,
+        buy_ticks: 60,
+        sell_ticks: 40,
+        total_ticks: 100,
+        theta: 0.5,
+    })
+}
+
+fn kline(symbol: &str, i: i64) -> Record {
+    Record::Kline(Kline {
+        venue: "OKX".into(),
+        symbol: symbol.into(),
+        interval: "1m".into(),
+        ts: 1_700_000_000_000_000_000 + i * 60_000_000_000,
+        open: 1.0,
+        high: 2.0,
+        low: 0.5,
+        close: 1.5,
+        volume: 10.0,
+    })
+}
+
+fn mixed(n: i64) -> Vec<Record> {
+    (0..n)
+        .map(|i| match i % 4 {
+            0 => bar(BarKind::TickImbalance, "BTCUSDT", i, 11.0),
+            1 => bar(BarKind::VolumeImbalance, "ETHUSDT", i, 11.0),
+            2 => bar(BarKind::Vpin, "SOLUSDT", i, 11.0),
+            _ => kline("BTCUSDT", i),
+        })
+        .collect()
+}
+
+async fn count(pg: &Pg, db: &str, table: &str) -> i64 {
+    pg.client(db)
+        .await
+        .query_one(&format!("SELECT count(*) FROM mart.{table}"), &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+async fn total(pg: &Pg, db: &str) -> i64 {
+    let mut n = 0;
+    for (t, _) in schema::FACT_TABLES {
+        n += count(pg, db, t).await;
+    }
+    n
+}
+
+#[tokio::test]
+async fn schema_creation_is_idempotent_and_safe_concurrently() {
+    let pg = Pg::start();
+    let url = pg.create_db("twice").await;
+    let cfg = TimescaleConfig::new(&url);
+    let (mut a, mut b) = (
+        walrelay::db::timescale::connect(&cfg).await.unwrap(),
+        walrelay::db::timescale::connect(&cfg).await.unwrap(),
+    );
+    // Two relays at once on a fresh database, then once more.
+    let (ra, rb) = tokio::join!(
+        schema::ensure(&mut a, "mart", false),
+        schema::ensure(&mut b, "mart", false)
+    );
+    assert!(
+        !ra.unwrap() && !rb.unwrap(),
+        "plain PostgreSQL here: no hypertables"
+    );
+    schema::ensure(&mut a, "mart", false).await.unwrap();
+    // Required TimescaleDB on a server without it is a clear startup error.
+    let err = schema::ensure(&mut a, "mart", true).await.unwrap_err();
+    assert!(
+        err.to_string().contains("TimescaleDB") && err.to_string().contains("require_timescaledb"),
+        "{err}"
+    );
+}
+
+/// Columns, constraints and indexes of schema `mart`, as comparable text.
+async fn catalog(pg: &Pg, db: &str) -> Vec<String> {
+    let c = pg.client(db).await;
+    let mut out = Vec::new();
+    for row in c
+        .query(
+            "SELECT table_name, column_name, data_type, is_nullable, coalesce(column_default, '') FROM information_schema.columns WHERE table_schema = 'mart' ORDER BY table_name, ordinal_position",
+            &[],
+        )
+        .await
+        .unwrap()
+    {
+        out.push(format!("column {}.{} {} null={} default={}", row.get::<_, String>(0), row.get::<_, String>(1), row.get::<_, String>(2), row.get::<_, String>(3), row.get::<_, String>(4)));
+    }
+    for row in c
+        .query("SELECT conrelid::regclass::text, conname::text, pg_get_constraintdef(oid) FROM pg_constraint WHERE connamespace = 'mart'::regnamespace ORDER BY 1, 2", &[])
+        .await
+        .unwrap()
+    {
+        out.push(format!("constraint {} {} {}", row.get::<_, String>(0), row.get::<_, String>(1), row.get::<_, String>(2)));
+    }
+    for row in c.query("SELECT tablename::text, indexname::text, indexdef FROM pg_indexes WHERE schemaname = 'mart' ORDER BY 1, 2", &[]).await.unwrap() {
+        out.push(format!("index {} {} {}", row.get::<_, String>(0), row.get::<_, String>(1), row.get::<_, String>(2)));
+    }
+    out
+}
+
+#[tokio::test]
+async fn reference_ddl_and_code_produce_the_same_catalog() {
+    let pg = Pg::start();
+    pg.create_db("from_sql").await;
+    let url = pg.create_db("from_code").await;
+    let c = pg.client("from_sql").await;
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/sql");
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort_by_key(|p| (!p.ends_with("create_dimensions.sql"), p.clone()));
+    for f in &files {
+        c.batch_execute(&std::fs::read_to_string(f).unwrap())
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+    }
+    let mut code = walrelay::db::timescale::connect(&TimescaleConfig::new(&url))
+        .await
+        .unwrap();
+    schema::ensure(&mut code, "mart", false).await.unwrap();
+    let (a, b) = (
+        catalog(&pg, "from_sql").await,
+        catalog(&pg, "from_code").await,
+    );
+    assert!(a.len() > 40, "catalog too small to mean anything: {a:?}");
+    assert!(
+        a.iter()
+            .any(|l| l.contains("bar__vpin_keys_time_idx") && l.contains("\"time\" DESC")),
+        "{a:?}"
+    );
+    assert!(
+        a.iter()
+            .any(|l| l.contains("UNIQUE (\"time\", symbol_id, exchange_id, interval_id)")),
+        "{a:?}"
+    );
+    assert_eq!(a, b, "sql/ and schema.rs drifted apart");
+}
+
+/// Captures tracing output of the current thread.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn take(&self) -> String {
+        String::from_utf8(std::mem::take(&mut *self.0.lock().unwrap())).unwrap()
+    }
+}
+
+#[tokio::test]
+async fn init_adds_reactivates_and_soft_deletes_with_exact_log_lines() {
+    let pg = Pg::start();
+    let url = pg.create_db("seed").await;
+    let logs = Captured::default();
+    let w = logs.clone();
+    let sub = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .without_time()
+        .with_target(false)
+        .with_writer(move || w.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(sub);
+    let mut cfg = TimescaleConfig::new(&url);
+    cfg.dimensions.symbols = vec!["BTCUSDT".into(), "ETHUSDT".into()];
+    cfg.dimensions.exchanges = vec!["BINANCE".into()];
+    cfg.dimensions.intervals = vec!["1m".into()];
+    let r = init(&cfg).await.unwrap();
+    assert_eq!(
+        (r.tables[0].added, r.tables[1].added, r.tables[2].added),
+        (2, 1, 1)
+    );
+    let out = logs.take();
+    assert!(
+        out.contains("INFO DIMENSION_ADDED table=\"dim_symbol\" value=BTCUSDT"),
+        "{out}"
+    );
+    assert!(
+        out.contains("INFO DIMENSION_ADDED table=\"dim_exchange\" value=BINANCE"),
+        "{out}"
+    );
+    assert!(out.contains("INFO DIMENSION_SUMMARY table=\"dim_symbol\" added=2 existing=0 reactivated=0 soft_deleted=0"), "{out}");
+
+    cfg.dimensions.symbols = vec!["ETHUSDT".into(), "SOLUSDT".into()];
+    let r = init(&cfg).await.unwrap();
+    assert_eq!(
+        (
+            r.tables[0].added,
+            r.tables[0].existing,
+            r.tables[0].soft_deleted
+        ),
+        (1, 1, 1)
+    );
+    let out = logs.take();
+    assert!(
+        out.contains("INFO DIMENSION_SOFT_DELETED table=\"dim_symbol\" value=BTCUSDT"),
+        "{out}"
+    );
+    assert!(
+        out.contains("INFO DIMENSION_ADDED table=\"dim_symbol\" value=SOLUSDT"),
+        "{out}"
+    );
+    let c = pg.client("seed").await;
+    let row = c.query_one("SELECT is_deleted, deleted_date IS NOT NULL FROM mart.dim_symbol WHERE symbol = 'BTCUSDT'", &[]).await.unwrap();
+    assert!(
+        row.get::<_, bool>(0) && row.get::<_, bool>(1),
+        "soft-deleted, never removed"
+    );
+
+    cfg.dimensions.symbols = vec!["BTCUSDT".into(), "ETHUSDT".into(), "SOLUSDT".into()];
+    let r = init(&cfg).await.unwrap();
+    assert_eq!((r.tables[0].reactivated, r.tables[0].existing), (1, 2));
+    assert!(logs
+        .take()
+        .contains("INFO DIMENSION_REACTIVATED table=\"dim_symbol\" value=BTCUSDT"));
+
+    // A second run with the same config changes nothing.
+    let r = init(&cfg).await.unwrap();
+    assert!(
+        r.tables
+            .iter()
+            .all(|t| t.added + t.reactivated + t.soft_deleted == 0),
+        "{r:?}"
+    );
+    let out = logs.take();
+    assert!(
+        !out.contains("DIMENSION_ADDED")
+            && !out.contains("DIMENSION_REACTIVATED")
+            && !out.contains("DIMENSION_SOFT_DELETED"),
+        "{out}"
+    );
+    assert!(out.contains("INFO DIMENSION_SUMMARY table=\"dim_symbol\" added=0 existing=3 reactivated=0 soft_deleted=0"), "{out}");
+}
+
+#[tokio::test]
+async fn replays_write_each_row_once_and_the_cache_survives_a_reopen() {
+    let pg = Pg::start();
+    let url = pg.create_db("replay").await;
+    let dir = tempfile::TempDir::new().unwrap();
+    let batch = mixed(400);
+    {
+        let wal = Wal::open(WalConfig::new(dir.path())).unwrap();
+        let mut sink =
+            TimescaleSink::new(TimescaleConfig::new(&url), wal.meta(), wal.dead_letters()).unwrap();
+        for _ in 0..3 {
+            let d = sink.deliver(&batch).await.unwrap();
+            assert_eq!((d.written, d.dead_lettered), (400, 0));
+        }
+        assert_eq!(
+            sink.dimension_round_trips(),
+            1,
+            "all keys of the batch in one round trip, then cache hits"
+        );
+    }
+    assert_eq!(
+        total(&pg, "replay").await,
+        400,
+        "three replays, one row per key"
+    );
+    for (t, n) in [
+        ("bar__tick_imbalance", 100),
+        ("bar__volume_imbalance", 100),
+        ("bar__vpin", 100),
+        ("bar__kline", 100),
+    ] {
+        assert_eq!(count(&pg, "replay", t).await, n, "{t}");
+    }
+    // Reopen the log: known keys resolve without a dimension round trip.
+    let wal = Wal::open(WalConfig::new(dir.path())).unwrap();
+    let mut sink =
+        TimescaleSink::new(TimescaleConfig::new(&url), wal.meta(), wal.dead_letters()).unwrap();
+    let more: Vec<Record> = (400..480)
+        .map(|i| bar(BarKind::Vpin, "SOLUSDT", i, 11.0))
+        .collect();
+    sink.deliver(&more).await.unwrap();
+    assert_eq!(
+        sink.dimension_round_trips(),
+        0,
+        "restart needed no dimension lookup"
+    );
+    assert_eq!(count(&pg, "replay", "bar__vpin").await, 180);
+}
+
+#[tokio::test]
+async fn a_different_database_clears_the_cache() {
+    let pg = Pg::start();
+    let url_a = pg.create_db("ident_a").await;
+    let url_b = pg.create_db("ident_b").await;
+    let dir = tempfile::TempDir::new().unwrap();
+    let wal = Wal::open(WalConfig::new(dir.path())).unwrap();
+    // Make B's IDs differ from A's: B already has other symbols.
+    let mut seed = TimescaleConfig::new(&url_b);
+    seed.dimensions.symbols = vec!["AAA".into(), "BBB".into(), "CCC".into()];
+    init(&seed).await.unwrap();
+    let mut a =
+        TimescaleSink::new(TimescaleConfig::new(&url_a), wal.meta(), wal.dead_letters()).unwrap();
+    a.deliver(&[kline("BTCUSDT", 1)]).await.unwrap();
+    drop(a);
+    let mut b =
+        TimescaleSink::new(TimescaleConfig::new(&url_b), wal.meta(), wal.dead_letters()).unwrap();
+    b.deliver(&[kline("BTCUSDT", 1)]).await.unwrap();
+    assert_eq!(
+        b.dimension_round_trips(),
+        1,
+        "cache from database A was not reused for B"
+    );
+    let c = pg.client("ident_b").await;
+    let row = c
+        .query_one(
+            "SELECT s.symbol FROM mart.bar__kline k JOIN mart.dim_symbol s USING (symbol_id)",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        row.get::<_, String>(0),
+        "BTCUSDT",
+        "fact points at B's own symbol id"
+    );
+}
+
+#[tokio::test]
+async fn a_poison_record_is_dead_lettered_while_its_batch_mates_land() {
+    let pg = Pg::start();
+    let url = pg.create_db("poison").await;
+    let dir = tempfile::TempDir::new().unwrap();
+    let wal = Wal::open(WalConfig::new(dir.path())).unwrap();
+    let mut sink =
+        TimescaleSink::new(TimescaleConfig::new(&url), wal.meta(), wal.dead_letters()).unwrap();
+    sink.deliver(&[kline("BTCUSDT", 0)]).await.unwrap(); // creates the schema
+                                                         // An operator's rule the relay does not know: bars must have high >= low.
+    pg.client("poison")
+        .await
+        .batch_execute("ALTER TABLE mart.bar__vpin ADD CONSTRAINT sane_range CHECK (high >= low)")
+        .await
+        .unwrap();
+    let mut batch: Vec<Record> = (1..=40)
+        .map(|i| bar(BarKind::Vpin, "BTCUSDT", i, 11.0))
+        .collect();
+    batch[22] = bar(BarKind::Vpin, "BTCUSDT", 23, 1.0); // high < low
+    let d = sink.deliver(&batch).await.unwrap();
+    assert_eq!((d.written, d.dead_lettered), (39, 1));
+    let dead = wal.dead_letters().list(Some("timescale"), 10).unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].record, batch[22]);
+    assert!(
+        dead[0].error.contains("23514") && dead[0].error.contains("sane_range"),
+        "{}",
+        dead[0].error
+    );
+    assert_eq!(count(&pg, "poison", "bar__vpin").await, 39);
+}
+
+#[tokio::test]
+async fn a_dimension_row_deleted_behind_our_back_is_re_resolved() {
+    let pg = Pg::start();
+    let url = pg.create_db("fk").await;
+    let dir = tempfile::TempDir::new().unwrap();
+    let wal = Wal::open(WalConfig::new(dir.path())).unwrap();
+    let mut sink =
+        TimescaleSink::new(TimescaleConfig::new(&url), wal.meta(), wal.dead_letters()).unwrap();
+    sink.deliver(&[kline("XRPUSDT", 0)]).await.unwrap();
+    pg.client("fk")
+        .await
+        .batch_execute(
+            "DELETE FROM mart.bar__kline; DELETE FROM mart.dim_symbol WHERE symbol = 'XRPUSDT'",
+        )
+        .await
+        .unwrap();
+    let d = sink
+        .deliver(&[kline("XRPUSDT", 1), kline("XRPUSDT", 2)])
+        .await
+        .unwrap();
+    assert_eq!((d.written, d.dead_lettered), (2, 0));
+    assert_eq!(count(&pg, "fk", "bar__kline").await, 2);
+    assert_eq!(wal.dead_letters().count(None).unwrap(), 0);
+}
+
+#[tokio::test]
+async fn database_killed_mid_batch_and_restarted_loses_nothing() {
+    let mut pg = Pg::start();
+    let url = pg.create_db("crash").await;
+    let dir = tempfile::TempDir::new().unwrap();
+    let wal = Wal::open(WalConfig::new(dir.path()).with_sinks(["timescale"])).unwrap();
+    let n = 60_000;
+    let all = mixed(n);
+    for chunk in all.chunks(1000) {
+        wal.append(chunk).unwrap();
+    }
+    let mut cfg = TimescaleConfig::new(&url);
+    cfg.batch_size = 2000;
+    cfg.connect_timeout_ms = 1000;
+    let sink = TimescaleSink::new(cfg, wal.meta(), wal.dead_letters()).unwrap();
+    let health = Arc::new(SinkHealth::new("timescale"));
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let settings = DrainerSettings {
+        batch_records: 5000,
+        retry: RetryPolicy {
+            initial: Duration::from_millis(50),
+            max: Duration::from_millis(500),
+            config_interval: Duration::from_millis(500),
+        },
+    };
+    let task = tokio::spawn(drainer::run(
+        wal.clone(),
+        sink,
+        settings,
+        health.clone(),
+        Arc::new(Metrics::default()),
+        rx,
+    ));
+    // Kill the database while batches are in flight.
+    for _ in 0..400 {
+        if wal.backlog("timescale").unwrap().records < n as u64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    pg.stop_immediate();
+    let left_at_kill = wal.backlog("timescale").unwrap().records;
+    assert!(
+        left_at_kill > 0,
+        "the database died after everything was delivered; the test proved nothing"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        health.snapshot().consecutive_failures > 0,
+        "the sink noticed the outage"
+    );
+    pg.restart();
+    for _ in 0..600 {
+        if wal.backlog("timescale").unwrap().records == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        wal.backlog("timescale").unwrap().records,
+        0,
+        "backlog drained after restart"
+    );
+    assert_eq!(total(&pg, "crash").await, n, "every record exactly once");
+    let _ = stop.send(true);
+    task.await.unwrap();
+}
+
+#[tokio::test]
+async fn hypertables_when_timescaledb_is_installed() {
+    let pg = Pg::start();
+    let url = pg.create_db("hyper").await;
+    let c = pg.client("hyper").await;
+    let available: bool = c
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    if !available {
+        eprintln!("SKIPPED hypertables_when_timescaledb_is_installed: the timescaledb extension is not available on this PostgreSQL");
+        return;
+    }
+    let mut client = walrelay::db::timescale::connect(&TimescaleConfig::new(&url))
+        .await
+        .unwrap();
+    assert!(schema::ensure(&mut client, "mart", true).await.unwrap());
+    let n: i64 = c.query_one("SELECT count(*) FROM timescaledb_information.hypertables WHERE hypertable_schema = 'mart'", &[]).await.unwrap().get(0);
+    assert_eq!(n, 4);
+}
