@@ -1,20 +1,66 @@
 #!/usr/bin/env bash
-# The main job: installs what is missing, builds walrelay, runs the relay fed by
-# its built-in synthetic collector for a few seconds, and shows where the data
-# went (the write-ahead log, verified frame by frame).
+# The main job: installs what is missing, builds walrelay, starts PostgreSQL 15
+# and VictoriaMetrics on loopback, runs `walrelay init`, starts the relay, feeds
+# it with the built-in synthetic collector, then shows `walrelay status` and
+# where the data went (row counts in PostgreSQL, series and samples in
+# VictoriaMetrics). Everything lives in a temporary directory and is stopped
+# at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 cargo build --locked --release
-DATA="${WALRELAY_DEMO_DIR:-$(mktemp -d /tmp/walrelay-demo.XXXXXX)}"
-CONF="$DATA/walrelay.toml"
+BIN=./target/release/walrelay
+BASE="${WALRELAY_DEMO_DIR:-$(mktemp -d /tmp/walrelay-demo.XXXXXX)}"
+source scripts/services.sh
+RELAY_PID=""
+cleanup() {
+  [ -n "$RELAY_PID" ] && kill "$RELAY_PID" 2>/dev/null && wait "$RELAY_PID" 2>/dev/null || true
+  stop_services "$BASE"
+}
+trap cleanup EXIT
+start_services "$BASE"
+RELAY_PORT=$(free_port)
+CONF="$BASE/walrelay.toml"
 cat > "$CONF" <<TOML
 [wal]
-dir = "$DATA/wal"
-durability = "sync"
+dir = "$BASE/wal"
+
+[ingest]
+listen = "127.0.0.1:$RELAY_PORT"
+
+[influx]
+url = "$VM_URL"
+org = "demo"
+bucket = "ticks"
+
+[timescale]
+url = "$PG_URL"
+
+[timescale.dimensions]
+symbols = ["BTCUSDT", "ETHUSDT", "SOLUSDT", "XRPUSDT"]
+exchanges = ["BINANCE_FUTURES", "BYBIT", "OKX"]
+intervals = ["1m", "tick_100"]
 TOML
-echo "== walrelay run: synthetic collector at ${RATE:-20000} records/s for ${SECONDS_TO_RUN:-5} s"
-./target/release/walrelay run --config "$CONF" --synthetic-rate "${RATE:-20000}" --duration "${SECONDS_TO_RUN:-5}"
-echo "== walrelay wal verify: where the data went"
-./target/release/walrelay wal verify --config "$CONF"
-echo "== the log lives in $DATA/wal"
+echo "== walrelay check"
+$BIN check --config "$CONF"
+echo "== walrelay init"
+$BIN init --config "$CONF"
+echo "== walrelay run (log: $BASE/relay.log)"
+$BIN run --config "$CONF" 2>"$BASE/relay.log" &
+RELAY_PID=$!
+for _ in $(seq 100); do curl -sf "http://127.0.0.1:$RELAY_PORT/health" >/dev/null && break; sleep 0.1; done
+echo "== walrelay feed: ${RATE:-5000} records/s for ${SECONDS_TO_RUN:-10} s"
+$BIN feed --url "http://127.0.0.1:$RELAY_PORT" --rate "${RATE:-5000}" --duration "${SECONDS_TO_RUN:-10}" --symbols 4
+sleep 2
+echo "== walrelay status"
+$BIN status --config "$CONF"
+echo "== where the data went"
+echo "-- PostgreSQL ($PG_URL), schema mart:"
+psql "$PG_URL" -At -c "SELECT 'bar__tick_imbalance', count(*) FROM mart.bar__tick_imbalance UNION ALL SELECT 'bar__volume_imbalance', count(*) FROM mart.bar__volume_imbalance UNION ALL SELECT 'bar__vpin', count(*) FROM mart.bar__vpin UNION ALL SELECT 'bar__kline', count(*) FROM mart.bar__kline" | sed 's/|/ rows: /'
+echo "-- VictoriaMetrics ($VM_URL), InfluxDB measurements as <measurement>_<field>:"
+curl -s "$VM_URL/internal/force_flush" >/dev/null
+for m in trades orderbook funding_rate liquidation open_interest options_ticker price_index; do
+  field=price; case $m in orderbook) field=bid_price;; funding_rate) field=rate;; open_interest) field=open_interest;; options_ticker) field=mark_price;; esac
+  n=$(curl -s "$VM_URL/api/v1/export?match[]=${m}_${field}&start=0" | python3 -c 'import sys,json; print(sum(len(json.loads(l)["values"]) for l in sys.stdin if l.strip()))')
+  echo "$m: $n points"
+done

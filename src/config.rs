@@ -23,6 +23,9 @@ pub struct Config {
     /// `[influx]`: the InfluxDB v2 sink (ticks and generic points); absent = disabled.
     #[serde(default)]
     pub influx: Option<crate::db::influx::InfluxConfig>,
+    /// `[timescale]`: the TimescaleDB sink (bars and klines); absent = disabled.
+    #[serde(default)]
+    pub timescale: Option<crate::db::timescale::TimescaleConfig>,
 }
 
 /// A secret (token, password): never printed by `Debug` or `Display`.
@@ -116,6 +119,9 @@ impl Config {
         if self.influx.is_some() {
             v.push("influx");
         }
+        if self.timescale.is_some() {
+            v.push("timescale");
+        }
         v
     }
 
@@ -185,10 +191,18 @@ impl Config {
             path: path.into(),
             source,
         })?;
-        Config::parse(&text).map_err(|message| ConfigError::Parse {
+        let mut c = Config::parse(&text).map_err(|message| ConfigError::Parse {
             path: path.into(),
             message,
-        })
+        })?;
+        if let Some(t) = &c.timescale {
+            t.validate().map_err(|message| ConfigError::Parse {
+                path: path.into(),
+                message,
+            })?;
+        }
+        c.apply_env();
+        Ok(c)
     }
 
     pub(crate) fn parse(text: &str) -> Result<Config, String> {

@@ -33,6 +33,11 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Create the TimescaleDB schema and seed the dimensions from the config.
+    Init {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Synthetic collector: post realistic records of every kind to a running relay.
     Feed {
         /// Relay base URL.
@@ -162,6 +167,7 @@ fn main() -> ExitCode {
         } => verify(config),
         Command::Dlq { command } => dlq(command),
         Command::Check { config } => rt.block_on(preflight(config)),
+        Command::Init { config } => rt.block_on(init(config)),
     };
     match result {
         Ok(code) => code,
@@ -496,4 +502,30 @@ async fn preflight(config: Option<PathBuf>) -> Result<ExitCode, String> {
         println!("all required checks passed");
         Ok(ExitCode::SUCCESS)
     }
+}
+
+async fn init(config: Option<PathBuf>) -> Result<ExitCode, String> {
+    let config = load(config)?;
+    let Some(tc) = &config.timescale else {
+        return Err("no [timescale] section in the config: nothing to initialise".into());
+    };
+    let report = walrelay::db::timescale::init::init(tc)
+        .await
+        .map_err(|e| e.to_string())?;
+    println!(
+        "schema {} ready ({})",
+        tc.schema,
+        if report.hypertables {
+            "hypertables"
+        } else {
+            "plain PostgreSQL tables"
+        }
+    );
+    for t in &report.tables {
+        println!(
+            "{:<13} added {:>4}  existing {:>4}  reactivated {:>4}  soft-deleted {:>4}",
+            t.table, t.added, t.existing, t.reactivated, t.soft_deleted
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }

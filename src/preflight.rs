@@ -103,7 +103,107 @@ pub fn local_checks(config: &Config) -> Vec<Check> {
 
 /// Every check, sinks included.
 pub async fn run_checks(config: &Config) -> Vec<Check> {
-    local_checks(config)
+    let mut out = local_checks(config);
+    if let Some(tc) = &config.timescale {
+        out.extend(timescale_checks(tc).await);
+    }
+    if let Some(ic) = &config.influx {
+        out.extend(influx_checks(ic).await);
+    }
+    if config.sink_names().is_empty() {
+        out.push(check(
+            "sinks",
+            Verdict::Warn,
+            "no [influx] or [timescale] section: records stay in the log",
+        ));
+    }
+    out
+}
+
+async fn timescale_checks(tc: &crate::db::timescale::TimescaleConfig) -> Vec<Check> {
+    use crate::db::timescale::schema::{detect, Timescale};
+    let mut out = Vec::new();
+    let client = match crate::db::timescale::connect(tc).await {
+        Ok(c) => {
+            out.push(check(
+                "postgres reachable+auth",
+                Verdict::Ok,
+                crate::db::timescale::redacted(&tc.url),
+            ));
+            c
+        }
+        Err(e) => {
+            out.push(check(
+                "postgres reachable+auth",
+                Verdict::Fail,
+                e.to_string(),
+            ));
+            return out;
+        }
+    };
+    let strict = if tc.require_timescaledb {
+        Verdict::Fail
+    } else {
+        Verdict::Warn
+    };
+    out.push(match detect(&client).await {
+        Ok(Timescale::Installed | Timescale::AvailablePreloaded) => check("timescaledb extension", Verdict::Ok, "available: fact tables become hypertables"),
+        Ok(Timescale::AvailableNotPreloaded) => check(
+            "timescaledb extension",
+            strict,
+            "installed but not preloaded: add shared_preload_libraries = 'timescaledb' to postgresql.conf and restart",
+        ),
+        Ok(Timescale::Absent) => check("timescaledb extension", strict, "not available: plain PostgreSQL tables"),
+        Err(e) => check("timescaledb extension", Verdict::Fail, e.to_string()),
+    });
+    out
+}
+
+async fn influx_checks(ic: &crate::db::influx::InfluxConfig) -> Vec<Check> {
+    use crate::db::influx::InfluxError;
+    let token = match ic.resolve_token() {
+        Ok(t) => t,
+        Err(e) => return vec![check("influx token", Verdict::Fail, e)],
+    };
+    let client = match crate::db::influx::Client::new(
+        token,
+        std::time::Duration::from_millis(ic.timeout_ms.min(5000)),
+        false,
+    ) {
+        Ok(c) => c,
+        Err(e) => return vec![check("influx reachable", Verdict::Fail, e)],
+    };
+    // A comment-only body: the server checks the token and the bucket before
+    // parsing, and nothing is stored.
+    let probe = client
+        .write(&ic.url, &ic.org, &ic.bucket, b"# walrelay check\n")
+        .await;
+    let (verdict, detail) = match probe {
+        Ok(()) => (
+            Verdict::Ok,
+            format!("{} org={} bucket={}", ic.url, ic.org, ic.bucket),
+        ),
+        Err(e @ InfluxError::Http { status: 400, .. }) => (
+            Verdict::Ok,
+            format!(
+                "{e} (token and bucket accepted; the empty probe body was refused as expected)"
+            ),
+        ),
+        Err(
+            e @ InfluxError::Http {
+                status: 401 | 403, ..
+            },
+        ) => (
+            Verdict::Fail,
+            format!("{e} (check influx.token or WALRELAY_INFLUX_TOKEN)"),
+        ),
+        Err(e @ InfluxError::Http { status: 404, .. }) => (
+            Verdict::Fail,
+            format!("{e} (check influx.org and influx.bucket)"),
+        ),
+        Err(e) => (Verdict::Fail, e.to_string()),
+    };
+    vec![check("influx bucket writable", verdict, detail)]
 }
 
 #[cfg(test)]

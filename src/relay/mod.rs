@@ -289,5 +289,18 @@ async fn spawn_sinks(
         tracing::info!(url = %ic.url, org = %ic.org, bucket = %ic.bucket, routes = ic.routes.len(), "influx sink configured");
         spawn_drainer(relay, sink, cfg.drain.batch_records, stop, set);
     }
+    if let Some(tc) = &cfg.timescale {
+        let sink = crate::db::timescale::TimescaleSink::new(
+            tc.clone(),
+            relay.wal.meta(),
+            relay.wal.dead_letters(),
+        )
+        .map_err(|e| RelayError::Sink {
+            sink: "timescale",
+            message: e.to_string(),
+        })?;
+        tracing::info!(schema = %tc.schema, "timescale sink configured");
+        spawn_drainer(relay, sink, cfg.drain.batch_records, stop, set);
+    }
     Ok(())
 }

@@ -13,6 +13,11 @@ pub mod schema;
 mod sink;
 
 pub use config::{DimensionLists, TimescaleConfig};
+
+/// The connection string with any password masked (for logs and check output).
+pub fn redacted(url: &str) -> String {
+    config::redact_url(url)
+}
 pub use conn::connect;
 pub use dim_cache::{identity, Dim, DimCache};
 pub use error::TimescaleError;
