@@ -34,6 +34,16 @@ fn pg_cmd(bin: &str) -> Command {
 
 impl Pg {
     pub fn start() -> Pg {
+        Pg::init(None)
+    }
+
+    /// A cluster that requires password authentication (scram-sha-256) for
+    /// user `postgres` with `password`.
+    pub fn start_with_password(password: &str) -> Pg {
+        Pg::init(Some(password))
+    }
+
+    fn init(password: Option<&str>) -> Pg {
         let dir = tempfile::TempDir::new().unwrap();
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let data = dir.path().join("data");
@@ -49,20 +59,29 @@ impl Pg {
                 "chown postgres (is the postgresql-15 package installed?)"
             );
         }
-        let out = pg_cmd("initdb")
-            .args([
-                "-D",
-                data.to_str().unwrap(),
-                "-U",
-                "postgres",
-                "-A",
-                "trust",
-                "--no-sync",
-                "-E",
-                "UTF8",
-            ])
-            .output()
-            .expect("initdb");
+        let mut args = vec![
+            "-D".to_string(),
+            data.to_str().unwrap().to_string(),
+            "-U".into(),
+            "postgres".into(),
+            "--no-sync".into(),
+            "-E".into(),
+            "UTF8".into(),
+        ];
+        match password {
+            None => args.extend(["-A".to_string(), "trust".to_string()]),
+            Some(pw) => {
+                let pwfile = dir.path().join("pwfile");
+                std::fs::write(&pwfile, pw).unwrap();
+                std::fs::set_permissions(&pwfile, std::fs::Permissions::from_mode(0o644)).unwrap();
+                args.extend([
+                    "-A".to_string(),
+                    "scram-sha-256".to_string(),
+                    format!("--pwfile={}", pwfile.display()),
+                ]);
+            }
+        }
+        let out = pg_cmd("initdb").args(&args).output().expect("initdb");
         assert!(
             out.status.success(),
             "initdb failed: {}",

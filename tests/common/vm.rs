@@ -90,7 +90,18 @@ impl Vm {
         );
     }
 
-    /// Kills the process (data stays): an outage.
+    /// Stops the process gracefully (SIGINT), as an operator or a service
+    /// manager would: VictoriaMetrics flushes what it acknowledged. (It keeps
+    /// recent samples in memory for up to 5 s; SIGKILL loses them, which is
+    /// the server's own loss, not the relay's.)
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            unsafe { libc::kill(c.id() as i32, libc::SIGINT) };
+            let _ = c.wait();
+        }
+    }
+
+    /// Kills the process (SIGKILL).
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
