@@ -49,18 +49,39 @@ fn prepare_dir(dir: &Path) -> Result<(), WalError> {
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(err)
 }
 
+/// sled releases its directory lock only when its background threads have
+/// finished, shortly after the last handle is dropped; a reopen right after a
+/// close (or a restart) can see the lock still held. Retry for up to 2 s with
+/// growing waits; a lock held by another live process still fails after that.
+/// sled reports the condition only as an I/O error text, hence the match.
+fn open_with_lock_retry(cfg: &sled::Config) -> Result<sled::Db, WalError> {
+    let mut wait = std::time::Duration::from_millis(10);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        match cfg.open() {
+            Err(e)
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(wait);
+                wait = (wait * 2).min(std::time::Duration::from_millis(200));
+            }
+            other => return other.map_err(WalError::sled("open")),
+        }
+    }
+}
+
 pub(crate) fn open_store(config: &WalConfig) -> Result<Store, WalError> {
     prepare_dir(&config.dir)?;
-    let db = sled::Config::new()
+    let sled_config = sled::Config::new()
         .path(&config.dir)
         .cache_capacity(config.cache_bytes)
         .segment_size(config.segment_bytes)
         .flush_every_ms(Some(super::durability::Persist::background_flush_ms(
             config.durability,
         )))
-        .mode(sled::Mode::HighThroughput)
-        .open()
-        .map_err(WalError::sled("open"))?;
+        .mode(sled::Mode::HighThroughput);
+    let db = open_with_lock_retry(&sled_config)?;
     let tree = |name: &'static str| db.open_tree(name).map_err(WalError::sled("open tree"));
     let (frames, cursors, meta, dead, quarantine) = (
         tree("frames")?,

@@ -1,0 +1,174 @@
+//! InfluxDB sink throughput.
+//!
+//! - `encode/trades`: line-protocol encoding of real-sized trades, one core.
+//! - `drain/sink`: the sink delivering batches of 5000 trades (encoding, HTTP,
+//!   classification) into a real VictoriaMetrics.
+//! - `drain/limit_plain_http`: the server's own limit measured in the same
+//!   run: the same encoded bytes, in the same batch sizes, posted straight to
+//!   the server by a plain HTTP client.
+//!
+//! The summary at the end prints lines/s and the sink's ratio to the limit.
+
+#[path = "../tests/common/vm.rs"]
+#[allow(dead_code)]
+mod vm;
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, Criterion, Throughput};
+use walrelay::db::influx::{encode, InfluxConfig, InfluxSink};
+use walrelay::drain::Sink;
+use walrelay::record::{Record, Trade};
+use walrelay::{Wal, WalConfig};
+
+static MEASURED: Mutex<BTreeMap<String, (u64, Duration)>> = Mutex::new(BTreeMap::new());
+
+fn note(id: &str, n: u64, d: Duration) {
+    let mut m = MEASURED.lock().unwrap();
+    let e = m.entry(id.into()).or_insert((0, Duration::ZERO));
+    e.0 += n;
+    e.1 += d;
+}
+
+fn trades(n: usize, offset: i64) -> Vec<Record> {
+    (0..n)
+        .map(|i| {
+            Record::Trade(Trade {
+                venue: "BINANCE_FUTURES".into(),
+                symbol: ["BTCUSDT", "ETHUSDT", "SOLUSDT", "XRPUSDT"][i % 4].into(),
+                ts: 1_700_000_000_000_000_000 + offset + i as i64 * 1_000_003,
+                price: 37_000.5 + (i % 1000) as f64 * 0.25,
+                quantity: 0.001 * (1 + i % 500) as f64,
+                side: if i % 2 == 0 { "buy" } else { "sell" }.into(),
+                trade_id: (5_000_000_000u64 + i as u64).to_string(),
+            })
+        })
+        .collect()
+}
+
+fn encoding(c: &mut Criterion) {
+    let mut g = c.benchmark_group("encode");
+    let batch = trades(10_000, 0);
+    g.throughput(Throughput::Elements(batch.len() as u64));
+    let mut buf = Vec::with_capacity(2 << 20);
+    g.bench_function("trades", |b| {
+        b.iter_custom(|iters| {
+            let t = Instant::now();
+            for _ in 0..iters {
+                buf.clear();
+                for r in &batch {
+                    encode(r, &mut buf);
+                }
+                std::hint::black_box(&buf);
+            }
+            let d = t.elapsed();
+            note("encode/trades", iters * batch.len() as u64, d);
+            d
+        })
+    });
+    g.finish();
+}
+
+fn drain(c: &mut Criterion) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let server = rt.block_on(vm::Vm::start());
+    let dir = tempfile::TempDir::new().unwrap();
+    let wal = Wal::open(WalConfig::new(dir.path())).unwrap();
+    const BATCH: usize = 5000;
+    const BATCHES: usize = 10;
+    let mut g = c.benchmark_group("drain");
+    g.sample_size(10).measurement_time(Duration::from_secs(8));
+    g.throughput(Throughput::Elements((BATCH * BATCHES) as u64));
+    let mut round = 0i64;
+
+    let mut sink = InfluxSink::new(
+        InfluxConfig::new(server.url(), "bench", "bench"),
+        wal.dead_letters(),
+    )
+    .unwrap();
+    g.bench_function("sink", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                round += 1;
+                let batches: Vec<Vec<Record>> = (0..BATCHES)
+                    .map(|k| trades(BATCH, round * 1_000_000_000_000 + k as i64 * 10_000_000_000))
+                    .collect();
+                let t = Instant::now();
+                rt.block_on(async {
+                    for b in &batches {
+                        sink.deliver(b).await.unwrap();
+                    }
+                });
+                total += t.elapsed();
+            }
+            note("drain/sink", iters * (BATCH * BATCHES) as u64, total);
+            total
+        })
+    });
+
+    let http = reqwest::Client::new();
+    let endpoint = format!(
+        "{}/api/v2/write?org=bench&bucket=bench&precision=ns",
+        server.url()
+    );
+    g.bench_function("limit_plain_http", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                round += 1;
+                let bodies: Vec<Vec<u8>> = (0..BATCHES)
+                    .map(|k| {
+                        let mut body = Vec::new();
+                        for r in
+                            trades(BATCH, round * 1_000_000_000_000 + k as i64 * 10_000_000_000)
+                        {
+                            encode(&r, &mut body);
+                        }
+                        body
+                    })
+                    .collect();
+                let t = Instant::now();
+                rt.block_on(async {
+                    for body in bodies {
+                        let r = http.post(&endpoint).body(body).send().await.unwrap();
+                        assert_eq!(r.status().as_u16(), 204);
+                    }
+                });
+                total += t.elapsed();
+            }
+            note(
+                "drain/limit_plain_http",
+                iters * (BATCH * BATCHES) as u64,
+                total,
+            );
+            total
+        })
+    });
+    g.finish();
+}
+
+fn report() {
+    let m = MEASURED.lock().unwrap();
+    let rate = |(n, d): &(u64, Duration)| *n as f64 / d.as_secs_f64();
+    println!("\n== walrelay Influx summary (this run) ==");
+    for (id, v) in m.iter() {
+        println!("{id:<28} {:>12.0} lines/s", rate(v));
+    }
+    if let (Some(s), Some(l)) = (m.get("drain/sink"), m.get("drain/limit_plain_http")) {
+        println!(
+            "drain/sink is {:.1}% of the server's limit (plain HTTP, same bytes and batch sizes)",
+            100.0 * rate(s) / rate(l)
+        );
+    }
+}
+
+criterion_group!(benches, encoding, drain);
+
+fn main() {
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+    report();
+}
