@@ -1,1 +1,326 @@
-fn main() {}
+//! The relay as a whole (the `walrelay run` binary, release build).
+//!
+//! - `ingest_http/accepted`: 4 concurrent writers post line protocol (batches
+//!   of 5000 trades) to `/api/v2/write`; time until every request got 204.
+//! - `ingest_http/delivered`: the same, timed until both sinks (real
+//!   VictoriaMetrics and PostgreSQL) have delivered everything (bars included
+//!   through `/v1/records`).
+//! - `startup/backlog_10m`: time from spawning the relay on a log holding 10
+//!   million undelivered records (both sinks down) until `/health` answers.
+//!
+//! The summary also prints the relay's resident memory (VmRSS and peak VmHWM)
+//! while those 10 million records are backlogged and both sinks are down,
+//! and the machine-level context. Targets: RSS < 150 MiB, startup < 2 s.
+
+#[path = "../tests/common/pg.rs"]
+#[allow(dead_code)]
+mod pg;
+#[path = "../tests/common/vm.rs"]
+#[allow(dead_code)]
+mod vm;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, Criterion, Throughput};
+use walrelay::record::{Record, Trade};
+use walrelay::wal::Durability;
+use walrelay::{Wal, WalConfig};
+
+static MEASURED: Mutex<BTreeMap<String, (u64, Duration)>> = Mutex::new(BTreeMap::new());
+static NOTES: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+fn note(id: &str, n: u64, d: Duration) {
+    let mut m = MEASURED.lock().unwrap();
+    let e = m.entry(id.into()).or_insert((0, Duration::ZERO));
+    e.0 += n;
+    e.1 += d;
+}
+
+fn spawn(conf: &Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_walrelay"))
+        .args(["run", "--config", conf.to_str().unwrap()])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+fn wait_health(url: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect(url.trim_start_matches("http://")).is_ok() {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            if rt.block_on(async {
+                reqwest::get(format!("{url}/health"))
+                    .await
+                    .map(|r| r.status().is_success())
+                    .unwrap_or(false)
+            }) {
+                return;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    panic!("relay did not start");
+}
+
+fn rss_kib(pid: u32) -> (u64, u64) {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |k: &str| {
+        s.lines()
+            .find(|l| l.starts_with(k))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+fn config(dir: &Path, port: u16, influx: &str, pg: &str) -> std::path::PathBuf {
+    let conf = dir.join("walrelay.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "[wal]\ndir = \"{}\"\n[ingest]\nlisten = \"127.0.0.1:{port}\"\n[influx]\nurl = \"{influx}\"\norg = \"b\"\nbucket = \"b\"\ntimeout_ms = 2000\n[timescale]\nurl = \"{pg}\"\nconnect_timeout_ms = 1000\n",
+            dir.join("wal").display()
+        ),
+    )
+    .unwrap();
+    conf
+}
+
+fn ingest(c: &mut Criterion) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let server = pg::Pg::start();
+    let pg_url = rt.block_on(server.create_db("bench"));
+    let vmserver = rt.block_on(vm::Vm::start());
+    let dir = tempfile::TempDir::new().unwrap();
+    let port = vm::free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let conf = config(dir.path(), port, &vmserver.url(), &pg_url);
+    let mut relay = spawn(&conf);
+    wait_health(&url);
+    const WRITERS: usize = 4;
+    const REQUESTS: usize = 10;
+    const LINES: usize = 5000;
+    const BARS: usize = 500;
+    let per_iter = (WRITERS * REQUESTS * (LINES + BARS)) as u64;
+    let client = reqwest::Client::new();
+    let mut round = 0u64;
+    let mut run = |wait_delivery: bool| -> Duration {
+        round += 1;
+        let bodies: Vec<Vec<(String, String)>> = (0..WRITERS)
+            .map(|w| {
+                (0..REQUESTS)
+                    .map(|r| {
+                        let base = 1_700_000_000_000_000_000i64 + (round as i64) * 10_000_000_000_000 + ((w * REQUESTS + r) as i64) * 100_000_000_000;
+                        let lp: String = (0..LINES).map(|i| format!("trades,exchange=BINANCE,side=buy,symbol=S{} price={}.5,quantity=0.01 {}\n", i % 16, 30000 + i, base + i as i64 * 1000)).collect();
+                        let bars: String = (0..BARS).map(|i| format!("{{\"type\":\"bar\",\"kind\":\"vpin\",\"venue\":\"BINANCE\",\"symbol\":\"S{}\",\"interval\":\"1s\",\"ts\":{},\"open\":1,\"high\":2,\"low\":0.5,\"close\":1.5,\"volume\":1}}\n", i % 16, base + i as i64 * 1_000_000_000)).collect();
+                        (lp, bars)
+                    })
+                    .collect()
+            })
+            .collect();
+        let t = Instant::now();
+        rt.block_on(async {
+            let tasks: Vec<_> = bodies
+                .into_iter()
+                .map(|reqs| {
+                    let client = client.clone();
+                    let url = url.clone();
+                    tokio::spawn(async move {
+                        for (lp, bars) in reqs {
+                            let r = client
+                                .post(format!("{url}/api/v2/write?bucket=b&org=b"))
+                                .body(lp)
+                                .send()
+                                .await
+                                .unwrap();
+                            assert_eq!(r.status().as_u16(), 204);
+                            let r = client
+                                .post(format!("{url}/v1/records"))
+                                .body(bars)
+                                .send()
+                                .await
+                                .unwrap();
+                            assert_eq!(r.status().as_u16(), 204);
+                        }
+                    })
+                })
+                .collect();
+            for t in tasks {
+                t.await.unwrap();
+            }
+            if wait_delivery {
+                loop {
+                    let s: serde_json::Value = client
+                        .get(format!("{url}/status"))
+                        .send()
+                        .await
+                        .unwrap()
+                        .json()
+                        .await
+                        .unwrap();
+                    if s["sinks"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .all(|k| k["backlog_records"] == 0)
+                    {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        });
+        t.elapsed()
+    };
+    let mut g = c.benchmark_group("ingest_http");
+    g.sample_size(10).measurement_time(Duration::from_secs(20));
+    g.throughput(Throughput::Elements(per_iter));
+    g.bench_function("accepted", |b| {
+        b.iter_custom(|iters| {
+            let d: Duration = (0..iters).map(|_| run(false)).sum();
+            note("ingest_http/accepted", iters * per_iter, d);
+            d
+        })
+    });
+    g.bench_function("delivered", |b| {
+        b.iter_custom(|iters| {
+            let d: Duration = (0..iters).map(|_| run(true)).sum();
+            note("ingest_http/delivered", iters * per_iter, d);
+            d
+        })
+    });
+    g.finish();
+    let (rss, hwm) = rss_kib(relay.id());
+    NOTES.lock().unwrap().push(format!(
+        "relay RSS after the ingest runs (sinks live): {} MiB (peak {} MiB)",
+        rss / 1024,
+        hwm / 1024
+    ));
+    let _ = relay.kill();
+    let _ = relay.wait();
+}
+
+fn startup(c: &mut Criterion) {
+    let dir = tempfile::TempDir::new().unwrap();
+    let records = 10_000_000u64;
+    let t = Instant::now();
+    {
+        let wal = Wal::open(WalConfig {
+            durability: Durability::Interval { interval_ms: 200 },
+            ..WalConfig::new(dir.path().join("wal"))
+        })
+        .unwrap();
+        for b in 0..records / 1000 {
+            let recs: Vec<Record> = (0..1000)
+                .map(|i| {
+                    Record::Trade(Trade {
+                        venue: "BINANCE_FUTURES".into(),
+                        symbol: "BTCUSDT".into(),
+                        ts: 1_700_000_000_000_000_000 + (b * 1000 + i) as i64,
+                        price: 37000.5,
+                        quantity: 0.01,
+                        side: "buy".into(),
+                        trade_id: (b * 1000 + i).to_string(),
+                    })
+                })
+                .collect();
+            wal.append(&recs).unwrap();
+        }
+        wal.flush().unwrap();
+    }
+    NOTES.lock().unwrap().push(format!(
+        "prefilled {records} records in {:.1} s",
+        t.elapsed().as_secs_f64()
+    ));
+    // Both sinks down: nothing listens on these ports.
+    let (dead_influx, dead_pg) = (vm::free_port(), vm::free_port());
+    let port = vm::free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let conf = config(
+        dir.path(),
+        port,
+        &format!("http://127.0.0.1:{dead_influx}"),
+        &format!("postgres://postgres@127.0.0.1:{dead_pg}/x"),
+    );
+    let mut g = c.benchmark_group("startup");
+    g.sample_size(10);
+    g.bench_function("backlog_10m", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let t = Instant::now();
+                let mut relay = spawn(&conf);
+                wait_health(&url);
+                total += t.elapsed();
+                let _ = relay.kill();
+                let _ = relay.wait();
+            }
+            note("startup/backlog_10m", iters, total);
+            total
+        })
+    });
+    g.finish();
+    // Resident memory while the backlog waits and both sinks fail.
+    let mut relay = spawn(&conf);
+    wait_health(&url);
+    std::thread::sleep(Duration::from_secs(5));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let s: serde_json::Value = rt.block_on(async {
+        reqwest::get(format!("{url}/status"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    });
+    let (rss, hwm) = rss_kib(relay.id());
+    let backlog: Vec<String> = s["sinks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| format!("{}={} ({})", k["name"], k["backlog_records"], k["state"]))
+        .collect();
+    NOTES.lock().unwrap().push(format!("relay RSS with a 10M-record backlog, both sinks down for 5 s: {} MiB (peak {} MiB); backlog {}", rss / 1024, hwm / 1024, backlog.join(", ")));
+    let _ = relay.kill();
+    let _ = relay.wait();
+}
+
+fn report() {
+    let m = MEASURED.lock().unwrap();
+    println!("\n== walrelay relay summary (this run) ==");
+    for (id, (n, d)) in m.iter() {
+        if id.starts_with("startup") {
+            println!(
+                "{id:<24} {:>10.1} ms per start",
+                d.as_secs_f64() * 1000.0 / *n as f64
+            );
+        } else {
+            println!("{id:<24} {:>10.0} records/s", *n as f64 / d.as_secs_f64());
+        }
+    }
+    for n in NOTES.lock().unwrap().iter() {
+        println!("{n}");
+    }
+}
+
+criterion_group!(benches, ingest, startup);
+
+fn main() {
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+    report();
+}

@@ -1,5 +1,5 @@
 -- Fact table bar__vpin (reference DDL). Requires create_dimensions.sql.
--- With TimescaleDB: SELECT create_hypertable('mart.bar__vpin', 'time', if_not_exists => TRUE);
+-- With TimescaleDB: SELECT create_hypertable('mart.bar__vpin', 'time', if_not_exists => TRUE, migrate_data => TRUE);
 CREATE TABLE IF NOT EXISTS mart.bar__vpin (
     time TIMESTAMPTZ NOT NULL,
     symbol_id INTEGER NOT NULL REFERENCES mart.dim_symbol (symbol_id),

@@ -436,3 +436,55 @@ async fn unauthorized_marks_the_sink_unhealthy_without_dead_letters() {
     let _ = drain.stop.send(true);
     drain.task.await.unwrap();
 }
+
+#[tokio::test]
+async fn routing_picks_composite_key_then_venue_then_default() {
+    let (default_vm, venue_vm, composite_vm) =
+        (Vm::start().await, Vm::start().await, Vm::start().await);
+    let dir = tempfile::TempDir::new().unwrap();
+    let wal = Wal::open(WalConfig::new(dir.path())).unwrap();
+    let mut c = InfluxConfig::new(default_vm.url(), "org", "ticks");
+    let dest = |url: String, bucket: &str| walrelay::db::influx::Destination {
+        bucket: bucket.into(),
+        org: None,
+        url: Some(url),
+    };
+    c.routes.insert("OKX".into(), dest(venue_vm.url(), "okx"));
+    c.routes
+        .insert("OKX:TRADE".into(), dest(composite_vm.url(), "okx-trades"));
+    let mut sink = InfluxSink::new(c, wal.dead_letters()).unwrap();
+    let okx_trade = Record::Trade(Trade {
+        venue: "OKX".into(),
+        symbol: "BTCUSDT".into(),
+        ts: 1_700_000_300_000_000_000,
+        price: 1.0,
+        quantity: 1.0,
+        side: "buy".into(),
+        trade_id: "1".into(),
+    });
+    let okx_liq = Record::Liquidation(walrelay::record::Liquidation {
+        venue: "OKX".into(),
+        symbol: "BTCUSDT".into(),
+        ts: 1_700_000_300_000_000_000,
+        side: "sell".into(),
+        price: 2.0,
+        quantity: 1.0,
+    });
+    let other = trade(5, 1_700_000_300_000_000_000);
+    sink.deliver(&[okx_trade, okx_liq, other]).await.unwrap();
+    assert_eq!(
+        composite_vm.export("trades_price").await.len(),
+        1,
+        "OKX:TRADE -> composite route"
+    );
+    assert!(composite_vm.export("liquidation_price").await.is_empty());
+    assert_eq!(
+        venue_vm.export("liquidation_price").await.len(),
+        1,
+        "OKX liquidation -> venue route"
+    );
+    assert!(venue_vm.export("trades_price").await.is_empty());
+    let d = default_vm.export("trades_price").await;
+    assert_eq!(d.len(), 1, "BINANCE trade -> default");
+    assert_eq!(d[0].labels["exchange"], "BINANCE");
+}

@@ -101,7 +101,9 @@ pub async fn detect(client: &Client) -> Result<Timescale, TimescaleError> {
     })
 }
 
-/// Creates the schema (idempotent, serialized by an advisory lock). Returns
+/// Creates the schema (idempotent, serialized by an advisory lock).
+/// `migrate_data => TRUE` lets tables created plain (before TimescaleDB was
+/// installed) become hypertables with their rows. Returns
 /// whether the fact tables are hypertables.
 ///
 /// # Errors
@@ -154,7 +156,7 @@ pub async fn ensure(
     if use_ts {
         for (t, _) in FACT_TABLES {
             tx.execute(
-                &format!("SELECT create_hypertable('{schema}.{t}', 'time', if_not_exists => TRUE)"),
+                &format!("SELECT create_hypertable('{schema}.{t}', 'time', if_not_exists => TRUE, migrate_data => TRUE)"),
                 &[],
             )
             .await
