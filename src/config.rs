@@ -26,6 +26,9 @@ pub struct Config {
     /// `[timescale]`: the TimescaleDB sink (bars and klines); absent = disabled.
     #[serde(default)]
     pub timescale: Option<crate::db::timescale::TimescaleConfig>,
+    /// `[grpc]`: subscriptions to gRPC market-data collectors; absent = none.
+    #[serde(default)]
+    pub grpc: Option<crate::ingest::grpc::GrpcConfig>,
 }
 
 /// A secret (token, password): never printed by `Debug` or `Display`.
@@ -197,6 +200,12 @@ impl Config {
         })?;
         if let Some(t) = &c.timescale {
             t.validate().map_err(|message| ConfigError::Parse {
+                path: path.into(),
+                message,
+            })?;
+        }
+        if let Some(g) = &c.grpc {
+            g.validate().map_err(|message| ConfigError::Parse {
                 path: path.into(),
                 message,
             })?;

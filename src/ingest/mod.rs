@@ -3,6 +3,7 @@
 //! "accepted" only after [`Wal::append`](crate::Wal::append) returned.
 
 pub mod error;
+pub mod grpc;
 pub mod http;
 pub mod line_protocol;
 pub mod synthetic;

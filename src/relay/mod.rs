@@ -54,6 +54,7 @@ pub struct Relay {
     wal: Wal,
     metrics: Arc<Metrics>,
     sinks: Vec<Arc<SinkHealth>>,
+    subscriptions: Vec<Arc<crate::ingest::grpc::SubscriptionHealth>>,
 }
 
 impl Relay {
@@ -68,11 +69,19 @@ impl Relay {
             tracing::warn!("no sink is configured: records are kept in the log only");
         }
         let sinks = names.iter().map(|n| Arc::new(SinkHealth::new(n))).collect();
+        let subscriptions = match &config.grpc {
+            Some(g) => crate::ingest::grpc::plan(g)
+                .into_iter()
+                .map(|s| Arc::new(crate::ingest::grpc::SubscriptionHealth::new(s)))
+                .collect(),
+            None => Vec::new(),
+        };
         Ok(Relay {
             config,
             wal,
             metrics: Arc::new(Metrics::default()),
             sinks,
+            subscriptions,
         })
     }
 
@@ -210,6 +219,23 @@ pub async fn serve(
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut drainers = tokio::task::JoinSet::new();
     spawn_sinks(&relay, &stop_rx, &mut drainers).await?;
+    let mut pullers = tokio::task::JoinSet::new();
+    if let Some(g) = &relay.config.grpc {
+        let rules = g.producer_rules();
+        for h in &relay.subscriptions {
+            pullers.spawn(crate::ingest::grpc::subscription::run(
+                relay.clone(),
+                h.clone(),
+                rules.clone(),
+                g.clone(),
+                stop_rx.clone(),
+            ));
+        }
+        tracing::info!(
+            subscriptions = relay.subscriptions.len(),
+            "grpc subscriptions started"
+        );
+    }
 
     let addr = relay.config.ingest.listen.clone();
     listener
@@ -230,6 +256,13 @@ pub async fn serve(
     let served = server.await;
     tracing::info!("ingest stopped; letting drainers finish their current batch");
     let _ = stop_tx.send(true);
+    // Subscriptions finish the append in progress, then stop; what they had
+    // not appended was never acknowledged.
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        while pullers.join_next().await.is_some() {}
+    })
+    .await;
+    pullers.abort_all();
     let grace = Duration::from_millis(relay.config.drain.shutdown_grace_ms);
     if tokio::time::timeout(grace, async {
         while drainers.join_next().await.is_some() {}

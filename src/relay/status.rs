@@ -12,6 +12,8 @@ use crate::drain::drainer::HealthSnapshot;
 pub struct Status {
     pub log: LogStatus,
     pub sinks: Vec<SinkStatus>,
+    /// One row per gRPC subscription (empty without `[grpc]`).
+    pub subscriptions: Vec<crate::ingest::grpc::SubscriptionSnapshot>,
 }
 
 /// The log's size and counters.
@@ -88,6 +90,7 @@ impl Relay {
                 quarantined_frames: s.quarantined_frames,
             },
             sinks,
+            subscriptions: self.subscriptions.iter().map(|h| h.snapshot()).collect(),
         }
     }
 
@@ -162,6 +165,21 @@ impl Relay {
                 "0 healthy, 1 retrying, 2 unhealthy.",
                 l,
                 state,
+            ));
+        }
+        for s in &st.subscriptions {
+            let l = vec![("subscription", s.name.clone())];
+            g.push((
+                "walrelay_grpc_last_message_age_seconds",
+                "Seconds since the subscription's last message (-1: none yet).",
+                l.clone(),
+                s.last_message_age_seconds.unwrap_or(-1.0),
+            ));
+            g.push((
+                "walrelay_grpc_streaming",
+                "1 while the subscription streams, 0 otherwise.",
+                l,
+                if s.state == "streaming" { 1.0 } else { 0.0 },
             ));
         }
         g.sort_by(|a, b| a.0.cmp(b.0));

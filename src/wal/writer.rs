@@ -5,7 +5,7 @@
 //! then answers every producer of the group with its outcome.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, Sender};
 
@@ -15,6 +15,9 @@ use super::{Shared, WalError, WhenFull};
 
 /// At most this many payload bytes are committed in one writer round.
 const MAX_GROUP_BYTES: usize = 16 * 1024 * 1024;
+
+/// How long the writer waits for concurrent producers to join a group.
+const COALESCE_WINDOW: Duration = Duration::from_micros(200);
 
 /// What a durable append reports to its producer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,9 +40,39 @@ pub(crate) struct Request {
 
 pub(crate) fn run(shared: Arc<Shared>, rx: Receiver<Request>) {
     let mut builder = FrameBuilder::new();
+    let mut last_group_len = 1;
     while let Ok(first) = rx.recv() {
         let mut group_bytes = first.payload.len();
+        let mut records = first.count as usize;
         let mut group = vec![first];
+        // Coalescing window: right after a flush the producers it released
+        // are still encoding their next batch. When the last group had
+        // several producers, wait a little (far less than one fsync) for them
+        // so one flush covers them all; a lone producer never waits.
+        let window = if last_group_len > 1 {
+            COALESCE_WINDOW
+        } else {
+            Duration::ZERO
+        };
+        let until = Instant::now() + window;
+        while group_bytes < MAX_GROUP_BYTES && records < shared.config.max_frame_records {
+            let next = match rx.try_recv() {
+                Ok(r) => Ok(r),
+                Err(_) => match until.checked_duration_since(Instant::now()) {
+                    Some(left) if !left.is_zero() => rx.recv_timeout(left).map_err(|_| ()),
+                    _ => Err(()),
+                },
+            };
+            match next {
+                Ok(r) => {
+                    group_bytes += r.payload.len();
+                    records += r.count as usize;
+                    group.push(r);
+                }
+                Err(()) => break,
+            }
+        }
+        // Whatever else is already queued joins too, up to the byte bound.
         while group_bytes < MAX_GROUP_BYTES {
             match rx.try_recv() {
                 Ok(r) => {
@@ -49,6 +82,7 @@ pub(crate) fn run(shared: Arc<Shared>, rx: Receiver<Request>) {
                 Err(_) => break,
             }
         }
+        last_group_len = group.len();
         match commit_group(&shared, &mut builder, &group) {
             Ok(outcomes) => {
                 for (req, out) in group.iter().zip(outcomes) {

@@ -128,6 +128,8 @@ impl Proxy {
         match mode {
             Mode::Refuse => {}
             Mode::Reset => {
+                // SO_LINGER 0 makes the close a reset (RST): exactly the fault wanted.
+                #[allow(deprecated)]
                 let _ = conn.set_linger(Some(Duration::ZERO));
                 drop(conn);
             }

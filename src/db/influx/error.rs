@@ -30,7 +30,7 @@ impl InfluxError {
         match self {
             InfluxError::Connect { .. } | InfluxError::Timeout { .. } => ErrorClass::Transient,
             InfluxError::Http { status, .. } => match status {
-                429 | 500..=599 => ErrorClass::Transient,
+                408 | 429 | 500..=599 => ErrorClass::Transient,
                 400 | 422 => ErrorClass::Data,
                 _ => ErrorClass::Config,
             },
@@ -66,7 +66,7 @@ mod tests {
 
     #[test]
     fn classification() {
-        for s in [429, 500, 502, 503, 504] {
+        for s in [408, 429, 500, 502, 503, 504] {
             assert_eq!(http(s).class(), ErrorClass::Transient, "{s}");
         }
         for s in [400, 422] {

@@ -1,0 +1,153 @@
+//! `[grpc]`: subscriptions to gRPC market-data collectors.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use crate::config::Routes;
+use crate::record::BarKind;
+
+/// One subscription line of the config: a venue, a data type and symbols.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubscriptionConfig {
+    pub venue: String,
+    /// ORDERBOOK, TRADE, CANDLE, FUNDING, TICKER, PRICE_INDEX, LIQUIDATION, OPEN_INTEREST.
+    pub data_type: String,
+    /// Symbols, or `["*"]` for all-market streams.
+    pub symbols: Vec<String>,
+}
+
+/// What a candle becomes, by producer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CandleTarget {
+    Bar(BarKind),
+    Kline,
+}
+
+/// `[grpc]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrpcConfig {
+    /// Upstream used when no route matches (`http://host:port`).
+    #[serde(default)]
+    pub default_upstream: Option<String>,
+    /// Routes: `"VENUE:DATA_TYPE"` → upstream, then `"VENUE"` → upstream.
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, String>,
+    #[serde(default)]
+    pub subscriptions: Vec<SubscriptionConfig>,
+    /// Producer substring → `tick_imbalance` | `volume_imbalance` | `vpin` |
+    /// `kline`, checked before the defaults (`tibs`/`trbs` → tick imbalance,
+    /// `vibs` → volume imbalance, `vpin` → VPIN, `klines` → kline).
+    #[serde(default)]
+    pub producers: BTreeMap<String, String>,
+    /// Messages appended to the log per batch. Default 500.
+    #[serde(default = "default_batch")]
+    pub batch_max: usize,
+    /// How long a batch waits for more messages, ms. Default 20.
+    #[serde(default = "default_wait")]
+    pub batch_wait_ms: u64,
+    /// Connect and subscribe deadline, ms. Default 5000.
+    #[serde(default = "default_connect")]
+    pub connect_timeout_ms: u64,
+}
+
+fn default_batch() -> usize {
+    500
+}
+fn default_wait() -> u64 {
+    20
+}
+fn default_connect() -> u64 {
+    5000
+}
+
+pub(crate) const DATA_TYPES: [&str; 8] = [
+    "ORDERBOOK",
+    "TRADE",
+    "CANDLE",
+    "FUNDING",
+    "TICKER",
+    "PRICE_INDEX",
+    "LIQUIDATION",
+    "OPEN_INTEREST",
+];
+
+impl GrpcConfig {
+    /// Offline checks; every error names the key.
+    ///
+    /// # Errors
+    /// A message naming the offending key.
+    pub fn validate(&self) -> Result<(), String> {
+        for (i, s) in self.subscriptions.iter().enumerate() {
+            if !DATA_TYPES.contains(&s.data_type.as_str()) {
+                return Err(format!(
+                    "grpc.subscriptions[{i}].data_type {:?} is not one of {}",
+                    s.data_type,
+                    DATA_TYPES.join(", ")
+                ));
+            }
+            if s.venue.is_empty() {
+                return Err(format!("grpc.subscriptions[{i}].venue must not be empty"));
+            }
+            if s.symbols.is_empty() {
+                return Err(format!(
+                    "grpc.subscriptions[{i}].symbols must list symbols or \"*\""
+                ));
+            }
+            let (_, key) = self.routes().resolve(&s.venue, &s.data_type);
+            if key.is_empty() && self.default_upstream.is_none() {
+                return Err(format!("grpc.subscriptions[{i}]: no upstream for {}:{} (tried \"{}:{}\", \"{}\") and no grpc.default_upstream", s.venue, s.data_type, s.venue, s.data_type, s.venue));
+            }
+        }
+        for (k, v) in &self.producers {
+            parse_target(v).ok_or_else(|| format!("grpc.producers.{k} = {v:?}: expected tick_imbalance, volume_imbalance, vpin or kline"))?;
+        }
+        Ok(())
+    }
+
+    /// The upstream routing table.
+    pub fn routes(&self) -> Routes<String> {
+        Routes::new(
+            self.upstreams.clone(),
+            self.default_upstream.clone().unwrap_or_default(),
+        )
+    }
+
+    /// Producer rules, configured ones first, then the defaults.
+    pub fn producer_rules(&self) -> Vec<(String, CandleTarget)> {
+        let mut rules: Vec<(String, CandleTarget)> = self
+            .producers
+            .iter()
+            .filter_map(|(k, v)| parse_target(v).map(|t| (k.clone(), t)))
+            .collect();
+        rules.extend([
+            (
+                "tibs".to_string(),
+                CandleTarget::Bar(BarKind::TickImbalance),
+            ),
+            (
+                "trbs".to_string(),
+                CandleTarget::Bar(BarKind::TickImbalance),
+            ),
+            (
+                "vibs".to_string(),
+                CandleTarget::Bar(BarKind::VolumeImbalance),
+            ),
+            ("vpin".to_string(), CandleTarget::Bar(BarKind::Vpin)),
+            ("klines".to_string(), CandleTarget::Kline),
+        ]);
+        rules
+    }
+}
+
+fn parse_target(s: &str) -> Option<CandleTarget> {
+    Some(match s {
+        "tick_imbalance" => CandleTarget::Bar(BarKind::TickImbalance),
+        "volume_imbalance" => CandleTarget::Bar(BarKind::VolumeImbalance),
+        "vpin" => CandleTarget::Bar(BarKind::Vpin),
+        "kline" => CandleTarget::Kline,
+        _ => return None,
+    })
+}
