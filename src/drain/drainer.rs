@@ -140,6 +140,10 @@ pub async fn run<S: Sink>(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let name = sink.name();
+    let wanted = crate::record::RecordKind::ALL
+        .iter()
+        .filter(|k| sink.accepts(**k))
+        .fold(0u16, |m, k| m | k.bit());
     let mut new_frames = wal.watch_last_seq();
     let mut backoff = Backoff::new(settings.retry.clone());
     tracing::info!(
@@ -152,10 +156,11 @@ pub async fn run<S: Sink>(
         let batch_records = settings.batch_records;
         let read = tokio::task::spawn_blocking(move || {
             let cursor = w.cursor(name)?;
-            w.read_after(cursor, batch_records)
+            w.read_for(cursor, batch_records, wanted)
+                .map(|(frames, last)| (frames, last, cursor))
         })
         .await;
-        let frames = match read {
+        let (frames, last_seq, cursor) = match read {
             Ok(Ok(f)) => f,
             Ok(Err(e)) => {
                 tracing::error!(sink = name, error = %e, "reading the log failed; retrying");
@@ -167,7 +172,7 @@ pub async fn run<S: Sink>(
                 return;
             }
         };
-        let Some(last_seq) = frames.last().map(|f| f.seq) else {
+        if last_seq <= cursor {
             new_frames.borrow_and_update();
             tokio::select! {
                 _ = new_frames.changed() => {}
@@ -175,7 +180,7 @@ pub async fn run<S: Sink>(
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
             continue;
-        };
+        }
         let batch: Vec<Record> = frames
             .into_iter()
             .flat_map(|f| f.records)

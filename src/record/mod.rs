@@ -90,6 +90,15 @@ impl RecordKind {
         }
     }
 
+    /// This kind's bit in a kinds mask (see the WAL's frame index).
+    pub fn bit(self) -> u16 {
+        let i = RecordKind::ALL
+            .iter()
+            .position(|k| *k == self)
+            .unwrap_or(15);
+        1 << i
+    }
+
     /// The collector data-type name used in routing keys (`"VENUE:DATA_TYPE"`).
     pub fn data_type(self) -> &'static str {
         match self {

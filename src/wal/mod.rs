@@ -101,6 +101,8 @@ pub(crate) struct Shared {
     meta: sled::Tree,
     dead: sled::Tree,
     quarantine: sled::Tree,
+    /// seq → u16 mask of the record kinds in the frame (see `read_for`).
+    index: sled::Tree,
     persist: Arc<Persist>,
     config: WalConfig,
     state: Mutex<Guarded>,
@@ -157,6 +159,7 @@ impl Wal {
             meta: store.meta,
             dead: store.dead,
             quarantine: store.quarantine,
+            index: store.index,
             persist,
             config,
             state: Mutex::new(Guarded {
@@ -200,16 +203,19 @@ impl Wal {
     /// [`WalError::Closed`] during shutdown.
     pub fn append(&self, records: &[Record]) -> Result<AppendOutcome, WalError> {
         let mut payload = Vec::with_capacity(records.len() * 96);
+        let mut mask = 0u16;
         for r in records {
             encode_record(r, &mut payload)?;
+            mask |= r.kind().bit();
         }
-        self.append_encoded(payload, records.len() as u32)
+        self.append_encoded(payload, records.len() as u32, mask)
     }
 
     pub(crate) fn append_encoded(
         &self,
         payload: Vec<u8>,
         count: u32,
+        mask: u16,
     ) -> Result<AppendOutcome, WalError> {
         let shared = self.shared();
         if count == 0 {
@@ -228,6 +234,7 @@ impl Wal {
             .send(writer::Request {
                 payload,
                 count,
+                mask,
                 reply: reply_tx,
             })
             .is_err()
@@ -262,6 +269,79 @@ impl Wal {
             }
         }
         Ok(out)
+    }
+
+    /// Like [`Wal::read_after`], for a sink that only wants some record
+    /// kinds (`wanted`: a mask of `RecordKind::bit`). Frames holding none of
+    /// them are skipped without being loaded (the kinds index answers), so a
+    /// sink with little to do never pulls the other sinks' backlog into
+    /// memory. Returns the frames and the last sequence examined: everything
+    /// up to it that is not among the frames holds nothing the sink wants, so
+    /// the sink may acknowledge up to it once it delivered the frames.
+    ///
+    /// # Errors
+    /// [`WalError::Sled`] on I/O failure.
+    pub fn read_for(
+        &self,
+        cursor: u64,
+        max_records: usize,
+        wanted: u16,
+    ) -> Result<(Vec<Frame>, u64), WalError> {
+        const MAX_EXAMINED: u64 = 20_000;
+        let shared = self.shared();
+        let last = *shared.last_seq.borrow();
+        // Start at the first frame still in the log (a new sink's cursor may
+        // be far behind truncated history).
+        let first_index = shared
+            .index
+            .range(seq_key(cursor.saturating_add(1))..)
+            .keys()
+            .next()
+            .transpose()
+            .map_err(WalError::sled("read frame index"))?;
+        let mut seq = cursor.saturating_add(1);
+        if let Some(k) = first_index.and_then(|k| key_seq(&k)) {
+            // Frames without an index entry (crash between the two writes)
+            // can only be the newest; never jump past them.
+            let first_frame = shared
+                .frames
+                .range(seq_key(seq)..)
+                .keys()
+                .next()
+                .transpose()
+                .map_err(WalError::sled("read frames"))?
+                .and_then(|k| key_seq(&k));
+            seq = seq.max(k.min(first_frame.unwrap_or(k)));
+        }
+        let (mut out, mut n, mut examined) = (Vec::new(), 0usize, 0u64);
+        while seq <= last && n < max_records && examined < MAX_EXAMINED {
+            examined += 1;
+            let mask = shared
+                .index
+                .get(seq_key(seq))
+                .map_err(WalError::sled("read frame index"))?;
+            let skip = mask
+                .and_then(|m| <[u8; 2]>::try_from(&m[..]).ok())
+                .map(|m| u16::from_le_bytes(m) & wanted == 0)
+                .unwrap_or(false);
+            if !skip {
+                if let Some(v) = shared
+                    .frames
+                    .get(seq_key(seq))
+                    .map_err(WalError::sled("read frame"))?
+                {
+                    match frame::decode(seq, &v) {
+                        Ok(f) => {
+                            n += f.records.len();
+                            out.push(f);
+                        }
+                        Err(e) => shared.quarantine(seq, &v, &e)?,
+                    }
+                }
+            }
+            seq += 1;
+        }
+        Ok((out, seq - 1))
     }
 
     /// The last frame `sink` acknowledged (0 if none).
@@ -531,6 +611,7 @@ impl Shared {
     /// After `drop_oldest` committed: move lagging cursors past the dropped
     /// frames and say what was lost.
     fn after_drop(&self, last_dropped: u64, records: u64) -> Result<(), WalError> {
+        self.prune_index(last_dropped)?;
         for sink in &self.config.sinks {
             let cursor = self.cursor(sink)?;
             if cursor < last_dropped {
@@ -580,6 +661,7 @@ impl Shared {
             .map_err(WalError::sled("truncate"))?;
         g.log = st;
         drop(g);
+        self.prune_index(min)?;
         self.space_freed.notify_all();
         tracing::debug!(
             frames = removed,
@@ -587,6 +669,17 @@ impl Shared {
             "truncated delivered frames"
         );
         Ok(())
+    }
+
+    /// Removes kinds-index entries of frames up to `seq` (already deleted).
+    fn prune_index(&self, seq: u64) -> Result<(), WalError> {
+        let mut batch = sled::Batch::default();
+        for k in self.index.range(..=seq_key(seq)).keys() {
+            batch.remove(k.map_err(WalError::sled("read frame index"))?);
+        }
+        self.index
+            .apply_batch(batch)
+            .map_err(WalError::sled("prune frame index"))
     }
 
     /// Moves an unreadable frame aside, with its reason, and keeps going.

@@ -36,6 +36,7 @@ pub(crate) struct Store {
     pub meta: sled::Tree,
     pub dead: sled::Tree,
     pub quarantine: sled::Tree,
+    pub index: sled::Tree,
     pub state: LogState,
 }
 
@@ -83,12 +84,13 @@ pub(crate) fn open_store(config: &WalConfig) -> Result<Store, WalError> {
         .mode(sled::Mode::HighThroughput);
     let db = open_with_lock_retry(&sled_config)?;
     let tree = |name: &'static str| db.open_tree(name).map_err(WalError::sled("open tree"));
-    let (frames, cursors, meta, dead, quarantine) = (
+    let (frames, cursors, meta, dead, quarantine, index) = (
         tree("frames")?,
         tree("cursors")?,
         tree("meta")?,
         tree("dead_letters")?,
         tree("quarantine")?,
+        tree("frame_kinds")?,
     );
 
     match meta
@@ -152,6 +154,7 @@ pub(crate) fn open_store(config: &WalConfig) -> Result<Store, WalError> {
         meta,
         dead,
         quarantine,
+        index,
         state,
     })
 }

@@ -366,3 +366,46 @@ fn watch_reports_committed_frames() {
     let seq = wal.append(&[trade(1)]).unwrap().seq;
     assert_eq!(*rx.borrow(), seq);
 }
+
+#[test]
+fn read_for_skips_unwanted_frames_and_never_hides_unindexed_ones() {
+    use crate::record::RecordKind;
+    let dir = TempDir::new().unwrap();
+    let wal = Wal::open(small(&dir)).unwrap();
+    let bar = crate::record::codec_samples()[7].clone();
+    let s1 = wal.append(&[trade(1)]).unwrap().seq;
+    let s2 = wal.append(std::slice::from_ref(&bar)).unwrap().seq;
+    let s3 = wal.append(&[trade(3)]).unwrap().seq;
+    let s4 = wal.append(&[trade(4), bar.clone()]).unwrap().seq;
+    let s5 = wal.append(&[trade(5)]).unwrap().seq;
+    let bars = RecordKind::Bar.bit() | RecordKind::Kline.bit();
+    let (frames, last) = wal.read_for(0, usize::MAX, bars).unwrap();
+    assert_eq!(
+        frames.iter().map(|f| f.seq).collect::<Vec<_>>(),
+        vec![s2, s4]
+    );
+    assert_eq!(last, s5, "everything examined may be acknowledged");
+    let (frames, last) = wal.read_for(s4, usize::MAX, bars).unwrap();
+    assert!(frames.is_empty());
+    assert_eq!(last, s5);
+    // A frame whose index entry is missing (crash between the two writes) is loaded.
+    wal.inner.shared.index.remove(seq_key(s3)).unwrap();
+    let (frames, _) = wal.read_for(0, usize::MAX, bars).unwrap();
+    assert_eq!(
+        frames.iter().map(|f| f.seq).collect::<Vec<_>>(),
+        vec![s2, s3, s4]
+    );
+    // Trades wanted: every frame with a trade.
+    let (frames, _) = wal
+        .read_for(0, usize::MAX, RecordKind::Trade.bit())
+        .unwrap();
+    assert_eq!(
+        frames.iter().map(|f| f.seq).collect::<Vec<_>>(),
+        vec![s1, s3, s4, s5]
+    );
+    // Truncation prunes the index.
+    let last = wal.stats().last_seq;
+    wal.ack("a", last).unwrap();
+    wal.ack("b", last).unwrap();
+    assert_eq!(wal.inner.shared.index.len(), 0);
+}

@@ -35,6 +35,8 @@ pub struct AppendOutcome {
 pub(crate) struct Request {
     pub payload: Vec<u8>,
     pub count: u32,
+    /// Kinds present (`RecordKind::bit`), for the frame index.
+    pub mask: u16,
     pub reply: Sender<Result<AppendOutcome, WalError>>,
 }
 
@@ -120,6 +122,8 @@ fn commit_group(
     let created_ms = now_ms();
     let mut seqs = Vec::with_capacity(group.len());
     let mut frames: Vec<(u64, Vec<u8>)> = Vec::new();
+    let mut masks: Vec<(u64, u16)> = Vec::new();
+    let mut frame_mask = 0u16;
 
     let mut guard = shared.lock_state();
     let mut st = guard.log;
@@ -129,14 +133,17 @@ fn commit_group(
             || b.payload_len() + req.payload.len() > cfg.max_frame_bytes;
         if b.count() > 0 && full {
             frames.push((st.next_seq, b.seal(frame_first, created_ms)));
+            masks.push((st.next_seq, std::mem::take(&mut frame_mask)));
             st.next_seq += 1;
             frame_first = st.next_record;
         }
         b.push_encoded(&req.payload, req.count);
+        frame_mask |= req.mask;
         st.next_record += u64::from(req.count);
         seqs.push(st.next_seq);
     }
     frames.push((st.next_seq, b.seal(frame_first, created_ms)));
+    masks.push((st.next_seq, frame_mask));
     st.next_seq += 1;
 
     let mut batch = sled::Batch::default();
@@ -159,6 +166,17 @@ fn commit_group(
         .frames
         .apply_batch(batch)
         .map_err(WalError::sled("append frames"))?;
+    // The kinds index is written after the frames and flushed with them. A
+    // crash between the two leaves frames without an entry, which readers
+    // then simply load: a missing entry never hides a frame.
+    let mut index = sled::Batch::default();
+    for (seq, mask) in &masks {
+        index.insert(&seq_key(*seq)[..], &mask.to_le_bytes()[..]);
+    }
+    shared
+        .index
+        .apply_batch(index)
+        .map_err(WalError::sled("append frame index"))?;
     guard.log = st;
     guard.pending_bytes = guard
         .pending_bytes
