@@ -18,6 +18,19 @@
 //! Why dimension-cache writes are not flushed: the cache is rebuilt from the
 //! database on a miss; losing an entry costs one round trip.
 //!
+//! What "flush" means here: sled 0.34's `flush()` writes its buffers and
+//! calls `sync_file_range` on Linux, which pushes the pages to the device but
+//! neither persists the file's metadata (its size grows as the log grows) nor
+//! empties the drive's volatile write cache; only sled's background thread
+//! calls `fsync`. That survives a process crash but not a power cut. So every
+//! flush here is followed by `fdatasync` on our own handle to sled's data file
+//! (`<dir>/db`): an acknowledged append then survives losing power as well.
+//! sled stores an item larger than a quarter of a segment (a consolidated
+//! tree node of several large frames can be) as its own file under
+//! `<dir>/blobs/`, written without any sync; the log only points to it. So a
+//! flush also syncs every blob file it has not synced yet, and the `blobs`
+//! directory, before anything is acknowledged.
+//!
 //! Why dead letters are flushed: the drainer advances its cursor right after
 //! dead-lettering; the dead letter must not be the one thing a crash loses.
 
@@ -25,12 +38,38 @@ use super::{config::Durability, WalError};
 
 pub(crate) struct Persist {
     db: sled::Db,
+    /// sled's data file, opened by us only to `fdatasync` it.
+    data_file: std::fs::File,
+    data_path: std::path::PathBuf,
+    blobs_dir: std::path::PathBuf,
+    /// Blob files already synced, by name and length: a blob listed while
+    /// sled was still writing it has a different length next time and is
+    /// synced again.
+    pub(super) blobs_synced: std::sync::Mutex<std::collections::HashMap<std::ffi::OsString, u64>>,
     policy: Durability,
 }
 
 impl Persist {
-    pub(crate) fn new(db: sled::Db, policy: Durability) -> Self {
-        Persist { db, policy }
+    /// `dir` is the log directory sled was opened in.
+    pub(crate) fn new(
+        db: sled::Db,
+        dir: &std::path::Path,
+        policy: Durability,
+    ) -> Result<Self, WalError> {
+        let path = dir.join("db");
+        let data_file = std::fs::File::open(&path).map_err(|source| WalError::Sync {
+            op: "open sled's data file",
+            path: path.clone(),
+            source,
+        })?;
+        Ok(Persist {
+            db,
+            data_file,
+            data_path: path,
+            blobs_dir: dir.join("blobs"),
+            blobs_synced: std::sync::Mutex::new(std::collections::HashMap::new()),
+            policy,
+        })
     }
 
     /// sled's own background flush period for this policy.
@@ -41,8 +80,14 @@ impl Persist {
         }
     }
 
-    /// Called by the writer after inserting a group of frames and before
-    /// acknowledging its producers.
+    /// Whether appends are acknowledged only after a flush (`sync`); the
+    /// writer then hands applied groups to its syncer thread.
+    pub(crate) fn acks_wait_for_flush(&self) -> bool {
+        matches!(self.policy, Durability::Sync)
+    }
+
+    /// Called after one or more groups of frames were applied and before
+    /// acknowledging their producers (by the syncer thread under `sync`).
     pub(crate) fn frames_inserted(&self) -> Result<(), WalError> {
         match self.policy {
             Durability::Sync => self.flush("flush after append"),
@@ -71,6 +116,63 @@ impl Persist {
     }
 
     fn flush(&self, op: &'static str) -> Result<(), WalError> {
-        self.db.flush().map(drop).map_err(WalError::sled(op))
+        self.db.flush().map_err(WalError::sled(op))?;
+        // See the module doc: sled's flush alone is not power-loss durable.
+        self.data_file
+            .sync_data()
+            .map_err(|source| WalError::Sync {
+                op,
+                path: self.data_path.clone(),
+                source,
+            })?;
+        self.sync_new_blobs(op)
+    }
+
+    /// Syncs blob files written since the last call, then their directory.
+    /// Usually there are none and this is one small `readdir`.
+    fn sync_new_blobs(&self, op: &'static str) -> Result<(), WalError> {
+        let err = |path: &std::path::Path| {
+            let path = path.to_path_buf();
+            move |source| WalError::Sync { op, path, source }
+        };
+        let mut synced = self
+            .blobs_synced
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let entries = match std::fs::read_dir(&self.blobs_dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(err(&self.blobs_dir)(e)),
+        };
+        let mut seen = std::collections::HashMap::with_capacity(synced.len());
+        let mut any_new = false;
+        for entry in entries {
+            let entry = entry.map_err(err(&self.blobs_dir))?;
+            let path = entry.path();
+            let len = match entry.metadata() {
+                Ok(meta) => meta.len(),
+                // Collected by sled since the listing: nothing left to persist.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(err(&path)(e)),
+            };
+            let name = entry.file_name();
+            if synced.get(&name) != Some(&len) {
+                match std::fs::File::open(&path) {
+                    Ok(file) => file.sync_data().map_err(err(&path))?,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(err(&path)(e)),
+                }
+                any_new = true;
+            }
+            seen.insert(name, len);
+        }
+        if any_new {
+            std::fs::File::open(&self.blobs_dir)
+                .and_then(|dir| dir.sync_all())
+                .map_err(err(&self.blobs_dir))?;
+        }
+        // Forget blobs sled has collected.
+        *synced = seen;
+        Ok(())
     }
 }

@@ -23,6 +23,15 @@ pub enum WalError {
         #[source]
         source: sled::Error,
     },
+    /// `fdatasync` of sled's data file failed: nothing since the last
+    /// successful sync may be acknowledged.
+    #[error("{op}: fdatasync of {path} failed: {source}")]
+    Sync {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     /// Under `when_full = "block"`, no space was freed within the deadline.
     /// Retriable: the caller should push back (HTTP 503 with `Retry-After`).
     #[error(

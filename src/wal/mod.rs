@@ -150,7 +150,11 @@ impl Wal {
     /// if sled cannot open it, [`WalError::UnsupportedVersion`] for a newer format.
     pub fn open(config: WalConfig) -> Result<Wal, WalError> {
         let store = recovery::open_store(&config)?;
-        let persist = Arc::new(Persist::new(store.db.clone(), config.durability));
+        let persist = Arc::new(Persist::new(
+            store.db.clone(),
+            &config.dir,
+            config.durability,
+        )?);
         let (seq_tx, _) = tokio::sync::watch::channel(store.state.next_seq - 1);
         let shared = Arc::new(Shared {
             db: store.db,

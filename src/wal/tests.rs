@@ -409,3 +409,57 @@ fn read_for_skips_unwanted_frames_and_never_hides_unindexed_ones() {
     wal.ack("b", last).unwrap();
     assert_eq!(wal.inner.shared.index.len(), 0);
 }
+
+#[test]
+fn large_frames_stored_as_sled_blobs_are_synced_before_the_ack_and_survive_reopen() {
+    use crate::record::{FieldValue, Point};
+    let dir = TempDir::new().unwrap();
+    // A 256 KiB segment makes sled store any item over 64 KiB as a blob file.
+    let config = WalConfig {
+        segment_bytes: 256 * 1024,
+        max_frame_records: 4,
+        ..WalConfig::new(dir.path()).with_sinks(["a"])
+    };
+    let big = |i: i64| {
+        Record::Point(Point {
+            measurement: "blob".into(),
+            tags: Default::default(),
+            fields: [(
+                "payload".to_string(),
+                FieldValue::String("x".repeat(30_000)),
+            )]
+            .into(),
+            ts: 1_764_000_000_000_000_000 + i,
+        })
+    };
+    {
+        let wal = Wal::open(config.clone()).unwrap();
+        for i in 0..40 {
+            wal.append(&[big(2 * i), big(2 * i + 1)]).unwrap();
+            // Every blob on disk now has been synced at its current length.
+            let synced = wal.shared().persist.blobs_synced.lock().unwrap().clone();
+            for entry in std::fs::read_dir(dir.path().join("blobs")).unwrap() {
+                let entry = entry.unwrap();
+                let len = entry.metadata().unwrap().len();
+                assert_eq!(
+                    synced.get(&entry.file_name()),
+                    Some(&len),
+                    "{entry:?} after append {i}"
+                );
+            }
+        }
+        let blobs = std::fs::read_dir(dir.path().join("blobs")).unwrap().count();
+        assert!(blobs > 0, "the test must make sled write blobs");
+    }
+    let wal = Wal::open(config).unwrap();
+    let frames = wal.read_after(0, usize::MAX).unwrap();
+    let ts: Vec<i64> = frames
+        .iter()
+        .flat_map(|f| &f.records)
+        .map(|r| match r {
+            Record::Point(p) => p.ts - 1_764_000_000_000_000_000,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(ts, (0..80).collect::<Vec<_>>());
+}

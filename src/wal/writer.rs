@@ -3,9 +3,14 @@
 //! packs it into frames (a request is never split), inserts all frames and the
 //! new totals in one atomic sled batch, lets `durability` flush once, and only
 //! then answers every producer of the group with its outcome.
+//!
+//! Under `sync` the flush runs on a second thread (the syncer) so the writer
+//! can apply the next group while the disk works; a producer is answered only
+//! by a flush that started after its group was applied. Readers are told about
+//! new frames only once they are durable.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, Sender};
 
@@ -15,9 +20,6 @@ use super::{Shared, WalError, WhenFull};
 
 /// At most this many payload bytes are committed in one writer round.
 const MAX_GROUP_BYTES: usize = 16 * 1024 * 1024;
-
-/// How long the writer waits for concurrent producers to join a group.
-const COALESCE_WINDOW: Duration = Duration::from_micros(200);
 
 /// What a durable append reports to its producer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,41 +42,36 @@ pub(crate) struct Request {
     pub reply: Sender<Result<AppendOutcome, WalError>>,
 }
 
+/// Groups applied to sled but not yet flushed, on their way to the syncer.
+struct Applied {
+    replies: Vec<(Sender<Result<AppendOutcome, WalError>>, AppendOutcome)>,
+    last_seq: u64,
+}
+
 pub(crate) fn run(shared: Arc<Shared>, rx: Receiver<Request>) {
-    let mut builder = FrameBuilder::new();
-    let mut last_group_len = 1;
-    while let Ok(first) = rx.recv() {
-        let mut group_bytes = first.payload.len();
-        let mut records = first.count as usize;
-        let mut group = vec![first];
-        // Coalescing window: right after a flush the producers it released
-        // are still encoding their next batch. When the last group had
-        // several producers, wait a little (far less than one fsync) for them
-        // so one flush covers them all; a lone producer never waits.
-        let window = if last_group_len > 1 {
-            COALESCE_WINDOW
-        } else {
-            Duration::ZERO
-        };
-        let until = Instant::now() + window;
-        while group_bytes < MAX_GROUP_BYTES && records < shared.config.max_frame_records {
-            let next = match rx.try_recv() {
-                Ok(r) => Ok(r),
-                Err(_) => match until.checked_duration_since(Instant::now()) {
-                    Some(left) if !left.is_zero() => rx.recv_timeout(left).map_err(|_| ()),
-                    _ => Err(()),
-                },
-            };
-            match next {
-                Ok(r) => {
-                    group_bytes += r.payload.len();
-                    records += r.count as usize;
-                    group.push(r);
-                }
-                Err(()) => break,
+    // Pipelined group commit: when acknowledgements wait for a flush, a
+    // second thread does the flushing while this one already applies the
+    // next group, so encoding and sled's CPU work overlap the disk's wait.
+    let (applied_tx, applied_rx) = crossbeam_channel::unbounded::<Applied>();
+    let syncer = if shared.persist.acks_wait_for_flush() {
+        let syncer_shared = Arc::clone(&shared);
+        match std::thread::Builder::new()
+            .name("walrelay-wal-sync".into())
+            .spawn(move || sync_loop(&syncer_shared, applied_rx))
+        {
+            Ok(handle) => Some(handle),
+            Err(e) => {
+                tracing::warn!(error = %e, "no syncer thread; flushing inline");
+                None
             }
         }
-        // Whatever else is already queued joins too, up to the byte bound.
+    } else {
+        None
+    };
+    let mut builder = FrameBuilder::new();
+    while let Ok(first) = rx.recv() {
+        let mut group_bytes = first.payload.len();
+        let mut group = vec![first];
         while group_bytes < MAX_GROUP_BYTES {
             match rx.try_recv() {
                 Ok(r) => {
@@ -84,11 +81,19 @@ pub(crate) fn run(shared: Arc<Shared>, rx: Receiver<Request>) {
                 Err(_) => break,
             }
         }
-        last_group_len = group.len();
         match commit_group(&shared, &mut builder, &group) {
             Ok(outcomes) => {
-                for (req, out) in group.iter().zip(outcomes) {
-                    let _ = req.reply.send(Ok(out));
+                let applied = Applied {
+                    last_seq: outcomes.last().map(|o| o.group_last_seq).unwrap_or(0),
+                    replies: group.into_iter().map(|r| r.reply).zip(outcomes).collect(),
+                };
+                if syncer.is_some() {
+                    // The syncer answers once a flush that began after this
+                    // apply has completed.
+                    let _ = applied_tx.send(applied);
+                } else {
+                    let flushed = shared.persist.frames_inserted();
+                    answer(&shared, vec![applied], flushed);
                 }
             }
             Err(e) => {
@@ -101,8 +106,52 @@ pub(crate) fn run(shared: Arc<Shared>, rx: Receiver<Request>) {
             }
         }
     }
+    drop(applied_tx);
+    if let Some(handle) = syncer {
+        let _ = handle.join();
+    }
     if let Err(e) = shared.persist.closing() {
         tracing::error!(error = %e, "final flush failed");
+    }
+}
+
+/// Flushes whatever groups have been applied, then answers their producers.
+/// Every group taken from the channel was applied before the flush started,
+/// so the flush covers it.
+fn sync_loop(shared: &Shared, applied: Receiver<Applied>) {
+    while let Ok(first) = applied.recv() {
+        let mut batch = vec![first];
+        batch.extend(applied.try_iter());
+        let flushed = shared.persist.frames_inserted();
+        answer(shared, batch, flushed);
+    }
+}
+
+/// Answers the producers of flushed (or failed) groups and, when durable,
+/// tells readers about the new frames.
+fn answer(shared: &Shared, batch: Vec<Applied>, flushed: Result<(), WalError>) {
+    match flushed {
+        Ok(()) => {
+            if let Some(last) = batch.iter().map(|a| a.last_seq).max() {
+                shared.last_seq.send_replace(last);
+            }
+            for a in batch {
+                for (reply, out) in a.replies {
+                    let _ = reply.send(Ok(out));
+                }
+            }
+        }
+        Err(e) => {
+            let requests: usize = batch.iter().map(|a| a.replies.len()).sum();
+            tracing::error!(error = %e, requests, "flush failed; producers get an error");
+            for a in batch {
+                for (reply, _) in a.replies {
+                    let _ = reply.send(Err(WalError::Commit {
+                        detail: e.to_string(),
+                    }));
+                }
+            }
+        }
     }
 }
 
@@ -186,9 +235,7 @@ fn commit_group(
     if let Some((last_dropped, records)) = dropped {
         shared.after_drop(last_dropped, records)?;
     }
-    shared.persist.frames_inserted()?;
     let last = st.next_seq - 1;
-    shared.last_seq.send_replace(last);
     Ok(group
         .iter()
         .zip(seqs)
