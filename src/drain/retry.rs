@@ -52,7 +52,9 @@ impl Backoff {
     }
 
     /// The wait before the next attempt after a failure of `class`; a server's
-    /// `retry_after` is a floor. Never zero, so a failing loop cannot spin.
+    /// `retry_after` is a floor, itself capped at the configuration cadence so
+    /// a wrong header cannot park a sink for hours. Never zero, so a failing
+    /// loop cannot spin.
     pub fn next_delay(&mut self, class: ErrorClass, retry_after: Option<Duration>) -> Duration {
         self.attempt = self.attempt.saturating_add(1);
         let cap = match class {
@@ -74,7 +76,11 @@ impl Backoff {
         };
         let jittered = rand::thread_rng().gen_range(lo..=cap.max(lo));
         jittered
-            .max(retry_after.unwrap_or_default())
+            .max(
+                retry_after
+                    .unwrap_or_default()
+                    .min(self.policy.config_interval.max(self.policy.max)),
+            )
             .max(Duration::from_millis(10))
     }
 }
@@ -106,6 +112,8 @@ mod tests {
         );
         let d = b.next_delay(ErrorClass::Transient, Some(Duration::from_secs(5)));
         assert!(d >= Duration::from_secs(5), "retry-after is a floor: {d:?}");
+        let d = b.next_delay(ErrorClass::Transient, Some(Duration::from_secs(86_400)));
+        assert_eq!(d, Duration::from_secs(30), "a day's retry-after is capped");
         b.reset();
         assert_eq!(b.attempts(), 0);
     }
