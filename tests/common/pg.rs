@@ -136,6 +136,40 @@ impl Pg {
         self.running = true;
     }
 
+    /// Turns TLS on with the given PEM certificate and key (copied into the
+    /// data directory, key mode 0600 as the server demands) and restarts.
+    pub fn enable_tls(&mut self, cert_pem: &std::path::Path, key_pem: &std::path::Path) {
+        let data = self.data();
+        std::fs::copy(cert_pem, data.join("server.crt")).unwrap();
+        std::fs::copy(key_pem, data.join("server.key")).unwrap();
+        std::fs::set_permissions(
+            data.join("server.key"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
+        let mut conf = std::fs::OpenOptions::new()
+            .append(true)
+            .open(data.join("postgresql.conf"))
+            .unwrap();
+        std::io::Write::write_all(
+            &mut conf,
+            b"\nssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n",
+        )
+        .unwrap();
+        if is_root() {
+            for f in ["server.crt", "server.key"] {
+                let ok = Command::new("chown")
+                    .args(["postgres:postgres", data.join(f).to_str().unwrap()])
+                    .status()
+                    .unwrap()
+                    .success();
+                assert!(ok, "chown {f}");
+            }
+        }
+        self.stop_immediate();
+        self.restart();
+    }
+
     /// `pg_ctl stop -m immediate`: a crash from the clients' point of view.
     pub fn stop_immediate(&mut self) {
         let _ = pg_cmd("pg_ctl")

@@ -20,9 +20,17 @@ pub struct DimensionLists {
 #[serde(deny_unknown_fields)]
 pub struct TimescaleConfig {
     /// `postgres://user[:password]@host:port/db[?sslmode=require]` or a
-    /// key/value string (`host=… user=… dbname=…`). TLS (rustls) is used when
-    /// `sslmode` asks for it.
+    /// key/value string (`host=… user=… dbname=…`). `sslmode` as in libpq:
+    /// `disable`; `prefer` (default) and `require` encrypt (rustls) without
+    /// checking the server's certificate unless `tls_ca_file` is set;
+    /// `verify-ca` checks it chains to a trusted CA; `verify-full` also
+    /// checks the host name.
     pub url: String,
+    /// PEM file of the CA certificates to trust for the server's certificate
+    /// (libpq's `sslrootcert`). Without it, `verify-ca`/`verify-full` trust
+    /// the public web CAs (managed databases).
+    #[serde(default)]
+    pub tls_ca_file: Option<PathBuf>,
     /// Password, if not in the URL. `WALRELAY_PG_PASSWORD` wins, then
     /// `password_file`, then this.
     #[serde(default)]
@@ -101,6 +109,7 @@ impl std::fmt::Debug for TimescaleConfig {
             .field("url", &redact_url(&self.url))
             .field("password", &self.password)
             .field("password_file", &self.password_file)
+            .field("tls_ca_file", &self.tls_ca_file)
             .field("schema", &self.schema)
             .field("batch_size", &self.batch_size)
             .field("statement_timeout_ms", &self.statement_timeout_ms)
@@ -118,6 +127,7 @@ impl TimescaleConfig {
             url: url.into(),
             password: None,
             password_file: None,
+            tls_ca_file: None,
             schema: default_schema(),
             batch_size: default_batch(),
             statement_timeout_ms: default_statement_timeout(),
@@ -143,7 +153,8 @@ impl TimescaleConfig {
         if !ok {
             return Err(format!("timescale.schema {s:?} must be a plain SQL identifier: lowercase letters, digits and _, not starting with a digit, at most 63 characters"));
         }
-        self.url.parse::<tokio_postgres::Config>().map_err(|e| {
+        let (url, _) = super::conn::tls_mode(&self.url);
+        url.parse::<tokio_postgres::Config>().map_err(|e| {
             format!("timescale.url is not a valid PostgreSQL connection string: {e}")
         })?;
         if self.batch_size == 0 {

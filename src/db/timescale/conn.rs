@@ -8,20 +8,123 @@ use tokio_postgres::Client;
 use super::config::{redact_url, TimescaleConfig};
 use super::error::TimescaleError;
 
-fn tls() -> tokio_postgres_rustls::MakeRustlsConnect {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add_trust_anchors(webpki_roots::TLS_SERVER_ROOTS.iter().map(|ta| {
-        rustls::OwnedTrustAnchor::from_subject_spki_name_constraints(
-            ta.subject,
-            ta.spki,
-            ta.name_constraints,
+/// How the server's certificate is checked (libpq's `sslmode` semantics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verify {
+    /// Encrypt only (`prefer`, `require` without a CA file).
+    Nothing,
+    /// The chain must end at a trusted CA (`verify-ca`, or a CA file given).
+    Ca,
+    /// The chain and the host name (`verify-full`).
+    Full,
+}
+
+/// tokio-postgres knows `disable`, `prefer` and `require` only: the two
+/// verifying modes become `require` plus a certificate check of our own.
+pub(crate) fn tls_mode(url: &str) -> (String, Verify) {
+    if url.contains("sslmode=verify-full") {
+        (
+            url.replace("sslmode=verify-full", "sslmode=require"),
+            Verify::Full,
         )
-    }));
+    } else if url.contains("sslmode=verify-ca") {
+        (
+            url.replace("sslmode=verify-ca", "sslmode=require"),
+            Verify::Ca,
+        )
+    } else {
+        (url.to_string(), Verify::Nothing)
+    }
+}
+
+fn roots(cfg: &TimescaleConfig) -> Result<rustls::RootCertStore, TimescaleError> {
+    let mut roots = rustls::RootCertStore::empty();
+    let Some(path) = &cfg.tls_ca_file else {
+        roots.add_trust_anchors(webpki_roots::TLS_SERVER_ROOTS.iter().map(|ta| {
+            rustls::OwnedTrustAnchor::from_subject_spki_name_constraints(
+                ta.subject,
+                ta.spki,
+                ta.name_constraints,
+            )
+        }));
+        return Ok(roots);
+    };
+    let bad = |detail: String| {
+        TimescaleError::Config(format!(
+            "timescale.tls_ca_file {}: {detail}",
+            path.display()
+        ))
+    };
+    let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+    let certs = rustls_pemfile::certs(&mut pem.as_slice()).map_err(|e| bad(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(bad("no PEM certificate in the file".into()));
+    }
+    for der in certs {
+        roots
+            .add(&rustls::Certificate(der))
+            .map_err(|e| bad(format!("unusable certificate: {e}")))?;
+    }
+    Ok(roots)
+}
+
+/// Checks the server's certificate as `verify` says; the handshake
+/// signatures are always checked by rustls against the presented key.
+struct ServerCheck {
+    verify: Verify,
+    webpki: rustls::client::WebPkiVerifier,
+}
+
+impl rustls::client::ServerCertVerifier for ServerCheck {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls::Certificate,
+        intermediates: &[rustls::Certificate],
+        server_name: &rustls::ServerName,
+        scts: &mut dyn Iterator<Item = &[u8]>,
+        ocsp_response: &[u8],
+        now: std::time::SystemTime,
+    ) -> Result<rustls::client::ServerCertVerified, rustls::Error> {
+        if self.verify == Verify::Nothing {
+            return Ok(rustls::client::ServerCertVerified::assertion());
+        }
+        let checked = self.webpki.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            scts,
+            ocsp_response,
+            now,
+        );
+        match checked {
+            Err(rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName))
+                if self.verify == Verify::Ca =>
+            {
+                Ok(rustls::client::ServerCertVerified::assertion())
+            }
+            other => other,
+        }
+    }
+}
+
+fn tls(
+    cfg: &TimescaleConfig,
+    verify: Verify,
+) -> Result<tokio_postgres_rustls::MakeRustlsConnect, TimescaleError> {
+    // A CA file makes `prefer`/`require` check the chain, as in libpq.
+    let verify = match verify {
+        Verify::Nothing if cfg.tls_ca_file.is_some() => Verify::Ca,
+        v => v,
+    };
+    let check = ServerCheck {
+        verify,
+        webpki: rustls::client::WebPkiVerifier::new(roots(cfg)?, None),
+    };
     let config = rustls::ClientConfig::builder()
         .with_safe_defaults()
-        .with_root_certificates(roots)
+        .with_custom_certificate_verifier(std::sync::Arc::new(check))
         .with_no_client_auth();
-    tokio_postgres_rustls::MakeRustlsConnect::new(config)
+    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
 }
 
 /// Opens a connection; the connection task runs in the background.
@@ -31,8 +134,9 @@ fn tls() -> tokio_postgres_rustls::MakeRustlsConnect {
 /// missing database (classified by SQLSTATE), `Config` for a bad URL.
 pub async fn connect(cfg: &TimescaleConfig) -> Result<Client, TimescaleError> {
     let target = redact_url(&cfg.url);
-    let mut pg: tokio_postgres::Config = cfg
-        .url
+    let (url, verify) = tls_mode(&cfg.url);
+    let tls = tls(cfg, verify)?;
+    let mut pg: tokio_postgres::Config = url
         .parse()
         .map_err(|e| TimescaleError::Config(format!("timescale.url: {e}")))?;
     if let Some(p) = cfg.resolve_password().map_err(TimescaleError::Config)? {
@@ -47,7 +151,7 @@ pub async fn connect(cfg: &TimescaleConfig) -> Result<Client, TimescaleError> {
     ));
     let (client, connection) = match tokio::time::timeout(
         connect_timeout + Duration::from_millis(500),
-        pg.connect(tls()),
+        pg.connect(tls),
     )
     .await
     {
