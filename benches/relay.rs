@@ -6,7 +6,8 @@
 //!   VictoriaMetrics and PostgreSQL) have delivered everything (bars included
 //!   through `/v1/records`).
 //! - `startup/backlog_10m`: time from spawning the relay on a log holding 10
-//!   million undelivered records (both sinks down) until `/health` answers.
+//!   million undelivered records (four trades to one bar, so both sinks have
+//!   a backlog; both sinks down) until `/health` answers.
 //!
 //! The summary also prints the relay's resident memory (VmRSS and peak VmHWM)
 //! while those 10 million records are backlogged and both sinks are down,
@@ -26,7 +27,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, Criterion, Throughput};
-use walrelay::record::{Record, Trade};
+use walrelay::record::{Bar, BarKind, Record, Trade};
 use walrelay::wal::Durability;
 use walrelay::{Wal, WalConfig};
 
@@ -222,17 +223,39 @@ fn startup(c: &mut Criterion) {
         })
         .unwrap();
         for b in 0..records / 1000 {
+            // Four trades to one bar, so both drainers have a backlog.
             let recs: Vec<Record> = (0..1000)
                 .map(|i| {
-                    Record::Trade(Trade {
-                        venue: "BINANCE_FUTURES".into(),
-                        symbol: "BTCUSDT".into(),
-                        ts: 1_700_000_000_000_000_000 + (b * 1000 + i) as i64,
-                        price: 37000.5,
-                        quantity: 0.01,
-                        side: "buy".into(),
-                        trade_id: (b * 1000 + i).to_string(),
-                    })
+                    let n = b * 1000 + i;
+                    let ts = 1_700_000_000_000_000_000 + n as i64;
+                    if i % 5 == 4 {
+                        Record::Bar(Bar {
+                            kind: BarKind::TickImbalance,
+                            venue: "BINANCE_FUTURES".into(),
+                            symbol: "BTCUSDT".into(),
+                            interval: "tick_100".into(),
+                            ts,
+                            open: 37000.0,
+                            high: 37010.0,
+                            low: 36990.0,
+                            close: 37005.0,
+                            volume: 12.5,
+                            buy_ticks: 60,
+                            sell_ticks: 40,
+                            total_ticks: 100,
+                            theta: 0.5,
+                        })
+                    } else {
+                        Record::Trade(Trade {
+                            venue: "BINANCE_FUTURES".into(),
+                            symbol: "BTCUSDT".into(),
+                            ts,
+                            price: 37000.5,
+                            quantity: 0.01,
+                            side: "buy".into(),
+                            trade_id: n.to_string(),
+                        })
+                    }
                 })
                 .collect();
             wal.append(&recs).unwrap();
