@@ -1,7 +1,7 @@
 //! TLS to a real PostgreSQL 15 with a certificate from a throwaway CA (made
-//! with the `openssl` command): libpq's `sslmode` semantics, a CA file, and a
-//! rejected certificate reported as a configuration error, never retried as
-//! an outage.
+//! with the `openssl` command): libpq's `sslmode` semantics, a CA file, SCRAM
+//! channel binding over our connector, and a rejected certificate reported as
+//! a configuration error, never retried as an outage.
 
 mod common;
 
@@ -107,13 +107,16 @@ async fn uses_tls(cfg: &TimescaleConfig) -> Result<bool, walrelay::db::timescale
 async fn sslmodes_against_a_server_with_a_private_ca() {
     let certs = tempfile::TempDir::new().unwrap();
     certificates(certs.path());
-    let mut pg = Pg::start();
+    // Password (SCRAM) authentication, so channel binding is exercised too.
+    let mut pg = Pg::start_with_password("tls-test-pw");
     pg.enable_tls(
         &certs.path().join("server.crt"),
         &certs.path().join("server.key"),
     );
     let port = pg.port;
-    let url = |host: &str, mode: &str| format!("postgres://postgres@{host}:{port}/postgres{mode}");
+    let url = |host: &str, mode: &str| {
+        format!("postgres://postgres:tls-test-pw@{host}:{port}/postgres{mode}")
+    };
     let with_ca = |u: String| TimescaleConfig {
         tls_ca_file: Some(certs.path().join("ca.crt")),
         ..TimescaleConfig::new(u)
@@ -129,6 +132,15 @@ async fn sslmodes_against_a_server_with_a_private_ca() {
             .await
             .unwrap()
     );
+    // SCRAM with channel binding (tls-server-end-point over our connector):
+    // with `channel_binding=require` the login fails unless the binding
+    // matches the server's certificate.
+    assert!(uses_tls(&TimescaleConfig::new(url(
+        "127.0.0.1",
+        "?sslmode=require&channel_binding=require"
+    )))
+    .await
+    .unwrap());
     // disable stays in the clear.
     assert!(
         !uses_tls(&TimescaleConfig::new(url("127.0.0.1", "?sslmode=disable")))

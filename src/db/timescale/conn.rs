@@ -107,10 +107,7 @@ impl rustls::client::ServerCertVerifier for ServerCheck {
     }
 }
 
-fn tls(
-    cfg: &TimescaleConfig,
-    verify: Verify,
-) -> Result<tokio_postgres_rustls::MakeRustlsConnect, TimescaleError> {
+fn tls(cfg: &TimescaleConfig, verify: Verify) -> Result<super::tls::MakeRustls, TimescaleError> {
     // A CA file makes `prefer`/`require` check the chain, as in libpq.
     let verify = match verify {
         Verify::Nothing if cfg.tls_ca_file.is_some() => Verify::Ca,
@@ -124,7 +121,7 @@ fn tls(
         .with_safe_defaults()
         .with_custom_certificate_verifier(std::sync::Arc::new(check))
         .with_no_client_auth();
-    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
+    Ok(super::tls::MakeRustls::new(config))
 }
 
 /// Opens a connection; the connection task runs in the background.

@@ -11,6 +11,7 @@ mod error;
 pub mod init;
 pub mod schema;
 mod sink;
+mod tls;
 
 pub use config::{DimensionLists, TimescaleConfig};
 
