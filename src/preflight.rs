@@ -169,6 +169,7 @@ async fn influx_checks(ic: &crate::db::influx::InfluxConfig) -> Vec<Check> {
         token,
         std::time::Duration::from_millis(ic.timeout_ms.min(5000)),
         false,
+        ic.tls_ca_file.as_deref(),
     ) {
         Ok(c) => c,
         Err(e) => return vec![check("influx reachable", Verdict::Fail, e)],

@@ -16,6 +16,8 @@ pub struct Vm {
     pub port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// PEM certificate and key when serving HTTPS (`-tls`).
+    tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 /// One exported series: labels (with `__name__`) and its samples.
@@ -47,18 +49,43 @@ fn binary() -> String {
 
 impl Vm {
     pub async fn start() -> Vm {
+        Vm::start_with(None).await
+    }
+
+    /// Serving HTTPS with this certificate (for name `localhost`) and key.
+    pub async fn start_tls(cert: &std::path::Path, key: &std::path::Path) -> Vm {
+        Vm::start_with(Some((cert.to_path_buf(), key.to_path_buf()))).await
+    }
+
+    async fn start_with(tls: Option<(std::path::PathBuf, std::path::PathBuf)>) -> Vm {
         let mut vm = Vm {
             port: free_port(),
             dir: tempfile::TempDir::new().unwrap(),
             child: None,
+            tls,
         };
         vm.resume().await;
         vm
     }
 
+    /// The harness's own reads (health, export) do not check the certificate:
+    /// what is under test is the relay's client, not this one.
+    fn http(&self) -> reqwest::Client {
+        reqwest::Client::builder()
+            .danger_accept_invalid_certs(self.tls.is_some())
+            .build()
+            .unwrap()
+    }
+
     /// Starts the process (again) on the same port and data directory.
     pub async fn resume(&mut self) {
-        let child = Command::new(binary())
+        let mut cmd = Command::new(binary());
+        if let Some((cert, key)) = &self.tls {
+            cmd.arg("-tls")
+                .arg(format!("-tlsCertFile={}", cert.display()))
+                .arg(format!("-tlsKeyFile={}", key.display()));
+        }
+        let child = cmd
             .arg(format!("-storageDataPath={}", self.dir.path().display()))
             .arg(format!("-httpListenAddr=127.0.0.1:{}", self.port))
             .arg("-retentionPeriod=100y")
@@ -70,7 +97,7 @@ impl Vm {
             .spawn()
             .expect("victoria-metrics binary (install the Debian package victoria-metrics)");
         self.child = Some(child);
-        let client = reqwest::Client::new();
+        let client = self.http();
         for _ in 0..200 {
             if let Ok(r) = client
                 .get(format!("{}/health", self.url()))
@@ -110,12 +137,15 @@ impl Vm {
     }
 
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        match self.tls {
+            None => format!("http://127.0.0.1:{}", self.port),
+            Some(_) => format!("https://localhost:{}", self.port),
+        }
     }
 
     /// Every series whose name matches `name_regex`, after a forced flush.
     pub async fn export(&self, name_regex: &str) -> Vec<Series> {
-        let client = reqwest::Client::new();
+        let client = self.http();
         client
             .get(format!("{}/internal/force_flush", self.url()))
             .send()

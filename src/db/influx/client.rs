@@ -3,7 +3,7 @@
 //! Transport note: the `influxdb2` crate's `write_line_protocol` drops the
 //! response headers (so `Retry-After` cannot be honoured) and compresses only
 //! its DataPoint stream API; writes therefore go out as one request on the
-//! same reqwest 0.11 stack it uses. The crate serves the preflight check.
+//! same reqwest 0.11 stack it uses, and the crate itself is not called.
 
 use std::io::Write;
 use std::time::Duration;
@@ -23,13 +23,30 @@ pub struct Client {
 impl Client {
     /// # Errors
     /// When the HTTP client cannot be built (TLS setup).
-    pub fn new(token: Option<Secret>, timeout: Duration, gzip: bool) -> Result<Client, String> {
-        let http = reqwest::Client::builder()
+    /// `ca_file`: PEM certificates trusted in addition to the public web CAs.
+    pub fn new(
+        token: Option<Secret>,
+        timeout: Duration,
+        gzip: bool,
+        ca_file: Option<&std::path::Path>,
+    ) -> Result<Client, String> {
+        let mut builder = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(5)))
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build()
-            .map_err(|e| e.to_string())?;
+            .pool_idle_timeout(Duration::from_secs(30));
+        if let Some(path) = ca_file {
+            let bad = |detail: String| format!("influx.tls_ca_file {}: {detail}", path.display());
+            let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+            let certs =
+                reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| bad(e.to_string()))?;
+            if certs.is_empty() {
+                return Err(bad("no PEM certificate in the file".into()));
+            }
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let http = builder.build().map_err(|e| e.to_string())?;
         Ok(Client {
             http,
             token,
@@ -85,9 +102,15 @@ impl Client {
                 })
             }
             Ok(Err(e)) => {
-                return Err(InfluxError::Connect {
-                    url: url.into(),
-                    detail: without_url(&e),
+                return Err(match crate::db::certificate_rejected(&e) {
+                    Some(reason) => InfluxError::Certificate {
+                        url: url.into(),
+                        reason,
+                    },
+                    None => InfluxError::Connect {
+                        url: url.into(),
+                        detail: without_url(&e),
+                    },
                 })
             }
             Ok(Ok(r)) => r,

@@ -46,6 +46,10 @@ pub struct InfluxConfig {
     /// Compress request bodies with gzip. Default false.
     #[serde(default)]
     pub gzip: bool,
+    /// PEM file of CA certificates to trust for `https://` URLs, in addition
+    /// to the public web CAs (a self-hosted InfluxDB with a private CA).
+    #[serde(default)]
+    pub tls_ca_file: Option<PathBuf>,
     /// Routing table: `"VENUE:DATA_TYPE"`, then `"VENUE"`, then the default
     /// bucket. Data types: TRADE, ORDERBOOK, FUNDING, LIQUIDATION,
     /// OPEN_INTEREST, TICKER, PRICE_INDEX.
@@ -75,6 +79,7 @@ impl std::fmt::Debug for InfluxConfig {
             .field("batch_max_bytes", &self.batch_max_bytes)
             .field("timeout_ms", &self.timeout_ms)
             .field("gzip", &self.gzip)
+            .field("tls_ca_file", &self.tls_ca_file)
             .field("routes", &self.routes)
             .finish()
     }
@@ -93,6 +98,7 @@ impl InfluxConfig {
             batch_max_bytes: default_bytes(),
             timeout_ms: default_timeout(),
             gzip: false,
+            tls_ca_file: None,
             routes: BTreeMap::new(),
         }
     }

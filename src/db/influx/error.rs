@@ -11,6 +11,9 @@ pub enum InfluxError {
     /// No connection (refused, reset, DNS, TLS) or the connection broke mid-request.
     #[error("cannot reach {url}: {detail}")]
     Connect { url: String, detail: String },
+    /// The server's TLS certificate was rejected: an operator must act.
+    #[error("{url}: the server's TLS certificate was rejected ({reason}); set influx.tls_ca_file to the CA that signed it")]
+    Certificate { url: String, reason: String },
     /// The request did not complete before its deadline.
     #[error("request to {url} timed out after {after:?}")]
     Timeout { url: String, after: Duration },
@@ -29,6 +32,7 @@ impl InfluxError {
     pub fn class(&self) -> ErrorClass {
         match self {
             InfluxError::Connect { .. } | InfluxError::Timeout { .. } => ErrorClass::Transient,
+            InfluxError::Certificate { .. } => ErrorClass::Config,
             InfluxError::Http { status, .. } => match status {
                 408 | 429 | 500..=599 => ErrorClass::Transient,
                 400 | 422 => ErrorClass::Data,

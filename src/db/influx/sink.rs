@@ -39,7 +39,12 @@ impl InfluxSink {
     /// When the token file cannot be read or the HTTP client cannot be built.
     pub fn new(config: InfluxConfig, dead: DeadLetters) -> Result<InfluxSink, String> {
         let token = config.resolve_token()?;
-        let client = Client::new(token, Duration::from_millis(config.timeout_ms), config.gzip)?;
+        let client = Client::new(
+            token,
+            Duration::from_millis(config.timeout_ms),
+            config.gzip,
+            config.tls_ca_file.as_deref(),
+        )?;
         Ok(InfluxSink {
             routes: config.routes(),
             config,

@@ -42,7 +42,7 @@ impl TimescaleError {
                 code: db.code().code().to_string(),
                 message: db.message().to_string(),
             },
-            None => match certificate_rejected(&e) {
+            None => match crate::db::certificate_rejected(&e) {
                 // Retrying cannot fix a certificate: an operator must act.
                 Some(why) => TimescaleError::Config(format!(
                     "{op} to {target}: the server's TLS certificate was rejected ({why}); \
@@ -80,23 +80,6 @@ impl TimescaleError {
             TimescaleError::Db { code, .. } => classify(code),
         }
     }
-}
-
-/// The certificate error of a failed TLS handshake, if that is what failed.
-fn certificate_rejected(e: &tokio_postgres::Error) -> Option<String> {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
-    while let Some(err) = source {
-        let tls = err.downcast_ref::<rustls::Error>().or_else(|| {
-            err.downcast_ref::<std::io::Error>()
-                .and_then(|io| io.get_ref())
-                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        });
-        if let Some(rustls::Error::InvalidCertificate(why)) = tls {
-            return Some(format!("{why:?}"));
-        }
-        source = err.source();
-    }
-    None
 }
 
 /// SQLSTATE → class. Transient: connection exceptions (08), operator

@@ -1,7 +1,8 @@
-//! TLS to a real PostgreSQL 15 with a certificate from a throwaway CA (made
-//! with the `openssl` command): libpq's `sslmode` semantics, a CA file, SCRAM
-//! channel binding over our connector, and a rejected certificate reported as
-//! a configuration error, never retried as an outage.
+//! TLS to a real PostgreSQL 15 and a real VictoriaMetrics serving HTTPS, with
+//! certificates from a throwaway CA (made with the `openssl` command):
+//! libpq's `sslmode` semantics, CA files, SCRAM channel binding over our
+//! connector, and a rejected certificate reported as a configuration error,
+//! never retried as an outage.
 
 mod common;
 
@@ -9,6 +10,8 @@ use std::path::Path;
 use std::process::Command;
 
 use common::pg::Pg;
+use common::vm::Vm;
+use walrelay::db::influx::{Client, InfluxError};
 use walrelay::db::timescale::{connect, TimescaleConfig};
 use walrelay::drain::ErrorClass;
 
@@ -196,5 +199,46 @@ async fn sslmodes_against_a_server_with_a_private_ca() {
     assert!(
         e.to_string().contains("empty.pem") && e.to_string().contains("no PEM certificate"),
         "{e}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn influx_over_https_with_a_private_ca() {
+    let certs = tempfile::TempDir::new().unwrap();
+    certificates(certs.path());
+    let vm = Vm::start_tls(
+        &certs.path().join("server.crt"),
+        &certs.path().join("server.key"),
+    )
+    .await;
+    assert!(vm.url().starts_with("https://localhost:"), "{}", vm.url());
+    let timeout = std::time::Duration::from_secs(5);
+    let line = b"tls_probe,exchange=X price=42.5 1700000000000000000\n";
+
+    // With the CA file the write goes through and the point is stored.
+    let client = Client::new(None, timeout, false, Some(&certs.path().join("ca.crt"))).unwrap();
+    client.write(&vm.url(), "o", "b", line).await.unwrap();
+    let stored = vm.sample_set("tls_probe_price").await;
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    assert!(stored
+        .iter()
+        .all(|(_, ts, v)| *ts == 1_700_000_000_000 && f64::from_bits(*v) == 42.5));
+
+    // Without it the public web CAs do not know ours: a configuration error
+    // (the drainer marks the sink unhealthy), not an outage to retry fast.
+    let client = Client::new(None, timeout, false, None).unwrap();
+    let e = client.write(&vm.url(), "o", "b", line).await.unwrap_err();
+    assert!(matches!(e, InfluxError::Certificate { .. }), "{e:?}");
+    assert_eq!(e.class(), ErrorClass::Config, "{e}");
+    assert!(e.to_string().contains("influx.tls_ca_file"), "{e}");
+
+    // A CA file without a certificate is refused when the client is built.
+    std::fs::write(certs.path().join("empty.pem"), "").unwrap();
+    let err = Client::new(None, timeout, false, Some(&certs.path().join("empty.pem")))
+        .err()
+        .unwrap();
+    assert!(
+        err.contains("empty.pem") && err.contains("no PEM certificate"),
+        "{err}"
     );
 }
