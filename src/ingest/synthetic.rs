@@ -43,10 +43,13 @@ impl Synthetic {
         }
     }
 
-    /// The next `n` records stamped around `now_ns`; about 70% trades, the rest
-    /// spread over the other kinds.
+    /// The next `n` records stamped from `now_ns` on, one microsecond apart
+    /// (PostgreSQL keeps microseconds, so two bars of one batch never share a
+    /// key); about 70% trades, the rest spread over the other kinds.
     pub fn batch(&mut self, n: usize, now_ns: i64) -> Vec<Record> {
-        (0..n).map(|i| self.one(now_ns + i as i64)).collect()
+        (0..n)
+            .map(|i| self.one(now_ns + i as i64 * 1_000))
+            .collect()
     }
 
     fn one(&mut self, ts: i64) -> Record {
@@ -181,5 +184,25 @@ mod tests {
             kinds.insert(r.kind());
         }
         assert_eq!(kinds.len(), 9, "all kinds but generic points: {kinds:?}");
+    }
+
+    #[test]
+    fn bars_of_a_batch_have_distinct_keys_at_microsecond_precision() {
+        let now = crate::record::now_ns();
+        let mut g = Synthetic::new(11, 4);
+        let mut keys = HashSet::new();
+        let mut bars = 0;
+        for r in g.batch(5000, now) {
+            if let Record::Bar(b) = r {
+                bars += 1;
+                keys.insert((b.kind, b.venue, b.symbol, b.interval, b.ts / 1_000));
+            }
+        }
+        assert!(bars > 100, "{bars}");
+        assert_eq!(
+            keys.len(),
+            bars,
+            "bars sharing a fact-table key would collapse"
+        );
     }
 }
