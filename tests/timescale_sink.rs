@@ -394,6 +394,76 @@ async fn a_poison_record_is_dead_lettered_while_its_batch_mates_land() {
 }
 
 #[tokio::test]
+async fn a_different_row_for_a_held_key_is_dead_lettered_and_a_replay_is_not() {
+    let pg = Pg::start();
+    let url = pg.create_db("conflicts").await;
+    let dir = tempfile::TempDir::new().unwrap();
+    let wal = Wal::open(WalConfig::new(dir.path())).unwrap();
+    let mut sink =
+        TimescaleSink::new(TimescaleConfig::new(&url), wal.meta(), wal.dead_letters()).unwrap();
+    let first = bar(BarKind::TickImbalance, "BTCUSDT", 5, 11.0);
+    let rival = bar(BarKind::TickImbalance, "BTCUSDT", 5, 12.0); // same key, other high
+    let other = bar(BarKind::TickImbalance, "BTCUSDT", 6, 11.0);
+
+    // Two different bars for one key in one batch: one row, one dead letter.
+    let d = sink
+        .deliver(&[
+            first.clone(),
+            rival.clone(),
+            other.clone(),
+            kline("ETHUSDT", 1),
+        ])
+        .await
+        .unwrap();
+    assert_eq!((d.written, d.dead_lettered), (3, 1));
+    let dead = wal.dead_letters().list(Some("timescale"), 10).unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].record, rival);
+    assert!(
+        dead[0].error.contains("bar__tick_imbalance")
+            && dead[0].error.contains("already holds a different row"),
+        "{}",
+        dead[0].error
+    );
+    let high: f64 = pg
+        .client("conflicts")
+        .await
+        .query_one(
+            "SELECT high FROM mart.bar__tick_imbalance WHERE time = to_timestamp(1700000005)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(high, 11.0, "the first write is kept");
+
+    // A replay (same rows again) is done, not dead-lettered.
+    let d = sink
+        .deliver(&[first.clone(), other.clone(), kline("ETHUSDT", 1)])
+        .await
+        .unwrap();
+    assert_eq!((d.written, d.dead_lettered), (3, 0));
+
+    // A later different kline for a held key is dead-lettered too.
+    let mut k = kline("ETHUSDT", 1);
+    if let Record::Kline(k) = &mut k {
+        k.close += 1.0;
+    }
+    let d = sink
+        .deliver(&[k.clone(), kline("ETHUSDT", 2)])
+        .await
+        .unwrap();
+    assert_eq!((d.written, d.dead_lettered), (1, 1));
+    let dead = wal.dead_letters().list(Some("timescale"), 10).unwrap();
+    assert_eq!(dead.len(), 2);
+    assert!(dead
+        .iter()
+        .any(|l| l.record == k && l.error.contains("bar__kline")));
+    assert_eq!(count(&pg, "conflicts", "bar__tick_imbalance").await, 2);
+    assert_eq!(count(&pg, "conflicts", "bar__kline").await, 2);
+}
+
+#[tokio::test]
 async fn a_dimension_row_deleted_behind_our_back_is_re_resolved() {
     let pg = Pg::start();
     let url = pg.create_db("fk").await;

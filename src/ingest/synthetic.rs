@@ -16,6 +16,10 @@ pub struct Synthetic {
     prices: Vec<f64>,
     next_trade_id: u64,
     step: u64,
+    /// Last minute a kline was emitted for, per (venue, symbol): a kline is
+    /// emitted once, when its minute is first reached, as a collector that
+    /// sends closed klines does (a fact key holds one row).
+    kline_minutes: std::collections::HashMap<(String, usize), i64>,
 }
 
 impl Synthetic {
@@ -40,6 +44,7 @@ impl Synthetic {
             prices,
             next_trade_id: 1,
             step: 0,
+            kline_minutes: std::collections::HashMap::new(),
         }
     }
 
@@ -67,7 +72,15 @@ impl Synthetic {
             "sell"
         }
         .to_string();
-        match self.rng.gen_range(0..100) {
+        let mut pick = self.rng.gen_range(0..100);
+        if pick >= 97 {
+            let minute = ts / 60_000_000_000;
+            let last = self.kline_minutes.insert((venue.clone(), s), minute);
+            if last == Some(minute) {
+                pick = 0; // this minute's kline is out: a trade instead
+            }
+        }
+        match pick {
             0..=69 => {
                 self.next_trade_id += 1;
                 Record::Trade(Trade {
@@ -157,7 +170,7 @@ impl Synthetic {
                 venue,
                 symbol,
                 interval: "1m".into(),
-                ts: ts / 60_000_000_000 * 60_000_000_000,
+                ts: (ts / 60_000_000_000 - 1) * 60_000_000_000, // the minute just closed
                 open: price,
                 high: price * 1.001,
                 low: price * 0.999,
@@ -184,6 +197,24 @@ mod tests {
             kinds.insert(r.kind());
         }
         assert_eq!(kinds.len(), 9, "all kinds but generic points: {kinds:?}");
+    }
+
+    #[test]
+    fn each_kline_key_is_emitted_once() {
+        let now = crate::record::now_ns();
+        let mut g = Synthetic::new(3, 4);
+        let mut keys = HashSet::new();
+        let mut klines = 0;
+        for minute in 0..3 {
+            for r in g.batch(5000, now + minute * 60_000_000_000) {
+                if let Record::Kline(k) = r {
+                    klines += 1;
+                    keys.insert((k.venue, k.symbol, k.ts));
+                }
+            }
+        }
+        assert!(klines > 12, "{klines}");
+        assert_eq!(keys.len(), klines);
     }
 
     #[test]

@@ -10,6 +10,13 @@
 //! Data errors (SQLSTATE 22, 23) are isolated by bisection; dead letters are
 //! stored only when the whole delivery succeeds, so a retry never
 //! dead-letters a record twice.
+//!
+//! Conflicts: a fact key holds one row and the first write wins. When an
+//! insert adds fewer rows than it was given (the count costs nothing), one
+//! more query in the same transaction finds the given rows whose key is held
+//! by a row with *different* values: those records are dead-lettered with the
+//! reason, never dropped unseen. Rows equal to the stored one (a replay) are
+//! simply done.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -69,6 +76,8 @@ struct Columns {
     sell: Vec<i64>,
     total: Vec<i64>,
     theta: Vec<f64>,
+    /// Batch index of each row.
+    rows: Vec<usize>,
 }
 
 impl TimescaleSink {
@@ -144,8 +153,13 @@ impl TimescaleSink {
             .await
     }
 
-    /// Writes the records at `idx` in one transaction.
-    async fn write_rows(&mut self, batch: &[Record], idx: &[usize]) -> Result<(), TimescaleError> {
+    /// Writes the records at `idx` in one transaction; returns the records
+    /// whose key already holds a different row, with the reason.
+    async fn write_rows(
+        &mut self,
+        batch: &[Record],
+        idx: &[usize],
+    ) -> Result<Vec<(usize, String)>, TimescaleError> {
         self.resolve(batch, idx).await?;
         let mut tables: Vec<(&'static str, bool, Columns)> = Vec::new();
         for &i in idx {
@@ -162,6 +176,7 @@ impl TimescaleSink {
                 }
             };
             let c = &mut tables[pos].2;
+            c.rows.push(i);
             let (s, e, iv) = keys(&batch[i]).unwrap();
             let id = |d, v: &str| self.cache.get(d, v).expect("resolved above");
             c.symbol.push(id(Dim::Symbol, s));
@@ -223,12 +238,53 @@ impl TimescaleSink {
         let inserts = statements
             .iter()
             .map(|(sql, params)| tx.execute(sql.as_str(), params));
-        deadline(timeout, "insert facts", async {
+        let inserted = deadline(timeout, "insert facts", async {
             futures_util::future::try_join_all(inserts).await
         })
         .await?;
+        let mut conflicts = Vec::new();
+        for (((table, imbalance, c), (_, params)), n) in
+            tables.iter().zip(&statements).zip(&inserted)
+        {
+            if *n as usize == c.rows.len() {
+                continue;
+            }
+            let values = if *imbalance {
+                "open, high, low, close, volume, buy_ticks, sell_ticks, total_ticks, theta"
+            } else {
+                "open, high, low, close, volume"
+            };
+            let types = if *imbalance {
+                "$5::float8[], $6::float8[], $7::float8[], $8::float8[], $9::float8[], $10::int8[], $11::int8[], $12::int8[], $13::float8[]"
+            } else {
+                "$5::float8[], $6::float8[], $7::float8[], $8::float8[], $9::float8[]"
+            };
+            let sql = format!(
+                "SELECT k.ord FROM unnest($1::timestamptz[], $2::int4[], $3::int4[], $4::int4[], {types}) \
+                 WITH ORDINALITY AS k(time, symbol_id, exchange_id, interval_id, {values}, ord) \
+                 JOIN {schema}.{table} t USING (time, symbol_id, exchange_id, interval_id) \
+                 WHERE (t.{cols_t}) IS DISTINCT FROM (k.{cols_k})",
+                cols_t = values.replace(", ", ", t."),
+                cols_k = values.replace(", ", ", k."),
+            );
+            let differing = deadline(
+                timeout,
+                "compare conflicting facts",
+                tx.query(sql.as_str(), params),
+            )
+            .await?;
+            for row in differing {
+                let ord: i64 = row.get(0);
+                let i = c.rows[(ord - 1) as usize];
+                let (s, e, iv) = keys(&batch[i]).expect("a fact record");
+                conflicts.push((
+                    i,
+                    format!("{table}: the key (time, symbol {s}, exchange {e}, interval {iv}) already holds a different row; the first write is kept"),
+                ));
+            }
+        }
         deadline(timeout, "commit", tx.commit()).await?;
-        Ok(())
+        Ok(conflicts)
     }
 
     /// Writes `idx`, retrying once after re-resolving on a foreign-key
@@ -262,7 +318,10 @@ impl TimescaleSink {
                 result = self.write_rows(batch, idx).await;
             }
             match result {
-                Ok(()) => Ok(()),
+                Ok(conflicts) => {
+                    rejected.extend(conflicts);
+                    Ok(())
+                }
                 Err(e) if e.class() == ErrorClass::Data && idx.len() > 1 => {
                     let (a, b) = idx.split_at(idx.len() / 2);
                     self.write_part(batch, a, rejected).await?;
