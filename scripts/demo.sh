@@ -55,7 +55,7 @@ sleep 2
 echo "== walrelay status"
 $BIN status --config "$CONF"
 echo "== where the data went"
-echo "-- PostgreSQL ($PG_URL), schema mart (one kline row per venue, symbol and minute: the first write of a key wins):"
+echo "-- PostgreSQL ($PG_URL), schema mart (rows = the timescale sink's delivered count; klines are sent once per venue, symbol and closed minute):"
 psql "$PG_URL" -At -c "SELECT 'bar__tick_imbalance', count(*) FROM mart.bar__tick_imbalance UNION ALL SELECT 'bar__volume_imbalance', count(*) FROM mart.bar__volume_imbalance UNION ALL SELECT 'bar__vpin', count(*) FROM mart.bar__vpin UNION ALL SELECT 'bar__kline', count(*) FROM mart.bar__kline" | sed 's/|/ rows: /'
 echo "-- VictoriaMetrics ($VM_URL), InfluxDB measurements as <measurement>_<field>:"
 curl -s "$VM_URL/internal/force_flush" >/dev/null
