@@ -60,6 +60,23 @@ fn keys(r: &Record) -> Option<(&str, &str, &str)> {
     }
 }
 
+/// The value columns of a fact table after its four key columns, and the
+/// typed unnest of all its parameters ($1..$4 are the keys). Shared by the
+/// insert and by the conflict check, which bind the same arrays.
+fn shape(imbalance: bool) -> (&'static str, &'static str) {
+    if imbalance {
+        (
+            "open, high, low, close, volume, buy_ticks, sell_ticks, total_ticks, theta",
+            "unnest($1::timestamptz[], $2::int4[], $3::int4[], $4::int4[], $5::float8[], $6::float8[], $7::float8[], $8::float8[], $9::float8[], $10::int8[], $11::int8[], $12::int8[], $13::float8[])",
+        )
+    } else {
+        (
+            "open, high, low, close, volume",
+            "unnest($1::timestamptz[], $2::int4[], $3::int4[], $4::int4[], $5::float8[], $6::float8[], $7::float8[], $8::float8[], $9::float8[])",
+        )
+    }
+}
+
 /// Column arrays of one fact table.
 #[derive(Default)]
 struct Columns {
@@ -213,25 +230,16 @@ impl TimescaleSink {
         let statements: Vec<(String, Vec<&(dyn ToSql + Sync)>)> = tables
             .iter()
             .map(|(table, imbalance, c)| {
+                let (values, unnest) = shape(*imbalance);
+                let sql = format!(
+                    "INSERT INTO {schema}.{table} (time, symbol_id, exchange_id, interval_id, {values}) \
+                     SELECT * FROM {unnest} ON CONFLICT DO NOTHING"
+                );
+                let mut params: Vec<&(dyn ToSql + Sync)> = vec![&c.time, &c.symbol, &c.exchange, &c.interval, &c.open, &c.high, &c.low, &c.close, &c.volume];
                 if *imbalance {
-                    (
-                        format!(
-                            "INSERT INTO {schema}.{table} (time, symbol_id, exchange_id, interval_id, open, high, low, close, volume, buy_ticks, sell_ticks, total_ticks, theta) \
-                             SELECT * FROM unnest($1::timestamptz[], $2::int4[], $3::int4[], $4::int4[], $5::float8[], $6::float8[], $7::float8[], $8::float8[], $9::float8[], $10::int8[], $11::int8[], $12::int8[], $13::float8[]) \
-                             ON CONFLICT DO NOTHING"
-                        ),
-                        vec![&c.time as &(dyn ToSql + Sync), &c.symbol, &c.exchange, &c.interval, &c.open, &c.high, &c.low, &c.close, &c.volume, &c.buy, &c.sell, &c.total, &c.theta],
-                    )
-                } else {
-                    (
-                        format!(
-                            "INSERT INTO {schema}.{table} (time, symbol_id, exchange_id, interval_id, open, high, low, close, volume) \
-                             SELECT * FROM unnest($1::timestamptz[], $2::int4[], $3::int4[], $4::int4[], $5::float8[], $6::float8[], $7::float8[], $8::float8[], $9::float8[]) \
-                             ON CONFLICT DO NOTHING"
-                        ),
-                        vec![&c.time as &(dyn ToSql + Sync), &c.symbol, &c.exchange, &c.interval, &c.open, &c.high, &c.low, &c.close, &c.volume],
-                    )
+                    params.extend([&c.buy as &(dyn ToSql + Sync), &c.sell, &c.total, &c.theta]);
                 }
+                (sql, params)
             })
             .collect();
         // Pipelined: all inserts are in flight at once on the one connection.
@@ -249,18 +257,9 @@ impl TimescaleSink {
             if *n as usize == c.rows.len() {
                 continue;
             }
-            let values = if *imbalance {
-                "open, high, low, close, volume, buy_ticks, sell_ticks, total_ticks, theta"
-            } else {
-                "open, high, low, close, volume"
-            };
-            let types = if *imbalance {
-                "$5::float8[], $6::float8[], $7::float8[], $8::float8[], $9::float8[], $10::int8[], $11::int8[], $12::int8[], $13::float8[]"
-            } else {
-                "$5::float8[], $6::float8[], $7::float8[], $8::float8[], $9::float8[]"
-            };
+            let (values, unnest) = shape(*imbalance);
             let sql = format!(
-                "SELECT k.ord FROM unnest($1::timestamptz[], $2::int4[], $3::int4[], $4::int4[], {types}) \
+                "SELECT k.ord FROM {unnest} \
                  WITH ORDINALITY AS k(time, symbol_id, exchange_id, interval_id, {values}, ord) \
                  JOIN {schema}.{table} t USING (time, symbol_id, exchange_id, interval_id) \
                  WHERE (t.{cols_t}) IS DISTINCT FROM (k.{cols_k})",
