@@ -62,8 +62,31 @@ pub struct IngestConfig {
     /// When set, write requests must carry `Authorization: Token <token>`.
     /// Environment override: `WALRELAY_INGEST_TOKEN`.
     pub token: Option<Secret>,
-    /// Largest request body after decompression, bytes. Default 32 MiB.
+    /// Largest request body after decompression, bytes (a compressed body
+    /// is bounded by the same number). Default 32 MiB.
     pub max_body_bytes: usize,
+    /// Bound on memory held by requests in flight, all requests together:
+    /// received bodies, decompressed text and parsed records. Default 256 MiB.
+    /// Must be at least twice `max_body_bytes`.
+    pub memory_budget_bytes: u64,
+    /// How long a request waits for room in the memory budget before it is
+    /// refused with 503 and `Retry-After`. Default 2000 ms.
+    pub budget_wait_ms: u64,
+    /// A client must send a request's headers within this, ms. Default 10000.
+    pub header_timeout_ms: u64,
+    /// A client must send a request's whole body within this, ms (408
+    /// otherwise). Default 60000.
+    pub body_timeout_ms: u64,
+    /// A connection without any traffic for this long is closed, ms
+    /// (keep-alive between requests included). Default 60000.
+    pub idle_timeout_ms: u64,
+    /// How long typed trades' and liquidations' identity timestamps are
+    /// remembered to keep them unique across requests (`ingest/identity.rs`),
+    /// ms. The log keeps delivered frames this long so the window can be
+    /// rebuilt at startup. Default 10000.
+    pub identity_window_ms: u64,
+    /// `[ingest.limits]`: see [`Limits`](crate::record::Limits).
+    pub limits: crate::record::Limits,
 }
 
 impl Default for IngestConfig {
@@ -72,7 +95,40 @@ impl Default for IngestConfig {
             listen: "127.0.0.1:8429".into(),
             token: None,
             max_body_bytes: 32 * 1024 * 1024,
+            memory_budget_bytes: 256 * 1024 * 1024,
+            budget_wait_ms: 2000,
+            header_timeout_ms: 10_000,
+            body_timeout_ms: 60_000,
+            idle_timeout_ms: 60_000,
+            identity_window_ms: 10_000,
+            limits: crate::record::Limits::default(),
         }
+    }
+}
+
+impl IngestConfig {
+    /// Checks the ingest settings against each other and their ceilings.
+    ///
+    /// # Errors
+    /// A message naming the offending key.
+    pub fn validate(&self) -> Result<(), String> {
+        self.limits.check()?;
+        if self.memory_budget_bytes < 2 * self.max_body_bytes as u64 {
+            return Err(format!(
+                "ingest.memory_budget_bytes = {} must be at least twice ingest.max_body_bytes = {} (a body and its decompressed text)",
+                self.memory_budget_bytes, self.max_body_bytes
+            ));
+        }
+        for (k, v) in [
+            ("header_timeout_ms", self.header_timeout_ms),
+            ("body_timeout_ms", self.body_timeout_ms),
+            ("idle_timeout_ms", self.idle_timeout_ms),
+        ] {
+            if v == 0 {
+                return Err(format!("ingest.{k} must be > 0"));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -195,6 +251,10 @@ impl Config {
             source,
         })?;
         let mut c = Config::parse(&text).map_err(|message| ConfigError::Parse {
+            path: path.into(),
+            message,
+        })?;
+        c.ingest.validate().map_err(|message| ConfigError::Parse {
             path: path.into(),
             message,
         })?;

@@ -21,7 +21,9 @@ use tokio::sync::watch;
 use crate::config::Config;
 use crate::drain::drainer::{self, DrainerSettings, SinkHealth};
 use crate::drain::Sink;
+use crate::ingest::budget::Budget;
 use crate::ingest::error::IngestError;
+use crate::ingest::gate::{Gate, Origin};
 use crate::record::Record;
 use crate::wal::{AppendOutcome, Wal, WalError};
 use metrics::Metrics;
@@ -52,6 +54,8 @@ pub enum RelayError {
 pub struct Relay {
     config: Config,
     wal: Wal,
+    gate: Gate,
+    budget: Budget,
     metrics: Arc<Metrics>,
     sinks: Vec<Arc<SinkHealth>>,
     subscriptions: Vec<Arc<crate::ingest::grpc::SubscriptionHealth>>,
@@ -64,7 +68,18 @@ impl Relay {
     /// [`RelayError::Wal`] if the log cannot be opened.
     pub fn open(config: Config) -> Result<Relay, RelayError> {
         let names = config.sink_names();
-        let wal = Wal::open(config.wal.clone().with_sinks(names.iter().copied()))?;
+        let mut wal_config = config.wal.clone().with_sinks(names.iter().copied());
+        wal_config.retain_ms = wal_config.retain_ms.max(config.ingest.identity_window_ms);
+        let wal = Wal::open(wal_config)?;
+        let gate = Gate::new(
+            wal.clone(),
+            config.ingest.limits.clone(),
+            config.ingest.identity_window_ms,
+        )?;
+        let budget = Budget::new(
+            config.ingest.memory_budget_bytes,
+            Duration::from_millis(config.ingest.budget_wait_ms),
+        );
         if names.is_empty() {
             tracing::warn!("no sink is configured: records are kept in the log only");
         }
@@ -79,6 +94,8 @@ impl Relay {
         Ok(Relay {
             config,
             wal,
+            gate,
+            budget,
             metrics: Arc::new(Metrics::default()),
             sinks,
             subscriptions,
@@ -100,39 +117,39 @@ impl Relay {
         &self.metrics
     }
 
-    /// Validates and durably appends typed records (the in-process API for
-    /// collectors written in Rust). Blocks until durable.
-    ///
-    /// # Errors
-    /// [`IngestError::BadRecord`] naming the record index and field (nothing is
-    /// appended), [`IngestError::Full`] when the log is full under `block`.
-    pub fn append(&self, mut records: Vec<Record>) -> Result<AppendOutcome, IngestError> {
-        let now = crate::record::now_ns();
-        for (i, r) in records.iter().enumerate() {
-            r.validate_at(now).map_err(|e| IngestError::BadRecord {
-                line: i + 1,
-                field: e.field().to_string(),
-                message: e.to_string(),
-            })?;
-        }
-        prepare_typed(&mut records);
-        self.append_prepared(&records)
+    /// The ingest gate every append goes through.
+    pub fn gate(&self) -> &Gate {
+        &self.gate
     }
 
-    fn append_prepared(&self, records: &[Record]) -> Result<AppendOutcome, IngestError> {
-        let out = self.wal.append(records).map_err(|e| match e {
-            WalError::Full { .. } => IngestError::Full {
-                retry_after: Duration::from_secs(1),
-            },
-            WalError::TooLarge { .. } => IngestError::TooLarge {
-                limit: self.config.wal.max_bytes as usize,
-            },
-            other => IngestError::Wal(other.to_string()),
-        })?;
+    /// The ingest memory budget.
+    pub fn budget(&self) -> &Budget {
+        &self.budget
+    }
+
+    /// Validates and durably appends typed records (the in-process API for
+    /// collectors written in Rust), through the ingest gate. Blocks until
+    /// durable.
+    ///
+    /// # Errors
+    /// [`IngestError::BadRecord`] naming the record index (1-based) and
+    /// field, [`IngestError::OverLimit`] (nothing is appended),
+    /// [`IngestError::Full`] when the log is full under `block`.
+    pub fn append(&self, records: Vec<Record>) -> Result<AppendOutcome, IngestError> {
+        self.admit(records, None, Origin::Typed)
+    }
+
+    pub(crate) fn admit(
+        &self,
+        records: Vec<Record>,
+        lines: Option<&[usize]>,
+        origin: Origin,
+    ) -> Result<AppendOutcome, IngestError> {
         let mut per_kind = std::collections::BTreeMap::new();
-        for r in records {
+        for r in &records {
             *per_kind.entry(r.kind().as_str()).or_insert(0u64) += 1;
         }
+        let out = self.gate.admit(records, lines, origin)?;
         for (kind, n) in per_kind {
             self.metrics
                 .add("walrelay_appended_records_total", &[("kind", kind)], n);
@@ -140,20 +157,16 @@ impl Relay {
         Ok(out)
     }
 
-    /// Appends already-validated records from an async context.
-    /// `typed_origin`: the records arrived typed (JSON, gRPC, in-process), so
-    /// the Influx identity-timestamp rule applies; line-protocol points keep
-    /// the writer's timestamps.
+    /// Like [`Relay::append`] from an async context (the gate runs on a
+    /// blocking thread). `lines[i]` names record `i` in refusals.
     pub(crate) async fn append_async(
         self: &Arc<Self>,
-        mut records: Vec<Record>,
-        typed_origin: bool,
+        records: Vec<Record>,
+        lines: Option<Vec<usize>>,
+        origin: Origin,
     ) -> Result<(), IngestError> {
-        if typed_origin {
-            prepare_typed(&mut records);
-        }
         let me = self.clone();
-        tokio::task::spawn_blocking(move || me.append_prepared(&records))
+        tokio::task::spawn_blocking(move || me.admit(records, lines.as_deref(), origin))
             .await
             .map_err(|e| IngestError::Wal(e.to_string()))??;
         Ok(())
@@ -182,11 +195,6 @@ impl Relay {
             .cloned()
             .unwrap_or_else(|| Arc::new(SinkHealth::new("unknown")))
     }
-}
-
-/// Decisions taken before typed records enter the log (see `docs/INFLUX.md`).
-fn prepare_typed(records: &mut [Record]) {
-    crate::db::influx::assign_identity_timestamps(records);
 }
 
 /// Runs the relay until `shutdown` resolves.

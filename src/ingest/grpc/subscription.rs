@@ -271,15 +271,12 @@ async fn append(
     let (mut skipped, mut dead) = (0u64, 0u64);
     for m in batch {
         match convert(m, &sub.venue, producers) {
-            Converted::Record(r) => match r.validate_at(now) {
+            Converted::Record(r) => match relay.gate().check_record(&r, now) {
                 Ok(()) => records.push(r),
-                Err(e) => {
+                Err((field, e)) => {
                     dead += 1;
-                    tracing::warn!(subscription = %sub.name(), kind = %r.kind(), field = e.field(), error = %e, "invalid record from collector dead-lettered");
-                    let _ = relay
-                        .wal()
-                        .dead_letters()
-                        .put("grpc", &r, &e.to_string(), 0);
+                    tracing::warn!(subscription = %sub.name(), kind = %r.kind(), field = %field, error = %e, "invalid record from collector dead-lettered");
+                    let _ = relay.wal().dead_letters().put("grpc", &r, &e, 0);
                 }
             },
             Converted::Skipped(why) => {
@@ -292,7 +289,10 @@ async fn append(
     }
     let n = records.len() as u64;
     loop {
-        match relay.append_async(records.clone(), true).await {
+        match relay
+            .append_async(records.clone(), None, crate::ingest::gate::Origin::Typed)
+            .await
+        {
             Ok(()) => break,
             Err(IngestError::Full { retry_after }) => {
                 health.update(|s| s.state = "paused");
