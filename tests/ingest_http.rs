@@ -403,3 +403,83 @@ async fn every_limit_refuses_with_the_line_and_the_key() {
     assert_eq!(relay.appended().await, 100);
     relay.stop().await;
 }
+
+#[tokio::test]
+async fn colliding_trades_in_separate_requests_reach_the_sink_with_distinct_timestamps() {
+    use walrelay::ingest::identity::base_timestamp;
+    let ms = 1_764_000_000_123_000_000i64;
+    let make = |id: &str| {
+        walrelay::Record::Trade(walrelay::record::Trade {
+            venue: "BINANCE".into(),
+            symbol: "BTCUSDT".into(),
+            ts: ms,
+            price: 1.5,
+            quantity: 2.0,
+            side: "buy".into(),
+            trade_id: id.into(),
+        })
+    };
+    // Three trade ids whose identity hashes put them on the same nanosecond.
+    let mut by_ts = std::collections::HashMap::<i64, Vec<String>>::new();
+    let ids = (0u64..)
+        .find_map(|i| {
+            let id = i.to_string();
+            let v = by_ts
+                .entry(base_timestamp(&make(&id)).unwrap())
+                .or_default();
+            v.push(id);
+            (v.len() == 3).then(|| v.clone())
+        })
+        .unwrap();
+    let base = tempfile::TempDir::new().unwrap();
+    let wal_dir = base.path().join("wal");
+    let post_trade = |url: String, id: String| async move {
+        let (status, text, _) = post(
+            &url,
+            "/v1/records",
+            Some("s3cret"),
+            false,
+            trade_json(&id, ms).into_bytes(),
+        )
+        .await;
+        assert_eq!(status, 204, "{text}");
+    };
+    let d = wal_dir.clone();
+    let relay = Relay::start(move |c| c.wal.dir = d).await;
+    post_trade(relay.url.clone(), ids[0].clone()).await;
+    post_trade(relay.url.clone(), ids[1].clone()).await;
+    // A producer's retry of the first trade maps to the same point.
+    post_trade(relay.url.clone(), ids[0].clone()).await;
+    relay.stop().await;
+    // After a restart the window is rebuilt from the log's tail.
+    let d = wal_dir.clone();
+    let relay = Relay::start(move |c| c.wal.dir = d).await;
+    post_trade(relay.url.clone(), ids[2].clone()).await;
+    relay.stop().await;
+
+    let wal = walrelay::Wal::open(walrelay::WalConfig::new(&wal_dir)).unwrap();
+    let records: Vec<walrelay::Record> = wal
+        .read_after(0, usize::MAX)
+        .unwrap()
+        .into_iter()
+        .flat_map(|f| f.records)
+        .collect();
+    assert_eq!(records.len(), 4);
+    // What the Influx sink writes for each: the line protocol timestamps.
+    let line_ts = |r: &walrelay::Record| {
+        let mut buf = Vec::new();
+        assert!(walrelay::db::influx::encode(r, &mut buf));
+        let line = String::from_utf8(buf).unwrap();
+        line.trim_end()
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .parse::<i64>()
+            .unwrap()
+    };
+    let ts: Vec<i64> = records.iter().map(line_ts).collect();
+    assert_ne!(ts[0], ts[1], "two distinct trades, one nanosecond: {ts:?}");
+    assert_eq!(ts[0], ts[2], "a retry maps to the same point: {ts:?}");
+    assert!(ts[3] != ts[0] && ts[3] != ts[1], "after restart: {ts:?}");
+    assert!(ts.iter().all(|t| t / 1_000_000 == ms / 1_000_000));
+}

@@ -205,6 +205,13 @@ fn stored_identity(r: &Record) -> Option<u64> {
     (stored >= base && stored < base + 64).then_some(h)
 }
 
+/// Where rule 2 alone (before any clash move) puts the timestamp of a trade
+/// or liquidation; `None` for other records. Lets tests find identities
+/// that collide.
+pub fn base_timestamp(r: &Record) -> Option<i64> {
+    identity_hash(r).map(|h| base_ts(r.ts(), h))
+}
+
 /// Applies the rule within one append only (no history): the stateless form
 /// for tools and tests that build logs directly.
 pub fn assign_identity_timestamps(records: &mut [Record]) {
