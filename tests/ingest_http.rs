@@ -483,3 +483,131 @@ async fn colliding_trades_in_separate_requests_reach_the_sink_with_distinct_time
     assert!(ts[3] != ts[0] && ts[3] != ts[1], "after restart: {ts:?}");
     assert!(ts.iter().all(|t| t / 1_000_000 == ms / 1_000_000));
 }
+
+/// Reads from a raw connection until EOF, an error or `within`; returns
+/// what arrived and whether the server closed the connection.
+async fn read_until_closed(s: &mut tokio::net::TcpStream, within: Duration) -> (String, bool) {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let end = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(end, s.read(&mut buf)).await {
+            Err(_) => return (String::from_utf8_lossy(&got).into_owned(), false),
+            Ok(Ok(0)) | Ok(Err(_)) => return (String::from_utf8_lossy(&got).into_owned(), true),
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+fn host_of(url: &str) -> String {
+    url.trim_start_matches("http://").to_string()
+}
+
+#[tokio::test]
+async fn a_stalled_client_does_not_delay_shutdown_past_the_grace() {
+    use tokio::io::AsyncWriteExt;
+    let base = tempfile::TempDir::new().unwrap();
+    let wal_dir = base.path().join("wal");
+    let d = wal_dir.clone();
+    let mut relay = Relay::start(move |c| {
+        c.wal.dir = d;
+        c.drain.shutdown_grace_ms = 1000;
+    })
+    .await;
+    let (status, text, _) = post(
+        &relay.url,
+        WRITE,
+        Some("s3cret"),
+        false,
+        GOOD.repeat(5).into_bytes(),
+    )
+    .await;
+    assert_eq!(status, 204, "{text}");
+    // Headers and part of a body, then nothing.
+    let mut stalled = tokio::net::TcpStream::connect(host_of(&relay.url))
+        .await
+        .unwrap();
+    stalled
+        .write_all(b"POST /api/v2/write?bucket=b HTTP/1.1\r\nHost: x\r\nAuthorization: Token s3cret\r\nContent-Length: 100000\r\n\r\nm f=1")
+        .await
+        .unwrap();
+    // And one that sent half a header.
+    let mut half = tokio::net::TcpStream::connect(host_of(&relay.url))
+        .await
+        .unwrap();
+    half.write_all(b"POST /api/v2/write HTTP/1.1\r\nHost:")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = std::time::Instant::now();
+    let _ = relay.stop.take().unwrap().send(());
+    let task = relay.task.take().unwrap();
+    let finished = tokio::time::timeout(Duration::from_secs(10), task).await;
+    let took = started.elapsed();
+    assert!(
+        finished.is_ok(),
+        "shutdown still waiting on stalled clients after 10 s"
+    );
+    finished.unwrap().unwrap().unwrap();
+    assert!(
+        took <= Duration::from_millis(1000 + 1000),
+        "shutdown took {took:?}, over the grace of 1 s plus 1 s"
+    );
+    // What was acknowledged stays acknowledged.
+    let (frames, bad) = log_after(base.path());
+    assert_eq!(frames.iter().sum::<usize>(), 5);
+    assert_eq!(bad, 0);
+    drop((stalled, half));
+}
+
+#[tokio::test]
+async fn header_body_and_idle_deadlines_close_slow_connections() {
+    use tokio::io::AsyncWriteExt;
+    let relay = Relay::start(|c| {
+        c.ingest.header_timeout_ms = 300;
+        c.ingest.body_timeout_ms = 300;
+        c.ingest.idle_timeout_ms = 600;
+    })
+    .await;
+    let host = host_of(&relay.url);
+    // Body deadline: 408 in InfluxDB's error shape, nothing appended.
+    let mut s = tokio::net::TcpStream::connect(&host).await.unwrap();
+    s.write_all(b"POST /api/v2/write?bucket=b HTTP/1.1\r\nHost: x\r\nAuthorization: Token s3cret\r\nContent-Length: 1000\r\n\r\nm f=1")
+        .await
+        .unwrap();
+    let (got, _) = read_until_closed(&mut s, Duration::from_secs(3)).await;
+    assert!(got.starts_with("HTTP/1.1 408"), "{got:?}");
+    assert!(got.contains("request timeout"), "{got:?}");
+    // Header deadline: the connection is closed.
+    let mut s = tokio::net::TcpStream::connect(&host).await.unwrap();
+    s.write_all(b"GET /health HTTP/1.1\r\nHost:").await.unwrap();
+    let (_, closed) = read_until_closed(&mut s, Duration::from_secs(3)).await;
+    assert!(closed, "a half-sent header keeps its connection");
+    assert_eq!(relay.appended().await, 0);
+    relay.stop().await;
+    // Idle deadline (header deadline long): a keep-alive connection without
+    // traffic is closed.
+    let relay = Relay::start(|c| {
+        c.ingest.header_timeout_ms = 30_000;
+        c.ingest.idle_timeout_ms = 400;
+    })
+    .await;
+    let mut s = tokio::net::TcpStream::connect(host_of(&relay.url))
+        .await
+        .unwrap();
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let (got, closed) = read_until_closed(&mut s, Duration::from_secs(5)).await;
+    assert!(got.starts_with("HTTP/1.1 200"), "{got:?}");
+    assert!(closed, "an idle keep-alive connection stays open");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(350) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+    assert_eq!(relay.appended().await, 0);
+    relay.stop().await;
+}

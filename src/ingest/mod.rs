@@ -10,5 +10,6 @@ pub mod grpc;
 pub mod http;
 pub mod identity;
 pub mod line_protocol;
+pub mod server;
 pub mod synthetic;
 pub mod typed;

@@ -4,10 +4,11 @@
 //! Startup, in order: open the log (recovery, `wal/recovery.rs`), build the
 //! configured sinks, start one drainer per sink, bind the ingest port, serve.
 //! Shutdown (the future passed to [`run`] resolves): stop accepting, let
-//! in-flight requests finish their appends, tell drainers to stop (each
-//! finishes the delivery in progress; waiting is bounded by
-//! `drain.shutdown_grace_ms`), flush the log, return. The log keeps whatever
-//! was not delivered.
+//! in-flight requests finish their appends, tell subscriptions and drainers
+//! to stop (each finishes the append or delivery in progress), all bounded
+//! by one deadline `drain.shutdown_grace_ms` after the signal, whatever
+//! clients do (stalled clients are dropped at the deadline); then flush the
+//! log and return. The log keeps whatever was not delivered.
 
 pub mod metrics;
 pub mod status;
@@ -256,23 +257,50 @@ pub async fn serve(
         addr: addr.clone(),
         source,
     })?;
+    let listener =
+        tokio::net::TcpListener::from_std(listener).map_err(|source| RelayError::Bind {
+            addr: addr.clone(),
+            source,
+        })?;
     tracing::info!(listen = %local, sinks = ?relay.config.sink_names(), "relay ready");
-    let server = axum::Server::from_tcp(listener)
-        .map_err(|e| RelayError::Server(e.to_string()))?
-        .serve(crate::ingest::http::router(relay.clone()).into_make_service())
-        .with_graceful_shutdown(shutdown);
-    let served = server.await;
-    tracing::info!("ingest stopped; letting drainers finish their current batch");
+    let ic = &relay.config.ingest;
+    let timeouts = crate::ingest::server::Timeouts {
+        header: Duration::from_millis(ic.header_timeout_ms),
+        idle: Duration::from_millis(ic.idle_timeout_ms),
+    };
+    let mut http = tokio::spawn(crate::ingest::server::serve(
+        listener,
+        crate::ingest::http::router(relay.clone()),
+        timeouts,
+        stop_rx.clone(),
+    ));
+    let served = tokio::select! {
+        _ = shutdown => Ok(()),
+        r = &mut http => r.map_err(|e| RelayError::Server(e.to_string())),
+    };
+    // One deadline for everything that stops: in-flight requests finish
+    // their appends, subscriptions their append in progress, drainers the
+    // delivery in progress. Past it, what is left is dropped; the log keeps
+    // whatever was not delivered and nothing acknowledged is taken back.
+    let grace = Duration::from_millis(relay.config.drain.shutdown_grace_ms);
+    let deadline = tokio::time::Instant::now() + grace;
+    tracing::info!(
+        grace_ms = grace.as_millis() as u64,
+        "stopping: ingest closes, drainers finish their current batch"
+    );
     let _ = stop_tx.send(true);
+    if tokio::time::timeout_at(deadline, &mut http).await.is_err() {
+        tracing::warn!("ingest connections still open at the shutdown deadline; closing them");
+        http.abort();
+    }
     // Subscriptions finish the append in progress, then stop; what they had
     // not appended was never acknowledged.
-    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+    let _ = tokio::time::timeout_at(deadline, async {
         while pullers.join_next().await.is_some() {}
     })
     .await;
     pullers.abort_all();
-    let grace = Duration::from_millis(relay.config.drain.shutdown_grace_ms);
-    if tokio::time::timeout(grace, async {
+    if tokio::time::timeout_at(deadline, async {
         while drainers.join_next().await.is_some() {}
     })
     .await
@@ -289,7 +317,7 @@ pub async fn serve(
         last_seq = relay.wal.stats().last_seq,
         "log flushed; relay stopped"
     );
-    served.map_err(|e| RelayError::Server(e.to_string()))
+    served
 }
 
 fn spawn_drainer<S: Sink + 'static>(
