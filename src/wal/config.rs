@@ -94,7 +94,8 @@ pub struct WalConfig {
     /// Delivered frames younger than this (commit time, ms) are kept a
     /// little longer: the ingest gate rebuilds its identity window from them
     /// at startup. Set by the relay from `ingest.identity_window_ms`; 0 keeps
-    /// nothing.
+    /// nothing. Best effort: while the log is over half full, delivered
+    /// frames are deleted regardless.
     #[serde(skip)]
     pub retain_ms: u64,
 }

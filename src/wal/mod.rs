@@ -658,7 +658,11 @@ impl Shared {
         let mut removed = 0;
         // Frames younger than `retain_ms` stay (the ingest gate's identity
         // window is rebuilt from them); commit times only grow with seq.
-        let keep_after_ms = if self.config.retain_ms == 0 {
+        // Best effort: once the log is half full they go like the others,
+        // so retention never costs an append its space.
+        let keep_after_ms = if self.config.retain_ms == 0
+            || st.bytes + g.pending_bytes > self.config.max_bytes / 2
+        {
             u64::MAX
         } else {
             std::time::SystemTime::now()
