@@ -67,7 +67,8 @@ pub struct IngestConfig {
     pub max_body_bytes: usize,
     /// Bound on memory held by requests in flight, all requests together:
     /// received bodies, decompressed text and parsed records. Default 256 MiB.
-    /// Must be at least twice `max_body_bytes`.
+    /// Must hold one maximum-size request: 5 × `max_body_bytes` +
+    /// 256 B × `limits.max_records_per_request` (about 141 MiB by default).
     pub memory_budget_bytes: u64,
     /// How long a request waits for room in the memory budget before it is
     /// refused with 503 and `Retry-After`. Default 2000 ms.
@@ -113,10 +114,14 @@ impl IngestConfig {
     /// A message naming the offending key.
     pub fn validate(&self) -> Result<(), String> {
         self.limits.check()?;
-        if self.memory_budget_bytes < 2 * self.max_body_bytes as u64 {
+        let ceiling = crate::ingest::budget::request_ceiling(
+            self.max_body_bytes,
+            self.limits.max_records_per_request,
+        );
+        if self.memory_budget_bytes < ceiling {
             return Err(format!(
-                "ingest.memory_budget_bytes = {} must be at least twice ingest.max_body_bytes = {} (a body and its decompressed text)",
-                self.memory_budget_bytes, self.max_body_bytes
+                "ingest.memory_budget_bytes = {} cannot hold one maximum-size request: {ceiling} bytes for ingest.max_body_bytes = {} and ingest.limits.max_records_per_request = {} (body, decompressed text, parsed and encoded records)",
+                self.memory_budget_bytes, self.max_body_bytes, self.limits.max_records_per_request
             ));
         }
         for (k, v) in [
@@ -324,6 +329,23 @@ mod tests {
         assert!(!dbg.contains("hunter2"), "{dbg}");
         assert!(dbg.contains("[redacted]"));
         assert_eq!(c.ingest.token.unwrap().expose(), "hunter2");
+    }
+
+    #[test]
+    fn ingest_limits_are_checked_against_each_other_and_their_ceilings() {
+        let mut c = IngestConfig::default();
+        c.validate().unwrap();
+        c.memory_budget_bytes = 64 * 1024 * 1024;
+        assert!(c.validate().unwrap_err().contains("memory_budget_bytes"));
+        let mut c = IngestConfig::default();
+        c.limits.max_record_bytes = 17 * 1024 * 1024;
+        assert!(c.validate().unwrap_err().contains("max_record_bytes"));
+        let mut c = IngestConfig::default();
+        c.limits.max_name_bytes = 4096;
+        assert!(c.validate().unwrap_err().contains("max_name_bytes"));
+        let c = Config::parse("[ingest.limits]\nmax_records_per_request = 10\n").unwrap();
+        assert_eq!(c.ingest.limits.max_records_per_request, 10);
+        assert!(Config::parse("[ingest.limits]\nmax_recs = 10\n").is_err());
     }
 
     #[test]

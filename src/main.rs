@@ -138,6 +138,7 @@ fn load(config: Option<PathBuf>) -> Result<Config, String> {
 }
 
 fn main() -> ExitCode {
+    walrelay::ingest::budget::tune_allocator();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),

@@ -611,3 +611,61 @@ async fn header_body_and_idle_deadlines_close_slow_connections() {
     assert_eq!(relay.appended().await, 0);
     relay.stop().await;
 }
+
+#[tokio::test]
+async fn a_spent_memory_budget_answers_503_with_retry_after_and_appends_nothing() {
+    use tokio::io::AsyncWriteExt;
+    let relay = Relay::start(|c| {
+        c.ingest.max_body_bytes = 64 * 1024;
+        c.ingest.limits.max_records_per_request = 100;
+        c.ingest.memory_budget_bytes = walrelay::ingest::budget::request_ceiling(64 * 1024, 100);
+        c.ingest.budget_wait_ms = 200;
+        c.ingest.body_timeout_ms = 1500;
+    })
+    .await;
+    // Requests announcing maximum-size bodies hold their share of the budget
+    // while their bodies trickle in.
+    let mut slow = Vec::new();
+    for _ in 0..6 {
+        let mut s = tokio::net::TcpStream::connect(host_of(&relay.url))
+            .await
+            .unwrap();
+        s.write_all(b"POST /api/v2/write?bucket=b HTTP/1.1\r\nHost: x\r\nAuthorization: Token s3cret\r\nContent-Length: 65536\r\n\r\nm f=1")
+            .await
+            .unwrap();
+        slow.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let wide: String = (0..50)
+        .map(|i| format!("m,t=a s=\"{}\" {i}\n", "x".repeat(1000)))
+        .collect();
+    let (status, text, retry_after) =
+        post(&relay.url, WRITE, Some("s3cret"), false, wide.into_bytes()).await;
+    assert_eq!(status, 503, "{text}");
+    assert!(text.contains("memory budget"), "{text}");
+    assert_eq!(retry_after.as_deref(), Some("1"));
+    assert_eq!(relay.appended().await, 0);
+    // Once the slow requests hit their body deadline, the budget is free.
+    let mut timed_out = 0;
+    for s in &mut slow {
+        let (got, _) = read_until_closed(s, Duration::from_secs(5)).await;
+        // The sixth found the budget spent by the other five.
+        assert!(
+            got.starts_with("HTTP/1.1 408") || got.starts_with("HTTP/1.1 503"),
+            "{got:?}"
+        );
+        timed_out += usize::from(got.starts_with("HTTP/1.1 408"));
+    }
+    assert_eq!(timed_out, 5);
+    let (status, text, _) = post(
+        &relay.url,
+        WRITE,
+        Some("s3cret"),
+        false,
+        GOOD.repeat(2).into_bytes(),
+    )
+    .await;
+    assert_eq!(status, 204, "{text}");
+    assert_eq!(relay.appended().await, 2);
+    relay.stop().await;
+}

@@ -24,6 +24,19 @@ use super::error::IngestError;
 /// fits its permit count (`u32` per acquisition).
 const UNIT: u64 = 1024;
 
+/// What a request holds for its parsed records, their encoded form and the
+/// frames built from it, beyond the body and its decompressed text: three
+/// times the text plus a fixed cost per record (allocation headers, maps).
+pub fn records_estimate(text_bytes: usize, records: usize) -> u64 {
+    3 * text_bytes as u64 + 256 * records as u64
+}
+
+/// The most one request can hold: body and text (both at most
+/// `max_body_bytes`) plus [`records_estimate`]. The budget must cover it.
+pub fn request_ceiling(max_body_bytes: usize, max_records: usize) -> u64 {
+    2 * max_body_bytes as u64 + records_estimate(max_body_bytes, max_records)
+}
+
 /// The shared budget.
 #[derive(Clone)]
 pub struct Budget {
@@ -178,5 +191,22 @@ mod tests {
         assert!(refused.is_err());
         drop(held);
         assert_eq!(b.in_use(), 0);
+    }
+}
+
+/// Makes freed request buffers go back to the operating system, so the
+/// process's resident set follows the budget instead of its high-water mark.
+/// glibc raises its mmap threshold after each large free (up to 32 MiB), and
+/// then serves later bodies from per-thread arenas that it keeps; fixing the
+/// threshold at 256 KiB keeps every large buffer in its own mapping, and
+/// four arenas bound what the blocking threads keep. Called once by the
+/// binary at startup; a no-op on other C libraries.
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator parameters; it is called before
+    // any thread is started.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
+        libc::mallopt(libc::M_ARENA_MAX, 4);
     }
 }

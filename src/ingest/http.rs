@@ -232,7 +232,7 @@ fn process(
     })?;
     let n = prescan(&text, kind, &limits)?;
     // Parsed records, their encoded form and the frames built from it.
-    hold.take_blocking(256 * n as u64 + 3 * text.len() as u64)?;
+    hold.take_blocking(super::budget::records_estimate(text.len(), n))?;
     let now = now_ns();
     let (records, lines, origin) = match kind {
         BodyKind::LineProtocol(precision) => {
@@ -265,6 +265,7 @@ fn process(
                 records.push(r);
                 lines.push(i + 1);
             }
+            drop(text);
             (records, lines, Origin::Typed)
         }
     };

@@ -46,6 +46,9 @@ pub enum RelayError {
     /// A sink could not be set up (bad configuration, failed schema setup).
     #[error("sink {sink}: {message}")]
     Sink { sink: &'static str, message: String },
+    /// The configuration is inconsistent (an ingest limit out of range).
+    #[error("invalid configuration: {0}")]
+    Config(String),
     /// The HTTP server failed.
     #[error("ingest server failed: {0}")]
     Server(String),
@@ -68,6 +71,7 @@ impl Relay {
     /// # Errors
     /// [`RelayError::Wal`] if the log cannot be opened.
     pub fn open(config: Config) -> Result<Relay, RelayError> {
+        config.ingest.validate().map_err(RelayError::Config)?;
         let names = config.sink_names();
         let mut wal_config = config.wal.clone().with_sinks(names.iter().copied());
         wal_config.retain_ms = wal_config.retain_ms.max(config.ingest.identity_window_ms);
