@@ -18,7 +18,8 @@
 //!    own; a record whose timestamp is held by the *same* identity (a
 //!    producer's retry) keeps it. So two distinct trades of one series never
 //!    share a nanosecond, whichever requests they came in, as long as they
-//!    arrive within the window of each other.
+//!    arrive within the window of each other. The window holds at most one
+//!    million slots; past that the oldest go first.
 //! 4. The decision is made before the append and the result is what the log
 //!    stores, so every replay writes the same line. At startup the window is
 //!    rebuilt from the log's tail (frames committed within the window; the
@@ -111,6 +112,11 @@ fn base_ts(ts: i64, h: u64) -> i64 {
     }
 }
 
+/// Most slots the window holds (about 60 MiB at the cap); past it the oldest
+/// go first, so under a very high trade rate the window is shorter than
+/// `window_ms`.
+const MAX_SLOTS: usize = 1_000_000;
+
 /// Identity of a slot whose holder is not known (rebuilt content identity):
 /// matches no record's identity except by a 2^-64 chance.
 const UNKNOWN: u64 = 0x5eed_0f_5107_u64;
@@ -150,6 +156,11 @@ impl IdentityWindow {
     fn hold(&mut self, key: (u64, i64), id: u64, at_ms: u64) {
         if self.held.insert(key, id).is_none() {
             self.order.push_back((at_ms, key));
+            if self.order.len() > MAX_SLOTS {
+                if let Some((_, old)) = self.order.pop_front() {
+                    self.held.remove(&old);
+                }
+            }
         }
     }
 

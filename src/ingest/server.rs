@@ -3,7 +3,9 @@
 //!
 //! Deadlines (`[ingest]`):
 //! - `header_timeout_ms`: a request's headers must arrive within it (hyper
-//!   closes the connection otherwise);
+//!   closes the connection otherwise; its timer also runs while a keep-alive
+//!   connection waits for its next request, so an idle keep-alive connection
+//!   lasts at most the shorter of the two deadlines);
 //! - `body_timeout_ms`: the whole body must arrive within it (408; enforced
 //!   where the body is read, `http.rs`);
 //! - `idle_timeout_ms`: a connection without any traffic for that long is
