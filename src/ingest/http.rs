@@ -114,8 +114,11 @@ async fn read_body(
         return Err(IngestError::TooLarge { limit });
     }
     let mut buf = Vec::new();
+    // Bytes of body the request holds budget for.
+    let mut covered = 0usize;
     if let Some(n) = declared {
         hold.take(n as u64).await?;
+        covered = n;
         buf.reserve_exact(n);
     }
     loop {
@@ -133,9 +136,10 @@ async fn read_body(
         if buf.len() + chunk.len() > limit {
             return Err(IngestError::TooLarge { limit });
         }
-        if buf.len() + chunk.len() > buf.capacity() {
-            hold.take((buf.len() + chunk.len() - buf.capacity().max(declared.unwrap_or(0))) as u64)
+        if buf.len() + chunk.len() > covered {
+            hold.take((buf.len() + chunk.len() - covered) as u64)
                 .await?;
+            covered = buf.len() + chunk.len();
         }
         buf.extend_from_slice(&chunk);
     }
