@@ -21,7 +21,7 @@ use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::error::IngestError;
-use super::identity::IdentityWindow;
+use super::identity::{stored_slot, IdentityWindow};
 use crate::record::{encode_record, now_ns, Limits, Record};
 use crate::wal::{AppendOutcome, Wal, WalError};
 
@@ -63,23 +63,29 @@ impl Gate {
         let cutoff = now_ms().saturating_sub(identity_window_ms);
         let mut frames = 0u64;
         let mut seq = wal.stats().last_seq;
-        // Walk back from the newest frame while frames are young enough.
-        let mut tail = Vec::new();
-        while seq > 0 {
+        // Walk back from the newest frame while frames are young enough,
+        // reading at most as many records as the window can hold (so startup
+        // stays quick and small after a burst). Only the slots are kept.
+        let mut slots = Vec::new();
+        let mut examined = 0usize;
+        while seq > 0 && examined < super::identity::MAX_SLOTS {
             let Some(f) = wal.read_after(seq - 1, 1)?.into_iter().next() else {
                 break;
             };
             if f.seq != seq || f.header.created_ms < cutoff {
                 break;
             }
-            tail.push(f);
+            examined += f.records.len();
+            for r in f.records.iter().rev() {
+                if let Some((key, id)) = stored_slot(r) {
+                    slots.push((key, id, f.header.created_ms));
+                }
+            }
             frames += 1;
             seq -= 1;
         }
-        for f in tail.iter().rev() {
-            for r in &f.records {
-                window.remember(r, f.header.created_ms);
-            }
+        for (key, id, at_ms) in slots.into_iter().rev() {
+            window.remember_slot(key, id, at_ms);
         }
         if frames > 0 {
             tracing::info!(

@@ -18,8 +18,8 @@
 //!    own; a record whose timestamp is held by the *same* identity (a
 //!    producer's retry) keeps it. So two distinct trades of one series never
 //!    share a nanosecond, whichever requests they came in, as long as they
-//!    arrive within the window of each other. The window holds at most one
-//!    million slots; past that the oldest go first.
+//!    arrive within the window of each other. The window holds at most
+//!    500 000 slots; past that the oldest go first.
 //! 4. The decision is made before the append and the result is what the log
 //!    stores, so every replay writes the same line. At startup the window is
 //!    rebuilt from the log's tail (frames committed within the window; the
@@ -112,10 +112,19 @@ fn base_ts(ts: i64, h: u64) -> i64 {
     }
 }
 
-/// Most slots the window holds (about 60 MiB at the cap); past it the oldest
-/// go first, so under a very high trade rate the window is shorter than
+/// Most slots the window holds (about 20 MiB at the cap); past it the oldest
+/// go first, so under a very high trade rate (over 50 000 trades and
+/// liquidations a second with the default 10 s) the window is shorter than
 /// `window_ms`.
-const MAX_SLOTS: usize = 1_000_000;
+pub(crate) const MAX_SLOTS: usize = 500_000;
+
+/// One 64-bit key per (series, nanosecond). For a fixed series the map from
+/// timestamp to key is a bijection (odd multiplier), so neighbouring
+/// nanoseconds never share a key; two series meet only by a 2^-64 chance,
+/// which costs at most a needless 1 ns move.
+fn slot(series: u64, ts: i64) -> u64 {
+    series.wrapping_add((ts as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15))
+}
 
 /// Identity of a slot whose holder is not known (rebuilt content identity):
 /// matches no record's identity except by a 2^-64 chance.
@@ -124,8 +133,10 @@ const UNKNOWN: u64 = 0x5eed_0f_5107_u64;
 /// The recent assignments: (series, ts) → identity, expiring after `window_ms`.
 pub(crate) struct IdentityWindow {
     window_ms: u64,
-    held: HashMap<(u64, i64), u64>,
-    order: VecDeque<(u64, (u64, i64))>,
+    /// slot → identity holding it.
+    held: HashMap<u64, u64>,
+    /// (when held, slot), oldest first.
+    order: VecDeque<(u64, u64)>,
 }
 
 impl IdentityWindow {
@@ -153,7 +164,7 @@ impl IdentityWindow {
         }
     }
 
-    fn hold(&mut self, key: (u64, i64), id: u64, at_ms: u64) {
+    fn hold(&mut self, key: u64, id: u64, at_ms: u64) {
         if self.held.insert(key, id).is_none() {
             self.order.push_back((at_ms, key));
             if self.order.len() > MAX_SLOTS {
@@ -174,9 +185,9 @@ impl IdentityWindow {
             let ts = ts_mut(r).expect("trade or liquidation");
             let mut t = base_ts(*ts, h);
             loop {
-                match self.held.get(&(s, t)) {
+                match self.held.get(&slot(s, t)) {
                     None => {
-                        self.hold((s, t), h, now_ms);
+                        self.hold(slot(s, t), h, now_ms);
                         break;
                     }
                     Some(&held) if held == h => break,
@@ -188,13 +199,26 @@ impl IdentityWindow {
     }
 
     /// Records an assignment already in the log (startup rebuild), made at
-    /// `at_ms` (the frame's commit time).
+    /// `at_ms` (the frame's commit time). Calls must come oldest first.
+    #[cfg(test)]
     pub(crate) fn remember(&mut self, r: &Record, at_ms: u64) {
-        let Some(s) = series(r) else { return };
-        let ts = r.ts();
-        let id = stored_identity(r).unwrap_or(UNKNOWN);
-        self.hold((s, ts), id, at_ms);
+        if let Some((key, id)) = stored_slot(r) {
+            self.remember_slot(key, id, at_ms);
+        }
     }
+
+    /// Like [`IdentityWindow::remember`] with the slot already computed
+    /// ([`stored_slot`]).
+    pub(crate) fn remember_slot(&mut self, key: u64, id: u64, at_ms: u64) {
+        self.hold(key, id, at_ms);
+    }
+}
+
+/// The slot a stored trade or liquidation holds and the identity holding it
+/// (`UNKNOWN` when it cannot be recovered, see rule 4).
+pub(crate) fn stored_slot(r: &Record) -> Option<(u64, u64)> {
+    let s = series(r)?;
+    Some((slot(s, r.ts()), stored_identity(r).unwrap_or(UNKNOWN)))
 }
 
 /// The identity of a record as stored in the log (after the rule ran), when
