@@ -138,6 +138,7 @@ fn load(config: Option<PathBuf>) -> Result<Config, String> {
 }
 
 fn main() -> ExitCode {
+    walrelay::ingest::budget::tune_allocator();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -446,23 +447,32 @@ fn dlq(command: DlqCommand) -> Result<ExitCode, String> {
             );
         }
         DlqCommand::Replay { config, sink } => {
-            let (_, wal) = open_stopped(config)?;
-            let dl = wal.dead_letters();
-            let mut n = 0;
-            for d in dl
-                .list(sink.as_deref(), usize::MAX)
-                .map_err(|e| e.to_string())?
-            {
-                // Append first, then remove: a crash in between replays twice,
-                // which the idempotent sinks absorb, and never loses the record.
-                wal.append(std::slice::from_ref(&d.record))
-                    .map_err(|e| e.to_string())?;
-                dl.take(&d.id).map_err(|e| e.to_string())?;
-                n += 1;
+            let (config, wal) = open_stopped(config)?;
+            let gate = walrelay::ingest::gate::Gate::new(
+                wal,
+                config.ingest.limits.clone(),
+                config.ingest.identity_window_ms,
+            )
+            .map_err(|e| e.to_string())?;
+            let report = gate
+                .replay_dead_letters(sink.as_deref())
+                .map_err(|e| e.to_string())?;
+            for (id, reason) in &report.refused {
+                println!(
+                    "refused {}: {reason} (kept in the dead-letter store)",
+                    hex(id)
+                );
             }
             println!(
-                "replayed {n} dead letters into the log; they are delivered when the relay runs"
+                "replayed {} dead letters into the log; they are delivered when the relay runs",
+                report.replayed
             );
+            if !report.refused.is_empty() {
+                return Err(format!(
+                    "{} dead letters fail validation and were kept; fix or purge them",
+                    report.refused.len()
+                ));
+            }
         }
         DlqCommand::Purge { config, sink, yes } => {
             if !yes {

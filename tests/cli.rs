@@ -143,3 +143,45 @@ fn unknown_config_key_is_named() {
     assert_ne!(code, 0);
     assert!(out.contains("max_bites"), "{out}");
 }
+
+#[test]
+fn dlq_replay_refuses_and_keeps_a_dead_letter_that_fails_validation() {
+    let (dir, conf) = setup();
+    {
+        let wal = Wal::open(WalConfig::new(dir.path().join("wal"))).unwrap();
+        let dl = wal.dead_letters();
+        let mut bad = trade("nan");
+        if let Record::Trade(t) = &mut bad {
+            t.price = f64::NAN;
+        }
+        dl.put("grpc", &bad, "field `price` must be a finite number", 0)
+            .unwrap();
+        dl.put("influx", &trade("ok"), "400: transient", 1).unwrap();
+    }
+    let c = conf.to_str().unwrap();
+    let (code, out) = run(&["dlq", "replay", "--config", c]);
+    assert_ne!(
+        code, 0,
+        "a refused dead letter is reported as a failure: {out}"
+    );
+    assert!(out.contains("refused") && out.contains("price"), "{out}");
+    assert!(
+        out.contains("replayed 1"),
+        "the good one behind it still goes: {out}"
+    );
+    let wal = Wal::open(WalConfig::new(dir.path().join("wal"))).unwrap();
+    let in_log: Vec<Record> = wal
+        .read_after(0, usize::MAX)
+        .unwrap()
+        .into_iter()
+        .flat_map(|f| f.records)
+        .collect();
+    assert_eq!(
+        in_log,
+        vec![trade("ok")],
+        "only the valid record reached the log"
+    );
+    let kept = wal.dead_letters().list(None, 10).unwrap();
+    assert_eq!(kept.len(), 1, "the invalid one is kept");
+    assert_eq!(kept[0].sink, "grpc");
+}

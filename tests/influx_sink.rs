@@ -9,10 +9,11 @@ use std::time::Duration;
 
 use common::proxy::{Mode, Proxy};
 use common::vm::Vm;
-use walrelay::db::influx::{assign_identity_timestamps, InfluxConfig, InfluxSink};
+use walrelay::db::influx::{InfluxConfig, InfluxSink};
 use walrelay::drain::drainer::{self, DrainerSettings, SinkHealth, SinkState};
 use walrelay::drain::retry::RetryPolicy;
 use walrelay::drain::Sink;
+use walrelay::ingest::identity::assign_identity_timestamps;
 use walrelay::record::{FieldValue, Record, Trade};
 use walrelay::relay::metrics::Metrics;
 use walrelay::{Wal, WalConfig};

@@ -237,3 +237,435 @@ async fn full_log_under_block_answers_503_with_retry_after() {
     );
     relay.stop().await;
 }
+
+fn trade_json(id: &str, ts: i64) -> String {
+    format!(
+        r#"{{"type":"trade","venue":"BINANCE","symbol":"BTCUSDT","ts":{ts},"price":1.5,"quantity":2,"side":"buy","trade_id":"{id}"}}"#
+    )
+}
+
+/// Opens the relay's log after it stopped: (records per frame, bad frames).
+fn log_after(dir: &std::path::Path) -> (Vec<usize>, usize) {
+    let wal = walrelay::Wal::open(walrelay::WalConfig::new(dir.join("wal"))).unwrap();
+    let frames = wal.read_after(0, usize::MAX).unwrap();
+    let (_, _, bad) = wal.verify().unwrap();
+    (
+        frames.iter().map(|f| f.records.len()).collect(),
+        bad.len() + wal.quarantined().unwrap().len(),
+    )
+}
+
+#[tokio::test]
+async fn a_multi_member_gzip_body_delivers_every_line() {
+    let relay = Relay::start(|_| {}).await;
+    let tok = Some("s3cret");
+    let line = |i: u32| format!("m,t=a f={i}i 17640000000000000{i:02}\n");
+    let first: String = (0..3).map(line).collect();
+    let second: String = (3..7).map(line).collect();
+    // What `cat a.gz b.gz` produces: two complete gzip members.
+    let body = [gzip(first.as_bytes()), gzip(second.as_bytes())].concat();
+    let (status, text, _) = post(&relay.url, WRITE, tok, true, body).await;
+    assert_eq!(status, 204, "{text}");
+    assert_eq!(relay.appended().await, 7, "every member's lines are stored");
+    // Bytes after the last member that are not a gzip member: refused.
+    let body = [gzip(first.as_bytes()), b"trailing junk".to_vec()].concat();
+    let (status, text, _) = post(&relay.url, WRITE, tok, true, body).await;
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("gzip"), "{text}");
+    assert_eq!(relay.appended().await, 7);
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn a_record_over_the_codec_limit_is_refused_and_nothing_is_appended_or_quarantined() {
+    let relay = Relay::start(|c| c.ingest.max_body_bytes = 20 * 1024 * 1024).await;
+    let dir = relay._dir.path().to_path_buf();
+    // 17 MiB of trade id: over the log codec's 16 MiB decode limit, which
+    // today's main acknowledged and then quarantined with its whole frame.
+    let huge = trade_json(&"7".repeat(17 * 1024 * 1024), 1_764_000_000_000_000_000);
+    let body = format!("{}\n{huge}\n", trade_json("1", 1_764_000_000_000_000_000));
+    let (status, text, _) = post(
+        &relay.url,
+        "/v1/records",
+        Some("s3cret"),
+        false,
+        body.into_bytes(),
+    )
+    .await;
+    assert!(status == 400 || status == 413, "{status}: {text}");
+    assert!(text.contains("line 2"), "names the line: {text}");
+    assert_eq!(
+        relay.appended().await,
+        0,
+        "a refused request appends nothing"
+    );
+    relay.stop().await;
+    let (frames, bad) = log_after(&dir);
+    assert!(frames.is_empty(), "{frames:?}");
+    assert_eq!(bad, 0, "nothing unreadable in the log");
+}
+
+#[tokio::test]
+async fn every_limit_refuses_with_the_line_and_the_key() {
+    let relay = Relay::start(|c| {
+        c.ingest.max_body_bytes = 4 * 1024 * 1024;
+        c.ingest.limits.max_records_per_request = 100;
+        c.ingest.limits.max_line_bytes = 4096;
+        c.ingest.limits.max_record_bytes = 2048;
+    })
+    .await;
+    let tok = Some("s3cret");
+    let ts = 1_764_000_000_000_000_000i64;
+    let fields: String = (0..300)
+        .map(|i| format!("f{i}=1i"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let tags: String = (0..70).map(|i| format!(",t{i}=v")).collect();
+    let long_name = "S".repeat(257);
+    let cases: Vec<(&str, &str, String, u16, &str)> = vec![
+        (
+            "records per request",
+            WRITE,
+            GOOD.repeat(101),
+            413,
+            "max_records_per_request",
+        ),
+        (
+            "line length",
+            WRITE,
+            format!("{GOOD}m f=\"{}\" 1\n", "x".repeat(5000)),
+            413,
+            "max_line_bytes",
+        ),
+        (
+            "fields per point",
+            WRITE,
+            format!("{GOOD}m {fields} 1\n"),
+            400,
+            "max_fields_per_point",
+        ),
+        (
+            "tags per point",
+            WRITE,
+            format!("{GOOD}m{tags} f=1 1\n"),
+            400,
+            "max_tags_per_point",
+        ),
+        (
+            "tag value length",
+            WRITE,
+            format!("{GOOD}m,t={long_name} f=1 1\n"),
+            400,
+            "max_name_bytes",
+        ),
+        (
+            "symbol length",
+            "/v1/records",
+            format!(
+                r#"{{"type":"kline","venue":"V","symbol":"{long_name}","interval":"1m","ts":{ts},"open":1,"high":1,"low":1,"close":1,"volume":1}}"#
+            ),
+            400,
+            "symbol",
+        ),
+        (
+            "trade id length",
+            "/v1/records",
+            format!("{}\n{}\n", trade_json("1", ts), trade_json(&long_name, ts)),
+            400,
+            "trade_id",
+        ),
+        (
+            "encoded record size",
+            WRITE,
+            format!(
+                "{GOOD}m f=\"{}\",g=\"{}\" 1\n",
+                "x".repeat(1500),
+                "y".repeat(1500)
+            ),
+            413,
+            "max_record_bytes",
+        ),
+    ];
+    for (name, path, body, want_status, want_text) in cases {
+        let (status, text, _) = post(&relay.url, path, tok, false, body.into_bytes()).await;
+        assert_eq!(status, want_status, "{name}: {text}");
+        assert!(
+            text.contains(want_text),
+            "{name}: {text:?} lacks {want_text:?}"
+        );
+        assert!(text.contains("line"), "{name}: names the line: {text}");
+        assert_eq!(relay.appended().await, 0, "{name}: appended records");
+    }
+    // At the limit is accepted.
+    let (status, text, _) =
+        post(&relay.url, WRITE, tok, false, GOOD.repeat(100).into_bytes()).await;
+    assert_eq!(status, 204, "{text}");
+    assert_eq!(relay.appended().await, 100);
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn colliding_trades_in_separate_requests_reach_the_sink_with_distinct_timestamps() {
+    use walrelay::ingest::identity::base_timestamp;
+    let ms = 1_764_000_000_123_000_000i64;
+    let make = |id: &str| {
+        walrelay::Record::Trade(walrelay::record::Trade {
+            venue: "BINANCE".into(),
+            symbol: "BTCUSDT".into(),
+            ts: ms,
+            price: 1.5,
+            quantity: 2.0,
+            side: "buy".into(),
+            trade_id: id.into(),
+        })
+    };
+    // Three trade ids whose identity hashes put them on the same nanosecond.
+    let mut by_ts = std::collections::HashMap::<i64, Vec<String>>::new();
+    let ids = (0u64..)
+        .find_map(|i| {
+            let id = i.to_string();
+            let v = by_ts
+                .entry(base_timestamp(&make(&id)).unwrap())
+                .or_default();
+            v.push(id);
+            (v.len() == 3).then(|| v.clone())
+        })
+        .unwrap();
+    let base = tempfile::TempDir::new().unwrap();
+    let wal_dir = base.path().join("wal");
+    let post_trade = |url: String, id: String| async move {
+        let (status, text, _) = post(
+            &url,
+            "/v1/records",
+            Some("s3cret"),
+            false,
+            trade_json(&id, ms).into_bytes(),
+        )
+        .await;
+        assert_eq!(status, 204, "{text}");
+    };
+    let d = wal_dir.clone();
+    let relay = Relay::start(move |c| c.wal.dir = d).await;
+    post_trade(relay.url.clone(), ids[0].clone()).await;
+    post_trade(relay.url.clone(), ids[1].clone()).await;
+    // A producer's retry of the first trade maps to the same point.
+    post_trade(relay.url.clone(), ids[0].clone()).await;
+    relay.stop().await;
+    // After a restart the window is rebuilt from the log's tail.
+    let d = wal_dir.clone();
+    let relay = Relay::start(move |c| c.wal.dir = d).await;
+    post_trade(relay.url.clone(), ids[2].clone()).await;
+    relay.stop().await;
+
+    let wal = walrelay::Wal::open(walrelay::WalConfig::new(&wal_dir)).unwrap();
+    let records: Vec<walrelay::Record> = wal
+        .read_after(0, usize::MAX)
+        .unwrap()
+        .into_iter()
+        .flat_map(|f| f.records)
+        .collect();
+    assert_eq!(records.len(), 4);
+    // What the Influx sink writes for each: the line protocol timestamps.
+    let line_ts = |r: &walrelay::Record| {
+        let mut buf = Vec::new();
+        assert!(walrelay::db::influx::encode(r, &mut buf));
+        let line = String::from_utf8(buf).unwrap();
+        line.trim_end()
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .parse::<i64>()
+            .unwrap()
+    };
+    let ts: Vec<i64> = records.iter().map(line_ts).collect();
+    assert_ne!(ts[0], ts[1], "two distinct trades, one nanosecond: {ts:?}");
+    assert_eq!(ts[0], ts[2], "a retry maps to the same point: {ts:?}");
+    assert!(ts[3] != ts[0] && ts[3] != ts[1], "after restart: {ts:?}");
+    assert!(ts.iter().all(|t| t / 1_000_000 == ms / 1_000_000));
+}
+
+/// Reads from a raw connection until EOF, an error or `within`; returns
+/// what arrived and whether the server closed the connection.
+async fn read_until_closed(s: &mut tokio::net::TcpStream, within: Duration) -> (String, bool) {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let end = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(end, s.read(&mut buf)).await {
+            Err(_) => return (String::from_utf8_lossy(&got).into_owned(), false),
+            Ok(Ok(0)) | Ok(Err(_)) => return (String::from_utf8_lossy(&got).into_owned(), true),
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+fn host_of(url: &str) -> String {
+    url.trim_start_matches("http://").to_string()
+}
+
+#[tokio::test]
+async fn a_stalled_client_does_not_delay_shutdown_past_the_grace() {
+    use tokio::io::AsyncWriteExt;
+    let base = tempfile::TempDir::new().unwrap();
+    let wal_dir = base.path().join("wal");
+    let d = wal_dir.clone();
+    let mut relay = Relay::start(move |c| {
+        c.wal.dir = d;
+        c.drain.shutdown_grace_ms = 1000;
+    })
+    .await;
+    let (status, text, _) = post(
+        &relay.url,
+        WRITE,
+        Some("s3cret"),
+        false,
+        GOOD.repeat(5).into_bytes(),
+    )
+    .await;
+    assert_eq!(status, 204, "{text}");
+    // Headers and part of a body, then nothing.
+    let mut stalled = tokio::net::TcpStream::connect(host_of(&relay.url))
+        .await
+        .unwrap();
+    stalled
+        .write_all(b"POST /api/v2/write?bucket=b HTTP/1.1\r\nHost: x\r\nAuthorization: Token s3cret\r\nContent-Length: 100000\r\n\r\nm f=1")
+        .await
+        .unwrap();
+    // And one that sent half a header.
+    let mut half = tokio::net::TcpStream::connect(host_of(&relay.url))
+        .await
+        .unwrap();
+    half.write_all(b"POST /api/v2/write HTTP/1.1\r\nHost:")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = std::time::Instant::now();
+    let _ = relay.stop.take().unwrap().send(());
+    let task = relay.task.take().unwrap();
+    let finished = tokio::time::timeout(Duration::from_secs(10), task).await;
+    let took = started.elapsed();
+    assert!(
+        finished.is_ok(),
+        "shutdown still waiting on stalled clients after 10 s"
+    );
+    finished.unwrap().unwrap().unwrap();
+    assert!(
+        took <= Duration::from_millis(1000 + 1000),
+        "shutdown took {took:?}, over the grace of 1 s plus 1 s"
+    );
+    // What was acknowledged stays acknowledged.
+    let (frames, bad) = log_after(base.path());
+    assert_eq!(frames.iter().sum::<usize>(), 5);
+    assert_eq!(bad, 0);
+    drop((stalled, half));
+}
+
+#[tokio::test]
+async fn header_body_and_idle_deadlines_close_slow_connections() {
+    use tokio::io::AsyncWriteExt;
+    let relay = Relay::start(|c| {
+        c.ingest.header_timeout_ms = 300;
+        c.ingest.body_timeout_ms = 300;
+        c.ingest.idle_timeout_ms = 600;
+    })
+    .await;
+    let host = host_of(&relay.url);
+    // Body deadline: 408 in InfluxDB's error shape, nothing appended.
+    let mut s = tokio::net::TcpStream::connect(&host).await.unwrap();
+    s.write_all(b"POST /api/v2/write?bucket=b HTTP/1.1\r\nHost: x\r\nAuthorization: Token s3cret\r\nContent-Length: 1000\r\n\r\nm f=1")
+        .await
+        .unwrap();
+    let (got, _) = read_until_closed(&mut s, Duration::from_secs(3)).await;
+    assert!(got.starts_with("HTTP/1.1 408"), "{got:?}");
+    assert!(got.contains("request timeout"), "{got:?}");
+    // Header deadline: the connection is closed.
+    let mut s = tokio::net::TcpStream::connect(&host).await.unwrap();
+    s.write_all(b"GET /health HTTP/1.1\r\nHost:").await.unwrap();
+    let (_, closed) = read_until_closed(&mut s, Duration::from_secs(3)).await;
+    assert!(closed, "a half-sent header keeps its connection");
+    assert_eq!(relay.appended().await, 0);
+    relay.stop().await;
+    // Idle deadline (header deadline long): a keep-alive connection without
+    // traffic is closed.
+    let relay = Relay::start(|c| {
+        c.ingest.header_timeout_ms = 30_000;
+        c.ingest.idle_timeout_ms = 400;
+    })
+    .await;
+    let mut s = tokio::net::TcpStream::connect(host_of(&relay.url))
+        .await
+        .unwrap();
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let (got, closed) = read_until_closed(&mut s, Duration::from_secs(5)).await;
+    assert!(got.starts_with("HTTP/1.1 200"), "{got:?}");
+    assert!(closed, "an idle keep-alive connection stays open");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(350) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+    assert_eq!(relay.appended().await, 0);
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn a_spent_memory_budget_answers_503_with_retry_after_and_appends_nothing() {
+    use tokio::io::AsyncWriteExt;
+    let relay = Relay::start(|c| {
+        c.ingest.max_body_bytes = 64 * 1024;
+        c.ingest.limits.max_records_per_request = 100;
+        c.ingest.memory_budget_bytes = walrelay::ingest::budget::request_ceiling(64 * 1024, 100);
+        c.ingest.budget_wait_ms = 200;
+        c.ingest.body_timeout_ms = 1500;
+    })
+    .await;
+    // Requests announcing maximum-size bodies hold their share of the budget
+    // while their bodies trickle in.
+    let mut slow = Vec::new();
+    for _ in 0..6 {
+        let mut s = tokio::net::TcpStream::connect(host_of(&relay.url))
+            .await
+            .unwrap();
+        s.write_all(b"POST /api/v2/write?bucket=b HTTP/1.1\r\nHost: x\r\nAuthorization: Token s3cret\r\nContent-Length: 65536\r\n\r\nm f=1")
+            .await
+            .unwrap();
+        slow.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let wide: String = (0..50)
+        .map(|i| format!("m,t=a s=\"{}\" {i}\n", "x".repeat(1000)))
+        .collect();
+    let (status, text, retry_after) =
+        post(&relay.url, WRITE, Some("s3cret"), false, wide.into_bytes()).await;
+    assert_eq!(status, 503, "{text}");
+    assert!(text.contains("memory budget"), "{text}");
+    assert_eq!(retry_after.as_deref(), Some("1"));
+    assert_eq!(relay.appended().await, 0);
+    // Once the slow requests hit their body deadline, the budget is free.
+    let mut timed_out = 0;
+    for s in &mut slow {
+        let (got, _) = read_until_closed(s, Duration::from_secs(5)).await;
+        // The sixth found the budget spent by the other five.
+        assert!(
+            got.starts_with("HTTP/1.1 408") || got.starts_with("HTTP/1.1 503"),
+            "{got:?}"
+        );
+        timed_out += usize::from(got.starts_with("HTTP/1.1 408"));
+    }
+    assert_eq!(timed_out, 5);
+    let (status, text, _) = post(
+        &relay.url,
+        WRITE,
+        Some("s3cret"),
+        false,
+        GOOD.repeat(2).into_bytes(),
+    )
+    .await;
+    assert_eq!(status, 204, "{text}");
+    assert_eq!(relay.appended().await, 2);
+    relay.stop().await;
+}

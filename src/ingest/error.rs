@@ -25,6 +25,22 @@ pub enum IngestError {
         param: &'static str,
         message: String,
     },
+    /// A request, line or record is over one of the ingest limits
+    /// (`[ingest.limits]`); names the line, what was measured and the key.
+    #[error("line {line}: {what} is {value}, over the limit of {max} ({limit})")]
+    OverLimit {
+        line: usize,
+        what: &'static str,
+        value: usize,
+        max: usize,
+        limit: &'static str,
+    },
+    /// The ingest memory budget stayed spent for `budget_wait_ms`; retry later.
+    #[error("ingest memory budget is spent; retry after {retry_after:?}")]
+    Busy { retry_after: Duration },
+    /// The request took longer than `body_timeout_ms` to arrive.
+    #[error("request body did not arrive within {timeout_ms} ms")]
+    BodyTimeout { timeout_ms: u64 },
     /// The body (after decompression) exceeds the configured limit.
     #[error("request body exceeds {limit} bytes")]
     TooLarge { limit: usize },
@@ -51,10 +67,23 @@ impl IngestError {
             | IngestError::NotUtf8 { .. }
             | IngestError::BadParam { .. }
             | IngestError::BadGzip(_) => 400,
-            IngestError::TooLarge { .. } => 413,
+            IngestError::TooLarge { .. } | IngestError::OverLimit { .. } => 413,
+            IngestError::BodyTimeout { .. } => 408,
+            IngestError::Busy { .. } => 503,
             IngestError::Unauthorized => 401,
             IngestError::Full { .. } => 503,
             IngestError::Wal(_) => 500,
+        }
+    }
+
+    /// How long the client should wait before retrying, for refusals that
+    /// are backpressure (503).
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            IngestError::Full { retry_after } | IngestError::Busy { retry_after } => {
+                Some(*retry_after)
+            }
+            _ => None,
         }
     }
 
@@ -63,6 +92,7 @@ impl IngestError {
         match self.status() {
             400 => "invalid",
             401 => "unauthorized",
+            408 => "request timeout",
             413 => "request too large",
             503 => "unavailable",
             _ => "internal error",

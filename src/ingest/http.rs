@@ -7,20 +7,22 @@
 
 use std::io::Read;
 use std::sync::Arc;
+use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::body::{Body, HttpBody};
+use axum::extract::{Query, RawBody, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 
+use super::budget::Held;
 use super::error::IngestError;
+use super::gate::Origin;
 use super::line_protocol::{self, Precision};
 use super::typed;
-use crate::record::{now_ns, Record};
+use crate::record::{now_ns, Limits, Record};
 use crate::relay::Relay;
 
 impl IntoResponse for IngestError {
@@ -29,7 +31,7 @@ impl IntoResponse for IngestError {
             StatusCode::from_u16(self.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let body = serde_json::json!({ "code": self.code(), "message": self.to_string() });
         let mut resp = (status, Json(body)).into_response();
-        if let IngestError::Full { retry_after } = &self {
+        if let Some(retry_after) = self.retry_after() {
             let secs = retry_after.as_secs().max(1).to_string();
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_str(&secs).unwrap());
@@ -40,9 +42,8 @@ impl IntoResponse for IngestError {
 
 /// The router of the ingest server.
 pub fn router(relay: Arc<Relay>) -> Router {
-    // Compressed bodies are bounded too (a gzip body is smaller than what it
-    // inflates to, so the decompressed limit is the tighter check).
-    let limit = relay.config().ingest.max_body_bytes;
+    // Bodies are read by `read_body` under `max_body_bytes` (compressed and
+    // decompressed), the body deadline and the memory budget.
     Router::new()
         .route("/api/v2/write", post(write_lp))
         .route("/v1/records", post(write_json))
@@ -50,7 +51,6 @@ pub fn router(relay: Arc<Relay>) -> Router {
         .route("/ready", get(ready))
         .route("/status", get(status))
         .route("/metrics", get(metrics))
-        .layer(DefaultBodyLimit::max(limit))
         .with_state(relay)
 }
 
@@ -88,152 +88,269 @@ fn check_token(relay: &Relay, headers: &HeaderMap) -> Result<(), IngestError> {
     }
 }
 
-/// Decompresses (if gzip) and checks size and UTF-8.
-fn body_text(relay: &Relay, headers: &HeaderMap, body: Bytes) -> Result<String, IngestError> {
-    let limit = relay.config().ingest.max_body_bytes;
-    let gzip = headers
-        .get(header::CONTENT_ENCODING)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| v.eq_ignore_ascii_case("gzip"))
-        .unwrap_or(false);
-    let raw = if gzip {
-        let mut out = Vec::new();
-        // Read at most limit + 1 bytes: a gzip bomb stops here.
-        flate2::read::GzDecoder::new(&body[..])
-            .take(limit as u64 + 1)
-            .read_to_end(&mut out)
-            .map_err(|e| IngestError::BadGzip(e.to_string()))?;
-        out
-    } else {
-        body.to_vec()
-    };
-    if raw.len() > limit {
-        return Err(IngestError::TooLarge { limit });
-    }
-    String::from_utf8(raw).map_err(|e| {
-        let bad_at = e.utf8_error().valid_up_to();
-        let line = 1 + e.as_bytes()[..bad_at]
-            .iter()
-            .filter(|&&b| b == b'\n')
-            .count();
-        IngestError::NotUtf8 { line }
-    })
+/// What kind of body a write endpoint takes.
+#[derive(Clone, Copy)]
+enum BodyKind {
+    LineProtocol(Precision),
+    JsonLines,
 }
 
-/// The body, or the refusal in our error shape (axum's own is plain text).
-fn limited(relay: &Relay, body: Result<Bytes, BytesRejection>) -> Result<Bytes, IngestError> {
-    body.map_err(|e| match e.status().as_u16() {
-        413 => IngestError::TooLarge {
-            limit: relay.config().ingest.max_body_bytes,
-        },
-        _ => IngestError::BadLine {
+/// Reads the body under the size limit, the body deadline and the memory
+/// budget (each chunk is budgeted before it is kept).
+async fn read_body(
+    relay: &Relay,
+    headers: &HeaderMap,
+    mut body: Body,
+    hold: &mut Held,
+) -> Result<Vec<u8>, IngestError> {
+    let limit = relay.config().ingest.max_body_bytes;
+    let timeout_ms = relay.config().ingest.body_timeout_ms;
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(IngestError::TooLarge { limit });
+    }
+    let mut buf = Vec::new();
+    // Bytes of body the request holds budget for.
+    let mut covered = 0usize;
+    if let Some(n) = declared {
+        hold.take(n as u64).await?;
+        covered = n;
+        buf.reserve_exact(n);
+    }
+    loop {
+        let chunk = match tokio::time::timeout_at(deadline, body.data()).await {
+            Err(_) => return Err(IngestError::BodyTimeout { timeout_ms }),
+            Ok(None) => break,
+            Ok(Some(Err(e))) => {
+                return Err(IngestError::BadLine {
+                    line: 1,
+                    message: format!("cannot read the request body: {e}"),
+                })
+            }
+            Ok(Some(Ok(c))) => c,
+        };
+        if buf.len() + chunk.len() > limit {
+            return Err(IngestError::TooLarge { limit });
+        }
+        if buf.len() + chunk.len() > covered {
+            hold.take((buf.len() + chunk.len() - covered) as u64)
+                .await?;
+            covered = buf.len() + chunk.len();
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf)
+}
+
+/// Inflates every gzip member of `body` (a concatenation such as
+/// `cat a.gz b.gz` is one valid body); bytes after the last member that are
+/// not a gzip member are an error. Output is budgeted as it grows and bounded
+/// by `limit`, so a gzip bomb stops at the limit.
+fn gunzip(body: &[u8], limit: usize, hold: &mut Held) -> Result<Vec<u8>, IngestError> {
+    let mut out = Vec::new();
+    let mut dec = flate2::read::MultiGzDecoder::new(body);
+    let mut chunk = vec![0u8; 256 * 1024];
+    loop {
+        let n = dec
+            .read(&mut chunk)
+            .map_err(|e| IngestError::BadGzip(e.to_string()))?;
+        if n == 0 {
+            break;
+        }
+        if out.len() + n > limit {
+            return Err(IngestError::TooLarge { limit });
+        }
+        hold.take_blocking(n as u64)?;
+        out.extend_from_slice(&chunk[..n]);
+    }
+    Ok(out)
+}
+
+/// The line of byte offset `at`.
+fn line_at(raw: &[u8], at: usize) -> usize {
+    1 + raw[..at].iter().filter(|&&b| b == b'\n').count()
+}
+
+/// Counts the records of a body and checks line lengths and the records
+/// limit before anything is parsed, so an oversized request costs no parse.
+/// Returns the number of record lines.
+fn prescan(text: &str, kind: BodyKind, limits: &Limits) -> Result<usize, IngestError> {
+    let mut n = 0usize;
+    for (i, line) in text.split('\n').enumerate() {
+        if line.len() > limits.max_line_bytes {
+            return Err(IngestError::OverLimit {
+                line: i + 1,
+                what: "the line's length in bytes",
+                value: line.len(),
+                max: limits.max_line_bytes,
+                limit: "ingest.limits.max_line_bytes",
+            });
+        }
+        let t = line.trim();
+        let counts = match kind {
+            BodyKind::LineProtocol(_) => !t.is_empty() && !t.starts_with('#'),
+            BodyKind::JsonLines => !t.is_empty(),
+        };
+        if counts {
+            n += 1;
+            if n > limits.max_records_per_request {
+                return Err(IngestError::OverLimit {
+                    line: i + 1,
+                    what: "the number of records in the request",
+                    value: n,
+                    max: limits.max_records_per_request,
+                    limit: "ingest.limits.max_records_per_request",
+                });
+            }
+        }
+    }
+    Ok(n)
+}
+
+/// Everything after the body is read, on a blocking thread: inflate, check,
+/// parse, then the gate. Nothing here runs on the async workers.
+fn process(
+    relay: &Relay,
+    body: Vec<u8>,
+    gzip: bool,
+    kind: BodyKind,
+    mut hold: Held,
+) -> Result<(), IngestError> {
+    let limits = relay.gate().limits().clone();
+    let raw = if gzip {
+        let out = gunzip(&body, relay.config().ingest.max_body_bytes, &mut hold)?;
+        drop(body);
+        out
+    } else {
+        body
+    };
+    let text = String::from_utf8(raw).map_err(|e| {
+        let bad_at = e.utf8_error().valid_up_to();
+        IngestError::NotUtf8 {
+            line: line_at(e.as_bytes(), bad_at),
+        }
+    })?;
+    let n = prescan(&text, kind, &limits)?;
+    // Parsed records, their encoded form and the frames built from it.
+    hold.take_blocking(super::budget::records_estimate(text.len(), n))?;
+    let now = now_ns();
+    let (records, lines, origin) = match kind {
+        BodyKind::LineProtocol(precision) => {
+            let points = line_protocol::parse_numbered(&text, precision, now).map_err(|e| {
+                IngestError::BadLine {
+                    line: e.line,
+                    message: e.message,
+                }
+            })?;
+            drop(text);
+            let mut records = Vec::with_capacity(points.len());
+            let mut lines = Vec::with_capacity(points.len());
+            for (line, p) in points {
+                records.push(typed::classify(p, now));
+                lines.push(line);
+            }
+            (records, lines, Origin::LineProtocol)
+        }
+        BodyKind::JsonLines => {
+            let mut records = Vec::with_capacity(n);
+            let mut lines = Vec::with_capacity(n);
+            for (i, line) in text.split('\n').enumerate() {
+                if line.trim().is_empty() {
+                    continue;
+                }
+                let r: Record = serde_json::from_str(line).map_err(|e| IngestError::BadLine {
+                    line: i + 1,
+                    message: e.to_string(),
+                })?;
+                records.push(r);
+                lines.push(i + 1);
+            }
+            drop(text);
+            (records, lines, Origin::Typed)
+        }
+    };
+    if records.is_empty() {
+        // As InfluxDB: a write without points is a client error.
+        return Err(IngestError::BadLine {
             line: 1,
-            message: format!("cannot read the request body: {e}"),
-        },
-    })
+            message: match kind {
+                BodyKind::LineProtocol(_) => "no points in the request body".into(),
+                BodyKind::JsonLines => "no records in the request body".into(),
+            },
+        });
+    }
+    relay.admit(records, Some(&lines), origin)?;
+    drop(hold);
+    Ok(())
+}
+
+fn is_gzip(headers: &HeaderMap) -> Result<bool, IngestError> {
+    match headers
+        .get(header::CONTENT_ENCODING)
+        .map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase())
+    {
+        None => Ok(false),
+        Some(v) if v == "gzip" => Ok(true),
+        Some(v) if v == "identity" || v.is_empty() => Ok(false),
+        Some(v) => Err(IngestError::BadParam {
+            param: "Content-Encoding",
+            message: format!("{v:?} is not supported (gzip or identity)"),
+        }),
+    }
+}
+
+/// One write request: token, budgeted body, then [`process`] off the
+/// async workers.
+async fn write(
+    relay: &Arc<Relay>,
+    headers: &HeaderMap,
+    body: Body,
+    kind: BodyKind,
+) -> Result<StatusCode, IngestError> {
+    check_token(relay, headers)?;
+    let gzip = is_gzip(headers)?;
+    let mut hold = relay.budget().hold();
+    let body = read_body(relay, headers, body, &mut hold).await?;
+    let me = relay.clone();
+    tokio::task::spawn_blocking(move || process(&me, body, gzip, kind, hold))
+        .await
+        .map_err(|e| IngestError::Wal(e.to_string()))??;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn write_lp(
     State(relay): State<Arc<Relay>>,
     Query(q): Query<WriteParams>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    RawBody(body): RawBody,
 ) -> Result<StatusCode, IngestError> {
-    let result = match limited(&relay, body) {
-        Ok(body) => write_lp_inner(&relay, q, &headers, body).await,
+    let precision = match q.precision.as_deref() {
+        None => Ok(Precision::Nanoseconds),
+        Some(p) => Precision::parse(p).ok_or_else(|| IngestError::BadParam {
+            param: "precision",
+            message: format!("{p:?} is not one of ns, us, ms, s"),
+        }),
+    };
+    let result = match precision {
+        Ok(p) => write(&relay, &headers, body, BodyKind::LineProtocol(p)).await,
         Err(e) => Err(e),
     };
     relay.count_request("/api/v2/write", &result);
     result
 }
 
-async fn write_lp_inner(
-    relay: &Arc<Relay>,
-    q: WriteParams,
-    headers: &HeaderMap,
-    body: Bytes,
-) -> Result<StatusCode, IngestError> {
-    check_token(relay, headers)?;
-    let precision = match q.precision.as_deref() {
-        None => Precision::Nanoseconds,
-        Some(p) => Precision::parse(p).ok_or_else(|| IngestError::BadParam {
-            param: "precision",
-            message: format!("{p:?} is not one of ns, us, ms, s"),
-        })?,
-    };
-    let text = body_text(relay, headers, body)?;
-    let now = now_ns();
-    let points =
-        line_protocol::parse_numbered(&text, precision, now).map_err(|e| IngestError::BadLine {
-            line: e.line,
-            message: e.message,
-        })?;
-    if points.is_empty() {
-        // As InfluxDB: a write without points is a client error.
-        return Err(IngestError::BadLine {
-            line: 1,
-            message: "no points in the request body".into(),
-        });
-    }
-    let mut records = Vec::with_capacity(points.len());
-    for (line, p) in points {
-        let r = typed::classify(p, now);
-        r.validate_at(now).map_err(|e| IngestError::BadRecord {
-            line,
-            field: e.field().to_string(),
-            message: e.to_string(),
-        })?;
-        records.push(r);
-    }
-    relay.append_async(records, false).await?;
-    Ok(StatusCode::NO_CONTENT)
-}
-
 async fn write_json(
     State(relay): State<Arc<Relay>>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    RawBody(body): RawBody,
 ) -> Result<StatusCode, IngestError> {
-    let result = match limited(&relay, body) {
-        Ok(body) => write_json_inner(&relay, &headers, body).await,
-        Err(e) => Err(e),
-    };
+    let result = write(&relay, &headers, body, BodyKind::JsonLines).await;
     relay.count_request("/v1/records", &result);
     result
-}
-
-async fn write_json_inner(
-    relay: &Arc<Relay>,
-    headers: &HeaderMap,
-    body: Bytes,
-) -> Result<StatusCode, IngestError> {
-    check_token(relay, headers)?;
-    let text = body_text(relay, headers, body)?;
-    let now = now_ns();
-    let mut records = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let r: Record = serde_json::from_str(line).map_err(|e| IngestError::BadLine {
-            line: i + 1,
-            message: e.to_string(),
-        })?;
-        r.validate_at(now).map_err(|e| IngestError::BadRecord {
-            line: i + 1,
-            field: e.field().to_string(),
-            message: e.to_string(),
-        })?;
-        records.push(r);
-    }
-    if records.is_empty() {
-        return Err(IngestError::BadLine {
-            line: 1,
-            message: "no records in the request body".into(),
-        });
-    }
-    relay.append_async(records, true).await?;
-    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn ready(State(relay): State<Arc<Relay>>) -> Response {

@@ -1,10 +1,15 @@
-//! What accepts records. Invariant: a record reaches the log only after
-//! [`Record::validate`](crate::Record::validate) passed, and a caller is told
-//! "accepted" only after [`Wal::append`](crate::Wal::append) returned.
+//! What accepts records. Invariant: every path into the log goes through
+//! [`gate::Gate::admit`], so a record reaches the log only after it passed
+//! validation under the ingest limits and its encoded size was checked, and a
+//! caller is told "accepted" only after the append is durable.
 
+pub mod budget;
 pub mod error;
+pub mod gate;
 pub mod grpc;
 pub mod http;
+pub mod identity;
 pub mod line_protocol;
+pub mod server;
 pub mod synthetic;
 pub mod typed;

@@ -19,7 +19,7 @@ mod validate;
 pub(crate) use codec::one_of_each as codec_samples;
 pub use codec::{decode_record, encode_record, CodecError, RecordTag};
 pub use validate::now_ns;
-pub use validate::RecordError;
+pub use validate::{Limits, RecordError};
 
 use std::collections::BTreeMap;
 

@@ -1,8 +1,97 @@
-//! Boundary validation: a record that passes can be carried by both sinks.
+//! Boundary validation: a record that passes can be carried by both sinks
+//! and by the log's codec.
+//!
+//! The size limits live in [`Limits`] (`[ingest.limits]` in the config file,
+//! documented in `docs/RECORDS.md`). Their defaults are far above what real
+//! writers send and far below what breaks a sink: a dimension name must fit a
+//! PostgreSQL btree index entry (at most about 2700 bytes for the whole
+//! key) with margin, and an encoded record must stay well under the codec's
+//! decode limit (`record::codec`, 16 MiB) so that nothing reaches the log that
+//! the log cannot give back.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use serde::Deserialize;
+
 use super::{FieldValue, Record};
+
+/// Hard ceilings on [`Limits`]: a configuration above them is refused, since
+/// past them a sink or the codec would fail on records the relay acknowledged.
+pub const CEILING_NAME_BYTES: usize = 1024;
+/// See [`CEILING_NAME_BYTES`]; half the codec's 16 MiB decode limit.
+pub const CEILING_RECORD_BYTES: usize = 8 * 1024 * 1024;
+
+/// Explicit limits every record and request must respect (`[ingest.limits]`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Longest name or dimension value, bytes: venue, symbol, side, interval,
+    /// index name, trade id, measurement, tag keys and values, field keys.
+    /// Default 256 (ceiling 1024: three such columns must fit one PostgreSQL
+    /// btree entry of about 2700 bytes).
+    pub max_name_bytes: usize,
+    /// Most fields in one generic point. Default 256.
+    pub max_fields_per_point: usize,
+    /// Most tags in one generic point. Default 64.
+    pub max_tags_per_point: usize,
+    /// Largest record in the log's binary form, bytes. Default 1 MiB
+    /// (ceiling 8 MiB, half the codec's decode limit).
+    pub max_record_bytes: usize,
+    /// Longest line of a request body (line protocol or JSON), bytes.
+    /// Default 1 MiB.
+    pub max_line_bytes: usize,
+    /// Most records in one request (or one in-process append). Default 50000:
+    /// ten times the 5000-line batches of Telegraf and the official clients.
+    pub max_records_per_request: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_name_bytes: 256,
+            max_fields_per_point: 256,
+            max_tags_per_point: 64,
+            max_record_bytes: 1024 * 1024,
+            max_line_bytes: 1024 * 1024,
+            max_records_per_request: 50_000,
+        }
+    }
+}
+
+impl Limits {
+    /// Checks the limits against their ceilings.
+    ///
+    /// # Errors
+    /// A message naming the key that is out of range.
+    pub fn check(&self) -> Result<(), String> {
+        let pos = |k: &str, v: usize| {
+            if v == 0 {
+                Err(format!("ingest.limits.{k} must be > 0"))
+            } else {
+                Ok(())
+            }
+        };
+        pos("max_name_bytes", self.max_name_bytes)?;
+        pos("max_fields_per_point", self.max_fields_per_point)?;
+        pos("max_tags_per_point", self.max_tags_per_point)?;
+        pos("max_record_bytes", self.max_record_bytes)?;
+        pos("max_line_bytes", self.max_line_bytes)?;
+        pos("max_records_per_request", self.max_records_per_request)?;
+        if self.max_name_bytes > CEILING_NAME_BYTES {
+            return Err(format!(
+                "ingest.limits.max_name_bytes = {} is over the ceiling of {CEILING_NAME_BYTES} (PostgreSQL btree entries)",
+                self.max_name_bytes
+            ));
+        }
+        if self.max_record_bytes > CEILING_RECORD_BYTES {
+            return Err(format!(
+                "ingest.limits.max_record_bytes = {} is over the ceiling of {CEILING_RECORD_BYTES} (the log codec's decode limit is 16 MiB)",
+                self.max_record_bytes
+            ));
+        }
+        Ok(())
+    }
+}
 
 /// Nanoseconds in 100 years (365.25-day years): the accepted distance from now.
 const MAX_TS_SKEW_NS: i64 = 36_525 * 86_400 * 1_000_000_000;
@@ -37,6 +126,23 @@ pub enum RecordError {
     /// A generic point without any field.
     #[error("field `fields` must hold at least one field")]
     NoFields,
+    /// A name or value is longer than [`Limits::max_name_bytes`] (or a string
+    /// field longer than 64 KiB).
+    #[error("field `{field}` is {len} bytes, over the limit of {max} bytes ({limit})")]
+    TooLong {
+        field: String,
+        len: usize,
+        max: usize,
+        limit: &'static str,
+    },
+    /// A point has more tags or fields than [`Limits`] allows.
+    #[error("field `{field}` holds {count} entries, over the limit of {max} ({limit})")]
+    TooMany {
+        field: String,
+        count: usize,
+        max: usize,
+        limit: &'static str,
+    },
 }
 
 impl RecordError {
@@ -48,7 +154,9 @@ impl RecordError {
             | RecordError::Negative { field, .. }
             | RecordError::TimestampOutOfRange { field, .. }
             | RecordError::CounterTooLarge { field, .. }
-            | RecordError::Unrepresentable { field, .. } => field,
+            | RecordError::Unrepresentable { field, .. }
+            | RecordError::TooLong { field, .. }
+            | RecordError::TooMany { field, .. } => field,
             RecordError::NoFields => "fields",
         }
     }
@@ -62,17 +170,61 @@ pub fn now_ns() -> i64 {
         .unwrap_or(0)
 }
 
-struct Check {
+struct Check<'a> {
     now: i64,
+    limits: &'a Limits,
 }
 
-impl Check {
+impl Check<'_> {
+    fn len(&self, field: &str, v: &str) -> Result<(), RecordError> {
+        if v.len() > self.limits.max_name_bytes {
+            return Err(RecordError::TooLong {
+                field: field.into(),
+                len: v.len(),
+                max: self.limits.max_name_bytes,
+                limit: "ingest.limits.max_name_bytes",
+            });
+        }
+        Ok(())
+    }
+
+    fn count(
+        &self,
+        field: &str,
+        n: usize,
+        max: usize,
+        limit: &'static str,
+    ) -> Result<(), RecordError> {
+        if n > max {
+            return Err(RecordError::TooMany {
+                field: field.into(),
+                count: n,
+                max,
+                limit,
+            });
+        }
+        Ok(())
+    }
+
+    /// An optional identifier (may be empty): bounded, no NUL.
+    fn id(&self, field: &str, v: &str) -> Result<(), RecordError> {
+        self.len(field, v)?;
+        if v.contains('\0') {
+            return Err(RecordError::Unrepresentable {
+                field: field.into(),
+                reason: "contains a NUL byte",
+            });
+        }
+        Ok(())
+    }
+
     fn text(&self, field: &str, v: &str) -> Result<(), RecordError> {
         if v.is_empty() {
             return Err(RecordError::Empty {
                 field: field.into(),
             });
         }
+        self.len(field, v)?;
         if v.contains('\0') {
             // PostgreSQL text cannot hold NUL.
             return Err(RecordError::Unrepresentable {
@@ -166,14 +318,28 @@ impl Record {
     /// # Errors
     /// The first problem found, naming its field.
     pub fn validate_at(&self, now_ns: i64) -> Result<(), RecordError> {
-        let c = Check { now: now_ns };
+        self.validate_with(now_ns, &Limits::default())
+    }
+
+    /// Like [`Record::validate_at`] under explicit [`Limits`]. The encoded
+    /// size (`max_record_bytes`) is checked where the record is encoded, by
+    /// the ingest gate.
+    ///
+    /// # Errors
+    /// The first problem found, naming its field.
+    pub fn validate_with(&self, now_ns: i64, limits: &Limits) -> Result<(), RecordError> {
+        let c = Check {
+            now: now_ns,
+            limits,
+        };
         match self {
             Record::Trade(r) => {
                 c.venue_symbol(&r.venue, &r.symbol)?;
                 c.ts(r.ts)?;
                 c.finite("price", r.price)?;
                 c.qty("quantity", r.quantity)?;
-                c.lp_text("side", &r.side, false)
+                c.lp_text("side", &r.side, false)?;
+                c.id("trade_id", &r.trade_id)
             }
             Record::OrderBookTop(r) => {
                 c.venue_symbol(&r.venue, &r.symbol)?;
@@ -262,6 +428,18 @@ impl Record {
             Record::Point(p) => {
                 c.lp_text("measurement", &p.measurement, true)?;
                 c.ts(p.ts)?;
+                c.count(
+                    "tags",
+                    p.tags.len(),
+                    limits.max_tags_per_point,
+                    "ingest.limits.max_tags_per_point",
+                )?;
+                c.count(
+                    "fields",
+                    p.fields.len(),
+                    limits.max_fields_per_point,
+                    "ingest.limits.max_fields_per_point",
+                )?;
                 for (k, v) in &p.tags {
                     c.lp_text(&format!("tags.{k}"), k, true)?;
                     c.lp_text(&format!("tags.{k}"), v, false)?;
@@ -275,9 +453,17 @@ impl Record {
                     match v {
                         FieldValue::Float(f) => c.finite(&name, *f)?,
                         FieldValue::String(s) if s.len() > MAX_STRING_FIELD => {
+                            return Err(RecordError::TooLong {
+                                field: name,
+                                len: s.len(),
+                                max: MAX_STRING_FIELD,
+                                limit: "InfluxDB's string field limit",
+                            })
+                        }
+                        FieldValue::String(s) if s.contains('\0') => {
                             return Err(RecordError::Unrepresentable {
                                 field: name,
-                                reason: "string field longer than 64 KiB",
+                                reason: "contains a NUL byte",
                             })
                         }
                         _ => {}

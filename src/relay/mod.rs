@@ -4,10 +4,11 @@
 //! Startup, in order: open the log (recovery, `wal/recovery.rs`), build the
 //! configured sinks, start one drainer per sink, bind the ingest port, serve.
 //! Shutdown (the future passed to [`run`] resolves): stop accepting, let
-//! in-flight requests finish their appends, tell drainers to stop (each
-//! finishes the delivery in progress; waiting is bounded by
-//! `drain.shutdown_grace_ms`), flush the log, return. The log keeps whatever
-//! was not delivered.
+//! in-flight requests finish their appends, tell subscriptions and drainers
+//! to stop (each finishes the append or delivery in progress), all bounded
+//! by one deadline `drain.shutdown_grace_ms` after the signal, whatever
+//! clients do (stalled clients are dropped at the deadline); then flush the
+//! log and return. The log keeps whatever was not delivered.
 
 pub mod metrics;
 pub mod status;
@@ -21,7 +22,9 @@ use tokio::sync::watch;
 use crate::config::Config;
 use crate::drain::drainer::{self, DrainerSettings, SinkHealth};
 use crate::drain::Sink;
+use crate::ingest::budget::Budget;
 use crate::ingest::error::IngestError;
+use crate::ingest::gate::{Gate, Origin};
 use crate::record::Record;
 use crate::wal::{AppendOutcome, Wal, WalError};
 use metrics::Metrics;
@@ -43,6 +46,9 @@ pub enum RelayError {
     /// A sink could not be set up (bad configuration, failed schema setup).
     #[error("sink {sink}: {message}")]
     Sink { sink: &'static str, message: String },
+    /// The configuration is inconsistent (an ingest limit out of range).
+    #[error("invalid configuration: {0}")]
+    Config(String),
     /// The HTTP server failed.
     #[error("ingest server failed: {0}")]
     Server(String),
@@ -52,6 +58,8 @@ pub enum RelayError {
 pub struct Relay {
     config: Config,
     wal: Wal,
+    gate: Gate,
+    budget: Budget,
     metrics: Arc<Metrics>,
     sinks: Vec<Arc<SinkHealth>>,
     subscriptions: Vec<Arc<crate::ingest::grpc::SubscriptionHealth>>,
@@ -63,8 +71,20 @@ impl Relay {
     /// # Errors
     /// [`RelayError::Wal`] if the log cannot be opened.
     pub fn open(config: Config) -> Result<Relay, RelayError> {
+        config.ingest.validate().map_err(RelayError::Config)?;
         let names = config.sink_names();
-        let wal = Wal::open(config.wal.clone().with_sinks(names.iter().copied()))?;
+        let mut wal_config = config.wal.clone().with_sinks(names.iter().copied());
+        wal_config.retain_ms = wal_config.retain_ms.max(config.ingest.identity_window_ms);
+        let wal = Wal::open(wal_config)?;
+        let gate = Gate::new(
+            wal.clone(),
+            config.ingest.limits.clone(),
+            config.ingest.identity_window_ms,
+        )?;
+        let budget = Budget::new(
+            config.ingest.memory_budget_bytes,
+            Duration::from_millis(config.ingest.budget_wait_ms),
+        );
         if names.is_empty() {
             tracing::warn!("no sink is configured: records are kept in the log only");
         }
@@ -79,6 +99,8 @@ impl Relay {
         Ok(Relay {
             config,
             wal,
+            gate,
+            budget,
             metrics: Arc::new(Metrics::default()),
             sinks,
             subscriptions,
@@ -100,39 +122,39 @@ impl Relay {
         &self.metrics
     }
 
-    /// Validates and durably appends typed records (the in-process API for
-    /// collectors written in Rust). Blocks until durable.
-    ///
-    /// # Errors
-    /// [`IngestError::BadRecord`] naming the record index and field (nothing is
-    /// appended), [`IngestError::Full`] when the log is full under `block`.
-    pub fn append(&self, mut records: Vec<Record>) -> Result<AppendOutcome, IngestError> {
-        let now = crate::record::now_ns();
-        for (i, r) in records.iter().enumerate() {
-            r.validate_at(now).map_err(|e| IngestError::BadRecord {
-                line: i + 1,
-                field: e.field().to_string(),
-                message: e.to_string(),
-            })?;
-        }
-        prepare_typed(&mut records);
-        self.append_prepared(&records)
+    /// The ingest gate every append goes through.
+    pub fn gate(&self) -> &Gate {
+        &self.gate
     }
 
-    fn append_prepared(&self, records: &[Record]) -> Result<AppendOutcome, IngestError> {
-        let out = self.wal.append(records).map_err(|e| match e {
-            WalError::Full { .. } => IngestError::Full {
-                retry_after: Duration::from_secs(1),
-            },
-            WalError::TooLarge { .. } => IngestError::TooLarge {
-                limit: self.config.wal.max_bytes as usize,
-            },
-            other => IngestError::Wal(other.to_string()),
-        })?;
+    /// The ingest memory budget.
+    pub fn budget(&self) -> &Budget {
+        &self.budget
+    }
+
+    /// Validates and durably appends typed records (the in-process API for
+    /// collectors written in Rust), through the ingest gate. Blocks until
+    /// durable.
+    ///
+    /// # Errors
+    /// [`IngestError::BadRecord`] naming the record index (1-based) and
+    /// field, [`IngestError::OverLimit`] (nothing is appended),
+    /// [`IngestError::Full`] when the log is full under `block`.
+    pub fn append(&self, records: Vec<Record>) -> Result<AppendOutcome, IngestError> {
+        self.admit(records, None, Origin::Typed)
+    }
+
+    pub(crate) fn admit(
+        &self,
+        records: Vec<Record>,
+        lines: Option<&[usize]>,
+        origin: Origin,
+    ) -> Result<AppendOutcome, IngestError> {
         let mut per_kind = std::collections::BTreeMap::new();
-        for r in records {
+        for r in &records {
             *per_kind.entry(r.kind().as_str()).or_insert(0u64) += 1;
         }
+        let out = self.gate.admit(records, lines, origin)?;
         for (kind, n) in per_kind {
             self.metrics
                 .add("walrelay_appended_records_total", &[("kind", kind)], n);
@@ -140,20 +162,16 @@ impl Relay {
         Ok(out)
     }
 
-    /// Appends already-validated records from an async context.
-    /// `typed_origin`: the records arrived typed (JSON, gRPC, in-process), so
-    /// the Influx identity-timestamp rule applies; line-protocol points keep
-    /// the writer's timestamps.
+    /// Like [`Relay::append`] from an async context (the gate runs on a
+    /// blocking thread). `lines[i]` names record `i` in refusals.
     pub(crate) async fn append_async(
         self: &Arc<Self>,
-        mut records: Vec<Record>,
-        typed_origin: bool,
+        records: Vec<Record>,
+        lines: Option<Vec<usize>>,
+        origin: Origin,
     ) -> Result<(), IngestError> {
-        if typed_origin {
-            prepare_typed(&mut records);
-        }
         let me = self.clone();
-        tokio::task::spawn_blocking(move || me.append_prepared(&records))
+        tokio::task::spawn_blocking(move || me.admit(records, lines.as_deref(), origin))
             .await
             .map_err(|e| IngestError::Wal(e.to_string()))??;
         Ok(())
@@ -182,11 +200,6 @@ impl Relay {
             .cloned()
             .unwrap_or_else(|| Arc::new(SinkHealth::new("unknown")))
     }
-}
-
-/// Decisions taken before typed records enter the log (see `docs/INFLUX.md`).
-fn prepare_typed(records: &mut [Record]) {
-    crate::db::influx::assign_identity_timestamps(records);
 }
 
 /// Runs the relay until `shutdown` resolves.
@@ -248,23 +261,50 @@ pub async fn serve(
         addr: addr.clone(),
         source,
     })?;
+    let listener =
+        tokio::net::TcpListener::from_std(listener).map_err(|source| RelayError::Bind {
+            addr: addr.clone(),
+            source,
+        })?;
     tracing::info!(listen = %local, sinks = ?relay.config.sink_names(), "relay ready");
-    let server = axum::Server::from_tcp(listener)
-        .map_err(|e| RelayError::Server(e.to_string()))?
-        .serve(crate::ingest::http::router(relay.clone()).into_make_service())
-        .with_graceful_shutdown(shutdown);
-    let served = server.await;
-    tracing::info!("ingest stopped; letting drainers finish their current batch");
+    let ic = &relay.config.ingest;
+    let timeouts = crate::ingest::server::Timeouts {
+        header: Duration::from_millis(ic.header_timeout_ms),
+        idle: Duration::from_millis(ic.idle_timeout_ms),
+    };
+    let mut http = tokio::spawn(crate::ingest::server::serve(
+        listener,
+        crate::ingest::http::router(relay.clone()),
+        timeouts,
+        stop_rx.clone(),
+    ));
+    let served = tokio::select! {
+        _ = shutdown => Ok(()),
+        r = &mut http => r.map_err(|e| RelayError::Server(e.to_string())),
+    };
+    // One deadline for everything that stops: in-flight requests finish
+    // their appends, subscriptions their append in progress, drainers the
+    // delivery in progress. Past it, what is left is dropped; the log keeps
+    // whatever was not delivered and nothing acknowledged is taken back.
+    let grace = Duration::from_millis(relay.config.drain.shutdown_grace_ms);
+    let deadline = tokio::time::Instant::now() + grace;
+    tracing::info!(
+        grace_ms = grace.as_millis() as u64,
+        "stopping: ingest closes, drainers finish their current batch"
+    );
     let _ = stop_tx.send(true);
+    if tokio::time::timeout_at(deadline, &mut http).await.is_err() {
+        tracing::warn!("ingest connections still open at the shutdown deadline; closing them");
+        http.abort();
+    }
     // Subscriptions finish the append in progress, then stop; what they had
     // not appended was never acknowledged.
-    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+    let _ = tokio::time::timeout_at(deadline, async {
         while pullers.join_next().await.is_some() {}
     })
     .await;
     pullers.abort_all();
-    let grace = Duration::from_millis(relay.config.drain.shutdown_grace_ms);
-    if tokio::time::timeout(grace, async {
+    if tokio::time::timeout_at(deadline, async {
         while drainers.join_next().await.is_some() {}
     })
     .await
@@ -281,7 +321,7 @@ pub async fn serve(
         last_seq = relay.wal.stats().last_seq,
         "log flushed; relay stopped"
     );
-    served.map_err(|e| RelayError::Server(e.to_string()))
+    served
 }
 
 fn spawn_drainer<S: Sink + 'static>(

@@ -91,6 +91,13 @@ pub struct WalConfig {
     /// has acknowledged it.
     #[serde(skip)]
     pub sinks: Vec<String>,
+    /// Delivered frames younger than this (commit time, ms) are kept a
+    /// little longer: the ingest gate rebuilds its identity window from them
+    /// at startup. Set by the relay from `ingest.identity_window_ms`; 0 keeps
+    /// nothing. Best effort: while the log is over half full, delivered
+    /// frames are deleted regardless.
+    #[serde(skip)]
+    pub retain_ms: u64,
 }
 
 impl Default for WalConfig {
@@ -106,6 +113,7 @@ impl Default for WalConfig {
             max_frame_bytes: 256 * 1024,
             segment_bytes: 8 * 1024 * 1024,
             sinks: Vec::new(),
+            retain_ms: 0,
         }
     }
 }

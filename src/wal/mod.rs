@@ -207,21 +207,27 @@ impl Wal {
     /// [`WalError::Closed`] during shutdown.
     pub fn append(&self, records: &[Record]) -> Result<AppendOutcome, WalError> {
         let mut payload = Vec::with_capacity(records.len() * 96);
+        let mut ends = Vec::with_capacity(records.len());
         let mut mask = 0u16;
         for r in records {
             encode_record(r, &mut payload)?;
+            ends.push(payload.len());
             mask |= r.kind().bit();
         }
-        self.append_encoded(payload, records.len() as u32, mask)
+        self.append_encoded(payload, ends, mask)
     }
 
+    /// Appends records already in the log's binary form: `ends[i]` is the
+    /// end offset of record `i` in `payload`, so the writer can split a large
+    /// append into several frames (still committed as one unit).
     pub(crate) fn append_encoded(
         &self,
         payload: Vec<u8>,
-        count: u32,
+        ends: Vec<usize>,
         mask: u16,
     ) -> Result<AppendOutcome, WalError> {
         let shared = self.shared();
+        let count = ends.len() as u32;
         if count == 0 {
             let last = *shared.last_seq.borrow();
             return Ok(AppendOutcome {
@@ -237,6 +243,7 @@ impl Wal {
         if tx
             .send(writer::Request {
                 payload,
+                ends,
                 count,
                 mask,
                 reply: reply_tx,
@@ -649,13 +656,35 @@ impl Shared {
         let mut st = g.log;
         let mut batch = sled::Batch::default();
         let mut removed = 0;
+        // Frames younger than `retain_ms` stay (the ingest gate's identity
+        // window is rebuilt from them); commit times only grow with seq.
+        // Best effort: once the log is half full they go like the others,
+        // so retention never costs an append its space.
+        let keep_after_ms = if self.config.retain_ms == 0
+            || st.bytes + g.pending_bytes > self.config.max_bytes / 2
+        {
+            u64::MAX
+        } else {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0)
+                .saturating_sub(self.config.retain_ms)
+        };
+        let mut last_removed = 0;
         for kv in self.frames.range(seq_key(0)..=seq_key(min)) {
             let (k, v) = kv.map_err(WalError::sled("read frames to truncate"))?;
-            let count = peek_header(&v).map(|h| u64::from(h.count)).unwrap_or(0);
+            let header = peek_header(&v).ok();
+            if header.is_some_and(|h| h.created_ms > keep_after_ms) {
+                break;
+            }
+            let count = header.map(|h| u64::from(h.count)).unwrap_or(0);
+            last_removed = key_seq(&k).unwrap_or(last_removed);
             batch.remove(k);
             st.remove_frame(v.len() as u64 + 8, count);
             removed += 1;
         }
+        let min = last_removed;
         if removed == 0 {
             return Ok(());
         }

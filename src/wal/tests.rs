@@ -463,3 +463,50 @@ fn large_frames_stored_as_sled_blobs_are_synced_before_the_ack_and_survive_reope
         .collect();
     assert_eq!(ts, (0..80).collect::<Vec<_>>());
 }
+
+/// A request never becomes one giant frame: frames stay within
+/// `max_frame_records` and `max_frame_bytes` whatever the request size, and
+/// the request is still one unit (all its frames or none).
+#[test]
+fn a_large_append_spans_bounded_frames_and_stays_one_unit() {
+    let dir = TempDir::new().unwrap();
+    let cfg = WalConfig {
+        max_frame_records: 7,
+        max_frame_bytes: 300,
+        ..WalConfig::new(dir.path()).with_sinks(["a"])
+    };
+    {
+        let wal = Wal::open(cfg.clone()).unwrap();
+        wal.append(&[trade(1000)]).unwrap();
+        let big: Vec<Record> = (0..500).map(trade).collect();
+        let out = wal.append(&big).unwrap();
+        assert_eq!(out.records, 500);
+        wal.append(&[trade(1001)]).unwrap();
+    }
+    let wal = Wal::open(cfg.clone()).unwrap();
+    let frames = wal.read_after(0, usize::MAX).unwrap();
+    let mut want = vec![1000];
+    want.extend(0..500);
+    want.push(1001);
+    assert_eq!(ids(&frames), want);
+    assert!(frames.len() > 500 / 7, "{} frames", frames.len());
+    for f in &frames {
+        let mut payload = Vec::new();
+        for r in &f.records {
+            crate::record::encode_record(r, &mut payload).unwrap();
+        }
+        assert!(
+            f.records.len() <= 7,
+            "frame {} holds {}",
+            f.seq,
+            f.records.len()
+        );
+        assert!(
+            payload.len() <= 300,
+            "frame {} holds {} bytes",
+            f.seq,
+            payload.len()
+        );
+    }
+    assert_eq!(wal.stats().frames, frames.len() as u64);
+}

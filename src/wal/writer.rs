@@ -1,6 +1,7 @@
 //! Group commit. Producers on any thread encode their records and hand them to
 //! one writer thread over a channel; the writer takes everything waiting,
-//! packs it into frames (a request is never split), inserts all frames and the
+//! packs it into frames (within the frame limits; a large request spans
+//! several frames of the same group), inserts all frames and the
 //! new totals in one atomic sled batch, lets `durability` flush once, and only
 //! then answers every producer of the group with its outcome.
 //!
@@ -24,7 +25,8 @@ const MAX_GROUP_BYTES: usize = 16 * 1024 * 1024;
 /// What a durable append reports to its producer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AppendOutcome {
-    /// The frame holding this append's records.
+    /// The (last) frame holding this append's records; a large append spans
+    /// several frames, all committed in one atomic batch.
     pub seq: u64,
     /// The last frame of the group committed with it.
     pub group_last_seq: u64,
@@ -36,6 +38,8 @@ pub struct AppendOutcome {
 
 pub(crate) struct Request {
     pub payload: Vec<u8>,
+    /// End offset of each record in `payload` (record boundaries for packing).
+    pub ends: Vec<usize>,
     pub count: u32,
     /// Kinds present (`RecordKind::bit`), for the frame index.
     pub mask: u16,
@@ -178,17 +182,40 @@ fn commit_group(
     let mut st = guard.log;
     let mut frame_first = st.next_record;
     for req in group {
-        let full = b.count() as usize + req.count as usize > cfg.max_frame_records
-            || b.payload_len() + req.payload.len() > cfg.max_frame_bytes;
-        if b.count() > 0 && full {
-            frames.push((st.next_seq, b.seal(frame_first, created_ms)));
-            masks.push((st.next_seq, std::mem::take(&mut frame_mask)));
-            st.next_seq += 1;
-            frame_first = st.next_record;
+        // Pack record by record: a frame never exceeds `max_frame_records`
+        // or `max_frame_bytes` (except a single record larger than the
+        // latter, which gets a frame of its own), however large the
+        // request; a request may span several frames, all of them in this
+        // group's one atomic batch, so it stays all-or-nothing.
+        let (mut rec, mut start) = (0usize, 0usize);
+        while rec < req.ends.len() {
+            let room_records = cfg.max_frame_records.saturating_sub(b.count() as usize);
+            let room_bytes = cfg.max_frame_bytes.saturating_sub(b.payload_len());
+            let (mut take, mut end) = (0usize, start);
+            while rec + take < req.ends.len()
+                && take < room_records
+                && req.ends[rec + take] - start <= room_bytes
+            {
+                end = req.ends[rec + take];
+                take += 1;
+            }
+            if take == 0 {
+                if b.count() > 0 {
+                    frames.push((st.next_seq, b.seal(frame_first, created_ms)));
+                    masks.push((st.next_seq, std::mem::take(&mut frame_mask)));
+                    st.next_seq += 1;
+                    frame_first = st.next_record;
+                    continue;
+                }
+                take = 1;
+                end = req.ends[rec];
+            }
+            b.push_encoded(&req.payload[start..end], take as u32);
+            frame_mask |= req.mask;
+            st.next_record += take as u64;
+            rec += take;
+            start = end;
         }
-        b.push_encoded(&req.payload, req.count);
-        frame_mask |= req.mask;
-        st.next_record += u64::from(req.count);
         seqs.push(st.next_seq);
     }
     frames.push((st.next_seq, b.seal(frame_first, created_ms)));
@@ -202,7 +229,7 @@ fn commit_group(
         batch.insert(&seq_key(seq)[..], bytes);
     }
     st.bytes += group_bytes;
-    st.frames += seqs.last().map(|last| last + 1 - seqs[0]).unwrap_or(0);
+    st.frames += masks.len() as u64;
     st.records += group.iter().map(|r| u64::from(r.count)).sum::<u64>();
 
     let dropped = if cfg.when_full == WhenFull::DropOldest && st.bytes > cfg.max_bytes {

@@ -2,20 +2,19 @@
 //!
 //! Three parts: `encode` (pure, byte-exact line protocol), `client` (one
 //! request with a deadline, classified), `sink` (routing, request limits,
-//! bisection, dead letters). `identity` decides sub-millisecond timestamps of
-//! typed trades and liquidations before they reach the log, so that a replay
-//! writes byte-identical lines and InfluxDB's overwrite makes it a no-op.
+//! bisection, dead letters). Sub-millisecond timestamps of typed trades and
+//! liquidations are decided before they reach the log, by the ingest gate
+//! (`ingest/identity.rs`), so that a replay writes byte-identical lines and
+//! InfluxDB's overwrite makes it a no-op.
 
 mod client;
 mod config;
 mod encode;
 mod error;
-mod identity;
 mod sink;
 
 pub use client::Client;
 pub use config::{Destination, InfluxConfig};
 pub use encode::{encode, measurement};
 pub use error::InfluxError;
-pub use identity::assign_identity_timestamps;
 pub use sink::InfluxSink;

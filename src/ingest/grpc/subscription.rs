@@ -271,15 +271,12 @@ async fn append(
     let (mut skipped, mut dead) = (0u64, 0u64);
     for m in batch {
         match convert(m, &sub.venue, producers) {
-            Converted::Record(r) => match r.validate_at(now) {
+            Converted::Record(r) => match relay.gate().check_record(&r, now) {
                 Ok(()) => records.push(r),
-                Err(e) => {
+                Err((field, e)) => {
                     dead += 1;
-                    tracing::warn!(subscription = %sub.name(), kind = %r.kind(), field = e.field(), error = %e, "invalid record from collector dead-lettered");
-                    let _ = relay
-                        .wal()
-                        .dead_letters()
-                        .put("grpc", &r, &e.to_string(), 0);
+                    tracing::warn!(subscription = %sub.name(), kind = %r.kind(), field = %field, error = %e, "invalid record from collector dead-lettered");
+                    let _ = relay.wal().dead_letters().put("grpc", &r, &e, 0);
                 }
             },
             Converted::Skipped(why) => {
@@ -291,17 +288,25 @@ async fn append(
         }
     }
     let n = records.len() as u64;
-    loop {
-        match relay.append_async(records.clone(), true).await {
-            Ok(()) => break,
-            Err(IngestError::Full { retry_after }) => {
-                health.update(|s| s.state = "paused");
-                tokio::select! { _ = tokio::time::sleep(retry_after.min(Duration::from_millis(250))) => {}, _ = stop.changed() => return false }
-            }
-            Err(e) => {
-                tracing::error!(subscription = %sub.name(), error = %e, "append failed; retrying");
-                health.update(|s| s.last_error = Some(e.to_string()));
-                tokio::select! { _ = tokio::time::sleep(Duration::from_secs(1)) => {}, _ = stop.changed() => return false }
+    // A batch larger than the gate's records limit goes in several appends
+    // (a subscription's batch is flow control, not a client's unit).
+    let per_append = relay.gate().limits().max_records_per_request;
+    for chunk in records.chunks(per_append) {
+        loop {
+            match relay
+                .append_async(chunk.to_vec(), None, crate::ingest::gate::Origin::Typed)
+                .await
+            {
+                Ok(()) => break,
+                Err(IngestError::Full { retry_after }) => {
+                    health.update(|s| s.state = "paused");
+                    tokio::select! { _ = tokio::time::sleep(retry_after.min(Duration::from_millis(250))) => {}, _ = stop.changed() => return false }
+                }
+                Err(e) => {
+                    tracing::error!(subscription = %sub.name(), error = %e, "append failed; retrying");
+                    health.update(|s| s.last_error = Some(e.to_string()));
+                    tokio::select! { _ = tokio::time::sleep(Duration::from_secs(1)) => {}, _ = stop.changed() => return false }
+                }
             }
         }
     }

@@ -1,0 +1,212 @@
+//! The ingest memory budget: a bound on bytes held by requests in flight
+//! (received bodies, decompressed text, parsed records), across all requests.
+//!
+//! Invariants:
+//! - A request holds a [`Held`] for everything it keeps in memory, taken
+//!   *before* the memory is allocated (a body chunk before it is kept, text
+//!   before it is inflated, records before they are parsed), and released
+//!   when the request ends, whatever the outcome.
+//! - When the budget is spent, a request waits up to `budget_wait_ms` for
+//!   others to finish, then is refused with 503 and `Retry-After`, exactly
+//!   like a full log. A request needing more than the whole budget is
+//!   refused at once.
+//! - Sync and async callers share one budget: async code awaits, blocking
+//!   code (decompression and parsing run on blocking threads) blocks.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::error::IngestError;
+
+/// Accounting unit: the semaphore counts KiB so that a budget of many GiB
+/// fits its permit count (`u32` per acquisition).
+const UNIT: u64 = 1024;
+
+/// What a request holds for its parsed records, their encoded form and the
+/// frames built from it, beyond the body and its decompressed text: three
+/// times the text plus a fixed cost per record (allocation headers, maps).
+pub fn records_estimate(text_bytes: usize, records: usize) -> u64 {
+    3 * text_bytes as u64 + 256 * records as u64
+}
+
+/// The most one request can hold: body and text (both at most
+/// `max_body_bytes`) plus [`records_estimate`]. The budget must cover it.
+pub fn request_ceiling(max_body_bytes: usize, max_records: usize) -> u64 {
+    2 * max_body_bytes as u64 + records_estimate(max_body_bytes, max_records)
+}
+
+/// The shared budget.
+#[derive(Clone)]
+pub struct Budget {
+    sem: Arc<Semaphore>,
+    units: u64,
+    wait: Duration,
+}
+
+/// What one request holds; released on drop.
+pub struct Held {
+    budget: Budget,
+    permits: Vec<OwnedSemaphorePermit>,
+    /// Bytes taken but not yet rounded up into a unit.
+    bytes: u64,
+    units: u64,
+}
+
+impl Budget {
+    /// A budget of `bytes`, with `wait` as the longest wait for room.
+    pub fn new(bytes: u64, wait: Duration) -> Budget {
+        let units = (bytes / UNIT).max(1);
+        Budget {
+            sem: Arc::new(Semaphore::new(units as usize)),
+            units,
+            wait,
+        }
+    }
+
+    /// An empty holding for one request.
+    pub fn hold(&self) -> Held {
+        Held {
+            budget: self.clone(),
+            permits: Vec::new(),
+            bytes: 0,
+            units: 0,
+        }
+    }
+
+    /// Bytes currently held by all requests (for status and tests).
+    pub fn in_use(&self) -> u64 {
+        (self.units - self.sem.available_permits() as u64) * UNIT
+    }
+
+    fn busy(&self) -> IngestError {
+        IngestError::Busy {
+            retry_after: Duration::from_secs(1),
+        }
+    }
+}
+
+impl Held {
+    /// Units still to take so that `bytes` more are covered.
+    fn need(&mut self, bytes: u64) -> u64 {
+        self.bytes += bytes;
+        let want = self.bytes.div_ceil(UNIT);
+        want.saturating_sub(self.units)
+    }
+
+    /// Takes room for `bytes` more, waiting asynchronously.
+    ///
+    /// # Errors
+    /// [`IngestError::Busy`] when no room came free within the wait.
+    pub async fn take(&mut self, bytes: u64) -> Result<(), IngestError> {
+        let n = self.need(bytes);
+        if n == 0 {
+            return Ok(());
+        }
+        if self.units + n <= self.budget.units {
+            let sem = self.budget.sem.clone();
+            if let Ok(Ok(p)) =
+                tokio::time::timeout(self.budget.wait, sem.acquire_many_owned(n as u32)).await
+            {
+                self.permits.push(p);
+                self.units += n;
+                return Ok(());
+            }
+        }
+        self.bytes -= bytes;
+        Err(self.budget.busy())
+    }
+
+    /// Like [`Held::take`] from a blocking thread (one inside a Tokio runtime,
+    /// as `spawn_blocking` provides).
+    ///
+    /// # Errors
+    /// As [`Held::take`].
+    pub fn take_blocking(&mut self, bytes: u64) -> Result<(), IngestError> {
+        let n = self.need(bytes);
+        if n == 0 {
+            return Ok(());
+        }
+        if let Ok(p) = self.budget.sem.clone().try_acquire_many_owned(n as u32) {
+            self.permits.push(p);
+            self.units += n;
+            return Ok(());
+        }
+        self.bytes -= bytes;
+        let handle = tokio::runtime::Handle::try_current().map_err(|_| self.budget.busy())?;
+        let mut me = std::mem::replace(self, self.budget.hold());
+        let r = handle.block_on(async {
+            let r = me.take(bytes).await;
+            (me, r)
+        });
+        *self = r.0;
+        r.1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn requests_share_the_budget_and_the_late_one_waits_then_is_refused() {
+        let b = Budget::new(10 * UNIT, Duration::from_millis(50));
+        let mut one = b.hold();
+        one.take(6 * UNIT).await.unwrap();
+        let mut two = b.hold();
+        assert!(matches!(
+            two.take(6 * UNIT).await,
+            Err(IngestError::Busy { .. })
+        ));
+        assert_eq!(b.in_use(), 6 * UNIT);
+        drop(one);
+        two.take(6 * UNIT).await.unwrap();
+        assert_eq!(b.in_use(), 6 * UNIT);
+        // More than the whole budget is refused at once.
+        let mut three = b.hold();
+        assert!(three.take(11 * UNIT).await.is_err());
+        drop(two);
+        assert_eq!(b.in_use(), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn blocking_takes_count_in_the_same_budget() {
+        let b = Budget::new(4 * UNIT, Duration::from_millis(50));
+        let b2 = b.clone();
+        let held = tokio::task::spawn_blocking(move || {
+            let mut h = b2.hold();
+            for _ in 0..3 * UNIT {
+                h.take_blocking(1).unwrap();
+            }
+            h
+        })
+        .await
+        .unwrap();
+        assert_eq!(b.in_use(), 3 * UNIT);
+        let b3 = b.clone();
+        let refused = tokio::task::spawn_blocking(move || b3.hold().take_blocking(2 * UNIT))
+            .await
+            .unwrap();
+        assert!(refused.is_err());
+        drop(held);
+        assert_eq!(b.in_use(), 0);
+    }
+}
+
+/// Makes freed request buffers go back to the operating system, so the
+/// process's resident set follows the budget instead of its high-water mark.
+/// glibc raises its mmap threshold after each large free (up to 32 MiB), and
+/// then serves later bodies from per-thread arenas that it keeps; fixing the
+/// threshold at 256 KiB keeps every large buffer in its own mapping, and
+/// four arenas bound what the blocking threads keep. Called once by the
+/// binary at startup; a no-op on other C libraries.
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator parameters; it is called before
+    // any thread is started.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
+        libc::mallopt(libc::M_ARENA_MAX, 4);
+    }
+}
