@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
-use walrelay::config::Config;
+use walrelay::config::{Config, LogFormat};
 use walrelay::ingest::synthetic::Synthetic;
 use walrelay::Wal;
 
@@ -16,6 +16,15 @@ use walrelay::Wal;
     about = "Write-ahead-log buffered relay for market data"
 )]
 struct Cli {
+    /// Log lines on stderr: `text` (coloured only on a terminal) or `json`
+    /// (one object per line). Overrides the config's `[log] format`.
+    #[arg(
+        long,
+        global = true,
+        env = "WALRELAY_LOG_FORMAT",
+        value_name = "text|json"
+    )]
+    log_format: Option<LogFormat>,
     #[command(subcommand)]
     command: Command,
 }
@@ -128,7 +137,7 @@ enum WalCommand {
 
 fn load(config: Option<PathBuf>) -> Result<Config, String> {
     match config {
-        Some(p) => Config::load(&p).map_err(|e| e.to_string()),
+        Some(p) => Config::load(&p).map_err(|e| walrelay::report::chain(&e)),
         None => {
             let mut c = Config::default();
             c.apply_env();
@@ -137,14 +146,41 @@ fn load(config: Option<PathBuf>) -> Result<Config, String> {
     }
 }
 
+impl Command {
+    /// The `--config` file this command reads, if any.
+    fn config_path(&self) -> Option<&PathBuf> {
+        match self {
+            Command::Run { config }
+            | Command::Check { config }
+            | Command::Init { config }
+            | Command::Status { config, .. }
+            | Command::Wal {
+                command: WalCommand::Verify { config },
+            } => config.as_ref(),
+            Command::Dlq { command } => match command {
+                DlqCommand::List { config, .. }
+                | DlqCommand::Show { config, .. }
+                | DlqCommand::Replay { config, .. }
+                | DlqCommand::Purge { config, .. } => config.as_ref(),
+            },
+            Command::Feed { .. } => None,
+        }
+    }
+}
+
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    // The log format must be known before anything logs, so the config's
+    // `[log]` is read here too; a config that does not load is reported by
+    // the command itself, with the default format.
+    let format = cli.log_format.unwrap_or_else(|| {
+        cli.command
+            .config_path()
+            .and_then(|p| Config::load(p).ok())
+            .map(|c| c.log.format)
+            .unwrap_or_default()
+    });
+    walrelay::logging::init(format);
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -202,7 +238,7 @@ async fn run(config: Option<PathBuf>) -> Result<ExitCode, String> {
     let config = load(config)?;
     walrelay::relay::run(config, signals())
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| walrelay::report::chain(&e))?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -57,20 +57,56 @@ fn free_bytes(path: &Path) -> Option<u64> {
     Some(st.f_bavail as u64 * st.f_frsize as u64)
 }
 
+/// Whether the relay could write its log in `dir`, leaving nothing behind:
+/// an existing directory gets a probe file that is removed at once; a missing
+/// one is not created (the relay creates it, mode 0700, when it runs): its
+/// nearest existing ancestor gets the probe instead.
+fn dir_writable(dir: &Path) -> std::io::Result<String> {
+    let probe_in = |d: &Path| {
+        let probe = d.join(format!(".walrelay-write-probe-{}", std::process::id()));
+        std::fs::write(&probe, b"x")?;
+        std::fs::remove_file(&probe)
+    };
+    if dir.is_dir() {
+        probe_in(dir)?;
+        return Ok(dir.display().to_string());
+    }
+    if dir.exists() {
+        return Err(std::io::Error::other("exists and is not a directory"));
+    }
+    let mut parent = dir;
+    let ancestor = loop {
+        parent = match parent.parent() {
+            Some(p) if p.as_os_str().is_empty() => Path::new("."),
+            Some(p) => p,
+            None => return Err(std::io::Error::other("no existing parent directory")),
+        };
+        if parent.is_dir() {
+            break parent;
+        }
+    };
+    probe_in(ancestor).map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!(
+                "does not exist and cannot be created in {}: {e}",
+                ancestor.display()
+            ),
+        )
+    })?;
+    Ok(format!(
+        "{} (does not exist yet; `walrelay run` creates it, mode 0700, in {})",
+        dir.display(),
+        ancestor.display()
+    ))
+}
+
 /// The checks that need no sink: log directory and ingest port.
 pub fn local_checks(config: &Config) -> Vec<Check> {
     let mut out = vec![check("config", Verdict::Ok, "parsed; no unknown keys")];
     let dir = &config.wal.dir;
-    let probe = dir.join(".walrelay-write-probe");
-    let writable = std::fs::create_dir_all(dir)
-        .and_then(|_| std::fs::write(&probe, b"x"))
-        .and_then(|_| std::fs::remove_file(&probe));
-    out.push(match writable {
-        Ok(()) => check(
-            "wal directory writable",
-            Verdict::Ok,
-            dir.display().to_string(),
-        ),
+    out.push(match dir_writable(dir) {
+        Ok(detail) => check("wal directory writable", Verdict::Ok, detail),
         Err(e) => check(
             "wal directory writable",
             Verdict::Fail,
@@ -231,6 +267,17 @@ mod tests {
                 .filter(|c| c.name != "wal free space")
                 .all(|c| c.verdict == Verdict::Ok),
             "{checks:?}"
+        );
+        assert!(
+            std::fs::read_dir(dir.path()).unwrap().next().is_none(),
+            "a missing log directory is not created, and no probe is left"
+        );
+        std::fs::create_dir(&c.wal.dir).unwrap();
+        let checks = local_checks(&c);
+        assert_eq!(checks[1].verdict, Verdict::Ok, "{checks:?}");
+        assert!(
+            std::fs::read_dir(&c.wal.dir).unwrap().next().is_none(),
+            "the probe in an existing directory is removed"
         );
     }
 }
