@@ -120,6 +120,7 @@ impl Relay {
     }
 
     fn append_prepared(&self, records: &[Record]) -> Result<AppendOutcome, IngestError> {
+        let started = std::time::Instant::now();
         let out = self.wal.append(records).map_err(|e| match e {
             WalError::Full { .. } => IngestError::Full {
                 retry_after: Duration::from_secs(1),
@@ -129,6 +130,10 @@ impl Relay {
             },
             other => IngestError::Wal(other.to_string()),
         })?;
+        // Every acknowledged append (HTTP, gRPC, in-process) is timed here:
+        // the latency a writer waits for durability.
+        self.metrics
+            .observe("walrelay_append_ack_seconds", &[], started.elapsed());
         let mut per_kind = std::collections::BTreeMap::new();
         for r in records {
             *per_kind.entry(r.kind().as_str()).or_insert(0u64) += 1;
