@@ -14,6 +14,7 @@ pub mod preflight;
 pub mod record;
 pub mod relay;
 pub mod report;
+pub mod top;
 pub mod wal;
 
 pub use record::{Record, RecordError, RecordKind};

@@ -76,6 +76,21 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Live view of a running relay (log, ingest rate, per-sink backlog, drain
+    /// rate, ETA, state, dead letters), refreshed every second; `q` quits.
+    Top {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Relay base URL (default: from the config's ingest.listen).
+        #[arg(long)]
+        url: Option<String>,
+        /// Refresh interval, milliseconds.
+        #[arg(long, default_value_t = 1000)]
+        interval_ms: u64,
+        /// Print one screen (rates over one interval) and exit.
+        #[arg(long)]
+        once: bool,
+    },
     /// Dead letters: records a sink rejected permanently (relay stopped).
     Dlq {
         #[command(subcommand)]
@@ -154,6 +169,7 @@ impl Command {
             | Command::Check { config }
             | Command::Init { config }
             | Command::Status { config, .. }
+            | Command::Top { config, .. }
             | Command::Wal {
                 command: WalCommand::Verify { config },
             } => config.as_ref(),
@@ -198,6 +214,12 @@ fn main() -> ExitCode {
             token,
         } => rt.block_on(feed(url, rate, duration, symbols, token)),
         Command::Status { config, url, json } => rt.block_on(status(config, url, json)),
+        Command::Top {
+            config,
+            url,
+            interval_ms,
+            once,
+        } => rt.block_on(top(config, url, interval_ms, once)),
         Command::Wal {
             command: WalCommand::Verify { config },
         } => verify(config),
@@ -309,15 +331,36 @@ fn rand_seed() -> u64 {
         .unwrap_or(1)
 }
 
+fn relay_url(config: Option<PathBuf>, url: Option<String>) -> Result<String, String> {
+    match url {
+        Some(u) => Ok(u),
+        None => Ok(format!("http://{}", load(config)?.ingest.listen)),
+    }
+}
+
+async fn top(
+    config: Option<PathBuf>,
+    url: Option<String>,
+    interval_ms: u64,
+    once: bool,
+) -> Result<ExitCode, String> {
+    let opts = walrelay::top::TopOptions {
+        url: relay_url(config, url)?,
+        interval: Duration::from_millis(interval_ms.max(100)),
+        once,
+    };
+    walrelay::top::run(opts)
+        .await
+        .map_err(|e| walrelay::report::chain(&e))?;
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn status(
     config: Option<PathBuf>,
     url: Option<String>,
     json: bool,
 ) -> Result<ExitCode, String> {
-    let url = match url {
-        Some(u) => u,
-        None => format!("http://{}", load(config)?.ingest.listen),
-    };
+    let url = relay_url(config, url)?;
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
         .build()
