@@ -42,12 +42,22 @@ fn check(name: &str, verdict: Verdict, detail: impl Into<String>) -> Check {
     }
 }
 
-/// Free bytes on the filesystem holding `path` (or its nearest existing parent).
-fn free_bytes(path: &Path) -> Option<u64> {
+/// The nearest existing entry at or above `path` (a relative path's
+/// ancestors end at the working directory), made absolute for messages.
+fn nearest_existing(path: &Path) -> Option<std::path::PathBuf> {
     let mut p = path;
     while !p.exists() {
-        p = p.parent()?;
+        p = match p.parent()? {
+            q if q.as_os_str().is_empty() => Path::new("."),
+            q => q,
+        };
     }
+    Some(std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf()))
+}
+
+/// Free bytes on the filesystem holding `path` (or its nearest existing parent).
+fn free_bytes(path: &Path) -> Option<u64> {
+    let p = nearest_existing(path)?;
     let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).ok()?;
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
     // SAFETY: `c` is a valid NUL-terminated path and `st` a valid out-pointer.
@@ -74,17 +84,15 @@ fn dir_writable(dir: &Path) -> std::io::Result<String> {
     if dir.exists() {
         return Err(std::io::Error::other("exists and is not a directory"));
     }
-    let mut parent = dir;
-    let ancestor = loop {
-        parent = match parent.parent() {
-            Some(p) if p.as_os_str().is_empty() => Path::new("."),
-            Some(p) => p,
-            None => return Err(std::io::Error::other("no existing parent directory")),
-        };
-        if parent.is_dir() {
-            break parent;
-        }
-    };
+    let ancestor = nearest_existing(dir)
+        .ok_or_else(|| std::io::Error::other("no existing parent directory"))?;
+    let ancestor = ancestor.as_path();
+    if !ancestor.is_dir() {
+        return Err(std::io::Error::other(format!(
+            "cannot be created: {} is not a directory",
+            ancestor.display()
+        )));
+    }
     probe_in(ancestor).map_err(|e| {
         std::io::Error::new(
             e.kind(),
