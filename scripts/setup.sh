@@ -12,6 +12,7 @@ command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v psql >/dev/null 2>&1 || need+=(postgresql-client-15)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)   # TLS test certificates
+command -v tmux >/dev/null 2>&1 || need+=(tmux)         # drives `walrelay top` in tests/top.rs
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}" >&2

@@ -1,11 +1,19 @@
 #!/usr/bin/env bash
 # The whole test suite: installs what is missing, then runs every test
 # (unit, property, crash, and the integration tests against real PostgreSQL
-# and VictoriaMetrics, which the tests start themselves on loopback), and
-# checks that the benchmarks build.
+# and VictoriaMetrics, which the tests start themselves on loopback), checks
+# that the benchmarks build, and (as root) builds and installs the Debian
+# package.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 cargo build --locked --all-targets
-cargo test --locked -- --test-threads=2
+# Builds the benchmarks and, with them, target/release/walrelay (the bench
+# profile is the release profile), which the Debian package reuses.
 cargo bench --locked --no-run
+# The package test (tests/package.rs) installs the .deb with dpkg: root only.
+if [ "$(id -u)" -eq 0 ] && command -v dpkg >/dev/null 2>&1; then
+  bash scripts/package.sh --no-build
+  export WALRELAY_REQUIRE_DEB=1
+fi
+cargo test --locked -- --test-threads=2

@@ -29,6 +29,44 @@ pub struct Config {
     /// `[grpc]`: subscriptions to gRPC market-data collectors; absent = none.
     #[serde(default)]
     pub grpc: Option<crate::ingest::grpc::GrpcConfig>,
+    /// `[log]`: the process's own log lines on stderr.
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// Format of the log lines on stderr. `walrelay --log-format` and
+    /// `WALRELAY_LOG_FORMAT` override it. Default `text`.
+    pub format: LogFormat,
+}
+
+/// How log lines are written (see `crate::logging`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One human-readable line per event; coloured only when stderr is a
+    /// terminal (and `NO_COLOR` is unset).
+    #[default]
+    Text,
+    /// One JSON object per line (`timestamp`, `level`, `target`, `message` and
+    /// the event's fields), for journald, Loki or Vector; never coloured.
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!(
+                "log format {other:?}: expected \"text\" or \"json\""
+            )),
+        }
+    }
 }
 
 /// A secret (token, password): never printed by `Debug` or `Display`.
@@ -355,6 +393,59 @@ mod tests {
             "/docs/walrelay.example.toml"
         ))
         .unwrap();
-        Config::parse(&text).unwrap();
+        let c = Config::parse(&text).unwrap();
+        assert_eq!(c.log.format, LogFormat::Text);
+    }
+
+    /// Running the example as it is must never reach into someone's network:
+    /// every host it names is loopback or under `.example` (RFC 2606).
+    #[test]
+    fn example_names_only_loopback_or_dot_example_hosts() {
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/docs/walrelay.example.toml"
+        ))
+        .unwrap();
+        let mut hosts = Vec::new();
+        for quoted in text.split('"').skip(1).step_by(2) {
+            let Some((_, rest)) = quoted.split_once("://") else {
+                continue;
+            };
+            let authority = rest.split('/').next().unwrap();
+            let host_port = authority.rsplit('@').next().unwrap();
+            hosts.push(host_port.split(':').next().unwrap().to_string());
+        }
+        // listen is an address, not a URL.
+        hosts.push(
+            Config::parse(&text)
+                .unwrap()
+                .ingest
+                .listen
+                .split(':')
+                .next()
+                .unwrap()
+                .into(),
+        );
+        assert!(hosts.len() >= 5, "{hosts:?}");
+        for h in &hosts {
+            assert!(
+                h == "127.0.0.1" || h == "localhost" || h.ends_with(".example"),
+                "{h} in the example config"
+            );
+        }
+        assert!(hosts.iter().any(|h| h.ends_with(".example")), "{hosts:?}");
+    }
+
+    #[test]
+    fn log_format_key_and_flag_values() {
+        let c = Config::parse("[log]\nformat = \"json\"\n").unwrap();
+        assert_eq!(c.log.format, LogFormat::Json);
+        let err = Config::parse("[log]\nformat = \"xml\"\n").unwrap_err();
+        assert!(err.contains("format") || err.contains("xml"), "{err}");
+        assert_eq!("text".parse::<LogFormat>(), Ok(LogFormat::Text));
+        assert!("JSONL"
+            .parse::<LogFormat>()
+            .unwrap_err()
+            .contains("\"json\""));
     }
 }

@@ -9,9 +9,12 @@ pub mod config;
 pub mod db;
 pub mod drain;
 pub mod ingest;
+pub mod logging;
 pub mod preflight;
 pub mod record;
 pub mod relay;
+pub mod report;
+pub mod top;
 pub mod wal;
 
 pub use record::{Record, RecordError, RecordKind};

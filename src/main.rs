@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
-use walrelay::config::Config;
+use walrelay::config::{Config, LogFormat};
 use walrelay::ingest::synthetic::Synthetic;
 use walrelay::Wal;
 
@@ -16,6 +16,15 @@ use walrelay::Wal;
     about = "Write-ahead-log buffered relay for market data"
 )]
 struct Cli {
+    /// Log lines on stderr: `text` (coloured only on a terminal) or `json`
+    /// (one object per line). Overrides the config's `[log] format`.
+    #[arg(
+        long,
+        global = true,
+        env = "WALRELAY_LOG_FORMAT",
+        value_name = "text|json"
+    )]
+    log_format: Option<LogFormat>,
     #[command(subcommand)]
     command: Command,
 }
@@ -66,6 +75,21 @@ enum Command {
         /// Print the raw JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Live view of a running relay (log, ingest rate, per-sink backlog, drain
+    /// rate, ETA, state, dead letters), refreshed every second; `q` quits.
+    Top {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Relay base URL (default: from the config's ingest.listen).
+        #[arg(long)]
+        url: Option<String>,
+        /// Refresh interval, milliseconds.
+        #[arg(long, default_value_t = 1000)]
+        interval_ms: u64,
+        /// Print one screen (rates over one interval) and exit.
+        #[arg(long)]
+        once: bool,
     },
     /// Dead letters: records a sink rejected permanently (relay stopped).
     Dlq {
@@ -128,7 +152,7 @@ enum WalCommand {
 
 fn load(config: Option<PathBuf>) -> Result<Config, String> {
     match config {
-        Some(p) => Config::load(&p).map_err(|e| e.to_string()),
+        Some(p) => Config::load(&p).map_err(|e| walrelay::report::chain(&e)),
         None => {
             let mut c = Config::default();
             c.apply_env();
@@ -137,15 +161,43 @@ fn load(config: Option<PathBuf>) -> Result<Config, String> {
     }
 }
 
+impl Command {
+    /// The `--config` file this command reads, if any.
+    fn config_path(&self) -> Option<&PathBuf> {
+        match self {
+            Command::Run { config }
+            | Command::Check { config }
+            | Command::Init { config }
+            | Command::Status { config, .. }
+            | Command::Top { config, .. }
+            | Command::Wal {
+                command: WalCommand::Verify { config },
+            } => config.as_ref(),
+            Command::Dlq { command } => match command {
+                DlqCommand::List { config, .. }
+                | DlqCommand::Show { config, .. }
+                | DlqCommand::Replay { config, .. }
+                | DlqCommand::Purge { config, .. } => config.as_ref(),
+            },
+            Command::Feed { .. } => None,
+        }
+    }
+}
+
 fn main() -> ExitCode {
     walrelay::ingest::budget::tune_allocator();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    // The log format must be known before anything logs, so the config's
+    // `[log]` is read here too; a config that does not load is reported by
+    // the command itself, with the default format.
+    let format = cli.log_format.unwrap_or_else(|| {
+        cli.command
+            .config_path()
+            .and_then(|p| Config::load(p).ok())
+            .map(|c| c.log.format)
+            .unwrap_or_default()
+    });
+    walrelay::logging::init(format);
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -163,6 +215,12 @@ fn main() -> ExitCode {
             token,
         } => rt.block_on(feed(url, rate, duration, symbols, token)),
         Command::Status { config, url, json } => rt.block_on(status(config, url, json)),
+        Command::Top {
+            config,
+            url,
+            interval_ms,
+            once,
+        } => rt.block_on(top(config, url, interval_ms, once)),
         Command::Wal {
             command: WalCommand::Verify { config },
         } => verify(config),
@@ -203,7 +261,7 @@ async fn run(config: Option<PathBuf>) -> Result<ExitCode, String> {
     let config = load(config)?;
     walrelay::relay::run(config, signals())
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| walrelay::report::chain(&e))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -274,15 +332,36 @@ fn rand_seed() -> u64 {
         .unwrap_or(1)
 }
 
+fn relay_url(config: Option<PathBuf>, url: Option<String>) -> Result<String, String> {
+    match url {
+        Some(u) => Ok(u),
+        None => Ok(format!("http://{}", load(config)?.ingest.listen)),
+    }
+}
+
+async fn top(
+    config: Option<PathBuf>,
+    url: Option<String>,
+    interval_ms: u64,
+    once: bool,
+) -> Result<ExitCode, String> {
+    let opts = walrelay::top::TopOptions {
+        url: relay_url(config, url)?,
+        interval: Duration::from_millis(interval_ms.max(100)),
+        once,
+    };
+    walrelay::top::run(opts)
+        .await
+        .map_err(|e| walrelay::report::chain(&e))?;
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn status(
     config: Option<PathBuf>,
     url: Option<String>,
     json: bool,
 ) -> Result<ExitCode, String> {
-    let url = match url {
-        Some(u) => u,
-        None => format!("http://{}", load(config)?.ingest.listen),
-    };
+    let url = relay_url(config, url)?;
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
         .build()

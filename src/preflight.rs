@@ -42,12 +42,22 @@ fn check(name: &str, verdict: Verdict, detail: impl Into<String>) -> Check {
     }
 }
 
-/// Free bytes on the filesystem holding `path` (or its nearest existing parent).
-fn free_bytes(path: &Path) -> Option<u64> {
+/// The nearest existing entry at or above `path` (a relative path's
+/// ancestors end at the working directory), made absolute for messages.
+fn nearest_existing(path: &Path) -> Option<std::path::PathBuf> {
     let mut p = path;
     while !p.exists() {
-        p = p.parent()?;
+        p = match p.parent()? {
+            q if q.as_os_str().is_empty() => Path::new("."),
+            q => q,
+        };
     }
+    Some(std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf()))
+}
+
+/// Free bytes on the filesystem holding `path` (or its nearest existing parent).
+fn free_bytes(path: &Path) -> Option<u64> {
+    let p = nearest_existing(path)?;
     let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).ok()?;
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
     // SAFETY: `c` is a valid NUL-terminated path and `st` a valid out-pointer.
@@ -57,20 +67,54 @@ fn free_bytes(path: &Path) -> Option<u64> {
     Some(st.f_bavail as u64 * st.f_frsize as u64)
 }
 
+/// Whether the relay could write its log in `dir`, leaving nothing behind:
+/// an existing directory gets a probe file that is removed at once; a missing
+/// one is not created (the relay creates it, mode 0700, when it runs): its
+/// nearest existing ancestor gets the probe instead.
+fn dir_writable(dir: &Path) -> std::io::Result<String> {
+    let probe_in = |d: &Path| {
+        let probe = d.join(format!(".walrelay-write-probe-{}", std::process::id()));
+        std::fs::write(&probe, b"x")?;
+        std::fs::remove_file(&probe)
+    };
+    if dir.is_dir() {
+        probe_in(dir)?;
+        return Ok(dir.display().to_string());
+    }
+    if dir.exists() {
+        return Err(std::io::Error::other("exists and is not a directory"));
+    }
+    let ancestor = nearest_existing(dir)
+        .ok_or_else(|| std::io::Error::other("no existing parent directory"))?;
+    let ancestor = ancestor.as_path();
+    if !ancestor.is_dir() {
+        return Err(std::io::Error::other(format!(
+            "cannot be created: {} is not a directory",
+            ancestor.display()
+        )));
+    }
+    probe_in(ancestor).map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!(
+                "does not exist and cannot be created in {}: {e}",
+                ancestor.display()
+            ),
+        )
+    })?;
+    Ok(format!(
+        "{} (does not exist yet; `walrelay run` creates it, mode 0700, in {})",
+        dir.display(),
+        ancestor.display()
+    ))
+}
+
 /// The checks that need no sink: log directory and ingest port.
 pub fn local_checks(config: &Config) -> Vec<Check> {
     let mut out = vec![check("config", Verdict::Ok, "parsed; no unknown keys")];
     let dir = &config.wal.dir;
-    let probe = dir.join(".walrelay-write-probe");
-    let writable = std::fs::create_dir_all(dir)
-        .and_then(|_| std::fs::write(&probe, b"x"))
-        .and_then(|_| std::fs::remove_file(&probe));
-    out.push(match writable {
-        Ok(()) => check(
-            "wal directory writable",
-            Verdict::Ok,
-            dir.display().to_string(),
-        ),
+    out.push(match dir_writable(dir) {
+        Ok(detail) => check("wal directory writable", Verdict::Ok, detail),
         Err(e) => check(
             "wal directory writable",
             Verdict::Fail,
@@ -231,6 +275,17 @@ mod tests {
                 .filter(|c| c.name != "wal free space")
                 .all(|c| c.verdict == Verdict::Ok),
             "{checks:?}"
+        );
+        assert!(
+            std::fs::read_dir(dir.path()).unwrap().next().is_none(),
+            "a missing log directory is not created, and no probe is left"
+        );
+        std::fs::create_dir(&c.wal.dir).unwrap();
+        let checks = local_checks(&c);
+        assert_eq!(checks[1].verdict, Verdict::Ok, "{checks:?}");
+        assert!(
+            std::fs::read_dir(&c.wal.dir).unwrap().next().is_none(),
+            "the probe in an existing directory is removed"
         );
     }
 }

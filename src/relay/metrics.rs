@@ -7,9 +7,11 @@ use std::fmt::Write;
 use std::sync::Mutex;
 use std::time::Duration;
 
-/// Upper bounds (seconds) of the write-latency histogram buckets.
-const BUCKETS: [f64; 12] = [
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+/// Upper bounds (seconds) of the latency histogram buckets. The sub-millisecond
+/// ones resolve acknowledgements under `interval_ms` durability (no fsync).
+const BUCKETS: [f64; 15] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    10.0,
 ];
 
 type Labels = Vec<(&'static str, String)>;
@@ -64,6 +66,9 @@ fn help(name: &str) -> &'static str {
         "walrelay_sink_retries_total" => "Failed delivery attempts, by sink and error class.",
         "walrelay_ingest_requests_total" => "Ingest requests, by endpoint and HTTP status.",
         "walrelay_sink_write_seconds" => "Duration of one delivery attempt, by sink.",
+        "walrelay_append_ack_seconds" => {
+            "Time from handing records to the log until they are durable and acknowledged (group commit and flush included)."
+        }
         _ => "",
     }
 }

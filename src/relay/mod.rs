@@ -154,7 +154,12 @@ impl Relay {
         for r in &records {
             *per_kind.entry(r.kind().as_str()).or_insert(0u64) += 1;
         }
+        let started = std::time::Instant::now();
         let out = self.gate.admit(records, lines, origin)?;
+        // Every acknowledged append (HTTP, gRPC, in-process) is timed here:
+        // validation, encoding and the wait for durability, as a writer sees it.
+        self.metrics
+            .observe("walrelay_append_ack_seconds", &[], started.elapsed());
         for (kind, n) in per_kind {
             self.metrics
                 .add("walrelay_appended_records_total", &[("kind", kind)], n);

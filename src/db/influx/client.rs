@@ -148,19 +148,11 @@ fn parse_retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration
     Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
-/// reqwest's error text without the URL (which the caller names already).
+/// reqwest's error without its own top line, "error sending request for url
+/// (…)", which repeats the URL the caller names already (and once printed as
+/// "for url ()" when the URL was cut out of it); each cause once.
 fn without_url(e: &reqwest::Error) -> String {
-    let mut s = e.to_string();
-    if let Some(u) = e.url() {
-        s = s.replace(u.as_str(), "");
-    }
-    let mut src = std::error::Error::source(e);
-    while let Some(inner) = src {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        src = inner.source();
-    }
-    s
+    crate::report::causes(e)
 }
 
 /// InfluxDB's JSON `message`, or the raw text, shortened.

@@ -51,7 +51,7 @@ impl TimescaleError {
                 )),
                 None => TimescaleError::Connect {
                     target: target.to_string(),
-                    detail: format!("{op}: {e}"),
+                    detail: format!("{op}: {}", crate::report::chain(&e)),
                 },
             },
         }

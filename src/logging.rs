@@ -1,0 +1,44 @@
+//! The process's own log lines: `tracing` events written to stderr.
+//!
+//! - `text` (default): one human-readable line per event. ANSI colours only
+//!   when stderr is a terminal and `NO_COLOR` is unset, so a file, a pipe or
+//!   journald never receives escape codes.
+//! - `json`: one JSON object per line, the event's fields at the top level
+//!   next to `timestamp`, `level`, `target` and `message` (what journald,
+//!   Loki and Vector parse without a custom pattern). Never coloured.
+//!
+//! The level filter is `RUST_LOG` (default `info`). Secrets cannot reach a
+//! log line through a field: tokens and passwords are
+//! [`crate::config::Secret`], whose `Debug` prints `[redacted]` and which has
+//! no `Display`.
+
+use std::io::IsTerminal;
+
+use crate::config::LogFormat;
+
+/// Whether text lines may carry ANSI colours: only on a terminal, and not
+/// when the user asked for none (<https://no-color.org>).
+pub fn colours_wanted() -> bool {
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none()
+}
+
+/// Installs the global subscriber. Call once, before anything logs.
+pub fn init(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // `try_init`: a second call (tests that start several relays in one
+    // process) keeps the first subscriber instead of panicking.
+    let _ = match format {
+        LogFormat::Text => builder.with_ansi(colours_wanted()).try_init(),
+        LogFormat::Json => builder
+            .json()
+            .with_ansi(false)
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .try_init(),
+    };
+}

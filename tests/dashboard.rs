@@ -1,0 +1,233 @@
+//! The Grafana dashboard (`docs/grafana/walrelay.json`) cannot rot: every
+//! metric it queries must be exposed by a real relay's `/metrics`. The relay
+//! runs in-process, delivering to a real VictoriaMetrics behind the
+//! fault-injecting proxy, which first refuses (retries) and then rejects one
+//! record (a dead letter), so every family the dashboard charts has samples.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use common::proxy::{Mode, Proxy};
+use common::vm::Vm;
+
+fn dashboard() -> serde_json::Value {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docs/grafana/walrelay.json"
+    ))
+    .unwrap();
+    serde_json::from_str(&text).expect("the dashboard is valid JSON")
+}
+
+/// Every PromQL expression in the dashboard: panel targets and the
+/// template variables' queries.
+fn expressions(d: &serde_json::Value) -> Vec<String> {
+    let mut out = Vec::new();
+    for p in d["panels"].as_array().unwrap() {
+        for t in p["targets"].as_array().into_iter().flatten() {
+            out.push(t["expr"].as_str().unwrap().to_string());
+        }
+    }
+    for v in d["templating"]["list"].as_array().unwrap() {
+        if let Some(q) = v["query"]["query"].as_str() {
+            out.push(q.to_string());
+        }
+    }
+    out
+}
+
+/// The `walrelay_*` metric names an expression mentions.
+fn metric_names(expr: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut rest = expr;
+    while let Some(i) = rest.find("walrelay_") {
+        let name: String = rest[i..]
+            .chars()
+            .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
+            .collect();
+        rest = &rest[i + name.len()..];
+        names.push(name);
+    }
+    names
+}
+
+/// Names that have at least one sample line in a Prometheus text exposition.
+fn sampled(text: &str) -> BTreeSet<String> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| l.split(['{', ' ']).next().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn dashboard_is_well_formed_and_charts_what_the_issue_asks() {
+    let d = dashboard();
+    assert_eq!(d["uid"], "walrelay");
+    let panels = d["panels"].as_array().unwrap();
+    let mut ids = BTreeSet::new();
+    for p in panels {
+        assert!(ids.insert(p["id"].as_u64().unwrap()), "duplicate id: {p}");
+        let g = &p["gridPos"];
+        assert!(
+            g["x"].as_u64().unwrap() + g["w"].as_u64().unwrap() <= 24,
+            "{p}"
+        );
+        if p["type"] == "row" {
+            continue;
+        }
+        assert_eq!(p["datasource"]["uid"], "${datasource}", "{}", p["title"]);
+        let targets = p["targets"].as_array().unwrap();
+        assert!(!targets.is_empty(), "{}", p["title"]);
+        for t in targets {
+            assert!(
+                !metric_names(t["expr"].as_str().unwrap()).is_empty(),
+                "{}",
+                p["title"]
+            );
+        }
+    }
+    let all: BTreeSet<String> = expressions(&d)
+        .iter()
+        .flat_map(|e| metric_names(e))
+        .collect();
+    for wanted in [
+        "walrelay_appended_records_total",      // ingest rate
+        "walrelay_backlog_records",             // backlog (and ETA)
+        "walrelay_delivered_records_total",     // drain rate (and ETA)
+        "walrelay_sink_state",                  // sink state
+        "walrelay_sink_retries_total",          // retries by class
+        "walrelay_dead_lettered_records_total", // dead letters
+        "walrelay_dead_letters",
+        "walrelay_log_bytes", // log bytes vs max_bytes
+        "walrelay_log_max_bytes",
+        "walrelay_append_ack_seconds_bucket", // ack latency
+    ] {
+        assert!(
+            all.contains(wanted),
+            "the dashboard does not chart {wanted}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_metric_the_dashboard_queries_is_exposed_by_a_running_relay() {
+    let vm = Vm::start().await;
+    let proxy = Proxy::start(&format!("127.0.0.1:{}", vm.port)).await;
+    proxy.set(Mode::Refuse);
+    let dir = tempfile::TempDir::new().unwrap();
+    let conf = dir.path().join("relay.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "[wal]\ndir = \"{}\"\n[influx]\nurl = \"{}\"\norg = \"o\"\nbucket = \"b\"\n\
+             [drain]\nretry_initial_ms = 50\nretry_max_ms = 200\n",
+            dir.path().join("wal").display(),
+            proxy.url()
+        ),
+    )
+    .unwrap();
+    let config = walrelay::config::Config::load(&conf).unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let relay = tokio::spawn(walrelay::relay::serve(config, listener, async move {
+        let _ = stopped.await;
+    }));
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let metrics = || async {
+        client
+            .get(format!("{url}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let mut up = false;
+    for _ in 0..200 {
+        if client.get(format!("{url}/ready")).send().await.is_ok() {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(up, "relay did not start");
+
+    // Three requests of four trades; the poison record is in the second.
+    for req in 0..3 {
+        let body: String = (0..4)
+            .map(|i| {
+                let symbol = if req == 1 && i == 2 { "POISONUSDT" } else { "BTCUSDT" };
+                format!(
+                    "{{\"type\":\"trade\",\"venue\":\"BINANCE\",\"symbol\":\"{symbol}\",\"ts\":{},\"price\":1.5,\"quantity\":2.0,\"side\":\"buy\",\"trade_id\":\"{req}-{i}\"}}\n",
+                    1_764_000_000_000_000_000i64 + (req * 4 + i) as i64 * 1_000_000
+                )
+            })
+            .collect();
+        let r = client
+            .post(format!("{url}/v1/records"))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 204);
+    }
+    // Refused: transient retries are counted.
+    let wait_for = |needle: &'static str| {
+        let metrics = &metrics;
+        async move {
+            for _ in 0..400 {
+                let m = metrics().await;
+                if m.contains(needle) {
+                    return m;
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            panic!("{needle} never appeared in /metrics:\n{}", metrics().await);
+        }
+    };
+    wait_for("walrelay_sink_retries_total{sink=\"influx\",class=\"transient\"}").await;
+    // Then the server rejects the poison line: it is dead-lettered, the rest delivered.
+    proxy.set(Mode::RejectLineWith {
+        marker: "POISONUSDT".into(),
+    });
+    wait_for("walrelay_dead_lettered_records_total").await;
+    let text = wait_for("walrelay_backlog_records{sink=\"influx\"} 0").await;
+
+    let exposed = sampled(&text);
+    let d = dashboard();
+    let mut missing = Vec::new();
+    for expr in expressions(&d) {
+        for name in metric_names(&expr) {
+            if !exposed.contains(&name) {
+                missing.push(format!("{name} (in {expr})"));
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "queried by the dashboard but not in /metrics:\n{}\n\n/metrics:\n{text}",
+        missing.join("\n")
+    );
+    // The ack-latency histogram counts each acknowledged append once.
+    assert!(
+        text.contains("walrelay_append_ack_seconds_count 3\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("walrelay_dead_letters{sink=\"influx\"} 1\n"),
+        "{text}"
+    );
+
+    // Graceful shutdown waits for open connections: close the client's
+    // keep-alive ones first.
+    drop(client);
+    let _ = stop.send(());
+    relay.await.unwrap().unwrap();
+}
