@@ -21,7 +21,24 @@ if [ ${#need[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
+# The InfluxDB client compatibility test (tests/influx_compat.rs) drives the
+# relay with the official Python client, pinned, from its own venv under
+# target/ (the test finds it there, or at WALRELAY_TEST_VENV). Skipped when
+# the pinned version is already importable.
+INFLUX_CLIENT_VERSION=1.49.0
+VENV="${WALRELAY_TEST_VENV:-$(cd "$(dirname "$0")/.." && pwd)/target/test-venv}"
+if ! "$VENV/bin/python" -c "import influxdb_client, sys; sys.exit(influxdb_client.__version__ != '$INFLUX_CLIENT_VERSION')" 2>/dev/null; then
+  echo "setup: installing influxdb-client==$INFLUX_CLIENT_VERSION into $VENV" >&2
+  python3 -m venv "$VENV" 2>/dev/null || {
+    # Debian splits venv support out of python3.
+    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
+    python3 -m venv "$VENV"
+  }
+  "$VENV/bin/pip" install -q --disable-pip-version-check "influxdb-client==$INFLUX_CLIENT_VERSION"
+fi
 # The Debian package may start a system instance; tests start their own on
 # free loopback ports, so a running system service is harmless but unneeded.
 command -v cargo >/dev/null 2>&1 || { echo "setup: cargo not found; install a Rust toolchain" >&2; exit 1; }
-echo "setup: postgresql 15 and victoria-metrics present" >&2
+echo "setup: postgresql 15, victoria-metrics and the influxdb-client venv present" >&2

@@ -1,13 +1,26 @@
-//! The HTTP ingest server: InfluxDB v2 write API, JSON-lines records, health,
-//! readiness, status and metrics.
+//! The HTTP ingest server: the InfluxDB v2 and 1.x write APIs, JSON-lines
+//! records, InfluxDB-shaped `/ping`, `/health` and `/ready`, status and
+//! metrics.
 //!
 //! Invariant: a write request is answered `204` only after every record of it
 //! is durable in the log; any refusal (bad line, bad record, auth, size, full
 //! log) appends nothing from the request.
+//!
+//! One write path: `/api/v2/write`, `/write` (1.x) and `/v1/records` differ
+//! only in how they read their query parameters and credentials and in the
+//! shape of their error body; each then calls [`write`], which applies the
+//! body limits, the memory budget and the ingest gate. Error bodies:
+//! v2 and `/v1/records` `{"code": "...", "message": "..."}`, 1.x
+//! `{"error": "..."}`; the status and `Retry-After` are the same.
+//!
+//! Credentials (when `ingest.token` is set), any of: `Authorization: Token
+//! <token>` or `Bearer <token>`, `Authorization: Basic` with the token as the
+//! password, and on `/write` the `p` query parameter (1.x `u`/`p`). The user
+//! name is not checked: the relay has one ingest token, not users.
 
 use std::io::Read;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::{Body, HttpBody};
 use axum::extract::{Query, RawBody, State};
@@ -25,30 +38,84 @@ use super::typed;
 use crate::record::{now_ns, Limits, Record};
 use crate::relay::Relay;
 
+/// The version walrelay reports where InfluxDB reports its own
+/// (`X-Influxdb-Version`, `/health`, `/ping?verbose=true`).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The commit the binary was built from (`unknown` outside a git checkout).
+pub const COMMIT: &str = match option_env!("WALRELAY_COMMIT") {
+    Some(c) => c,
+    None => "unknown",
+};
+/// `X-Influxdb-Build`: InfluxDB answers `OSS`, `ENT` or `cloud2`; clients
+/// only show it, so the relay names itself.
+pub const BUILD: &str = "walrelay";
+
+/// The shape of an error body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ErrorShape {
+    /// InfluxDB v2: `{"code": "...", "message": "..."}`.
+    V2,
+    /// InfluxDB 1.x: `{"error": "..."}`.
+    V1,
+}
+
+fn error_response(e: &IngestError, shape: ErrorShape) -> Response {
+    let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let body = match shape {
+        ErrorShape::V2 => serde_json::json!({ "code": e.code(), "message": e.to_string() }),
+        ErrorShape::V1 => serde_json::json!({ "error": e.to_string() }),
+    };
+    let mut resp = (status, Json(body)).into_response();
+    if let Some(retry_after) = e.retry_after() {
+        let secs = retry_after.as_secs().max(1).to_string();
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_str(&secs).unwrap());
+    }
+    resp
+}
+
 impl IntoResponse for IngestError {
     fn into_response(self) -> Response {
-        let status =
-            StatusCode::from_u16(self.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let body = serde_json::json!({ "code": self.code(), "message": self.to_string() });
-        let mut resp = (status, Json(body)).into_response();
-        if let Some(retry_after) = self.retry_after() {
-            let secs = retry_after.as_secs().max(1).to_string();
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_str(&secs).unwrap());
-        }
-        resp
+        error_response(&self, ErrorShape::V2)
     }
+}
+
+/// A refusal of the 1.x write API: the same error in 1.x's body shape.
+struct V1Error(IngestError);
+
+impl IntoResponse for V1Error {
+    fn into_response(self) -> Response {
+        with_influx_headers(error_response(&self.0, ErrorShape::V1))
+    }
+}
+
+/// Adds `X-Influxdb-Version` and `X-Influxdb-Build`, which InfluxDB sets on
+/// its responses and 1.x clients read.
+fn with_influx_headers(mut resp: Response) -> Response {
+    let h = resp.headers_mut();
+    h.insert("x-influxdb-version", HeaderValue::from_static(VERSION));
+    h.insert("x-influxdb-build", HeaderValue::from_static(BUILD));
+    resp
 }
 
 /// The router of the ingest server.
 pub fn router(relay: Arc<Relay>) -> Router {
     // Bodies are read by `read_body` under `max_body_bytes` (compressed and
     // decompressed), the body deadline and the memory budget.
+    // `/ready` reports when the server started serving: now, since the log
+    // is open and recovered before the router is built.
+    let started = SystemTime::now();
     Router::new()
         .route("/api/v2/write", post(write_lp))
+        .route("/write", post(write_v1))
         .route("/v1/records", post(write_json))
-        .route("/health", get(|| async { "ok" }))
-        .route("/ready", get(ready))
+        // `get` also answers HEAD (without the body).
+        .route("/ping", get(ping))
+        .route("/health", get(health))
+        .route(
+            "/ready",
+            get(move |State(relay): State<Arc<Relay>>| ready(relay, started)),
+        )
         .route("/status", get(status))
         .route("/metrics", get(metrics))
         .with_state(relay)
@@ -63,18 +130,77 @@ struct WriteParams {
     precision: Option<String>,
 }
 
-fn check_token(relay: &Relay, headers: &HeaderMap) -> Result<(), IngestError> {
+/// The 1.x write API's query parameters.
+#[derive(Deserialize)]
+struct V1WriteParams {
+    /// Required, as in InfluxDB 1.x; plays `bucket`'s role: accepted, the
+    /// routing table chooses the destination.
+    db: Option<String>,
+    /// Accepted and not used: retention is the destination's business.
+    #[allow(dead_code)]
+    rp: Option<String>,
+    precision: Option<String>,
+    /// `any`, `one`, `quorum` or `all`: accepted and not used (one relay, one
+    /// log; its durability policy decides when a write is acknowledged).
+    consistency: Option<String>,
+    /// Not checked: the relay has one ingest token, not users.
+    #[allow(dead_code)]
+    u: Option<String>,
+    /// The ingest token.
+    p: Option<String>,
+}
+
+/// The secret a request presents: `Authorization: Token|Bearer <secret>`, or
+/// `Authorization: Basic` whose password is the secret. `None` without a
+/// usable `Authorization` header.
+fn presented(headers: &HeaderMap) -> Option<String> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    if let Some(t) = v
+        .strip_prefix("Token ")
+        .or_else(|| v.strip_prefix("Bearer "))
+    {
+        return Some(t.to_string());
+    }
+    let encoded = v.strip_prefix("Basic ")?;
+    let decoded = base64_decode(encoded.trim())?;
+    let decoded = String::from_utf8(decoded).ok()?;
+    let (_user, password) = decoded.split_once(':')?;
+    Some(password.to_string())
+}
+
+/// Standard base64 (RFC 4648, with or without padding); `None` if invalid.
+/// Basic auth is its only use, which does not warrant a crate.
+fn base64_decode(s: &str) -> Option<Vec<u8>> {
+    let s = s.trim_end_matches('=');
+    let mut out = Vec::with_capacity(s.len() * 3 / 4);
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for c in s.bytes() {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        };
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    // A single leftover character cannot encode a byte.
+    (bits < 6).then_some(out)
+}
+
+/// Checks the presented secret against `ingest.token` (no token configured:
+/// every request passes).
+fn check_token(relay: &Relay, given: Option<&str>) -> Result<(), IngestError> {
     let Some(expected) = relay.config().ingest.token.as_ref() else {
         return Ok(());
     };
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Token ")
-                .or_else(|| v.strip_prefix("Bearer "))
-        })
-        .unwrap_or("");
+    let given = given.unwrap_or("");
     // Constant-time comparison: the token must not leak through timing.
     let (a, b) = (given.as_bytes(), expected.expose().as_bytes());
     let mut diff = a.len() ^ b.len();
@@ -303,15 +429,14 @@ fn is_gzip(headers: &HeaderMap) -> Result<bool, IngestError> {
     }
 }
 
-/// One write request: token, budgeted body, then [`process`] off the
-/// async workers.
+/// One write request of any API, once its credentials are checked and its
+/// parameters read: budgeted body, then [`process`] off the async workers.
 async fn write(
     relay: &Arc<Relay>,
     headers: &HeaderMap,
     body: Body,
     kind: BodyKind,
 ) -> Result<StatusCode, IngestError> {
-    check_token(relay, headers)?;
     let gzip = is_gzip(headers)?;
     let mut hold = relay.budget().hold();
     let body = read_body(relay, headers, body, &mut hold).await?;
@@ -328,19 +453,67 @@ async fn write_lp(
     headers: HeaderMap,
     RawBody(body): RawBody,
 ) -> Result<StatusCode, IngestError> {
-    let precision = match q.precision.as_deref() {
-        None => Ok(Precision::Nanoseconds),
-        Some(p) => Precision::parse(p).ok_or_else(|| IngestError::BadParam {
-            param: "precision",
-            message: format!("{p:?} is not one of ns, us, ms, s"),
-        }),
-    };
-    let result = match precision {
-        Ok(p) => write(&relay, &headers, body, BodyKind::LineProtocol(p)).await,
-        Err(e) => Err(e),
-    };
+    let result = async {
+        check_token(&relay, presented(&headers).as_deref())?;
+        let precision = match q.precision.as_deref() {
+            None => Precision::Nanoseconds,
+            Some(p) => Precision::parse(p).ok_or_else(|| IngestError::BadParam {
+                param: "precision",
+                message: format!("{p:?} is not one of ns, us, ms, s"),
+            })?,
+        };
+        write(&relay, &headers, body, BodyKind::LineProtocol(precision)).await
+    }
+    .await;
     relay.count_request("/api/v2/write", &result);
     result
+}
+
+/// Reads the 1.x parameters: `db` required, `precision` in 1.x's names,
+/// `consistency` one of InfluxDB's four levels.
+fn v1_precision(q: &V1WriteParams) -> Result<Precision, IngestError> {
+    if q.db.as_deref().is_none_or(str::is_empty) {
+        return Err(IngestError::BadParam {
+            param: "db",
+            message: "database is required (it is accepted and not used: the routing table chooses the destination)".into(),
+        });
+    }
+    if let Some(c) = q.consistency.as_deref() {
+        if !matches!(c, "" | "any" | "one" | "quorum" | "all") {
+            return Err(IngestError::BadParam {
+                param: "consistency",
+                message: format!("{c:?} is not one of any, one, quorum, all"),
+            });
+        }
+    }
+    match q.precision.as_deref() {
+        None | Some("") => Ok(Precision::Nanoseconds),
+        Some(p) => Precision::parse_v1(p).ok_or_else(|| IngestError::BadParam {
+            param: "precision",
+            message: format!("{p:?} is not one of n, ns, u, ms, s, m, h"),
+        }),
+    }
+}
+
+/// `POST /write`: InfluxDB 1.x's write API on the v2 path ([`write`]).
+async fn write_v1(
+    State(relay): State<Arc<Relay>>,
+    Query(q): Query<V1WriteParams>,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
+) -> Result<Response, V1Error> {
+    let result = async {
+        // As InfluxDB 1.x: the `p` parameter first, then the header.
+        let secret = q.p.clone().or_else(|| presented(&headers));
+        check_token(&relay, secret.as_deref())?;
+        let precision = v1_precision(&q)?;
+        write(&relay, &headers, body, BodyKind::LineProtocol(precision)).await
+    }
+    .await;
+    relay.count_request("/write", &result);
+    result
+        .map(|s| with_influx_headers(s.into_response()))
+        .map_err(V1Error)
 }
 
 async fn write_json(
@@ -348,12 +521,59 @@ async fn write_json(
     headers: HeaderMap,
     RawBody(body): RawBody,
 ) -> Result<StatusCode, IngestError> {
-    let result = write(&relay, &headers, body, BodyKind::JsonLines).await;
+    let result = async {
+        check_token(&relay, presented(&headers).as_deref())?;
+        write(&relay, &headers, body, BodyKind::JsonLines).await
+    }
+    .await;
     relay.count_request("/v1/records", &result);
     result
 }
 
-async fn ready(State(relay): State<Arc<Relay>>) -> Response {
+#[derive(Deserialize)]
+struct PingParams {
+    verbose: Option<String>,
+}
+
+/// `GET|HEAD /ping`: 204 with the version headers; `verbose` (anything but
+/// empty, `0` or `false`, as InfluxDB 1.x) answers 200 with a JSON body.
+/// No token needed, as InfluxDB.
+async fn ping(Query(q): Query<PingParams>) -> Response {
+    let verbose = q
+        .verbose
+        .as_deref()
+        .is_some_and(|v| !matches!(v, "" | "0" | "false"));
+    let resp = if verbose {
+        Json(serde_json::json!({ "version": VERSION, "build": BUILD, "commit": COMMIT }))
+            .into_response()
+    } else {
+        StatusCode::NO_CONTENT.into_response()
+    };
+    with_influx_headers(resp)
+}
+
+/// `GET /health`: InfluxDB's health shape; see [`Status::influx_health`].
+async fn health(State(relay): State<Arc<Relay>>) -> Response {
+    let h = relay.status().influx_health(
+        relay.config().wal.when_full == crate::wal::WhenFull::Block,
+        relay.gate().limits().max_record_bytes as u64,
+        VERSION,
+        COMMIT,
+    );
+    let code = if h.status == "pass" {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    with_influx_headers((code, Json(h)).into_response())
+}
+
+/// `GET /ready`: InfluxDB's shape (`status: "ready"`, `started` RFC 3339,
+/// `up` as a Go duration) with walrelay's meaning: the log is open and
+/// recovered and writes are accepted; sinks are not waited for (a relay
+/// buffers through sink outages), `unhealthy_sinks` lists those that are not
+/// healthy.
+async fn ready(relay: Arc<Relay>, started: SystemTime) -> Response {
     let status = relay.status();
     let unhealthy: Vec<_> = status
         .sinks
@@ -361,7 +581,68 @@ async fn ready(State(relay): State<Arc<Relay>>) -> Response {
         .filter(|s| s.health.state != crate::drain::drainer::SinkState::Healthy)
         .map(|s| s.name.clone())
         .collect();
-    Json(serde_json::json!({ "ready": true, "unhealthy_sinks": unhealthy })).into_response()
+    let up = started.elapsed().unwrap_or_default();
+    with_influx_headers(
+        Json(serde_json::json!({
+            "status": "ready",
+            "started": rfc3339(started),
+            "up": go_duration(up),
+            "unhealthy_sinks": unhealthy,
+        }))
+        .into_response(),
+    )
+}
+
+/// `t` as RFC 3339 in UTC with nanoseconds, e.g. `2026-11-29T12:50:01.5Z`.
+fn rfc3339(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let mut s = format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    );
+    if d.subsec_nanos() > 0 {
+        let frac = format!("{:09}", d.subsec_nanos());
+        s.push('.');
+        s.push_str(frac.trim_end_matches('0'));
+    }
+    s.push('Z');
+    s
+}
+
+/// `d` as Go prints a duration of a second or more (`1h2m3.5s`); shorter
+/// ones in seconds too (`0.25s`), which Go's parser also reads.
+fn go_duration(d: Duration) -> String {
+    let secs = d.as_secs();
+    let (h, m, s) = (secs / 3600, secs % 3600 / 60, secs % 60);
+    let mut out = String::new();
+    if h > 0 {
+        out.push_str(&format!("{h}h"));
+    }
+    if h > 0 || m > 0 {
+        out.push_str(&format!("{m}m"));
+    }
+    out.push_str(&s.to_string());
+    if d.subsec_nanos() > 0 {
+        let frac = format!("{:09}", d.subsec_nanos());
+        out.push('.');
+        out.push_str(frac.trim_end_matches('0'));
+    }
+    out.push('s');
+    out
 }
 
 async fn status(State(relay): State<Arc<Relay>>) -> Response {
@@ -374,4 +655,172 @@ async fn metrics(State(relay): State<Arc<Relay>>) -> Response {
         relay.render_metrics(),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(
+        db: Option<&str>,
+        precision: Option<&str>,
+        consistency: Option<&str>,
+    ) -> V1WriteParams {
+        V1WriteParams {
+            db: db.map(str::to_string),
+            rp: None,
+            precision: precision.map(str::to_string),
+            consistency: consistency.map(str::to_string),
+            u: None,
+            p: None,
+        }
+    }
+
+    async fn body_json(resp: Response) -> serde_json::Value {
+        let bytes = hyper::body::to_bytes(resp.into_body()).await.unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[tokio::test]
+    async fn error_bodies_have_each_apis_shape_and_the_same_status_and_retry_after() {
+        let e = IngestError::Full {
+            retry_after: Duration::from_secs(1),
+        };
+        let v2 = error_response(&e, ErrorShape::V2);
+        let v1 = V1Error(IngestError::Full {
+            retry_after: Duration::from_secs(1),
+        })
+        .into_response();
+        assert_eq!(v2.status(), 503);
+        assert_eq!(v1.status(), 503);
+        assert_eq!(v2.headers()["retry-after"], "1");
+        assert_eq!(v1.headers()["retry-after"], "1");
+        assert_eq!(v1.headers()["x-influxdb-version"], VERSION);
+        assert_eq!(v1.headers()["x-influxdb-build"], BUILD);
+        assert_eq!(
+            body_json(v2).await,
+            serde_json::json!({"code": "unavailable", "message": e.to_string()})
+        );
+        assert_eq!(
+            body_json(v1).await,
+            serde_json::json!({"error": e.to_string()})
+        );
+        let bad = V1Error(IngestError::BadRecord {
+            line: 3,
+            field: "price".into(),
+            message: "must be finite".into(),
+        })
+        .into_response();
+        assert_eq!(bad.status(), 400);
+        assert_eq!(
+            body_json(bad).await,
+            serde_json::json!({"error": "line 3: field `price`: must be finite"})
+        );
+    }
+
+    #[test]
+    fn v1_parameters_require_db_and_take_1x_precisions_and_consistency_levels() {
+        for (p, want) in [
+            (None, Precision::Nanoseconds),
+            (Some(""), Precision::Nanoseconds),
+            (Some("n"), Precision::Nanoseconds),
+            (Some("ns"), Precision::Nanoseconds),
+            (Some("u"), Precision::Microseconds),
+            (Some("ms"), Precision::Milliseconds),
+            (Some("s"), Precision::Seconds),
+            (Some("m"), Precision::Minutes),
+            (Some("h"), Precision::Hours),
+        ] {
+            assert_eq!(
+                v1_precision(&params(Some("d"), p, None)).unwrap(),
+                want,
+                "{p:?}"
+            );
+        }
+        for c in ["any", "one", "quorum", "all"] {
+            assert!(
+                v1_precision(&params(Some("d"), None, Some(c))).is_ok(),
+                "{c}"
+            );
+        }
+        let refused = |q: V1WriteParams, param: &str, says: &str| {
+            let e = v1_precision(&q).unwrap_err();
+            assert!(
+                matches!(&e, IngestError::BadParam { param: p, .. } if *p == param),
+                "{e}"
+            );
+            assert_eq!(e.status(), 400);
+            assert!(e.to_string().contains(says), "{e}");
+        };
+        refused(params(None, None, None), "db", "database is required");
+        refused(params(Some(""), None, None), "db", "database is required");
+        refused(
+            params(Some("d"), Some("us"), None),
+            "precision",
+            "n, ns, u, ms, s, m, h",
+        );
+        refused(params(Some("d"), Some("x"), None), "precision", "\"x\"");
+        refused(
+            params(Some("d"), None, Some("most")),
+            "consistency",
+            "\"most\"",
+        );
+    }
+
+    #[test]
+    fn credentials_come_from_token_bearer_or_basic_password() {
+        let with = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::AUTHORIZATION, HeaderValue::from_str(v).unwrap());
+            presented(&h)
+        };
+        assert_eq!(with("Token s3cret").as_deref(), Some("s3cret"));
+        assert_eq!(with("Bearer s3cret").as_deref(), Some("s3cret"));
+        // "writer:s3cret" and "writer:pa:ss" (a password may hold ':').
+        assert_eq!(
+            with("Basic d3JpdGVyOnMzY3JldA==").as_deref(),
+            Some("s3cret")
+        );
+        assert_eq!(with("Basic d3JpdGVyOnBhOnNz").as_deref(), Some("pa:ss"));
+        assert_eq!(with("Basic not*base64"), None);
+        // No ':' in the decoded credentials ("writer").
+        assert_eq!(with("Basic d3JpdGVy"), None);
+        assert_eq!(with("Digest x"), None);
+        assert_eq!(presented(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn base64_decodes_padded_and_unpadded_and_refuses_garbage() {
+        assert_eq!(base64_decode("").unwrap(), b"");
+        assert_eq!(base64_decode("Zg==").unwrap(), b"f");
+        assert_eq!(base64_decode("Zm8").unwrap(), b"fo");
+        assert_eq!(base64_decode("Zm9v").unwrap(), b"foo");
+        assert_eq!(base64_decode("Zm9vYmFy").unwrap(), b"foobar");
+        assert_eq!(base64_decode("+/8=").unwrap(), [0xfb, 0xff]);
+        assert_eq!(base64_decode("Zm9vY"), None);
+        assert_eq!(base64_decode("Zm9v!"), None);
+    }
+
+    #[test]
+    fn ready_times_are_rfc3339_and_go_durations() {
+        let t = |s: u64, n: u32| UNIX_EPOCH + Duration::new(s, n);
+        assert_eq!(rfc3339(t(0, 0)), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(t(951_782_400, 0)), "2000-02-29T00:00:00Z");
+        assert_eq!(
+            rfc3339(t(1_764_420_601, 500_000_000)),
+            "2025-11-29T12:50:01.5Z"
+        );
+        assert_eq!(
+            rfc3339(t(4_102_444_799, 1)),
+            "2099-12-31T23:59:59.000000001Z"
+        );
+        assert_eq!(go_duration(Duration::ZERO), "0s");
+        assert_eq!(go_duration(Duration::from_millis(250)), "0.25s");
+        assert_eq!(go_duration(Duration::from_secs(59)), "59s");
+        assert_eq!(
+            go_duration(Duration::new(885, 911_966_424)),
+            "14m45.911966424s"
+        );
+        assert_eq!(go_duration(Duration::from_secs(3600 + 2)), "1h0m2s");
+    }
 }

@@ -27,6 +27,10 @@ pub enum Precision {
     Microseconds,
     Milliseconds,
     Seconds,
+    /// InfluxDB 1.x only (`m`).
+    Minutes,
+    /// InfluxDB 1.x only (`h`).
+    Hours,
 }
 
 impl Precision {
@@ -41,12 +45,28 @@ impl Precision {
         })
     }
 
+    /// Parses an InfluxDB 1.x `precision`: `n`, `ns`, `u`, `ms`, `s`, `m`,
+    /// `h` (the set InfluxDB 1.x's `/write` accepts; `us` is a v2 name).
+    pub fn parse_v1(s: &str) -> Option<Precision> {
+        Some(match s {
+            "n" | "ns" => Precision::Nanoseconds,
+            "u" => Precision::Microseconds,
+            "ms" => Precision::Milliseconds,
+            "s" => Precision::Seconds,
+            "m" => Precision::Minutes,
+            "h" => Precision::Hours,
+            _ => return None,
+        })
+    }
+
     fn factor(self) -> i64 {
         match self {
             Precision::Nanoseconds => 1,
             Precision::Microseconds => 1_000,
             Precision::Milliseconds => 1_000_000,
             Precision::Seconds => 1_000_000_000,
+            Precision::Minutes => 60_000_000_000,
+            Precision::Hours => 3_600_000_000_000,
         }
     }
 }
@@ -371,6 +391,42 @@ mod tests {
         // A string field may hold a newline and commas/spaces.
         let p = one("m s=\"a b,c\nd\" 5");
         assert_eq!(p.fields["s"], FieldValue::String("a b,c\nd".into()));
+    }
+
+    #[test]
+    fn influxdb_1x_precisions_scale_to_nanoseconds() {
+        let cases = [
+            (
+                "n",
+                1_764_000_000_000_000_123_i64,
+                1_764_000_000_000_000_123,
+            ),
+            ("ns", 1_764_000_000_000_000_123, 1_764_000_000_000_000_123),
+            ("u", 1_764_000_000_000_123, 1_764_000_000_000_123_000),
+            ("ms", 1_764_000_000_123, 1_764_000_000_123_000_000),
+            ("s", 1_764_000_000, 1_764_000_000_000_000_000),
+            ("m", 29_400_000, 1_764_000_000_000_000_000),
+            ("h", 490_000, 1_764_000_000_000_000_000),
+        ];
+        for (name, written, ns) in cases {
+            let p = Precision::parse_v1(name).unwrap();
+            let got = parse(&format!("m f=1 {written}"), p, 0).unwrap()[0].ts;
+            assert_eq!(got, ns, "precision {name}");
+        }
+        // The 1.x names are not all v2 names and the other way round.
+        assert_eq!(Precision::parse_v1("us"), None);
+        assert_eq!(Precision::parse_v1("x"), None);
+        assert_eq!(Precision::parse("h"), None);
+        assert_eq!(Precision::parse("u"), None);
+        // Out of range at the precision: an error naming the line, not a wrap.
+        let e = parse("m f=1 1\nm f=1 3000000", Precision::Hours, 0).unwrap_err();
+        assert_eq!(e.line, 2, "{e}");
+        assert!(e.message.contains("overflows"), "{e}");
+        // Missing timestamp: now, truncated to the hour.
+        assert_eq!(
+            parse("m f=1", Precision::Hours, 3_600_000_000_000 + 5).unwrap()[0].ts,
+            3_600_000_000_000
+        );
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! The `/status` view and the gauges of `/metrics`.
+//! The `/status` view, InfluxDB's `/health` shape built from it, and the
+//! gauges of `/metrics`.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -44,6 +45,114 @@ pub struct SinkStatus {
     pub dead_letters: u64,
     #[serde(flatten)]
     pub health: HealthSnapshot,
+}
+
+/// `GET /health` in InfluxDB's shape (`name`, `message`, `status`,
+/// `checks`, `version`, `commit`), with walrelay's facts as checks.
+#[derive(Debug, Clone, Serialize)]
+pub struct InfluxHealth {
+    pub name: &'static str,
+    pub message: String,
+    /// `pass` or `fail`.
+    pub status: &'static str,
+    pub checks: Vec<HealthCheck>,
+    pub version: &'static str,
+    pub commit: &'static str,
+}
+
+/// One check of [`InfluxHealth`] (InfluxDB's `HealthCheck` shape).
+#[derive(Debug, Clone, Serialize)]
+pub struct HealthCheck {
+    pub name: String,
+    pub message: String,
+    /// `pass` or `fail`.
+    pub status: &'static str,
+    pub checks: Vec<HealthCheck>,
+}
+
+fn pass_fail(ok: bool) -> &'static str {
+    if ok {
+        "pass"
+    } else {
+        "fail"
+    }
+}
+
+impl Status {
+    /// This status in InfluxDB's `/health` shape. The overall `status`
+    /// answers what a writer asks — will a write here be accepted and kept?
+    /// — so it is the `log` check's: `fail` only when the log refuses writes
+    /// (under `when_full = "block"` it has no room for one more record of
+    /// `max_record_bytes`). A sink that is not healthy fails its own
+    /// `sink:NAME` check but not the relay: buffering through a sink outage is
+    /// the relay's job, and a load balancer that took the relay out of
+    /// rotation for it would turn a sink outage into an ingest outage.
+    pub fn influx_health(
+        &self,
+        blocks_when_full: bool,
+        max_record_bytes: u64,
+        version: &'static str,
+        commit: &'static str,
+    ) -> InfluxHealth {
+        let log = &self.log;
+        let full = blocks_when_full && log.bytes.saturating_add(max_record_bytes) > log.max_bytes;
+        let pct = if log.max_bytes > 0 {
+            log.bytes as f64 * 100.0 / log.max_bytes as f64
+        } else {
+            0.0
+        };
+        let mut checks = vec![HealthCheck {
+            name: "log".into(),
+            message: format!(
+                "{}{} of {} bytes ({pct:.1}%), {} records, last seq {}, {} quarantined frames",
+                if full {
+                    "full, writes are refused: "
+                } else {
+                    ""
+                },
+                log.bytes,
+                log.max_bytes,
+                log.records,
+                log.last_seq,
+                log.quarantined_frames
+            ),
+            status: pass_fail(!full),
+            checks: Vec::new(),
+        }];
+        for s in &self.sinks {
+            let healthy = s.health.state == crate::drain::drainer::SinkState::Healthy;
+            let mut message = format!(
+                "{}; backlog {} records, {} dead letters",
+                serde_json::to_value(s.health.state)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default(),
+                s.backlog_records,
+                s.dead_letters
+            );
+            if let (false, Some(e)) = (healthy, &s.health.last_error) {
+                message.push_str(&format!("; last error: {e}"));
+            }
+            checks.push(HealthCheck {
+                name: format!("sink:{}", s.name),
+                message,
+                status: pass_fail(healthy),
+                checks: Vec::new(),
+            });
+        }
+        InfluxHealth {
+            name: "walrelay",
+            message: if full {
+                "write-ahead log is full; writes are refused".into()
+            } else {
+                "ready for writes".into()
+            },
+            status: pass_fail(!full),
+            checks,
+            version,
+            commit,
+        }
+    }
 }
 
 impl Relay {
@@ -184,5 +293,106 @@ impl Relay {
         }
         g.sort_by(|a, b| a.0.cmp(b.0));
         self.metrics.render(&g)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::drain::drainer::SinkState;
+
+    fn status(bytes: u64, max_bytes: u64, sinks: &[(&str, SinkState, Option<&str>)]) -> Status {
+        Status {
+            log: LogStatus {
+                dir: "/var/lib/walrelay".into(),
+                bytes,
+                max_bytes,
+                records: 7,
+                frames: 2,
+                last_seq: 2,
+                appended_records: 7,
+                dropped_records: 0,
+                quarantined_frames: 0,
+            },
+            sinks: sinks
+                .iter()
+                .map(|(name, state, err)| SinkStatus {
+                    name: name.to_string(),
+                    cursor: 0,
+                    backlog_records: 5,
+                    backlog_bytes: 100,
+                    oldest_undelivered_age_seconds: None,
+                    eta_seconds: None,
+                    dead_letters: 1,
+                    health: HealthSnapshot {
+                        state: *state,
+                        last_error: err.map(str::to_string),
+                        consecutive_failures: 0,
+                        delivered_records: 0,
+                        drain_rate: 0.0,
+                        since: None,
+                    },
+                })
+                .collect(),
+            subscriptions: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn health_passes_while_the_log_takes_writes_even_with_a_sink_down() {
+        let st = status(
+            1000,
+            1 << 20,
+            &[
+                ("influx", SinkState::Healthy, None),
+                ("timescale", SinkState::Retrying, Some("connection refused")),
+            ],
+        );
+        let h = st.influx_health(true, 1024, "0.1.0", "abc");
+        let v = serde_json::to_value(&h).unwrap();
+        assert_eq!(v["status"], "pass");
+        assert_eq!(v["name"], "walrelay");
+        assert_eq!(v["version"], "0.1.0");
+        assert_eq!(v["commit"], "abc");
+        let checks = v["checks"].as_array().unwrap();
+        assert_eq!(checks.len(), 3);
+        assert_eq!(checks[0]["name"], "log");
+        assert_eq!(checks[0]["status"], "pass");
+        assert!(checks[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("1000 of 1048576 bytes"));
+        assert_eq!(checks[1]["name"], "sink:influx");
+        assert_eq!(checks[1]["status"], "pass");
+        assert_eq!(checks[2]["name"], "sink:timescale");
+        assert_eq!(checks[2]["status"], "fail");
+        let m = checks[2]["message"].as_str().unwrap();
+        assert!(
+            m.starts_with("retrying; backlog 5 records, 1 dead letters"),
+            "{m}"
+        );
+        assert!(m.contains("last error: connection refused"), "{m}");
+        // Every check has InfluxDB's HealthCheck keys, nothing else.
+        for c in checks {
+            let mut keys: Vec<_> = c.as_object().unwrap().keys().cloned().collect();
+            keys.sort();
+            assert_eq!(keys, ["checks", "message", "name", "status"]);
+        }
+    }
+
+    #[test]
+    fn health_fails_when_a_blocking_log_has_no_room_for_one_more_record() {
+        // Room for less than one max-size record: writes would be refused.
+        let st = status((1 << 20) - 1000, 1 << 20, &[]);
+        let h = st.influx_health(true, 1024, "0.1.0", "abc");
+        assert_eq!(h.status, "fail");
+        assert_eq!(h.checks[0].status, "fail");
+        assert!(h.message.contains("full"), "{}", h.message);
+        // Room for exactly one: still passes.
+        let st = status((1 << 20) - 1024, 1 << 20, &[]);
+        assert_eq!(st.influx_health(true, 1024, "v", "c").status, "pass");
+        // Under drop_oldest a full log still takes writes.
+        let st = status(1 << 20, 1 << 20, &[]);
+        assert_eq!(st.influx_health(false, 1024, "v", "c").status, "pass");
     }
 }
