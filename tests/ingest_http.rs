@@ -669,3 +669,302 @@ async fn a_spent_memory_budget_answers_503_with_retry_after_and_appends_nothing(
     assert_eq!(relay.appended().await, 2);
     relay.stop().await;
 }
+
+/// Posts `body` to `path` with `Authorization: <auth>` and returns the status,
+/// the body as JSON and `Retry-After`.
+async fn post_v1(
+    url: &str,
+    path: &str,
+    auth: Option<&str>,
+    gz: bool,
+    body: Vec<u8>,
+) -> (u16, serde_json::Value, Option<String>) {
+    let mut req = reqwest::Client::new()
+        .post(format!("{url}{path}"))
+        .body(body);
+    if let Some(a) = auth {
+        req = req.header("Authorization", a);
+    }
+    if gz {
+        req = req.header("Content-Encoding", "gzip");
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status().as_u16();
+    let retry_after = r
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_string());
+    let text = r.text().await.unwrap();
+    let json = if text.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text:?}"))
+    };
+    (status, json, retry_after)
+}
+
+#[tokio::test]
+async fn the_1x_write_api_refuses_as_v2_does_in_1x_error_shape_and_appends_nothing() {
+    let relay = Relay::start(|c| c.ingest.limits.max_records_per_request = 3).await;
+    let huge_line = format!("m f=\"{}\" 1\n", "x".repeat(70 * 1024));
+    // The same refusals as on /api/v2/write: same status, the v2 message as
+    // the 1.x `error`.
+    let same: Vec<(&str, Vec<u8>, bool)> = vec![
+        (
+            "bad line",
+            format!("{GOOD}m,t= f=1 1\n").into_bytes(),
+            false,
+        ),
+        (
+            "wrong type",
+            format!("{GOOD}m f=12x3 1\n").into_bytes(),
+            false,
+        ),
+        (
+            "huge line",
+            format!("{GOOD}{huge_line}").into_bytes(),
+            false,
+        ),
+        ("too many records", GOOD.repeat(4).into_bytes(), false),
+        (
+            "invalid utf-8",
+            [GOOD.as_bytes(), b"m,t=\xff f=1 1\n"].concat(),
+            false,
+        ),
+        ("corrupt gzip", b"not gzip".to_vec(), true),
+        ("empty body", Vec::new(), false),
+    ];
+    for (name, body, gz) in same {
+        let (v2_status, v2_text, _) =
+            post(&relay.url, WRITE, Some("s3cret"), gz, body.clone()).await;
+        let v2: serde_json::Value = serde_json::from_str(&v2_text).unwrap();
+        let (status, v1, _) = post_v1(
+            &relay.url,
+            "/write?db=telegraf&u=w&p=s3cret",
+            None,
+            gz,
+            body,
+        )
+        .await;
+        assert!(status >= 400, "{name}: {status}");
+        assert_eq!(status, v2_status, "{name}");
+        assert_eq!(v1, serde_json::json!({ "error": v2["message"] }), "{name}");
+    }
+    // 1.x's own parameters, and credentials.
+    let cases: Vec<(&str, &str, Option<&str>, u16, &str)> = vec![
+        (
+            "no db",
+            "/write?p=s3cret",
+            None,
+            400,
+            "database is required",
+        ),
+        (
+            "bad precision",
+            "/write?db=d&p=s3cret&precision=us",
+            None,
+            400,
+            "invalid query parameter `precision`: \"us\" is not one of n, ns, u, ms, s, m, h",
+        ),
+        (
+            "bad consistency",
+            "/write?db=d&p=s3cret&consistency=most",
+            None,
+            400,
+            "`consistency`",
+        ),
+        (
+            "wrong p",
+            "/write?db=d&u=w&p=nope",
+            None,
+            401,
+            "unauthorized: missing or wrong token",
+        ),
+        (
+            "no credentials",
+            "/write?db=d",
+            None,
+            401,
+            "unauthorized: missing or wrong token",
+        ),
+        (
+            "wrong basic",
+            "/write?db=d",
+            Some("Basic dzpub3Bl"),
+            401,
+            "unauthorized",
+        ),
+        // Credentials are checked before parameters, as InfluxDB 1.x does.
+        (
+            "wrong p and no db",
+            "/write?p=nope",
+            None,
+            401,
+            "unauthorized",
+        ),
+    ];
+    for (name, path, auth, want_status, want_text) in cases {
+        let (status, v1, _) =
+            post_v1(&relay.url, path, auth, false, GOOD.as_bytes().to_vec()).await;
+        assert_eq!(status, want_status, "{name}: {v1}");
+        let err = v1["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{name}: {v1}"));
+        assert!(
+            err.contains(want_text),
+            "{name}: {err:?} lacks {want_text:?}"
+        );
+        assert_eq!(v1.as_object().unwrap().len(), 1, "{name}: {v1}");
+    }
+    assert_eq!(
+        relay.appended().await,
+        0,
+        "a refused request appended records"
+    );
+    // Accepted through each way of presenting the token; gzip too.
+    let (s, _, _) = post_v1(
+        &relay.url,
+        "/write?db=d&u=w&p=s3cret",
+        None,
+        false,
+        GOOD.as_bytes().to_vec(),
+    )
+    .await;
+    assert_eq!(s, 204);
+    // "w:s3cret"
+    let (s, _, _) = post_v1(
+        &relay.url,
+        "/write?db=d",
+        Some("Basic dzpzM2NyZXQ="),
+        false,
+        GOOD.as_bytes().to_vec(),
+    )
+    .await;
+    assert_eq!(s, 204);
+    let (s, _, _) = post_v1(
+        &relay.url,
+        "/write?db=d&precision=s",
+        Some("Token s3cret"),
+        true,
+        gzip(b"m f=1 1764000000\n"),
+    )
+    .await;
+    assert_eq!(s, 204);
+    assert_eq!(relay.appended().await, 3);
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn a_full_log_refuses_1x_writes_with_retry_after_and_health_fails() {
+    let relay = Relay::start(|c| {
+        c.wal.max_bytes = 4096;
+        c.wal.block_timeout_ms = 200;
+    })
+    .await;
+    let health = || async {
+        let r = reqwest::get(format!("{}/health", relay.url)).await.unwrap();
+        let code = r.status().as_u16();
+        (code, r.json::<serde_json::Value>().await.unwrap())
+    };
+    let (code, h) = health().await;
+    assert_eq!((code, h["status"].as_str()), (200, Some("pass")), "{h}");
+    let mut acked = 0;
+    let mut refused = None;
+    for _ in 0..200 {
+        let (status, v1, retry_after) = post_v1(
+            &relay.url,
+            "/write?db=d&p=s3cret",
+            None,
+            false,
+            GOOD.repeat(5).into_bytes(),
+        )
+        .await;
+        match status {
+            204 => acked += 5,
+            503 => {
+                refused = Some((v1, retry_after));
+                break;
+            }
+            other => panic!("unexpected {other}: {v1}"),
+        }
+    }
+    let (v1, retry_after) = refused.expect("the log never filled");
+    assert!(v1["error"].as_str().unwrap().contains("full"), "{v1}");
+    assert_eq!(retry_after.as_deref(), Some("1"));
+    assert_eq!(relay.appended().await, acked);
+    // No sink drains it: the log stays full and /health says so.
+    let (code, h) = health().await;
+    assert_eq!(code, 503, "{h}");
+    assert_eq!(h["status"], "fail", "{h}");
+    assert_eq!(h["checks"][0]["name"], "log", "{h}");
+    assert_eq!(h["checks"][0]["status"], "fail", "{h}");
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn ping_health_and_ready_answer_in_influxdbs_shapes() {
+    let relay = Relay::start(|_| {}).await;
+    let c = reqwest::Client::new();
+    let version = env!("CARGO_PKG_VERSION");
+    for method in [reqwest::Method::GET, reqwest::Method::HEAD] {
+        let r = c
+            .request(method.clone(), format!("{}/ping", relay.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 204, "{method}");
+        assert_eq!(r.headers()["x-influxdb-version"], version);
+        assert_eq!(r.headers()["x-influxdb-build"], "walrelay");
+    }
+    for q in ["verbose=true", "verbose=1"] {
+        let r = c
+            .get(format!("{}/ping?{q}", relay.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        let v: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(v["version"], version, "{v}");
+    }
+    let r = c
+        .get(format!("{}/ping?verbose=false", relay.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 204);
+    // No sink configured: the log is the only check.
+    let h: serde_json::Value = c
+        .get(format!("{}/health", relay.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut keys: Vec<_> = h.as_object().unwrap().keys().cloned().collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        ["checks", "commit", "message", "name", "status", "version"]
+    );
+    assert_eq!(h["status"], "pass");
+    assert_eq!(h["version"], version);
+    assert_eq!(h["checks"].as_array().unwrap().len(), 1, "{h}");
+    let r: serde_json::Value = c
+        .get(format!("{}/ready", relay.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["status"], "ready", "{r}");
+    let started = r["started"].as_str().unwrap();
+    assert!(
+        started.len() >= 20 && started.ends_with('Z') && &started[10..11] == "T",
+        "{r}"
+    );
+    assert!(r["up"].as_str().unwrap().ends_with('s'), "{r}");
+    assert_eq!(r["unhealthy_sinks"], serde_json::json!([]), "{r}");
+    relay.stop().await;
+}

@@ -556,7 +556,6 @@ async fn ping(Query(q): Query<PingParams>) -> Response {
 async fn health(State(relay): State<Arc<Relay>>) -> Response {
     let h = relay.status().influx_health(
         relay.config().wal.when_full == crate::wal::WhenFull::Block,
-        relay.gate().limits().max_record_bytes as u64,
         VERSION,
         COMMIT,
     );

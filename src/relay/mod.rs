@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod status;
 
 use std::future::Future;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -63,6 +64,8 @@ pub struct Relay {
     metrics: Arc<Metrics>,
     sinks: Vec<Arc<SinkHealth>>,
     subscriptions: Vec<Arc<crate::ingest::grpc::SubscriptionHealth>>,
+    /// The last append was refused as full (`/health` fails meanwhile).
+    refusing_full: std::sync::atomic::AtomicBool,
 }
 
 impl Relay {
@@ -104,6 +107,7 @@ impl Relay {
             metrics: Arc::new(Metrics::default()),
             sinks,
             subscriptions,
+            refusing_full: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -155,7 +159,13 @@ impl Relay {
             *per_kind.entry(r.kind().as_str()).or_insert(0u64) += 1;
         }
         let started = std::time::Instant::now();
-        let out = self.gate.admit(records, lines, origin)?;
+        let result = self.gate.admit(records, lines, origin);
+        match &result {
+            Ok(_) => self.refusing_full.store(false, Ordering::Relaxed),
+            Err(IngestError::Full { .. }) => self.refusing_full.store(true, Ordering::Relaxed),
+            Err(_) => {}
+        }
+        let out = result?;
         // Every acknowledged append (HTTP, gRPC, in-process) is timed here:
         // validation, encoding and the wait for durability, as a writer sees it.
         self.metrics

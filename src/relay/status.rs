@@ -29,6 +29,9 @@ pub struct LogStatus {
     pub appended_records: u64,
     pub dropped_records: u64,
     pub quarantined_frames: u64,
+    /// The last append was refused because the log was full (under
+    /// `when_full = "block"`); false again once an append is accepted.
+    pub refusing_full: bool,
 }
 
 /// One sink's progress and health.
@@ -82,20 +85,19 @@ impl Status {
     /// This status in InfluxDB's `/health` shape. The overall `status`
     /// answers what a writer asks — will a write here be accepted and kept?
     /// — so it is the `log` check's: `fail` only when the log refuses writes
-    /// (under `when_full = "block"` it has no room for one more record of
-    /// `max_record_bytes`). A sink that is not healthy fails its own
+    /// because it is full (the last append was refused as full, or, under
+    /// `when_full = "block"`, it holds `max_bytes`). A sink that is not healthy fails its own
     /// `sink:NAME` check but not the relay: buffering through a sink outage is
     /// the relay's job, and a load balancer that took the relay out of
     /// rotation for it would turn a sink outage into an ingest outage.
     pub fn influx_health(
         &self,
         blocks_when_full: bool,
-        max_record_bytes: u64,
         version: &'static str,
         commit: &'static str,
     ) -> InfluxHealth {
         let log = &self.log;
-        let full = blocks_when_full && log.bytes.saturating_add(max_record_bytes) > log.max_bytes;
+        let full = log.refusing_full || (blocks_when_full && log.bytes >= log.max_bytes);
         let pct = if log.max_bytes > 0 {
             log.bytes as f64 * 100.0 / log.max_bytes as f64
         } else {
@@ -197,6 +199,9 @@ impl Relay {
                 appended_records: s.appended_records,
                 dropped_records: s.dropped_records,
                 quarantined_frames: s.quarantined_frames,
+                refusing_full: self
+                    .refusing_full
+                    .load(std::sync::atomic::Ordering::Relaxed),
             },
             sinks,
             subscriptions: self.subscriptions.iter().map(|h| h.snapshot()).collect(),
@@ -301,7 +306,12 @@ mod tests {
     use super::*;
     use crate::drain::drainer::SinkState;
 
-    fn status(bytes: u64, max_bytes: u64, sinks: &[(&str, SinkState, Option<&str>)]) -> Status {
+    fn status(
+        bytes: u64,
+        max_bytes: u64,
+        refusing_full: bool,
+        sinks: &[(&str, SinkState, Option<&str>)],
+    ) -> Status {
         Status {
             log: LogStatus {
                 dir: "/var/lib/walrelay".into(),
@@ -313,6 +323,7 @@ mod tests {
                 appended_records: 7,
                 dropped_records: 0,
                 quarantined_frames: 0,
+                refusing_full,
             },
             sinks: sinks
                 .iter()
@@ -343,12 +354,13 @@ mod tests {
         let st = status(
             1000,
             1 << 20,
+            false,
             &[
                 ("influx", SinkState::Healthy, None),
                 ("timescale", SinkState::Retrying, Some("connection refused")),
             ],
         );
-        let h = st.influx_health(true, 1024, "0.1.0", "abc");
+        let h = st.influx_health(true, "0.1.0", "abc");
         let v = serde_json::to_value(&h).unwrap();
         assert_eq!(v["status"], "pass");
         assert_eq!(v["name"], "walrelay");
@@ -381,18 +393,24 @@ mod tests {
     }
 
     #[test]
-    fn health_fails_when_a_blocking_log_has_no_room_for_one_more_record() {
-        // Room for less than one max-size record: writes would be refused.
-        let st = status((1 << 20) - 1000, 1 << 20, &[]);
-        let h = st.influx_health(true, 1024, "0.1.0", "abc");
+    fn health_fails_while_the_log_refuses_writes_as_full() {
+        // The last append was refused as full.
+        let st = status(4000, 4096, true, &[]);
+        let h = st.influx_health(true, "0.1.0", "abc");
         assert_eq!(h.status, "fail");
         assert_eq!(h.checks[0].status, "fail");
         assert!(h.message.contains("full"), "{}", h.message);
-        // Room for exactly one: still passes.
-        let st = status((1 << 20) - 1024, 1 << 20, &[]);
-        assert_eq!(st.influx_health(true, 1024, "v", "c").status, "pass");
+        assert!(h.checks[0]
+            .message
+            .starts_with("full, writes are refused: 4000 of 4096"));
+        // At max_bytes under block, even before anyone was refused.
+        let st = status(4096, 4096, false, &[]);
+        assert_eq!(st.influx_health(true, "v", "c").status, "fail");
+        // Nearly full but taking writes: passes.
+        let st = status(4095, 4096, false, &[]);
+        assert_eq!(st.influx_health(true, "v", "c").status, "pass");
         // Under drop_oldest a full log still takes writes.
-        let st = status(1 << 20, 1 << 20, &[]);
-        assert_eq!(st.influx_health(false, 1024, "v", "c").status, "pass");
+        let st = status(4096, 4096, false, &[]);
+        assert_eq!(st.influx_health(false, "v", "c").status, "pass");
     }
 }
