@@ -97,7 +97,9 @@ pub struct IngestConfig {
     /// Address of the HTTP server. Default `127.0.0.1:8429` (loopback only;
     /// binding elsewhere is an explicit choice).
     pub listen: String,
-    /// When set, write requests must carry `Authorization: Token <token>`.
+    /// When set, write requests must present it: `Authorization: Token
+    /// <token>` (or `Bearer`, or Basic with it as the password; on the 1.x
+    /// `/write` also the `p` query parameter).
     /// Environment override: `WALRELAY_INGEST_TOKEN`.
     pub token: Option<Secret>,
     /// Largest request body after decompression, bytes (a compressed body

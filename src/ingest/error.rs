@@ -47,7 +47,7 @@ pub enum IngestError {
     /// The gzip stream is corrupt.
     #[error("body is not valid gzip: {0}")]
     BadGzip(String),
-    /// Missing or wrong `Authorization: Token …`.
+    /// Missing or wrong ingest token (header, Basic password or 1.x `p`).
     #[error("unauthorized: missing or wrong token")]
     Unauthorized,
     /// The log is full under `block`; retry later.
