@@ -279,7 +279,7 @@ async fn the_official_client_and_a_1x_writer_work_against_the_relay() {
     let before = appended(&url).await;
     // Wrong credentials: 401 in 1.x's shape, nothing appended.
     for (what, query, auth) in [
-        ("wrong p", format!("db=telegraf&u=telegraf&p=nope"), None),
+        ("wrong p", "db=telegraf&u=telegraf&p=nope".to_string(), None),
         ("no credentials", "db=telegraf".to_string(), None),
         (
             "wrong basic password",
