@@ -85,6 +85,12 @@ impl Drop for Inner {
         if let Some(w) = self.writer.take() {
             let _ = w.join();
         }
+        // Idle: every append has been answered, so nothing may stay reserved.
+        debug_assert_eq!(
+            self.shared.lock_state().pending_bytes,
+            0,
+            "space reserved by no append"
+        );
     }
 }
 
@@ -92,6 +98,40 @@ pub(crate) struct Guarded {
     log: LogState,
     /// Bytes reserved by appends that the writer has not committed yet.
     pending_bytes: u64,
+}
+
+/// Space one append holds against `max_bytes`, from `reserve` until the
+/// commit that writes it turns it into log bytes ([`Reservation::settle`]).
+/// Whatever was not settled is given back when the reservation is dropped,
+/// so every path (commit failure, flush failure, writer gone, send refused)
+/// returns exactly what was reserved: reservations cannot drift.
+pub(crate) struct Reservation {
+    shared: Arc<Shared>,
+    bytes: AtomicU64,
+}
+
+impl Reservation {
+    /// Moves this reservation into the log totals: called under the state
+    /// lock by the commit that just added the append's frame bytes to
+    /// `g.log.bytes`, so space is never counted twice nor released early.
+    pub(crate) fn settle(&self, g: &mut Guarded) {
+        let bytes = self.bytes.swap(0, Ordering::Relaxed);
+        debug_assert!(g.pending_bytes >= bytes, "reservation released twice");
+        g.pending_bytes -= bytes.min(g.pending_bytes);
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        let bytes = self.bytes.swap(0, Ordering::Relaxed);
+        if bytes > 0 {
+            let mut g = self.shared.lock_state();
+            debug_assert!(g.pending_bytes >= bytes, "reservation released twice");
+            g.pending_bytes -= bytes.min(g.pending_bytes);
+            drop(g);
+            self.shared.space_freed.notify_all();
+        }
+    }
 }
 
 pub(crate) struct Shared {
@@ -231,7 +271,8 @@ impl Wal {
                 records: 0,
             });
         }
-        shared.reserve(payload.len() as u64 + FRAME_OVERHEAD)?;
+        let reservation =
+            Shared::reserve(&self.inner.shared, payload.len() as u64 + FRAME_OVERHEAD)?;
         let (reply_tx, reply_rx) = bounded(1);
         let tx = self.inner.tx.as_ref().ok_or(WalError::Closed)?;
         if tx
@@ -239,6 +280,7 @@ impl Wal {
                 payload,
                 count,
                 mask,
+                reservation,
                 reply: reply_tx,
             })
             .is_err()
@@ -524,6 +566,12 @@ impl Wal {
         self.shared().persist.closing()
     }
 
+    /// Bytes reserved by appends in flight (0 whenever no append is running).
+    #[doc(hidden)]
+    pub fn reserved_bytes(&self) -> u64 {
+        self.shared().lock_state().pending_bytes
+    }
+
     /// The configuration the log was opened with.
     pub fn config(&self) -> &WalConfig {
         &self.shared().config
@@ -558,15 +606,15 @@ impl Shared {
     }
 
     /// Reserves room for an append of `bytes`, waiting under `block`.
-    fn reserve(&self, bytes: u64) -> Result<(), WalError> {
-        let max = self.config.max_bytes;
+    fn reserve(this: &Arc<Shared>, bytes: u64) -> Result<Reservation, WalError> {
+        let max = this.config.max_bytes;
         if bytes > max {
             return Err(WalError::TooLarge { bytes, max });
         }
-        let mut g = self.lock_state();
-        if self.config.when_full == WhenFull::Block {
+        let mut g = this.lock_state();
+        if this.config.when_full == WhenFull::Block {
             let waited_from = Instant::now();
-            let deadline = waited_from + self.config.block_timeout();
+            let deadline = waited_from + this.config.block_timeout();
             while g.log.bytes + g.pending_bytes + bytes > max {
                 let now = Instant::now();
                 if now >= deadline {
@@ -576,7 +624,7 @@ impl Shared {
                         waited: now - waited_from,
                     });
                 }
-                g = self
+                g = this
                     .space_freed
                     .wait_timeout(g, deadline - now)
                     .unwrap_or_else(|e| e.into_inner())
@@ -584,7 +632,10 @@ impl Shared {
             }
         }
         g.pending_bytes += bytes;
-        Ok(())
+        Ok(Reservation {
+            shared: Arc::clone(this),
+            bytes: AtomicU64::new(bytes),
+        })
     }
 
     /// Under `drop_oldest`: adds deletes of the oldest frames to `batch` until

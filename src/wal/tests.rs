@@ -168,6 +168,64 @@ fn block_fails_with_full_after_the_deadline_and_resumes_after_truncation() {
     ));
 }
 
+/// A small log that drains as fast as it fills must accept appends forever:
+/// what an append reserves is exactly what its commit settles, so the
+/// reservation cannot creep up to `max_bytes` (it used to leak the frame
+/// overhead of every append and refuse writes after about 6,000 of them).
+#[test]
+fn small_log_draining_as_it_fills_never_refuses_tens_of_thousands_of_appends() {
+    const APPENDS: u64 = 30_000;
+    let dir = TempDir::new().unwrap();
+    let cfg = WalConfig {
+        max_bytes: 200_000,
+        block_timeout_ms: 2_000,
+        // The accounting does not depend on the policy; `interval` keeps
+        // 30,000 appends from costing 30,000 fdatasyncs.
+        durability: Durability::Interval { interval_ms: 50 },
+        ..small(&dir)
+    };
+    let wal = Wal::open(cfg).unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let drainer = {
+        let (wal, stop) = (wal.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut delivered = 0u64;
+            loop {
+                let done = stop.load(Ordering::Acquire);
+                for sink in ["a", "b"] {
+                    // `read_for` stops at the last durable frame, as drainers do.
+                    let cursor = wal.cursor(sink).unwrap();
+                    let (frames, last) = wal.read_for(cursor, 500, u16::MAX).unwrap();
+                    if last > cursor {
+                        if sink == "a" {
+                            delivered += frames.iter().map(|f| f.records.len() as u64).sum::<u64>();
+                        }
+                        wal.ack(sink, last).unwrap();
+                    }
+                }
+                if done && wal.stats().records == 0 {
+                    return delivered;
+                }
+                std::thread::yield_now();
+            }
+        })
+    };
+    for i in 0..APPENDS {
+        if let Err(e) = wal.append(&[trade(i)]) {
+            panic!("append {i} refused by a log that drains as it fills: {e} ({:?}, {} bytes reserved)", wal.stats(), wal.reserved_bytes());
+        }
+    }
+    stop.store(true, Ordering::Release);
+    assert_eq!(
+        drainer.join().unwrap(),
+        APPENDS,
+        "every record delivered once"
+    );
+    let s = wal.stats();
+    assert_eq!((s.records, s.frames, s.bytes), (0, 0, 0), "{s:?}");
+    assert_eq!(wal.reserved_bytes(), 0, "idle and empty: nothing reserved");
+}
+
 #[test]
 fn drop_oldest_counts_exactly_and_moves_cursors() {
     let dir = TempDir::new().unwrap();

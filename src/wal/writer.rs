@@ -39,6 +39,8 @@ pub(crate) struct Request {
     pub count: u32,
     /// Kinds present (`RecordKind::bit`), for the frame index.
     pub mask: u16,
+    /// Space held for this append; settled by the commit, released on drop.
+    pub reservation: super::Reservation,
     pub reply: Sender<Result<AppendOutcome, WalError>>,
 }
 
@@ -227,9 +229,9 @@ fn commit_group(
         .apply_batch(index)
         .map_err(WalError::sled("append frame index"))?;
     guard.log = st;
-    guard.pending_bytes = guard
-        .pending_bytes
-        .saturating_sub(group.iter().map(|r| r.payload.len() as u64).sum());
+    for r in group {
+        r.reservation.settle(&mut guard);
+    }
     drop(guard);
 
     if let Some((last_dropped, records)) = dropped {
