@@ -8,4 +8,6 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 cargo build --locked --all-targets
 cargo test --locked -- --test-threads=2
+# Fault injection (fail points compiled in only with the feature).
+cargo test --locked --features failpoints --test failpoints -- --test-threads=1
 cargo bench --locked --no-run

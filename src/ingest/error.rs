@@ -37,6 +37,14 @@ pub enum IngestError {
     /// The log is full under `block`; retry later.
     #[error("write-ahead log is full; retry after {retry_after:?}")]
     Full { retry_after: Duration },
+    /// The log refuses appends for now: it failed after an I/O error (until
+    /// restart), or the disk under it is nearly full (until space is freed).
+    /// Nothing was appended; retry later.
+    #[error("write-ahead log unavailable: {reason}")]
+    Unavailable {
+        reason: String,
+        retry_after: Duration,
+    },
     /// The log failed (I/O); nothing was acknowledged.
     #[error("write-ahead log error: {0}")]
     Wal(String),
@@ -53,8 +61,18 @@ impl IngestError {
             | IngestError::BadGzip(_) => 400,
             IngestError::TooLarge { .. } => 413,
             IngestError::Unauthorized => 401,
-            IngestError::Full { .. } => 503,
+            IngestError::Full { .. } | IngestError::Unavailable { .. } => 503,
             IngestError::Wal(_) => 500,
+        }
+    }
+
+    /// How long the writer should wait before retrying (`Retry-After`).
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            IngestError::Full { retry_after } | IngestError::Unavailable { retry_after, .. } => {
+                Some(*retry_after)
+            }
+            _ => None,
         }
     }
 

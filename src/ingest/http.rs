@@ -29,7 +29,7 @@ impl IntoResponse for IngestError {
             StatusCode::from_u16(self.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let body = serde_json::json!({ "code": self.code(), "message": self.to_string() });
         let mut resp = (status, Json(body)).into_response();
-        if let IngestError::Full { retry_after } = &self {
+        if let Some(retry_after) = self.retry_after() {
             let secs = retry_after.as_secs().max(1).to_string();
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_str(&secs).unwrap());
@@ -244,6 +244,12 @@ async fn ready(State(relay): State<Arc<Relay>>) -> Response {
         .filter(|s| s.health.state != crate::drain::drainer::SinkState::Healthy)
         .map(|s| s.name.clone())
         .collect();
+    // A log that refuses appends (failed, disk full) makes the relay unready.
+    if let Some(reason) = relay.wal_unavailable() {
+        let body =
+            serde_json::json!({ "ready": false, "reason": reason, "unhealthy_sinks": unhealthy });
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+    }
     Json(serde_json::json!({ "ready": true, "unhealthy_sinks": unhealthy })).into_response()
 }
 

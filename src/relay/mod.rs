@@ -127,6 +127,10 @@ impl Relay {
             WalError::TooLarge { .. } => IngestError::TooLarge {
                 limit: self.config.wal.max_bytes as usize,
             },
+            e @ WalError::Failed { .. } => IngestError::Unavailable {
+                reason: e.to_string(),
+                retry_after: Duration::from_secs(30),
+            },
             other => IngestError::Wal(other.to_string()),
         })?;
         let mut per_kind = std::collections::BTreeMap::new();
@@ -173,6 +177,12 @@ impl Relay {
             &[("endpoint", endpoint), ("status", &status.to_string())],
             1,
         );
+    }
+
+    /// Why the log refuses appends right now, if it does (see
+    /// `wal/durability.rs`, fail-stop); `/ready` answers 503 with it.
+    pub fn wal_unavailable(&self) -> Option<String> {
+        self.wal.failure()
     }
 
     fn health(&self, name: &str) -> Arc<SinkHealth> {

@@ -28,6 +28,10 @@ pub struct LogStatus {
     pub appended_records: u64,
     pub dropped_records: u64,
     pub quarantined_frames: u64,
+    /// Why the log refuses appends (failed after an I/O error, disk full);
+    /// absent while it accepts them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unavailable: Option<String>,
 }
 
 /// One sink's progress and health.
@@ -88,6 +92,7 @@ impl Relay {
                 appended_records: s.appended_records,
                 dropped_records: s.dropped_records,
                 quarantined_frames: s.quarantined_frames,
+                unavailable: self.wal_unavailable(),
             },
             sinks,
             subscriptions: self.subscriptions.iter().map(|h| h.snapshot()).collect(),
@@ -127,6 +132,16 @@ impl Relay {
                 "Unreadable frames moved to quarantine.",
                 vec![],
                 st.log.quarantined_frames as f64,
+            ),
+            (
+                "walrelay_log_accepting",
+                "1 while the log accepts appends, 0 while it refuses them (failed, disk full).",
+                vec![],
+                if st.log.unavailable.is_none() {
+                    1.0
+                } else {
+                    0.0
+                },
             ),
         ];
         for s in &st.sinks {

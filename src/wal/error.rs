@@ -48,6 +48,11 @@ pub enum WalError {
     /// The group commit holding this append failed; nothing of it is acknowledged.
     #[error("group commit failed: {detail}")]
     Commit { detail: String },
+    /// A flush or write failed earlier in this process: the log refuses
+    /// appends until a restart re-opens it (see `durability.rs`, fail-stop).
+    /// Callers answer 503: the writer should retry later, an operator must act.
+    #[error("write-ahead log has failed and refuses appends: {reason}")]
+    Failed { reason: String },
     /// The log is closed (shutdown in progress, or the writer thread died).
     #[error("write-ahead log is closed")]
     Closed,

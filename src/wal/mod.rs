@@ -242,8 +242,9 @@ impl Wal {
     ///
     /// # Errors
     /// [`WalError::Full`] when `block` waited in vain, [`WalError::TooLarge`]
-    /// for an append bigger than `max_bytes`, [`WalError::Commit`] when the
-    /// group commit failed (nothing of the append is acknowledged), and
+    /// for an append bigger than `max_bytes`, [`WalError::Failed`] when this
+    /// or an earlier group commit or flush failed (nothing of the append is
+    /// acknowledged, and the log refuses appends until restarted), and
     /// [`WalError::Closed`] during shutdown.
     pub fn append(&self, records: &[Record]) -> Result<AppendOutcome, WalError> {
         let mut payload = Vec::with_capacity(records.len() * 96);
@@ -270,6 +271,9 @@ impl Wal {
                 group_bytes: 0,
                 records: 0,
             });
+        }
+        if shared.persist.failed().is_some() {
+            return Err(shared.persist.failed_error());
         }
         let reservation =
             Shared::reserve(&self.inner.shared, payload.len() as u64 + FRAME_OVERHEAD)?;
@@ -564,6 +568,12 @@ impl Wal {
     /// [`WalError::Sled`] on I/O failure.
     pub fn flush(&self) -> Result<(), WalError> {
         self.shared().persist.closing()
+    }
+
+    /// Why the log refuses appends, if a flush or write has failed in this
+    /// process (fail-stop, see `durability.rs`); `None` while healthy.
+    pub fn failure(&self) -> Option<String> {
+        self.shared().persist.failed().map(str::to_string)
     }
 
     /// Bytes reserved by appends in flight (0 whenever no append is running).

@@ -99,11 +99,12 @@ pub(crate) fn run(shared: Arc<Shared>, rx: Receiver<Request>) {
                 }
             }
             Err(e) => {
+                // Fail-stop (durability.rs): a sled error on the write path
+                // leaves sled refusing writes; nothing after it is acknowledged.
+                shared.persist.fail(&e);
                 tracing::error!(error = %e, requests = group.len(), "group commit failed; producers get an error");
                 for req in &group {
-                    let _ = req.reply.send(Err(WalError::Commit {
-                        detail: e.to_string(),
-                    }));
+                    let _ = req.reply.send(Err(shared.persist.failed_error()));
                 }
             }
         }
@@ -146,11 +147,10 @@ fn answer(shared: &Shared, batch: Vec<Applied>, flushed: Result<(), WalError>) {
         Err(e) => {
             let requests: usize = batch.iter().map(|a| a.replies.len()).sum();
             tracing::error!(error = %e, requests, "flush failed; producers get an error");
+            // `e` is `WalError::Failed`: the flush put the log in the failed state.
             for a in batch {
                 for (reply, _) in a.replies {
-                    let _ = reply.send(Err(WalError::Commit {
-                        detail: e.to_string(),
-                    }));
+                    let _ = reply.send(Err(shared.persist.failed_error()));
                 }
             }
         }
