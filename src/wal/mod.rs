@@ -45,7 +45,7 @@ mod state;
 mod writer;
 
 pub use config::{Durability, WalConfig, WhenFull};
-pub use dead_letter::{DeadLetter, DeadLetters};
+pub use dead_letter::{DeadLetter, DeadLetterTotals, DeadLetters};
 pub use error::WalError;
 pub use frame::{Frame, FrameError, FrameHeader};
 pub use meta::Meta;
@@ -140,6 +140,8 @@ pub(crate) struct Shared {
     cursors: sled::Tree,
     meta: sled::Tree,
     dead: sled::Tree,
+    /// Dead-letter totals and budget (dead_letter.rs).
+    dead_book: Arc<dead_letter::Book>,
     quarantine: sled::Tree,
     /// seq → u16 mask of the record kinds in the frame (see `read_for`).
     index: sled::Tree,
@@ -195,6 +197,10 @@ impl Wal {
             &config.dir,
             config.durability,
         )?);
+        let dead_book = Arc::new(dead_letter::Book::load(
+            &store.dead,
+            config.dead_letter_max_bytes,
+        )?);
         let (seq_tx, _) = tokio::sync::watch::channel(store.state.next_seq - 1);
         let shared = Arc::new(Shared {
             db: store.db,
@@ -202,6 +208,7 @@ impl Wal {
             cursors: store.cursors,
             meta: store.meta,
             dead: store.dead,
+            dead_book,
             quarantine: store.quarantine,
             index: store.index,
             persist,
@@ -487,7 +494,7 @@ impl Wal {
             appended_records: st.next_record,
             dropped_records: st.dropped_records,
             quarantined_frames: shared.quarantine.len() as u64,
-            dead_letters: shared.dead.len() as u64,
+            dead_letters: shared.dead_book_count(),
         }
     }
 
@@ -512,6 +519,7 @@ impl Wal {
             tree: s.dead.clone(),
             db: s.db.clone(),
             persist: s.persist.clone(),
+            book: s.dead_book.clone(),
         }
     }
 
@@ -600,6 +608,10 @@ impl Wal {
 }
 
 impl Shared {
+    fn dead_book_count(&self) -> u64 {
+        self.dead_book.count_all()
+    }
+
     fn lock_state(&self) -> MutexGuard<'_, Guarded> {
         // A panic while holding the lock leaves consistent data (state is
         // assigned only after the sled batch succeeded), so poisoning is ignored.

@@ -310,6 +310,75 @@ fn verify_reports_bad_frames_without_changing_them() {
     );
 }
 
+/// A poison stream cannot grow the dead letters past their bound: the oldest
+/// of the flooding sink are dropped and counted, the counters answer without
+/// a scan and agree with one, and they survive a reopen.
+#[test]
+fn a_dead_letter_flood_stays_within_its_budget_dropping_and_counting_the_oldest() {
+    const BUDGET: u64 = 60_000;
+    let dir = TempDir::new().unwrap();
+    let cfg = WalConfig {
+        dead_letter_max_bytes: BUDGET,
+        ..small(&dir)
+    };
+    let wal = Wal::open(cfg.clone()).unwrap();
+    let dl = wal.dead_letters();
+    for i in 0..3 {
+        dl.put("timescale", &trade(1_000_000 + i), "22003: out of range", 1)
+            .unwrap();
+    }
+    let mut next = 0u64;
+    for _ in 0..40 {
+        let items: Vec<(Record, String)> = (next..next + 250)
+            .map(|i| (trade(i), format!("400: bad line {i}")))
+            .collect();
+        next += 250;
+        dl.put_many("influx", &items, 1).unwrap();
+    }
+    let totals = dl.totals();
+    let (influx, ts) = (totals["influx"], totals["timescale"]);
+    assert!(influx.bytes + ts.bytes <= BUDGET, "{totals:?}");
+    assert_eq!(
+        influx.count + influx.dropped,
+        10_000,
+        "every dead letter kept or counted"
+    );
+    assert!(influx.dropped > 9_000, "the flood was cut back: {influx:?}");
+    assert_eq!(
+        (ts.count, ts.dropped),
+        (3, 0),
+        "the flooding sink pays first"
+    );
+    // The counters agree with a scan, and the newest are the ones kept.
+    let kept = dl.list(Some("influx"), usize::MAX).unwrap();
+    assert_eq!(kept.len() as u64, influx.count);
+    assert_eq!(dl.count(Some("influx")).unwrap(), influx.count);
+    assert_eq!(dl.count(None).unwrap(), influx.count + 3);
+    assert_eq!(wal.stats().dead_letters, influx.count + 3);
+    assert_eq!(kept.first().unwrap().record, trade(influx.dropped));
+    assert_eq!(kept.last().unwrap().record, trade(9_999));
+    let scanned: u64 = wal
+        .inner
+        .shared
+        .dead
+        .scan_prefix(b"influx\0")
+        .map(|kv| kv.map(|(k, v)| (k.len() + v.len()) as u64).unwrap())
+        .sum();
+    assert_eq!(scanned, influx.bytes);
+    drop((dl, wal));
+    let wal = Wal::open(cfg.clone()).unwrap();
+    assert_eq!(wal.dead_letters().totals(), totals, "totals persist");
+
+    // A log written before the totals existed is counted once on open.
+    wal.inner.shared.dead.remove(b"\xFFtotals").unwrap();
+    drop(wal);
+    let wal = Wal::open(cfg).unwrap();
+    let recounted = wal.dead_letters().totals();
+    assert_eq!(recounted["influx"].count, influx.count);
+    assert_eq!(recounted["influx"].bytes, influx.bytes);
+    assert_eq!(recounted["timescale"].count, 3);
+}
+
 #[test]
 fn dead_letters_list_take_purge() {
     let dir = TempDir::new().unwrap();

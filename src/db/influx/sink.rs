@@ -198,13 +198,19 @@ impl InfluxSink {
                 )
             }));
         }
+        // One atomic write and one flush for the delivery, off the async workers.
+        let items: Vec<(Record, String)> = rejected
+            .iter()
+            .map(|(i, reason)| (batch[*i].clone(), reason.clone()))
+            .collect();
+        self.dead
+            .put_many_async("influx", items, self.attempts)
+            .await
+            .map_err(|e| InfluxError::Connect {
+                url: "dead-letter store".into(),
+                detail: e.to_string(),
+            })?;
         for (i, reason) in &rejected {
-            self.dead
-                .put("influx", &batch[*i], reason, self.attempts)
-                .map_err(|e| InfluxError::Connect {
-                    url: "dead-letter store".into(),
-                    detail: e.to_string(),
-                })?;
             tracing::warn!(sink = "influx", kind = %batch[*i].kind(), reason = %reason, "record dead-lettered");
         }
         Ok(Delivery {

@@ -403,10 +403,16 @@ impl TimescaleSink {
                 )
             }));
         }
+        // One atomic write and one flush for the delivery, off the async workers.
+        let items: Vec<(Record, String)> = rejected
+            .iter()
+            .map(|(i, reason)| (batch[*i].clone(), reason.clone()))
+            .collect();
+        self.dead
+            .put_many_async("timescale", items, self.attempts)
+            .await
+            .map_err(|e| TimescaleError::Wal(e.to_string()))?;
         for (i, reason) in &rejected {
-            self.dead
-                .put("timescale", &batch[*i], reason, self.attempts)
-                .map_err(|e| TimescaleError::Wal(e.to_string()))?;
             tracing::warn!(sink = "timescale", kind = %batch[*i].kind(), reason = %reason, "record dead-lettered");
         }
         Ok(Delivery {
