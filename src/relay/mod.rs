@@ -131,6 +131,10 @@ impl Relay {
                 reason: e.to_string(),
                 retry_after: Duration::from_secs(30),
             },
+            e @ WalError::DiskFull { .. } => IngestError::Unavailable {
+                reason: e.to_string(),
+                retry_after: Duration::from_secs(5),
+            },
             other => IngestError::Wal(other.to_string()),
         })?;
         let mut per_kind = std::collections::BTreeMap::new();
@@ -179,10 +183,11 @@ impl Relay {
         );
     }
 
-    /// Why the log refuses appends right now, if it does (see
-    /// `wal/durability.rs`, fail-stop); `/ready` answers 503 with it.
+    /// Why the log refuses appends right now, if it does (failed: see
+    /// `wal/durability.rs`; disk nearly full: `wal/disk.rs`); `/ready`
+    /// answers 503 with it.
     pub fn wal_unavailable(&self) -> Option<String> {
-        self.wal.failure()
+        self.wal.refusing()
     }
 
     fn health(&self, name: &str) -> Arc<SinkHealth> {

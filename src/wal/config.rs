@@ -77,6 +77,13 @@ pub struct WalConfig {
     /// own bound beside `max_bytes`: when a new dead letter would exceed it,
     /// the oldest are deleted and counted (`dead_letter.rs`). Default 256 MiB.
     pub dead_letter_max_bytes: u64,
+    /// Appends are refused ([`crate::wal::WalError::DiskFull`], HTTP 503 with
+    /// `Retry-After`) while the filesystem under `dir` has less than this many
+    /// bytes free, so that sled never runs into ENOSPC itself (sled keeps an
+    /// I/O error for good, which makes the log fail-stop until a restart).
+    /// Draining, acknowledging and dead-lettering go on; appends resume by
+    /// themselves once space is freed. 0 turns the check off. Default 64 MiB.
+    pub min_free_bytes: u64,
     /// See [`WhenFull`]. Default `"block"`.
     pub when_full: WhenFull,
     /// How long `append` waits for space under `block`. Default 5000 ms.
@@ -104,6 +111,7 @@ impl Default for WalConfig {
             durability: Durability::Sync,
             max_bytes: 10 * 1024 * 1024 * 1024,
             dead_letter_max_bytes: 256 * 1024 * 1024,
+            min_free_bytes: 64 * 1024 * 1024,
             when_full: WhenFull::Block,
             block_timeout_ms: 5000,
             cache_bytes: 64 * 1024 * 1024,

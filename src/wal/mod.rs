@@ -36,6 +36,7 @@
 
 mod config;
 mod dead_letter;
+mod disk;
 mod durability;
 mod error;
 mod frame;
@@ -151,6 +152,8 @@ pub(crate) struct Shared {
     space_freed: Condvar,
     last_seq: tokio::sync::watch::Sender<u64>,
     quarantined_now: AtomicU64,
+    /// Free space under the log, checked at most every few milliseconds.
+    disk: disk::FreeSpace,
 }
 
 /// A snapshot of the log's size and counters.
@@ -220,6 +223,7 @@ impl Wal {
             space_freed: Condvar::new(),
             last_seq: seq_tx,
             quarantined_now: AtomicU64::new(0),
+            disk: disk::FreeSpace::new(),
         });
         let (tx, rx) = bounded(1024);
         let writer_shared = shared.clone();
@@ -282,6 +286,9 @@ impl Wal {
         if shared.persist.failed().is_some() {
             return Err(shared.persist.failed_error());
         }
+        shared
+            .disk
+            .check(&shared.config, payload.len() as u64 + FRAME_OVERHEAD)?;
         let reservation =
             Shared::reserve(&self.inner.shared, payload.len() as u64 + FRAME_OVERHEAD)?;
         let (reply_tx, reply_rx) = bounded(1);
@@ -582,6 +589,20 @@ impl Wal {
     /// process (fail-stop, see `durability.rs`); `None` while healthy.
     pub fn failure(&self) -> Option<String> {
         self.shared().persist.failed().map(str::to_string)
+    }
+
+    /// Why appends are refused right now, if they are: the log failed
+    /// ([`Wal::failure`], until restart) or the disk under it has less than
+    /// `min_free_bytes` free (until space is freed).
+    pub fn refusing(&self) -> Option<String> {
+        let shared = self.shared();
+        self.failure().or_else(|| {
+            shared
+                .disk
+                .check(&shared.config, 0)
+                .err()
+                .map(|e| e.to_string())
+        })
     }
 
     /// Bytes reserved by appends in flight (0 whenever no append is running).
