@@ -10,12 +10,15 @@
 //!              [0]        -> log totals (state.rs), changed atomically with frames
 //! cursors      sink name  -> u64 BE: last frame the sink fully delivered
 //! dead_letters sink\0ts\0id -> record + reason + attempts (dead_letter.rs)
+//!              0xFF "totals" -> per-sink count, bytes, dropped (same batches)
 //! meta         owner/key  -> small facts: format version, dimension-ID cache
 //! quarantine   u64 BE seq -> reason + raw bytes of an unreadable frame
 //! ```
 //!
-//! Write path: `append` encodes on the caller's thread, reserves space (under
-//! `block` it waits up to `block_timeout_ms`, then fails with
+//! Write path: `append` encodes on the caller's thread, refuses at once if
+//! the log has failed ([`WalError::Failed`], `durability.rs`) or the disk is
+//! below `min_free_bytes` ([`WalError::DiskFull`], `disk.rs`), reserves space
+//! (under `block` it waits up to `block_timeout_ms`, then fails with
 //! [`WalError::Full`]), and hands the bytes to the writer thread
 //! (`writer.rs`), which group-commits and answers after the flush that covers
 //! the append (`durability.rs` holds every flush decision).
@@ -32,6 +35,12 @@
 //! - A sink's cursor only moves forward; frames after it are never deleted by
 //!   truncation, only by `drop_oldest`, which counts every record it drops.
 //! - The log totals change in the same atomic batch as the frames.
+//! - Space accounting is exact: an append's reservation (payload + frame
+//!   overhead) is settled into the log totals by the commit that writes it,
+//!   under the state lock, or given back when it is dropped on any other
+//!   path (`Reservation`); an idle log has nothing reserved.
+//! - Fail-stop: after a failed flush or sled write nothing more is
+//!   acknowledged until the log is re-opened.
 //! - Opening the log never scans frames (`recovery.rs`).
 
 mod config;

@@ -71,7 +71,7 @@ impl TimescaleError {
     }
 
     /// How the drainer handles it. An SQLSTATE outside the table of
-    /// [`classify`] is `Config` here, but see [`Self::is_unclassified`]: the
+    /// `classify` is `Config` here, but see [`Self::is_unclassified`]: the
     /// sink bisects such an error before it believes it.
     pub fn class(&self) -> ErrorClass {
         match self {
