@@ -92,6 +92,47 @@ fn a_failed_fdatasync_stops_acknowledgements_until_restart() {
     scenario.teardown();
 }
 
+/// A group commit that fails before anything is applied gives back every
+/// byte its appends reserved (the reservation's drop path), and fails stop
+/// like a failed sync.
+#[test]
+fn a_failed_group_commit_releases_its_reservations_and_fails_stop() {
+    let scenario = fail::FailScenario::setup();
+    let dir = tempfile::TempDir::new().unwrap();
+    let config = WalConfig::new(dir.path()).with_sinks(["a"]);
+    let wal = Wal::open(config.clone()).unwrap();
+    wal.append(&[trade(0)]).unwrap();
+    let before = wal.stats();
+    fail::cfg("wal::commit", "return").unwrap();
+    let producers: Vec<_> = (1..5)
+        .map(|i| {
+            let w = wal.clone();
+            std::thread::spawn(move || w.append(&[trade(i), trade(100 + i)]))
+        })
+        .collect();
+    for p in producers {
+        let err = p.join().unwrap().unwrap_err();
+        assert!(matches!(err, WalError::Failed { .. }), "{err}");
+    }
+    fail::remove("wal::commit");
+    assert_eq!(
+        wal.reserved_bytes(),
+        0,
+        "every refused append gave its space back"
+    );
+    assert_eq!(
+        wal.stats(),
+        before,
+        "nothing of the failed groups is in the log"
+    );
+    assert!(wal.failure().unwrap().contains("wal::commit"));
+    drop(wal);
+    let wal = Wal::open(config).unwrap();
+    assert_eq!(ids(&wal), vec![0]);
+    wal.append(&[trade(9)]).unwrap();
+    scenario.teardown();
+}
+
 #[test]
 fn a_failed_log_answers_503_and_says_why_on_ready_status_and_the_cli() {
     let scenario = fail::FailScenario::setup();

@@ -49,7 +49,8 @@
 //! acknowledged before the failure (reads and cursor advances stay allowed).
 //!
 //! Fail points (feature `failpoints`, tests/failpoints.rs): `wal::fdatasync`
-//! makes the `fdatasync` after sled's flush fail.
+//! makes the `fdatasync` after sled's flush fail; `wal::commit` (writer.rs)
+//! makes a group's sled write fail before anything is applied.
 
 use super::{config::Durability, WalError};
 

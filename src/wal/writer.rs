@@ -83,7 +83,15 @@ pub(crate) fn run(shared: Arc<Shared>, rx: Receiver<Request>) {
                 Err(_) => break,
             }
         }
-        match commit_group(&shared, &mut builder, &group) {
+        let committed = (|| {
+            // Fail point (feature `failpoints`): the group's sled write fails.
+            fail::fail_point!("wal::commit", |_| Err(WalError::Corrupt {
+                what: "group commit",
+                detail: "injected by fail point wal::commit".into(),
+            }));
+            commit_group(&shared, &mut builder, &group)
+        })();
+        match committed {
             Ok(outcomes) => {
                 let applied = Applied {
                     last_seq: outcomes.last().map(|o| o.group_last_seq).unwrap_or(0),
