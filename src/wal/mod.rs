@@ -73,7 +73,10 @@ use durability::Persist;
 use frame::{key_seq, peek_header, seq_key};
 use state::{LogState, STATE_KEY};
 
-/// Per-frame overhead counted against `max_bytes` when reserving space.
+/// Per-frame overhead counted against `max_bytes` when reserving space. An
+/// append lands in one frame, so one overhead per append bounds what its
+/// commit adds (appends sharing a frame share it). Should an append ever span
+/// several frames, reserve one overhead per frame it may span.
 const FRAME_OVERHEAD: u64 = 8 + frame::HEADER_LEN as u64;
 
 /// The write-ahead log. Cheap to clone; all clones share one writer thread,
