@@ -384,3 +384,136 @@ async fn repeated_influx_timeouts_shrink_the_requests_until_the_batch_lands() {
     let want: BTreeSet<u64> = (0..200).map(|i| 1000 + i).collect();
     assert_eq!(prices(&vm).await, want);
 }
+
+/// The value of `name` (with `label` among its labels, if given) in a
+/// Prometheus text exposition.
+fn metric(text: &str, name: &str, label: Option<&str>) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|l| {
+            let key = l.split_whitespace().next().unwrap_or("");
+            (key == name || key.starts_with(&format!("{name}{{")))
+                && label.is_none_or(|lb| key.contains(lb))
+        })
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap_or_else(|| panic!("{name} {label:?} not in /metrics:\n{text}"))
+        .parse()
+        .unwrap()
+}
+
+/// A poison stream through a running relay: every refused line is
+/// dead-lettered, the dead letters stay within `wal.dead_letter_max_bytes`
+/// (the oldest dropped), and `/status` and `/metrics` count exactly what was
+/// kept and what was dropped; the good lines all land.
+#[tokio::test]
+async fn a_dead_letter_flood_through_the_relay_stays_within_its_bound_and_is_counted() {
+    const BUDGET: u64 = 40_000;
+    let vm = Vm::start().await;
+    let proxy = Proxy::start(&format!("127.0.0.1:{}", vm.port)).await;
+    proxy.set(Mode::RejectLineWith {
+        marker: "POISON".into(),
+    });
+    let dir = tempfile::TempDir::new().unwrap();
+    let mut config = walrelay::config::Config::default();
+    config.wal.dir = dir.path().join("wal");
+    config.wal.dead_letter_max_bytes = BUDGET;
+    config.ingest.token = Some(walrelay::config::Secret::new("s3cret"));
+    config.influx = Some(InfluxConfig::new(&proxy.url(), "org", "bucket"));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(walrelay::relay::serve(config, listener, async move {
+        let _ = stopped.await;
+    }));
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    for _ in 0..200 {
+        if client.get(format!("{url}/health")).send().await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // 5 requests of 100 lines: 80 poison and 20 good lines each.
+    let (mut poison, mut good) = (0u64, 0u64);
+    for r in 0..5u64 {
+        let mut body = String::new();
+        for j in 0..100u64 {
+            let i = r * 100 + j;
+            let symbol = if j % 5 == 4 {
+                good += 1;
+                "GOODUSDT"
+            } else {
+                poison += 1;
+                "POISONUSDT"
+            };
+            body.push_str(&format!(
+                "trades,symbol={symbol},exchange=BINANCE,side=buy price={},quantity=0.1 {}\n",
+                1000 + i,
+                1_700_000_100_000_000_000u64 + i * 1_000_000
+            ));
+        }
+        let resp = client
+            .post(format!("{url}/api/v2/write?org=o&bucket=b&precision=ns"))
+            .header("Authorization", "Token s3cret")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 204);
+    }
+    let mut status = serde_json::Value::Null;
+    for _ in 0..1200 {
+        status = client
+            .get(format!("{url}/status"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if status["sinks"][0]["backlog_records"] == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let sink = &status["sinks"][0];
+    assert_eq!(sink["backlog_records"], 0, "{status}");
+    let (kept, dropped) = (
+        sink["dead_letters"].as_u64().unwrap(),
+        sink["dead_letters_dropped"].as_u64().unwrap(),
+    );
+    assert_eq!(
+        kept + dropped,
+        poison,
+        "every poison line kept or counted: {status}"
+    );
+    assert!(dropped > 0, "the flood exceeded the budget: {status}");
+    assert!(
+        status["log"]["dead_letter_bytes"].as_u64().unwrap() <= BUDGET,
+        "{status}"
+    );
+    let text = client
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        metric(&text, "walrelay_dead_letters", Some("influx")),
+        kept as f64
+    );
+    assert_eq!(
+        metric(&text, "walrelay_dead_letters_dropped_total", Some("influx")),
+        dropped as f64
+    );
+    assert!(metric(&text, "walrelay_dead_letter_bytes", None) <= BUDGET as f64);
+    let landed = vm.sample_set("trades_price").await.len() as u64;
+    assert_eq!(landed, good, "every good line landed once");
+    drop(client);
+    let _ = stop.send(());
+    task.await.unwrap().unwrap();
+}

@@ -221,17 +221,25 @@ impl DeadLetters {
             })?;
             entries.push((key, value));
         }
-        let added: u64 = entries
-            .iter()
-            .map(|(k, v)| (k.len() + v.len()) as u64)
-            .sum();
+        let size = |(k, v): &(Vec<u8>, Vec<u8>)| (k.len() + v.len()) as u64;
+        let mut added: u64 = entries.iter().map(size).sum();
+        // A call larger than the whole budget keeps its newest entries only;
+        // the older ones are counted as dropped without being stored.
+        let mut dropped = 0u64;
+        let mut skip = 0;
+        while added > self.book.max_bytes && skip + 1 < entries.len() {
+            added -= size(&entries[skip]);
+            skip += 1;
+            dropped += 1;
+        }
+        entries.drain(..skip);
 
         let mut guard = self.book.lock();
         let mut totals = guard.clone();
+        totals.entry(sink.to_string()).or_default().dropped += dropped;
         let mut batch = sled::Batch::default();
         // Room first: oldest of this sink, then of the others.
         let mut held: u64 = totals.values().map(|t| t.bytes).sum();
-        let mut dropped = 0u64;
         if held + added > self.book.max_bytes {
             let own = self.tree.scan_prefix(prefix(Some(sink)));
             let rest = self.tree.range(..TOTALS_KEY);
