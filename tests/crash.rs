@@ -85,6 +85,7 @@ fn run_and_kill(dir: &Path, cycle: u64, after: Duration) -> Acked {
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
+    let (started_tx, started) = std::sync::mpsc::channel::<()>();
     let reader = std::thread::spawn(move || {
         let mut acked = Acked::new();
         for line in BufReader::new(stdout).lines() {
@@ -93,10 +94,15 @@ fn run_and_kill(dir: &Path, cycle: u64, after: Duration) -> Acked {
             if f.len() == 6 && f[0] == "ACK" {
                 let n: Vec<u64> = f[1..].iter().map(|x| x.parse().unwrap()).collect();
                 acked.insert((n[0], n[1], n[2]), (n[3], n[4]));
+                let _ = started_tx.send(());
             }
         }
         acked
     });
+    // The random moment is counted from the first acknowledgement: opening
+    // a grown log on a busy disk can take longer than the shortest window,
+    // and a kill before the first append tests nothing.
+    let _ = started.recv_timeout(Duration::from_secs(20));
     std::thread::sleep(after);
     child.kill().unwrap(); // SIGKILL on Unix
     child.wait().unwrap();
