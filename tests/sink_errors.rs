@@ -418,7 +418,7 @@ async fn a_dead_letter_flood_through_the_relay_stays_within_its_bound_and_is_cou
     config.wal.dir = dir.path().join("wal");
     config.wal.dead_letter_max_bytes = BUDGET;
     config.ingest.token = Some(walrelay::config::Secret::new("s3cret"));
-    config.influx = Some(InfluxConfig::new(&proxy.url(), "org", "bucket"));
+    config.influx = Some(InfluxConfig::new(proxy.url(), "org", "bucket"));
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
