@@ -17,3 +17,5 @@ if [ "$(id -u)" -eq 0 ] && command -v dpkg >/dev/null 2>&1; then
   export WALRELAY_REQUIRE_DEB=1
 fi
 cargo test --locked -- --test-threads=2
+# Fault injection (fail points compiled in only with the feature).
+cargo test --locked --features failpoints --test failpoints -- --test-threads=1

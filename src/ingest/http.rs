@@ -361,6 +361,12 @@ async fn ready(State(relay): State<Arc<Relay>>) -> Response {
         .filter(|s| s.health.state != crate::drain::drainer::SinkState::Healthy)
         .map(|s| s.name.clone())
         .collect();
+    // A log that refuses appends (failed, disk full) makes the relay unready.
+    if let Some(reason) = relay.wal_unavailable() {
+        let body =
+            serde_json::json!({ "ready": false, "reason": reason, "unhealthy_sinks": unhealthy });
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+    }
     Json(serde_json::json!({ "ready": true, "unhealthy_sinks": unhealthy })).into_response()
 }
 

@@ -28,6 +28,13 @@ pub struct LogStatus {
     pub appended_records: u64,
     pub dropped_records: u64,
     pub quarantined_frames: u64,
+    /// Bytes held by dead letters (all sinks) and their bound.
+    pub dead_letter_bytes: u64,
+    pub dead_letter_max_bytes: u64,
+    /// Why the log refuses appends (failed after an I/O error, disk full);
+    /// absent while it accepts them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unavailable: Option<String>,
 }
 
 /// One sink's progress and health.
@@ -42,6 +49,8 @@ pub struct SinkStatus {
     /// Backlog divided by the recent drain rate, seconds.
     pub eta_seconds: Option<f64>,
     pub dead_letters: u64,
+    /// Dead letters deleted to keep within `wal.dead_letter_max_bytes`.
+    pub dead_letters_dropped: u64,
     #[serde(flatten)]
     pub health: HealthSnapshot,
 }
@@ -54,7 +63,8 @@ impl Relay {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
-        let dl = self.wal.dead_letters();
+        // Counters, not scans: cheap however many dead letters there are.
+        let dl = self.wal.dead_letters().totals();
         let sinks = self
             .sinks
             .iter()
@@ -72,7 +82,8 @@ impl Relay {
                         .map(|ms| now_ms.saturating_sub(ms) as f64 / 1000.0),
                     eta_seconds: (health.drain_rate > 0.0)
                         .then(|| backlog_records as f64 / health.drain_rate),
-                    dead_letters: dl.count(Some(h.name)).unwrap_or(0),
+                    dead_letters: dl.get(h.name).map_or(0, |t| t.count),
+                    dead_letters_dropped: dl.get(h.name).map_or(0, |t| t.dropped),
                     health,
                 }
             })
@@ -88,6 +99,9 @@ impl Relay {
                 appended_records: s.appended_records,
                 dropped_records: s.dropped_records,
                 quarantined_frames: s.quarantined_frames,
+                dead_letter_bytes: dl.values().map(|t| t.bytes).sum(),
+                dead_letter_max_bytes: self.config.wal.dead_letter_max_bytes,
+                unavailable: self.wal_unavailable(),
             },
             sinks,
             subscriptions: self.subscriptions.iter().map(|h| h.snapshot()).collect(),
@@ -128,6 +142,22 @@ impl Relay {
                 vec![],
                 st.log.quarantined_frames as f64,
             ),
+            (
+                "walrelay_dead_letter_bytes",
+                "Bytes held by dead letters, all sinks (bound: wal.dead_letter_max_bytes).",
+                vec![],
+                st.log.dead_letter_bytes as f64,
+            ),
+            (
+                "walrelay_log_accepting",
+                "1 while the log accepts appends, 0 while it refuses them (failed, disk full).",
+                vec![],
+                if st.log.unavailable.is_none() {
+                    1.0
+                } else {
+                    0.0
+                },
+            ),
         ];
         for s in &st.sinks {
             let l = vec![("sink", s.name.clone())];
@@ -154,6 +184,12 @@ impl Relay {
                 "Dead letters stored, by sink.",
                 l.clone(),
                 s.dead_letters as f64,
+            ));
+            g.push((
+                "walrelay_dead_letters_dropped_total",
+                "Dead letters deleted to keep within wal.dead_letter_max_bytes, by sink.",
+                l.clone(),
+                s.dead_letters_dropped as f64,
             ));
             let state = match s.health.state {
                 crate::drain::drainer::SinkState::Healthy => 0.0,

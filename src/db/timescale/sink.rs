@@ -7,9 +7,13 @@
 //! transaction and a second statement; `benches/timescale.rs` measures both.
 //!
 //! Confirmation: `Ok` means every record is in its table or dead-lettered.
-//! Data errors (SQLSTATE 22, 23) are isolated by bisection; dead letters are
-//! stored only when the whole delivery succeeds, so a retry never
-//! dead-letters a record twice.
+//! Data errors (SQLSTATE 22, 23, 54; the table is in `error.rs`) are
+//! isolated by bisection; so is an SQLSTATE the table does not know, which
+//! is dead-lettered only if it hits single records while others of the
+//! delivery are written (it hitting everything makes it configuration). Dead
+//! letters are stored only when the whole delivery succeeds, so a retry
+//! never dead-letters a record twice. Repeated timeouts halve the rows per
+//! transaction (`drain::retry::Shrink`) before a batch is retried at full size.
 //!
 //! Conflicts: a fact key holds one row and the first write wins. When an
 //! insert adds fewer rows than it was given (the count costs nothing), one
@@ -30,6 +34,7 @@ use super::conn::{connect, deadline};
 use super::dim_cache::{identity, Dim, DimCache};
 use super::error::TimescaleError;
 use super::schema::{bar_table, ensure};
+use crate::drain::retry::Shrink;
 use crate::drain::{Delivery, ErrorClass, Sink, SinkFailure};
 use crate::record::{Record, RecordKind};
 use crate::wal::{DeadLetters, Meta};
@@ -42,6 +47,25 @@ pub struct TimescaleSink {
     dead: DeadLetters,
     schema_ready: bool,
     attempts: u32,
+    /// Rows per transaction after timeouts.
+    shrink: Shrink,
+    /// Most rows the last delivery put in one transaction.
+    attempted: usize,
+}
+
+/// Unclassified errors on single records, tolerated while nothing of the
+/// delivery was written before they are taken as configuration.
+const MAX_SUSPECTS_WITHOUT_WRITES: usize = 8;
+
+/// What the bisection of one delivery found.
+#[derive(Default)]
+struct Found {
+    /// Records refused for a data reason, with it.
+    rejected: Vec<(usize, String)>,
+    /// Records refused alone with an unclassified error.
+    suspects: Vec<(usize, TimescaleError)>,
+    /// Records written.
+    written: usize,
 }
 
 fn time(ts: i64) -> SystemTime {
@@ -120,6 +144,8 @@ impl TimescaleSink {
             dead,
             schema_ready: false,
             attempts: 0,
+            shrink: Shrink::default(),
+            attempted: 0,
         })
     }
 
@@ -287,12 +313,12 @@ impl TimescaleSink {
     }
 
     /// Writes `idx`, retrying once after re-resolving on a foreign-key
-    /// violation and bisecting on data errors.
+    /// violation and bisecting on data and unclassified errors.
     fn write_part<'a>(
         &'a mut self,
         batch: &'a [Record],
         idx: &'a [usize],
-        rejected: &'a mut Vec<(usize, String)>,
+        found: &'a mut Found,
     ) -> Pin<Box<dyn Future<Output = Result<(), TimescaleError>> + Send + 'a>> {
         Box::pin(async move {
             let mut result = self.write_rows(batch, idx).await;
@@ -318,16 +344,27 @@ impl TimescaleSink {
             }
             match result {
                 Ok(conflicts) => {
-                    rejected.extend(conflicts);
+                    found.written += idx.len() - conflicts.len();
+                    found.rejected.extend(conflicts);
                     Ok(())
                 }
-                Err(e) if e.class() == ErrorClass::Data && idx.len() > 1 => {
+                Err(e)
+                    if (e.class() == ErrorClass::Data || e.is_unclassified()) && idx.len() > 1 =>
+                {
                     let (a, b) = idx.split_at(idx.len() / 2);
-                    self.write_part(batch, a, rejected).await?;
-                    self.write_part(batch, b, rejected).await
+                    self.write_part(batch, a, found).await?;
+                    self.write_part(batch, b, found).await
                 }
                 Err(e) if e.class() == ErrorClass::Data => {
-                    rejected.push((idx[0], e.to_string()));
+                    found.rejected.push((idx[0], e.to_string()));
+                    Ok(())
+                }
+                Err(e) if e.is_unclassified() => {
+                    // Everything fails alike: no record to blame, stop here.
+                    if found.written == 0 && found.suspects.len() >= MAX_SUSPECTS_WITHOUT_WRITES {
+                        return Err(e);
+                    }
+                    found.suspects.push((idx[0], e));
                     Ok(())
                 }
                 Err(e) => Err(e),
@@ -340,14 +377,42 @@ impl TimescaleSink {
         let idx: Vec<usize> = (0..batch.len())
             .filter(|&i| keys(&batch[i]).is_some())
             .collect();
-        let mut rejected = Vec::new();
-        for chunk in idx.chunks(self.cfg.batch_size.max(1)) {
-            self.write_part(batch, chunk, &mut rejected).await?;
+        let mut found = Found::default();
+        let rows = self.shrink.limit(self.cfg.batch_size);
+        self.attempted = rows.min(idx.len());
+        for chunk in idx.chunks(rows) {
+            self.write_part(batch, chunk, &mut found).await?;
         }
+        let Found {
+            mut rejected,
+            suspects,
+            written,
+        } = found;
+        if let Some((_, first)) = suspects.first() {
+            if written == 0 {
+                // It hit every record it met: not about the data. Unhealthy
+                // (configuration) until an operator looks.
+                let (_, e) = suspects.into_iter().next().expect("first exists");
+                return Err(e);
+            }
+            tracing::warn!(sink = "timescale", records = suspects.len(), written, error = %first, "an unclassified error hit single records while the rest were written: dead-lettering them");
+            rejected.extend(suspects.into_iter().map(|(i, e)| {
+                (
+                    i,
+                    format!("{e} (an error of unknown class that refused this record alone while {written} others of its batch were written)"),
+                )
+            }));
+        }
+        // One atomic write and one flush for the delivery, off the async workers.
+        let items: Vec<(Record, String)> = rejected
+            .iter()
+            .map(|(i, reason)| (batch[*i].clone(), reason.clone()))
+            .collect();
+        self.dead
+            .put_many_async("timescale", items, self.attempts)
+            .await
+            .map_err(|e| TimescaleError::Wal(e.to_string()))?;
         for (i, reason) in &rejected {
-            self.dead
-                .put("timescale", &batch[*i], reason, self.attempts)
-                .map_err(|e| TimescaleError::Wal(e.to_string()))?;
             tracing::warn!(sink = "timescale", kind = %batch[*i].kind(), reason = %reason, "record dead-lettered");
         }
         Ok(Delivery {
@@ -371,10 +436,19 @@ impl Sink for TimescaleSink {
         match self.deliver_inner(batch).await {
             Ok(d) => {
                 self.attempts = 0;
+                self.shrink.succeeded(self.cfg.batch_size);
                 Ok(d)
             }
             Err(e) => {
                 self.drop_if_broken(&e);
+                if e.is_timeout() {
+                    let rows = self.shrink.timed_out(self.attempted);
+                    tracing::warn!(
+                        sink = "timescale",
+                        rows_per_transaction = rows,
+                        "timed out: retrying with smaller transactions"
+                    );
+                }
                 Err(SinkFailure {
                     class: e.class(),
                     message: e.to_string(),
