@@ -3,9 +3,20 @@
 # (unit, property, crash, and the integration tests against real PostgreSQL
 # and VictoriaMetrics, which the tests start themselves on loopback), and
 # checks that the benchmarks build.
+#
+# TimescaleDB: where it is installed (setup.sh installs it when
+# ../shared/timescaledb/install.sh exists), the harness preloads it and the
+# warehouse tests run against hypertables, while the fallback tests use a
+# plain cluster beside it. The Timescale sink's tests then run once more with
+# WALRELAY_TEST_TIMESCALEDB=off, the way a machine without TimescaleDB runs
+# them (hypertable checks print SKIPPED).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 cargo build --locked --all-targets
 cargo test --locked -- --test-threads=2
+if [ -f /usr/lib/postgresql/15/lib/timescaledb.so ]; then
+  echo "test.sh: the Timescale sink's tests again, on plain PostgreSQL (WALRELAY_TEST_TIMESCALEDB=off)" >&2
+  WALRELAY_TEST_TIMESCALEDB=off cargo test --locked --test timescale_sink -- --test-threads=2
+fi
 cargo bench --locked --no-run

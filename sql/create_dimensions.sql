@@ -1,5 +1,19 @@
 -- Dimension tables shared by every fact table (reference DDL; kept in sync
--- with src/db/timescale/schema.rs by tests/timescale_schema.rs).
+-- with src/db/timescale/schema.rs by the catalog comparison in
+-- tests/timescale_sink.rs). Valid on plain PostgreSQL and on TimescaleDB.
+-- TimescaleDB, as walrelay does it: create the extension only when the server
+-- offers it AND preloads it (without shared_preload_libraries a real
+-- TimescaleDB answers CREATE EXTENSION with FATAL and drops the connection).
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb')
+       AND EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb')
+       AND 'timescaledb' = ANY (string_to_array(replace(replace(current_setting('shared_preload_libraries'), ' ', ''), '"', ''), ','))
+    THEN
+        CREATE EXTENSION IF NOT EXISTS timescaledb;
+    END IF;
+END
+$$;
 CREATE SCHEMA IF NOT EXISTS mart;
 CREATE TABLE IF NOT EXISTS mart.dim_symbol (
     symbol_id SERIAL PRIMARY KEY,

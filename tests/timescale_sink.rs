@@ -1,5 +1,8 @@
-//! The Timescale sink against a real PostgreSQL 15 (plain tables: TimescaleDB
-//! is not packaged here; the hypertable test runs where it is installed).
+//! The Timescale sink against a real PostgreSQL 15. Where TimescaleDB is
+//! installed, `Pg::start` preloads it and the sink writes into hypertables;
+//! tests that must also hold on plain PostgreSQL run once per flavour
+//! (`Pg::each_flavour`). Without TimescaleDB the hypertable-only checks print
+//! `SKIPPED` and the reason.
 
 mod common;
 
@@ -77,34 +80,64 @@ async fn total(pg: &Pg, db: &str) -> i64 {
     n
 }
 
+const FOUR_HYPERTABLES: [&str; 4] = [
+    "bar__kline(time)",
+    "bar__tick_imbalance(time)",
+    "bar__volume_imbalance(time)",
+    "bar__vpin(time)",
+];
+
 #[tokio::test]
 async fn schema_creation_is_idempotent_and_safe_concurrently() {
-    let pg = Pg::start();
-    let url = pg.create_db("twice").await;
-    let cfg = TimescaleConfig::new(&url);
-    let (mut a, mut b) = (
-        walrelay::db::timescale::connect(&cfg).await.unwrap(),
-        walrelay::db::timescale::connect(&cfg).await.unwrap(),
-    );
-    // Two relays at once on a fresh database, then once more.
-    let (ra, rb) = tokio::join!(
-        schema::ensure(&mut a, "mart", false),
-        schema::ensure(&mut b, "mart", false)
-    );
-    assert!(
-        !ra.unwrap() && !rb.unwrap(),
-        "plain PostgreSQL here: no hypertables"
-    );
-    schema::ensure(&mut a, "mart", false).await.unwrap();
-    // Required TimescaleDB on a server without it is a clear startup error.
-    let err = schema::ensure(&mut a, "mart", true).await.unwrap_err();
-    assert!(
-        err.to_string().contains("TimescaleDB") && err.to_string().contains("require_timescaledb"),
-        "{err}"
-    );
+    for pg in Pg::each_flavour() {
+        let flavour = pg.flavour();
+        let url = pg.create_db("twice").await;
+        let cfg = TimescaleConfig::new(&url);
+        let (mut a, mut b) = (
+            walrelay::db::timescale::connect(&cfg).await.unwrap(),
+            walrelay::db::timescale::connect(&cfg).await.unwrap(),
+        );
+        // Two relays at once on a fresh database, then once more.
+        let (ra, rb) = tokio::join!(
+            schema::ensure(&mut a, "mart", false),
+            schema::ensure(&mut b, "mart", false)
+        );
+        let (ra, rb) = (ra.unwrap(), rb.unwrap());
+        assert_eq!(
+            (ra, rb),
+            (pg.timescale(), pg.timescale()),
+            "{flavour}: hypertables exactly when TimescaleDB is preloaded"
+        );
+        assert_eq!(schema::ensure(&mut a, "mart", false).await.unwrap(), ra);
+        if pg.timescale() {
+            assert_eq!(pg.hypertables("twice").await, FOUR_HYPERTABLES);
+            // Required and present: fine, and still idempotent.
+            assert!(schema::ensure(&mut a, "mart", true).await.unwrap());
+            assert_eq!(pg.hypertables("twice").await, FOUR_HYPERTABLES);
+        } else {
+            assert!(pg.hypertables("twice").await.is_empty(), "{flavour}");
+            // Required TimescaleDB on a server without it is a clear startup
+            // error, naming what to do.
+            let err = schema::ensure(&mut a, "mart", true)
+                .await
+                .unwrap_err()
+                .to_string();
+            let expected = if common::pg::timescaledb_installed() {
+                "shared_preload_libraries = 'timescaledb'"
+            } else {
+                "require_timescaledb"
+            };
+            assert!(
+                err.contains("TimescaleDB") && err.contains(expected),
+                "{flavour}: {err}"
+            );
+        }
+    }
 }
 
-/// Columns, constraints and indexes of schema `mart`, as comparable text.
+/// Columns, constraints and indexes of schema `mart`, and on TimescaleDB
+/// which tables are hypertables partitioned by which column, as comparable
+/// text.
 async fn catalog(pg: &Pg, db: &str) -> Vec<String> {
     let c = pg.client(db).await;
     let mut out = Vec::new();
@@ -128,46 +161,68 @@ async fn catalog(pg: &Pg, db: &str) -> Vec<String> {
     for row in c.query("SELECT tablename::text, indexname::text, indexdef FROM pg_indexes WHERE schemaname = 'mart' ORDER BY 1, 2", &[]).await.unwrap() {
         out.push(format!("index {} {} {}", row.get::<_, String>(0), row.get::<_, String>(1), row.get::<_, String>(2)));
     }
+    for h in pg.hypertables(db).await {
+        out.push(format!("hypertable {h}"));
+    }
     out
 }
 
 #[tokio::test]
 async fn reference_ddl_and_code_produce_the_same_catalog() {
-    let pg = Pg::start();
-    pg.create_db("from_sql").await;
-    let url = pg.create_db("from_code").await;
-    let c = pg.client("from_sql").await;
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/sql");
-    let mut files: Vec<_> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    files.sort_by_key(|p| (!p.ends_with("create_dimensions.sql"), p.clone()));
-    for f in &files {
-        c.batch_execute(&std::fs::read_to_string(f).unwrap())
+    for pg in Pg::each_flavour() {
+        let flavour = pg.flavour();
+        pg.create_db("from_sql").await;
+        let url = pg.create_db("from_code").await;
+        let c = pg.client("from_sql").await;
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/sql");
+        let mut files: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort_by_key(|p| (!p.ends_with("create_dimensions.sql"), p.clone()));
+        // Twice: the reference DDL is idempotent too.
+        for f in files.iter().chain(&files) {
+            c.batch_execute(&std::fs::read_to_string(f).unwrap())
+                .await
+                .unwrap_or_else(|e| panic!("{flavour}: {}: {e}", f.display()));
+        }
+        let mut code = walrelay::db::timescale::connect(&TimescaleConfig::new(&url))
             .await
-            .unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+            .unwrap();
+        schema::ensure(&mut code, "mart", false).await.unwrap();
+        let (a, b) = (
+            catalog(&pg, "from_sql").await,
+            catalog(&pg, "from_code").await,
+        );
+        assert!(
+            a.len() > 40,
+            "{flavour}: catalog too small to mean anything: {a:?}"
+        );
+        assert!(
+            a.iter()
+                .any(|l| l.contains("bar__vpin_keys_time_idx") && l.contains("\"time\" DESC")),
+            "{flavour}: {a:?}"
+        );
+        assert!(
+            a.iter()
+                .any(|l| l.contains("UNIQUE (\"time\", symbol_id, exchange_id, interval_id)")),
+            "{flavour}: {a:?}"
+        );
+        let hypertables: Vec<String> = a
+            .iter()
+            .filter_map(|l| l.strip_prefix("hypertable "))
+            .map(String::from)
+            .collect();
+        if pg.timescale() {
+            assert_eq!(
+                hypertables, FOUR_HYPERTABLES,
+                "{flavour}: sql/ makes hypertables"
+            );
+        } else {
+            assert!(hypertables.is_empty(), "{flavour}: {hypertables:?}");
+        }
+        assert_eq!(a, b, "{flavour}: sql/ and schema.rs drifted apart");
     }
-    let mut code = walrelay::db::timescale::connect(&TimescaleConfig::new(&url))
-        .await
-        .unwrap();
-    schema::ensure(&mut code, "mart", false).await.unwrap();
-    let (a, b) = (
-        catalog(&pg, "from_sql").await,
-        catalog(&pg, "from_code").await,
-    );
-    assert!(a.len() > 40, "catalog too small to mean anything: {a:?}");
-    assert!(
-        a.iter()
-            .any(|l| l.contains("bar__vpin_keys_time_idx") && l.contains("\"time\" DESC")),
-        "{a:?}"
-    );
-    assert!(
-        a.iter()
-            .any(|l| l.contains("UNIQUE (\"time\", symbol_id, exchange_id, interval_id)")),
-        "{a:?}"
-    );
-    assert_eq!(a, b, "sql/ and schema.rs drifted apart");
 }
 
 /// Captures tracing output of the current thread.
@@ -552,31 +607,74 @@ async fn database_killed_mid_batch_and_restarted_loses_nothing() {
         "backlog drained after restart"
     );
     assert_eq!(total(&pg, "crash").await, n, "every record exactly once");
+    if pg.timescale() {
+        assert_eq!(
+            pg.hypertables("crash").await,
+            FOUR_HYPERTABLES,
+            "the crash ran against hypertables"
+        );
+    } else {
+        eprintln!(
+            "database_killed_mid_batch_and_restarted_loses_nothing ran on plain tables: {}",
+            common::pg::timescaledb_missing().unwrap_or_default()
+        );
+    }
     let _ = stop.send(true);
     task.await.unwrap();
 }
 
 #[tokio::test]
 async fn hypertables_when_timescaledb_is_installed() {
+    if let Some(why) = common::pg::timescaledb_missing() {
+        eprintln!("SKIPPED hypertables_when_timescaledb_is_installed: {why}");
+        return;
+    }
     let pg = Pg::start();
     let url = pg.create_db("hyper").await;
+    let mut client = walrelay::db::timescale::connect(&TimescaleConfig::new(&url))
+        .await
+        .unwrap();
+    assert!(schema::ensure(&mut client, "mart", true).await.unwrap());
+    assert_eq!(pg.hypertables("hyper").await, FOUR_HYPERTABLES);
+    // Rows 30 days apart cannot share a chunk (7-day chunks): inserts create
+    // exactly one chunk per timestamp, and the parent table stays empty.
+    let dir = tempfile::TempDir::new().unwrap();
+    let wal = Wal::open(WalConfig::new(dir.path())).unwrap();
+    let mut sink =
+        TimescaleSink::new(TimescaleConfig::new(&url), wal.meta(), wal.dead_letters()).unwrap();
+    let month = 30 * 24 * 3600;
+    let rows: Vec<Record> = (0..3)
+        .flat_map(|m| {
+            [
+                bar(BarKind::Vpin, "BTCUSDT", m * month, 11.0),
+                bar(BarKind::Vpin, "ETHUSDT", m * month, 11.0),
+            ]
+        })
+        .collect();
+    let d = sink.deliver(&rows).await.unwrap();
+    assert_eq!((d.written, d.dead_lettered), (6, 0));
     let c = pg.client("hyper").await;
-    let available: bool = c
+    let chunks: i64 = c
         .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb')",
+            "SELECT count(*) FROM timescaledb_information.chunks WHERE hypertable_schema = 'mart' AND hypertable_name = 'bar__vpin'",
             &[],
         )
         .await
         .unwrap()
         .get(0);
-    if !available {
-        eprintln!("SKIPPED hypertables_when_timescaledb_is_installed: the timescaledb extension is not available on this PostgreSQL");
-        return;
+    assert_eq!(chunks, 3, "one chunk per month of rows");
+    let (all, parent): (i64, i64) = {
+        let r = c
+            .query_one(
+                "SELECT (SELECT count(*) FROM mart.bar__vpin), (SELECT count(*) FROM ONLY mart.bar__vpin)",
+                &[],
+            )
+            .await
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!((all, parent), (6, 0), "rows live in chunks, not the parent");
+    for t in ["bar__kline", "bar__tick_imbalance", "bar__volume_imbalance"] {
+        assert_eq!(count(&pg, "hyper", t).await, 0);
     }
-    let mut client = walrelay::db::timescale::connect(&TimescaleConfig::new(&url))
-        .await
-        .unwrap();
-    assert!(schema::ensure(&mut client, "mart", true).await.unwrap());
-    let n: i64 = c.query_one("SELECT count(*) FROM timescaledb_information.hypertables WHERE hypertable_schema = 'mart'", &[]).await.unwrap().get(0);
-    assert_eq!(n, 4);
 }
