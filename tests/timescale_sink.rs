@@ -448,9 +448,26 @@ async fn a_poison_record_is_dead_lettered_while_its_batch_mates_land() {
     assert_eq!(count(&pg, "poison", "bar__vpin").await, 39);
 }
 
+/// Asserts that mart's four fact tables are hypertables where the cluster
+/// preloads TimescaleDB, and plain tables where it does not.
+async fn assert_table_kind(pg: &Pg, db: &str) {
+    let h = pg.hypertables(db).await;
+    if pg.timescale() {
+        assert_eq!(h, FOUR_HYPERTABLES, "ran against hypertables");
+    } else {
+        assert!(h.is_empty(), "plain tables: {h:?}");
+    }
+}
+
 #[tokio::test]
-async fn a_different_row_for_a_held_key_is_dead_lettered_and_a_replay_is_not() {
-    let pg = Pg::start();
+async fn first_wins_dead_letters_a_different_row_for_a_held_key_and_not_a_replay() {
+    for pg in Pg::each_flavour() {
+        first_wins(&pg).await;
+    }
+}
+
+/// The default policy, `first_wins`, on every fact table.
+async fn first_wins(pg: &Pg) {
     let url = pg.create_db("conflicts").await;
     let dir = tempfile::TempDir::new().unwrap();
     let wal = Wal::open(WalConfig::new(dir.path())).unwrap();
@@ -476,7 +493,8 @@ async fn a_different_row_for_a_held_key_is_dead_lettered_and_a_replay_is_not() {
     assert_eq!(dead[0].record, rival);
     assert!(
         dead[0].error.contains("bar__tick_imbalance")
-            && dead[0].error.contains("already holds a different row"),
+            && dead[0].error.contains("already holds a different row")
+            && dead[0].error.contains("first_wins"),
         "{}",
         dead[0].error
     );
@@ -514,8 +532,103 @@ async fn a_different_row_for_a_held_key_is_dead_lettered_and_a_replay_is_not() {
     assert!(dead
         .iter()
         .any(|l| l.record == k && l.error.contains("bar__kline")));
-    assert_eq!(count(&pg, "conflicts", "bar__tick_imbalance").await, 2);
-    assert_eq!(count(&pg, "conflicts", "bar__kline").await, 2);
+    assert_eq!(count(pg, "conflicts", "bar__tick_imbalance").await, 2);
+    assert_eq!(count(pg, "conflicts", "bar__kline").await, 2);
+    assert_table_kind(pg, "conflicts").await;
+}
+
+#[tokio::test]
+async fn last_wins_replaces_the_row_and_a_replay_rewrites_nothing() {
+    for pg in Pg::each_flavour() {
+        last_wins(&pg).await;
+    }
+}
+
+/// `last_wins` on klines (a forming candle streamed repeatedly) while the
+/// bars keep `first_wins`.
+async fn last_wins(pg: &Pg) {
+    let url = pg.create_db("last_wins").await;
+    let dir = tempfile::TempDir::new().unwrap();
+    let wal = Wal::open(WalConfig::new(dir.path())).unwrap();
+    let mut cfg = TimescaleConfig::new(&url);
+    cfg.conflict = toml::from_str("bar__kline = \"last_wins\"").unwrap();
+    let mut sink = TimescaleSink::new(cfg, wal.meta(), wal.dead_letters()).unwrap();
+    let forming = |i: i64, close: f64, nanos: i64| {
+        let mut k = kline("ETHUSDT", i);
+        if let Record::Kline(k) = &mut k {
+            k.close = close;
+            k.high = close.max(k.high);
+            k.ts += nanos;
+        }
+        k
+    };
+    let c = pg.client("last_wins").await;
+    let row = |i: i64| {
+        let c = &c;
+        async move {
+            let r = c
+                .query_one(
+                    "SELECT close, high, xmin::text FROM mart.bar__kline WHERE time = to_timestamp($1::float8)",
+                    &[&(1_700_000_000.0 + i as f64 * 60.0)],
+                )
+                .await
+                .unwrap();
+            (
+                r.get::<_, f64>(0),
+                r.get::<_, f64>(1),
+                r.get::<_, String>(2),
+            )
+        }
+    };
+
+    // The candle of minute 1 forms: four updates in one batch, the last two
+    // within one microsecond (one key to PostgreSQL), plus minute 2.
+    let d = sink
+        .deliver(&[
+            forming(1, 1.1, 0),
+            forming(1, 1.2, 0),
+            forming(2, 7.0, 0),
+            forming(1, 1.3, 0),
+            forming(1, 2.5, 999),
+        ])
+        .await
+        .unwrap();
+    assert_eq!((d.written, d.dead_lettered), (5, 0));
+    assert_eq!(count(pg, "last_wins", "bar__kline").await, 2);
+    let (close, high, _) = row(1).await;
+    assert_eq!(
+        (close, high),
+        (2.5, 2.5),
+        "the last record of the key in the batch"
+    );
+
+    // A later batch updates it again: the row is replaced, not dead-lettered.
+    let d = sink.deliver(&[forming(1, 1.9, 0)]).await.unwrap();
+    assert_eq!((d.written, d.dead_lettered), (1, 0));
+    let (close, high, version) = row(1).await;
+    assert_eq!((close, high), (1.9, 2.0));
+
+    // A replay of the same record rewrites nothing: the row version (xmin)
+    // stays, thanks to WHERE … IS DISTINCT FROM.
+    let d = sink.deliver(&[forming(1, 1.9, 0)]).await.unwrap();
+    assert_eq!((d.written, d.dead_lettered), (1, 0));
+    assert_eq!(
+        row(1).await,
+        (1.9, 2.0, version),
+        "identical replay is not an update"
+    );
+    assert_eq!(wal.dead_letters().count(None).unwrap(), 0);
+
+    // Bars in the same sink still keep the first write.
+    let first = bar(BarKind::Vpin, "BTCUSDT", 5, 11.0);
+    let rival = bar(BarKind::Vpin, "BTCUSDT", 5, 12.0);
+    let d = sink.deliver(&[first, rival.clone()]).await.unwrap();
+    assert_eq!((d.written, d.dead_lettered), (1, 1));
+    let dead = wal.dead_letters().list(Some("timescale"), 10).unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].record, rival);
+    assert_eq!(count(pg, "last_wins", "bar__kline").await, 2);
+    assert_table_kind(pg, "last_wins").await;
 }
 
 #[tokio::test]
