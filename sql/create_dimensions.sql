@@ -17,15 +17,32 @@ $$;
 CREATE SCHEMA IF NOT EXISTS mart;
 CREATE TABLE IF NOT EXISTS mart.dim_symbol (
     symbol_id SERIAL PRIMARY KEY,
-    symbol TEXT UNIQUE,
+    symbol TEXT NOT NULL UNIQUE,
     is_deleted BOOLEAN NOT NULL DEFAULT FALSE,
     deleted_date TIMESTAMPTZ NULL
 );
 CREATE TABLE IF NOT EXISTS mart.dim_exchange (
     exchange_id SERIAL PRIMARY KEY,
-    exchange TEXT UNIQUE
+    exchange TEXT NOT NULL UNIQUE
 );
 CREATE TABLE IF NOT EXISTS mart.dim_interval (
     interval_id SERIAL PRIMARY KEY,
-    "interval" TEXT UNIQUE
+    "interval" TEXT NOT NULL UNIQUE
 );
+-- Databases created while the names were nullable get NOT NULL too, unless a
+-- NULL name is stored (then a warning says so and nothing changes).
+DO $$
+DECLARE
+    c record;
+BEGIN
+    FOR c IN SELECT * FROM (VALUES ('dim_symbol', 'symbol'), ('dim_exchange', 'exchange'), ('dim_interval', 'interval')) AS v(tbl, col) LOOP
+        IF EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = format('%I.%I', 'mart', c.tbl)::regclass AND attname = c.col AND NOT attnotnull) THEN
+            BEGIN
+                EXECUTE format('ALTER TABLE %I.%I ALTER COLUMN %I SET NOT NULL', 'mart', c.tbl, c.col);
+            EXCEPTION WHEN not_null_violation THEN
+                RAISE WARNING '%.%.% holds NULL names; left nullable', 'mart', c.tbl, c.col;
+            END;
+        END IF;
+    END LOOP;
+END
+$$;

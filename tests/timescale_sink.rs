@@ -208,6 +208,17 @@ async fn reference_ddl_and_code_produce_the_same_catalog() {
                 .any(|l| l.contains("UNIQUE (\"time\", symbol_id, exchange_id, interval_id)")),
             "{flavour}: {a:?}"
         );
+        for name in [
+            "dim_symbol.symbol",
+            "dim_exchange.exchange",
+            "dim_interval.interval",
+        ] {
+            assert!(
+                a.iter()
+                    .any(|l| l.starts_with(&format!("column {name} text null=NO"))),
+                "{flavour}: {name} is NOT NULL: {a:?}"
+            );
+        }
         let hypertables: Vec<String> = a
             .iter()
             .filter_map(|l| l.strip_prefix("hypertable "))
@@ -222,6 +233,49 @@ async fn reference_ddl_and_code_produce_the_same_catalog() {
             assert!(hypertables.is_empty(), "{flavour}: {hypertables:?}");
         }
         assert_eq!(a, b, "{flavour}: sql/ and schema.rs drifted apart");
+    }
+}
+
+#[tokio::test]
+async fn dimension_names_of_an_older_database_become_not_null() {
+    let pg = Pg::start();
+    let nullable = |t: &str, c: &str| {
+        format!("SELECT NOT attnotnull FROM pg_attribute WHERE attrelid = 'mart.{t}'::regclass AND attname = '{c}'")
+    };
+    for (db, null_symbol) in [("older", false), ("older_with_null", true)] {
+        let url = pg.create_db(db).await;
+        let c = pg.client(db).await;
+        // The dimension tables as earlier versions created them.
+        c.batch_execute(
+            "CREATE SCHEMA mart; \
+             CREATE TABLE mart.dim_symbol (symbol_id SERIAL PRIMARY KEY, symbol TEXT UNIQUE, is_deleted BOOLEAN NOT NULL DEFAULT FALSE, deleted_date TIMESTAMPTZ NULL); \
+             CREATE TABLE mart.dim_exchange (exchange_id SERIAL PRIMARY KEY, exchange TEXT UNIQUE); \
+             CREATE TABLE mart.dim_interval (interval_id SERIAL PRIMARY KEY, \"interval\" TEXT UNIQUE); \
+             INSERT INTO mart.dim_symbol (symbol) VALUES ('BTCUSDT')",
+        )
+        .await
+        .unwrap();
+        if null_symbol {
+            c.batch_execute("INSERT INTO mart.dim_symbol (symbol) VALUES (NULL)")
+                .await
+                .unwrap();
+        }
+        let mut code = walrelay::db::timescale::connect(&TimescaleConfig::new(&url))
+            .await
+            .unwrap();
+        schema::ensure(&mut code, "mart", false)
+            .await
+            .unwrap_or_else(|e| panic!("{db}: {e}"));
+        for (t, col) in [
+            ("dim_symbol", "symbol"),
+            ("dim_exchange", "exchange"),
+            ("dim_interval", "interval"),
+        ] {
+            let still: bool = c.query_one(&nullable(t, col), &[]).await.unwrap().get(0);
+            // A stored NULL symbol keeps that one column nullable (with a
+            // warning) instead of failing the relay's startup.
+            assert_eq!(still, null_symbol && t == "dim_symbol", "{db}: {t}.{col}");
+        }
     }
 }
 
