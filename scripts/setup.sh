@@ -63,8 +63,8 @@ if [ -f "$TS_INSTALL" ]; then
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --only-upgrade postgresql-15 postgresql-client-15 >/dev/null
     timescaledb_loads || {
-      echo "setup: TimescaleDB is installed but PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}') cannot load it (error above); the tests would fail. Remove it or fix the install; WALRELAY_TEST_TIMESCALEDB=off runs the tests on plain PostgreSQL." >&2
-      exit 1
+      echo "setup: TimescaleDB is installed but PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}') cannot load it (error above); tests that preload it would fail. Fix the install, or set WALRELAY_TEST_TIMESCALEDB=off to test on plain PostgreSQL." >&2
+      [ "${WALRELAY_TEST_TIMESCALEDB:-}" = off ] || exit 1
     }
   fi
   echo "setup: TimescaleDB installed and loadable by PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}')" >&2
