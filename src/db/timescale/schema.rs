@@ -1,8 +1,10 @@
 //! The star schema: three dimension tables and four fact tables, created
 //! idempotently and safely from several relays at once (one advisory lock
-//! around the whole DDL transaction). `sql/create_table_bar__*.sql` is the
-//! reference DDL for schema `mart`; a test compares its catalog with this
-//! module's output so the two cannot drift.
+//! around the whole DDL transaction). `sql/*.sql` is the reference DDL for
+//! schema `mart` (valid on plain PostgreSQL; `DO` blocks create the extension
+//! and the hypertables where TimescaleDB is there); a test compares its
+//! catalog with this module's output, hypertable status and partitioning
+//! column included, on both, so the two cannot drift.
 //!
 //! TimescaleDB: detected before anything is sent. Installed → hypertables.
 //! Available and preloaded → `CREATE EXTENSION` then hypertables. Available
