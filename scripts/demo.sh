@@ -61,7 +61,7 @@ if psql "$PG_URL" -At -c "SELECT 1 FROM pg_extension WHERE extname = 'timescaled
   psql "$PG_URL" -At -F ' ' -c "SELECT t, (SELECT count(*) FROM timescaledb_information.hypertables h WHERE h.hypertable_schema = 'mart' AND h.hypertable_name = t) = 1, (SELECT count(*) FROM timescaledb_information.chunks c WHERE c.hypertable_schema = 'mart' AND c.hypertable_name = t), n FROM (VALUES ('bar__tick_imbalance', (SELECT count(*) FROM mart.bar__tick_imbalance)), ('bar__volume_imbalance', (SELECT count(*) FROM mart.bar__volume_imbalance)), ('bar__vpin', (SELECT count(*) FROM mart.bar__vpin)), ('bar__kline', (SELECT count(*) FROM mart.bar__kline))) v(t, n)" |
     while read -r t hyper chunks n; do echo "$t rows: $n (hypertable: $([ "$hyper" = t ] && echo yes || echo NO), chunks: $chunks)"; done
 else
-  echo "-- plain PostgreSQL tables (TimescaleDB is not installed here; scripts/setup.sh installs it where ../shared/timescaledb/install.sh exists):"
+  echo "-- plain PostgreSQL tables (TimescaleDB not installed or switched off; scripts/setup.sh installs it where ../shared/timescaledb/install.sh exists):"
   psql "$PG_URL" -At -c "SELECT 'bar__tick_imbalance', count(*) FROM mart.bar__tick_imbalance UNION ALL SELECT 'bar__volume_imbalance', count(*) FROM mart.bar__volume_imbalance UNION ALL SELECT 'bar__vpin', count(*) FROM mart.bar__vpin UNION ALL SELECT 'bar__kline', count(*) FROM mart.bar__kline" | sed 's/|/ rows: /'
 fi
 echo "-- VictoriaMetrics ($VM_URL), InfluxDB measurements as <measurement>_<field>:"

@@ -5,7 +5,8 @@
 # preloads TimescaleDB, else 0). Data lives under $1 (a temp dir).
 # TimescaleDB is preloaded whenever it is installed into PostgreSQL 15
 # (scripts/setup.sh installs it where ../shared/timescaledb/install.sh exists),
-# so `walrelay init` makes hypertables; otherwise plain PostgreSQL.
+# so `walrelay init` makes hypertables; otherwise plain PostgreSQL (also with
+# WALRELAY_TEST_TIMESCALEDB=off, the tests' switch).
 PG_BIN=/usr/lib/postgresql/15/bin
 
 free_port() {
@@ -24,7 +25,7 @@ start_services() {
   [ "$(id -u)" -eq 0 ] && chown postgres:postgres "$base/pg"
   as_postgres "$PG_BIN/initdb" -D "$base/pg" -U postgres -A trust --no-sync >"$base/initdb.log" 2>&1
   PG_TIMESCALEDB=0
-  if [ -f /usr/lib/postgresql/15/lib/timescaledb.so ]; then
+  if [ -f /usr/lib/postgresql/15/lib/timescaledb.so ] && [ "${WALRELAY_TEST_TIMESCALEDB:-}" != off ]; then
     PG_TIMESCALEDB=1
     printf "\nshared_preload_libraries = 'timescaledb'\ntimescaledb.telemetry_level = off\n" >>"$base/pg/postgresql.conf"
   fi
@@ -38,7 +39,7 @@ start_services() {
   PG_URL="postgres://postgres@127.0.0.1:$PG_PORT/walrelay"
   VM_URL="http://127.0.0.1:$VM_PORT"
   export PG_PORT VM_PORT PG_URL VM_URL VM_PID PG_TIMESCALEDB
-  local flavour="plain, TimescaleDB not installed"
+  local flavour="plain: TimescaleDB not installed or WALRELAY_TEST_TIMESCALEDB=off"
   [ "$PG_TIMESCALEDB" = 1 ] && flavour="TimescaleDB preloaded"
   echo "services: PostgreSQL 15 ($flavour) on 127.0.0.1:$PG_PORT, VictoriaMetrics on 127.0.0.1:$VM_PORT (data in $base)"
 }
