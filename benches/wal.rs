@@ -6,6 +6,9 @@
 //! - `limit/write_fdatasync`: the physical limit, the same bytes per flush
 //!   written sequentially to a plain file, each chunk followed by `fdatasync`.
 //! - `replay/decode`: reading frames after a cursor, decoding included.
+//! - `dead_letter_count/<n>`: what `/status` and `/metrics` pay to count the
+//!   dead letters (the counters) with 0 and 100,000 stored, against
+//!   `dead_letter_scan/<n>`, a scan of the keys (what they did before).
 //!
 //! At the end the bench prints records/s of each and the ratio of every
 //! append variant to the raw limit (`cargo bench --bench wal`).
@@ -153,6 +156,29 @@ fn replay(c: &mut Criterion) {
     g.finish();
 }
 
+fn dead_letters(c: &mut Criterion) {
+    let mut g = c.benchmark_group("dead_letters");
+    g.sample_size(10).measurement_time(Duration::from_secs(3));
+    for n in [0u64, 100_000] {
+        let dir = tempfile::TempDir::new().unwrap();
+        let wal = Wal::open(WalConfig::new(dir.path())).unwrap();
+        let dl = wal.dead_letters();
+        for chunk in 0..n / 1000 {
+            let items: Vec<(Record, String)> = (0..1000)
+                .map(|i| (trade(chunk * 1000 + i), "400: unable to parse".to_string()))
+                .collect();
+            dl.put_many("influx", &items, 1).unwrap();
+        }
+        g.bench_with_input(BenchmarkId::new("dead_letter_count", n), &n, |b, &n| {
+            b.iter(|| assert_eq!(dl.count(Some("influx")).unwrap(), n))
+        });
+        g.bench_with_input(BenchmarkId::new("dead_letter_scan", n), &n, |b, &n| {
+            b.iter(|| assert_eq!(dl.count_by_scan(Some("influx")).unwrap(), n))
+        });
+    }
+    g.finish();
+}
+
 fn report() {
     let m = MEASURED.lock().unwrap();
     let rate = |(n, d): &(u64, Duration)| *n as f64 / d.as_secs_f64();
@@ -170,7 +196,7 @@ fn report() {
     }
 }
 
-criterion_group!(benches, limit, append, replay);
+criterion_group!(benches, limit, append, replay, dead_letters);
 
 fn main() {
     benches();

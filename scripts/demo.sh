@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 cargo build --locked --release
-BIN=./target/release/walrelay
+BIN="${CARGO_TARGET_DIR:-target}/release/walrelay"
 BASE="${WALRELAY_DEMO_DIR:-$(mktemp -d /tmp/walrelay-demo.XXXXXX)}"
 source scripts/services.sh
 RELAY_PID=""
@@ -56,7 +56,14 @@ echo "== walrelay status"
 $BIN status --config "$CONF"
 echo "== where the data went"
 echo "-- PostgreSQL ($PG_URL), schema mart (rows = the timescale sink's delivered count; klines are sent once per venue, symbol and closed minute):"
-psql "$PG_URL" -At -c "SELECT 'bar__tick_imbalance', count(*) FROM mart.bar__tick_imbalance UNION ALL SELECT 'bar__volume_imbalance', count(*) FROM mart.bar__volume_imbalance UNION ALL SELECT 'bar__vpin', count(*) FROM mart.bar__vpin UNION ALL SELECT 'bar__kline', count(*) FROM mart.bar__kline" | sed 's/|/ rows: /'
+if psql "$PG_URL" -At -c "SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'" | grep -q 1; then
+  echo "-- TimescaleDB $(psql "$PG_URL" -At -c "SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'"): hypertables partitioned by time, chunks created by the inserts:"
+  psql "$PG_URL" -At -F ' ' -c "SELECT t, (SELECT count(*) FROM timescaledb_information.hypertables h WHERE h.hypertable_schema = 'mart' AND h.hypertable_name = t) = 1, (SELECT count(*) FROM timescaledb_information.chunks c WHERE c.hypertable_schema = 'mart' AND c.hypertable_name = t), n FROM (VALUES ('bar__tick_imbalance', (SELECT count(*) FROM mart.bar__tick_imbalance)), ('bar__volume_imbalance', (SELECT count(*) FROM mart.bar__volume_imbalance)), ('bar__vpin', (SELECT count(*) FROM mart.bar__vpin)), ('bar__kline', (SELECT count(*) FROM mart.bar__kline))) v(t, n)" |
+    while read -r t hyper chunks n; do echo "$t rows: $n (hypertable: $([ "$hyper" = t ] && echo yes || echo NO), chunks: $chunks)"; done
+else
+  echo "-- plain PostgreSQL tables (TimescaleDB not installed or switched off; scripts/setup.sh installs it where ../shared/timescaledb/install.sh exists):"
+  psql "$PG_URL" -At -c "SELECT 'bar__tick_imbalance', count(*) FROM mart.bar__tick_imbalance UNION ALL SELECT 'bar__volume_imbalance', count(*) FROM mart.bar__volume_imbalance UNION ALL SELECT 'bar__vpin', count(*) FROM mart.bar__vpin UNION ALL SELECT 'bar__kline', count(*) FROM mart.bar__kline" | sed 's/|/ rows: /'
+fi
 echo "-- VictoriaMetrics ($VM_URL), InfluxDB measurements as <measurement>_<field>:"
 curl -s "$VM_URL/internal/force_flush" >/dev/null
 for m in trades orderbook funding_rate liquidation open_interest options_ticker price_index; do

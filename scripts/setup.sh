@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # Installs what walrelay's demo and tests need and is missing: PostgreSQL 15
-# server binaries, VictoriaMetrics (speaks the InfluxDB v2 write API) and a Rust
-# toolchain check. Idempotent; safe to run on every invocation.
+# server binaries, VictoriaMetrics (speaks the InfluxDB v2 write API),
+# TimescaleDB where this checkout has ../shared/timescaledb/install.sh beside
+# it, and a Rust toolchain check. Idempotent; safe to run on every invocation.
 set -euo pipefail
+cd "$(dirname "$0")/.."
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
 need=()
 [ -x /usr/lib/postgresql/15/bin/initdb ] || need+=(postgresql-15)
@@ -16,8 +20,6 @@ command -v tmux >/dev/null 2>&1 || need+=(tmux)         # drives `walrelay top` 
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}" >&2
-  SUDO=""
-  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
@@ -42,3 +44,48 @@ fi
 # free loopback ports, so a running system service is harmless but unneeded.
 command -v cargo >/dev/null 2>&1 || { echo "setup: cargo not found; install a Rust toolchain" >&2; exit 1; }
 echo "setup: postgresql 15, victoria-metrics and the influxdb-client venv present" >&2
+
+# TimescaleDB: the tests and the demo preload it whenever it is installed into
+# PostgreSQL 15 (tests/common/pg.rs, scripts/services.sh); without it they run
+# on plain PostgreSQL, as a user's machine may.
+TS_INSTALL=../shared/timescaledb/install.sh   # relative to the repo root
+PG_BIN=/usr/lib/postgresql/15/bin
+as_postgres() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+# Whether this PostgreSQL can load TimescaleDB: a single-user server on a
+# throwaway cluster with the library preloaded. Prints the server's error.
+timescaledb_loads() {
+  local d rc=0
+  d=$(mktemp -d /tmp/walrelay-tscheck.XXXXXX)
+  chmod 755 "$d"
+  [ "$(id -u)" -ne 0 ] || chown postgres:postgres "$d"
+  as_postgres "$PG_BIN/initdb" -D "$d/data" -U postgres -A trust --no-sync >"$d/initdb.log" 2>&1 || rc=$?
+  if [ $rc -eq 0 ]; then
+    echo "SELECT 1;" | as_postgres "$PG_BIN/postgres" --single -D "$d/data" \
+      -c shared_preload_libraries=timescaledb -c timescaledb.telemetry_level=off postgres >"$d/out" 2>&1 || rc=$?
+    grep -q FATAL "$d/out" && rc=1
+    [ $rc -eq 0 ] || grep -m1 FATAL "$d/out" >&2 || true
+  else
+    cat "$d/initdb.log" >&2
+  fi
+  rm -rf "$d"
+  return $rc
+}
+if [ -f "$TS_INSTALL" ]; then
+  echo "setup: installing TimescaleDB with $TS_INSTALL" >&2
+  bash "$TS_INSTALL" >&2
+  if ! timescaledb_loads; then
+    # The prebuilt archive is built against Debian's current postgresql-15
+    # (bookworm-security); an older minor release lacks symbols it links
+    # against (15.18 has no heap_datum_check). Upgrade within 15, then retry.
+    echo "setup: PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}') cannot load TimescaleDB; upgrading postgresql-15 to Debian's current release" >&2
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --only-upgrade postgresql-15 postgresql-client-15 >/dev/null
+    timescaledb_loads || {
+      echo "setup: TimescaleDB is installed but PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}') cannot load it (error above); tests that preload it would fail. Fix the install, or set WALRELAY_TEST_TIMESCALEDB=off to test on plain PostgreSQL." >&2
+      [ "${WALRELAY_TEST_TIMESCALEDB:-}" = off ] || exit 1
+    }
+  fi
+  echo "setup: TimescaleDB installed and loadable by PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}')" >&2
+else
+  echo "setup: no $TS_INSTALL here; TimescaleDB not installed by setup (tests and demo use plain PostgreSQL unless it is already installed)" >&2
+fi

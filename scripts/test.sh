@@ -4,6 +4,13 @@
 # and VictoriaMetrics, which the tests start themselves on loopback), checks
 # that the benchmarks build, and (as root) builds and installs the Debian
 # package.
+#
+# TimescaleDB: where it is installed (setup.sh installs it when
+# ../shared/timescaledb/install.sh exists), the harness preloads it and the
+# warehouse tests run against hypertables, while the fallback tests use a
+# plain cluster beside it. The Timescale sink's tests then run once more with
+# WALRELAY_TEST_TIMESCALEDB=off, the way a machine without TimescaleDB runs
+# them (hypertable checks print SKIPPED).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -17,3 +24,9 @@ if [ "$(id -u)" -eq 0 ] && command -v dpkg >/dev/null 2>&1; then
   export WALRELAY_REQUIRE_DEB=1
 fi
 cargo test --locked -- --test-threads=2
+if [ -f /usr/lib/postgresql/15/lib/timescaledb.so ]; then
+  echo "test.sh: the Timescale sink's tests again, on plain PostgreSQL (WALRELAY_TEST_TIMESCALEDB=off)" >&2
+  WALRELAY_TEST_TIMESCALEDB=off cargo test --locked --test timescale_sink -- --test-threads=2
+fi
+# Fault injection (fail points compiled in only with the feature).
+cargo test --locked --features failpoints --test failpoints -- --test-threads=1

@@ -1,5 +1,7 @@
 -- Fact table bar__vpin (reference DDL). Requires create_dimensions.sql.
--- With TimescaleDB: SELECT create_hypertable('mart.bar__vpin', 'time', if_not_exists => TRUE, migrate_data => TRUE);
+-- A hypertable partitioned by time where the timescaledb extension is
+-- installed in this database (create_dimensions.sql creates it when the server
+-- preloads TimescaleDB); a plain table on plain PostgreSQL.
 CREATE TABLE IF NOT EXISTS mart.bar__vpin (
     time TIMESTAMPTZ NOT NULL,
     symbol_id INTEGER NOT NULL REFERENCES mart.dim_symbol (symbol_id),
@@ -17,3 +19,10 @@ CREATE TABLE IF NOT EXISTS mart.bar__vpin (
     UNIQUE (time, symbol_id, exchange_id, interval_id)
 );
 CREATE INDEX IF NOT EXISTS bar__vpin_keys_time_idx ON mart.bar__vpin (symbol_id, exchange_id, interval_id, time DESC);
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb') THEN
+        PERFORM create_hypertable('mart.bar__vpin', 'time', if_not_exists => TRUE, migrate_data => TRUE);
+    END IF;
+END
+$$;

@@ -390,6 +390,9 @@ async fn status(
         log["dropped_records"],
         log["quarantined_frames"]
     );
+    if let Some(why) = log["unavailable"].as_str() {
+        println!("LOG REFUSES APPENDS: {why}");
+    }
     for s in v["sinks"].as_array().into_iter().flatten() {
         let eta = match s["eta_seconds"].as_f64() {
             Some(e) if s["backlog_records"].as_u64() != Some(0) => format!("{e:.1}s"),

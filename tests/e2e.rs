@@ -1,5 +1,7 @@
 //! End-to-end: the real `walrelay run` binary with both real sinks
 //! (PostgreSQL 15 and VictoriaMetrics), fed over HTTP by concurrent writers.
+//! PostgreSQL preloads TimescaleDB where it is installed, so the bars go into
+//! hypertables there (checked in `verify`).
 //!
 //! Counting: every request that got `204` is "acknowledged". Line-protocol
 //! records are `e2e,writer=wN seq=Si <ms>` with a unique millisecond per
@@ -241,6 +243,21 @@ async fn verify(vm: &Vm, pg: &Pg, ledger: &Ledger) -> String {
     assert_eq!(bad_lines + dup_bars, 0, "{line}");
     assert_eq!(delivered_influx, acked_lines.len(), "{line}");
     assert_eq!(delivered_timescale, acked_bars.len(), "{line}");
+    // Where TimescaleDB is installed the harness preloads it: the bars went
+    // into a hypertable.
+    let hypertables = pg.hypertables("e2e").await;
+    if pg.timescale() {
+        assert!(
+            hypertables.contains(&"bar__vpin(time)".to_string()),
+            "{hypertables:?}"
+        );
+        println!("e2e bars: TimescaleDB hypertable bar__vpin");
+    } else {
+        println!(
+            "e2e bars: plain tables ({})",
+            common::pg::timescaledb_missing().unwrap_or_default()
+        );
+    }
     line
 }
 

@@ -85,9 +85,72 @@ impl Backoff {
     }
 }
 
+/// How much of a batch a sink sends in one request or transaction after
+/// timeouts. A timeout halves the size that was attempted, each success
+/// doubles it back until the configured size is reached again: a batch too
+/// big to finish within the deadline is split (bisected) instead of being
+/// retried at full size forever; records of the retried batch that already
+/// landed are rewritten idempotently. A single record that still times out
+/// is an outage (transient), not a reason to drop it.
+#[derive(Debug, Clone, Default)]
+pub struct Shrink {
+    /// Most records per request while shrunk; `None` at full size.
+    cap: Option<usize>,
+}
+
+impl Shrink {
+    /// The size to use now, for a configured size of `full` (never below 1).
+    pub fn limit(&self, full: usize) -> usize {
+        self.cap.map_or(full, |c| c.min(full)).max(1)
+    }
+
+    /// A request of `attempted` records timed out: use half of that from
+    /// now on. Returns the new size.
+    pub fn timed_out(&mut self, attempted: usize) -> usize {
+        let cap = (attempted / 2).max(1);
+        self.cap = Some(cap);
+        cap
+    }
+
+    /// A delivery succeeded: double the size back, up to `full`.
+    pub fn succeeded(&mut self, full: usize) {
+        self.cap = self
+            .cap
+            .and_then(|c| c.checked_mul(2))
+            .filter(|&c| c < full);
+    }
+
+    /// Whether timeouts have reduced the size.
+    pub fn is_shrunk(&self) -> bool {
+        self.cap.is_some()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timeouts_halve_what_was_attempted_and_successes_restore_the_size() {
+        let mut s = Shrink::default();
+        assert_eq!(s.limit(5000), 5000);
+        // A 100-record batch under a 5000 limit timed out: 50, then 25.
+        assert_eq!(s.timed_out(100), 50);
+        assert_eq!(s.timed_out(s.limit(5000)), 25);
+        assert_eq!(s.limit(5000), 25);
+        for _ in 0..40 {
+            s.timed_out(s.limit(5000));
+        }
+        assert_eq!(s.limit(5000), 1, "never below one record");
+        assert_eq!(s.limit(0), 1);
+        s.succeeded(5000);
+        assert_eq!(s.limit(5000), 2);
+        for _ in 0..40 {
+            s.succeeded(5000);
+        }
+        assert!(!s.is_shrunk());
+        assert_eq!(s.limit(5000), 5000);
+    }
 
     #[test]
     fn delays_grow_are_capped_and_never_zero() {

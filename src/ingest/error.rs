@@ -53,6 +53,14 @@ pub enum IngestError {
     /// The log is full under `block`; retry later.
     #[error("write-ahead log is full; retry after {retry_after:?}")]
     Full { retry_after: Duration },
+    /// The log refuses appends for now: it failed after an I/O error (until
+    /// restart), or the disk under it is nearly full (until space is freed).
+    /// Nothing was appended; retry later.
+    #[error("write-ahead log unavailable: {reason}")]
+    Unavailable {
+        reason: String,
+        retry_after: Duration,
+    },
     /// The log failed (I/O); nothing was acknowledged.
     #[error("write-ahead log error: {0}")]
     Wal(String),
@@ -71,18 +79,18 @@ impl IngestError {
             IngestError::BodyTimeout { .. } => 408,
             IngestError::Busy { .. } => 503,
             IngestError::Unauthorized => 401,
-            IngestError::Full { .. } => 503,
+            IngestError::Full { .. } | IngestError::Unavailable { .. } => 503,
             IngestError::Wal(_) => 500,
         }
     }
 
-    /// How long the client should wait before retrying, for refusals that
-    /// are backpressure (503).
+    /// How long the client should wait before retrying (`Retry-After`), for
+    /// refusals that are backpressure (503).
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            IngestError::Full { retry_after } | IngestError::Busy { retry_after } => {
-                Some(*retry_after)
-            }
+            IngestError::Full { retry_after }
+            | IngestError::Busy { retry_after }
+            | IngestError::Unavailable { retry_after, .. } => Some(*retry_after),
             _ => None,
         }
     }

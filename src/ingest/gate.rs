@@ -213,6 +213,14 @@ impl Gate {
                 WalError::TooLarge { .. } => IngestError::TooLarge {
                     limit: self.wal.config().max_bytes as usize,
                 },
+                e @ WalError::Failed { .. } => IngestError::Unavailable {
+                    reason: e.to_string(),
+                    retry_after: std::time::Duration::from_secs(30),
+                },
+                e @ WalError::DiskFull { .. } => IngestError::Unavailable {
+                    reason: e.to_string(),
+                    retry_after: std::time::Duration::from_secs(5),
+                },
                 other => IngestError::Wal(other.to_string()),
             })
     }

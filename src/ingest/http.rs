@@ -581,15 +581,23 @@ async fn ready(relay: Arc<Relay>, started: SystemTime) -> Response {
         .map(|s| s.name.clone())
         .collect();
     let up = started.elapsed().unwrap_or_default();
-    with_influx_headers(
-        Json(serde_json::json!({
-            "status": "ready",
-            "started": rfc3339(started),
-            "up": go_duration(up),
-            "unhealthy_sinks": unhealthy,
-        }))
-        .into_response(),
-    )
+    let mut body = serde_json::json!({
+        "status": "ready",
+        "started": rfc3339(started),
+        "up": go_duration(up),
+        "ready": true,
+        "unhealthy_sinks": unhealthy,
+    });
+    // A log that refuses appends (failed, disk full) makes the relay unready.
+    let code = if let Some(reason) = relay.wal_unavailable() {
+        body["status"] = "unready".into();
+        body["ready"] = false.into();
+        body["reason"] = reason.into();
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    with_influx_headers((code, Json(body)).into_response())
 }
 
 /// `t` as RFC 3339 in UTC with nanoseconds, e.g. `2026-11-29T12:50:01.5Z`.

@@ -208,6 +208,13 @@ impl Relay {
         );
     }
 
+    /// Why the log refuses appends right now, if it does (failed: see
+    /// `wal/durability.rs`; disk nearly full: `wal/disk.rs`); `/ready`
+    /// answers 503 with it.
+    pub fn wal_unavailable(&self) -> Option<String> {
+        self.wal.refusing()
+    }
+
     fn health(&self, name: &str) -> Arc<SinkHealth> {
         self.sinks
             .iter()

@@ -32,6 +32,13 @@ pub struct LogStatus {
     /// The last append was refused because the log was full (under
     /// `when_full = "block"`); false again once an append is accepted.
     pub refusing_full: bool,
+    /// Bytes held by dead letters (all sinks) and their bound.
+    pub dead_letter_bytes: u64,
+    pub dead_letter_max_bytes: u64,
+    /// Why the log refuses appends (failed after an I/O error, disk full);
+    /// absent while it accepts them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unavailable: Option<String>,
 }
 
 /// One sink's progress and health.
@@ -46,6 +53,8 @@ pub struct SinkStatus {
     /// Backlog divided by the recent drain rate, seconds.
     pub eta_seconds: Option<f64>,
     pub dead_letters: u64,
+    /// Dead letters deleted to keep within `wal.dead_letter_max_bytes`.
+    pub dead_letters_dropped: u64,
     #[serde(flatten)]
     pub health: HealthSnapshot,
 }
@@ -84,9 +93,11 @@ fn pass_fail(ok: bool) -> &'static str {
 impl Status {
     /// This status in InfluxDB's `/health` shape. The overall `status`
     /// answers what a writer asks — will a write here be accepted and kept?
-    /// — so it is the `log` check's: `fail` only when the log refuses writes
-    /// because it is full (the last append was refused as full, or, under
-    /// `when_full = "block"`, it holds `max_bytes`). A sink that is not healthy fails its own
+    /// — so it is the `log` check's: `fail` only when the log refuses writes:
+    /// it is unavailable (failed after an I/O error, disk nearly full; the
+    /// reason is the message) or full (the last append was refused as full,
+    /// or, under `when_full = "block"`, it holds `max_bytes`). A sink that is
+    /// not healthy fails its own
     /// `sink:NAME` check but not the relay: buffering through a sink outage is
     /// the relay's job, and a load balancer that took the relay out of
     /// rotation for it would turn a sink outage into an ingest outage.
@@ -98,6 +109,11 @@ impl Status {
     ) -> InfluxHealth {
         let log = &self.log;
         let full = log.refusing_full || (blocks_when_full && log.bytes >= log.max_bytes);
+        let refusing = match (&log.unavailable, full) {
+            (Some(reason), _) => Some(format!("refuses writes: {reason}")),
+            (None, true) => Some("full, writes are refused".to_string()),
+            (None, false) => None,
+        };
         let pct = if log.max_bytes > 0 {
             log.bytes as f64 * 100.0 / log.max_bytes as f64
         } else {
@@ -107,18 +123,17 @@ impl Status {
             name: "log".into(),
             message: format!(
                 "{}{} of {} bytes ({pct:.1}%), {} records, last seq {}, {} quarantined frames",
-                if full {
-                    "full, writes are refused: "
-                } else {
-                    ""
-                },
+                refusing
+                    .as_deref()
+                    .map(|r| format!("{r}: "))
+                    .unwrap_or_default(),
                 log.bytes,
                 log.max_bytes,
                 log.records,
                 log.last_seq,
                 log.quarantined_frames
             ),
-            status: pass_fail(!full),
+            status: pass_fail(refusing.is_none()),
             checks: Vec::new(),
         }];
         for s in &self.sinks {
@@ -144,12 +159,11 @@ impl Status {
         }
         InfluxHealth {
             name: "walrelay",
-            message: if full {
-                "write-ahead log is full; writes are refused".into()
-            } else {
-                "ready for writes".into()
+            message: match &refusing {
+                Some(r) => format!("write-ahead log {r}"),
+                None => "ready for writes".into(),
             },
-            status: pass_fail(!full),
+            status: pass_fail(refusing.is_none()),
             checks,
             version,
             commit,
@@ -165,7 +179,8 @@ impl Relay {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
-        let dl = self.wal.dead_letters();
+        // Counters, not scans: cheap however many dead letters there are.
+        let dl = self.wal.dead_letters().totals();
         let sinks = self
             .sinks
             .iter()
@@ -183,7 +198,8 @@ impl Relay {
                         .map(|ms| now_ms.saturating_sub(ms) as f64 / 1000.0),
                     eta_seconds: (health.drain_rate > 0.0)
                         .then(|| backlog_records as f64 / health.drain_rate),
-                    dead_letters: dl.count(Some(h.name)).unwrap_or(0),
+                    dead_letters: dl.get(h.name).map_or(0, |t| t.count),
+                    dead_letters_dropped: dl.get(h.name).map_or(0, |t| t.dropped),
                     health,
                 }
             })
@@ -202,6 +218,9 @@ impl Relay {
                 refusing_full: self
                     .refusing_full
                     .load(std::sync::atomic::Ordering::Relaxed),
+                dead_letter_bytes: dl.values().map(|t| t.bytes).sum(),
+                dead_letter_max_bytes: self.config.wal.dead_letter_max_bytes,
+                unavailable: self.wal_unavailable(),
             },
             sinks,
             subscriptions: self.subscriptions.iter().map(|h| h.snapshot()).collect(),
@@ -242,6 +261,22 @@ impl Relay {
                 vec![],
                 st.log.quarantined_frames as f64,
             ),
+            (
+                "walrelay_dead_letter_bytes",
+                "Bytes held by dead letters, all sinks (bound: wal.dead_letter_max_bytes).",
+                vec![],
+                st.log.dead_letter_bytes as f64,
+            ),
+            (
+                "walrelay_log_accepting",
+                "1 while the log accepts appends, 0 while it refuses them (failed, disk full).",
+                vec![],
+                if st.log.unavailable.is_none() {
+                    1.0
+                } else {
+                    0.0
+                },
+            ),
         ];
         for s in &st.sinks {
             let l = vec![("sink", s.name.clone())];
@@ -268,6 +303,12 @@ impl Relay {
                 "Dead letters stored, by sink.",
                 l.clone(),
                 s.dead_letters as f64,
+            ));
+            g.push((
+                "walrelay_dead_letters_dropped_total",
+                "Dead letters deleted to keep within wal.dead_letter_max_bytes, by sink.",
+                l.clone(),
+                s.dead_letters_dropped as f64,
             ));
             let state = match s.health.state {
                 crate::drain::drainer::SinkState::Healthy => 0.0,
@@ -310,6 +351,7 @@ mod tests {
         bytes: u64,
         max_bytes: u64,
         refusing_full: bool,
+        unavailable: Option<&str>,
         sinks: &[(&str, SinkState, Option<&str>)],
     ) -> Status {
         Status {
@@ -324,6 +366,9 @@ mod tests {
                 dropped_records: 0,
                 quarantined_frames: 0,
                 refusing_full,
+                dead_letter_bytes: 0,
+                dead_letter_max_bytes: 1 << 20,
+                unavailable: unavailable.map(str::to_string),
             },
             sinks: sinks
                 .iter()
@@ -335,6 +380,7 @@ mod tests {
                     oldest_undelivered_age_seconds: None,
                     eta_seconds: None,
                     dead_letters: 1,
+                    dead_letters_dropped: 0,
                     health: HealthSnapshot {
                         state: *state,
                         last_error: err.map(str::to_string),
@@ -355,6 +401,7 @@ mod tests {
             1000,
             1 << 20,
             false,
+            None,
             &[
                 ("influx", SinkState::Healthy, None),
                 ("timescale", SinkState::Retrying, Some("connection refused")),
@@ -395,7 +442,7 @@ mod tests {
     #[test]
     fn health_fails_while_the_log_refuses_writes_as_full() {
         // The last append was refused as full.
-        let st = status(4000, 4096, true, &[]);
+        let st = status(4000, 4096, true, None, &[]);
         let h = st.influx_health(true, "0.1.0", "abc");
         assert_eq!(h.status, "fail");
         assert_eq!(h.checks[0].status, "fail");
@@ -404,13 +451,32 @@ mod tests {
             .message
             .starts_with("full, writes are refused: 4000 of 4096"));
         // At max_bytes under block, even before anyone was refused.
-        let st = status(4096, 4096, false, &[]);
+        let st = status(4096, 4096, false, None, &[]);
         assert_eq!(st.influx_health(true, "v", "c").status, "fail");
         // Nearly full but taking writes: passes.
-        let st = status(4095, 4096, false, &[]);
+        let st = status(4095, 4096, false, None, &[]);
         assert_eq!(st.influx_health(true, "v", "c").status, "pass");
         // Under drop_oldest a full log still takes writes.
-        let st = status(4096, 4096, false, &[]);
+        let st = status(4096, 4096, false, None, &[]);
         assert_eq!(st.influx_health(false, "v", "c").status, "pass");
+        // A failed log or a nearly full disk: fail, with the reason.
+        let st = status(
+            10,
+            4096,
+            false,
+            Some("disk under the write-ahead log is nearly full"),
+            &[],
+        );
+        let h = st.influx_health(true, "v", "c");
+        assert_eq!(h.status, "fail");
+        assert_eq!(h.checks[0].status, "fail");
+        assert!(h.message.contains("nearly full"), "{}", h.message);
+        assert!(
+            h.checks[0]
+                .message
+                .starts_with("refuses writes: disk under"),
+            "{}",
+            h.checks[0].message
+        );
     }
 }

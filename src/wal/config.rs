@@ -73,6 +73,17 @@ pub struct WalConfig {
     pub durability: Durability,
     /// Upper bound of the log's size in bytes (approximate: frame bytes). Default 10 GiB.
     pub max_bytes: u64,
+    /// Upper bound of the dead letters' size in bytes (key + value), their
+    /// own bound beside `max_bytes`: when a new dead letter would exceed it,
+    /// the oldest are deleted and counted (`dead_letter.rs`). Default 256 MiB.
+    pub dead_letter_max_bytes: u64,
+    /// Appends are refused ([`crate::wal::WalError::DiskFull`], HTTP 503 with
+    /// `Retry-After`) while the filesystem under `dir` has less than this many
+    /// bytes free, so that sled never runs into ENOSPC itself (sled keeps an
+    /// I/O error for good, which makes the log fail-stop until a restart).
+    /// Draining, acknowledging and dead-lettering go on; appends resume by
+    /// themselves once space is freed. 0 turns the check off. Default 64 MiB.
+    pub min_free_bytes: u64,
     /// See [`WhenFull`]. Default `"block"`.
     pub when_full: WhenFull,
     /// How long `append` waits for space under `block`. Default 5000 ms.
@@ -106,6 +117,8 @@ impl Default for WalConfig {
             dir: PathBuf::from("walrelay-data"),
             durability: Durability::Sync,
             max_bytes: 10 * 1024 * 1024 * 1024,
+            dead_letter_max_bytes: 256 * 1024 * 1024,
+            min_free_bytes: 64 * 1024 * 1024,
             when_full: WhenFull::Block,
             block_timeout_ms: 5000,
             cache_bytes: 64 * 1024 * 1024,

@@ -33,6 +33,24 @@
 //!
 //! Why dead letters are flushed: the drainer advances its cursor right after
 //! dead-lettering; the dead letter must not be the one thing a crash loses.
+//!
+//! Fail-stop: the first flush that fails (sled's `flush()`, our `fdatasync`,
+//! a blob sync) or a sled error on the write path puts the log in a failed
+//! state for the rest of the process: every later flush fails at once,
+//! appends are refused before they reserve space ([`WalError::Failed`], HTTP
+//! 503), `/ready` and `walrelay status` say why. Why not retry the flush: on
+//! Linux a failed `fdatasync` may already have dropped the dirty pages it
+//! could not write and cleared the error, so a later sync can succeed over a
+//! hole; acknowledging anything after that would rest on data that is not on
+//! disk (PostgreSQL's "fsyncgate", 2018, answered the same way: stop). A
+//! restart re-opens sled, which recovers the prefix that did reach the disk;
+//! every acknowledged append is in that prefix because nothing was
+//! acknowledged without a successful flush. Drainers keep delivering what was
+//! acknowledged before the failure (reads and cursor advances stay allowed).
+//!
+//! Fail points (feature `failpoints`, tests/failpoints.rs): `wal::fdatasync`
+//! makes the `fdatasync` after sled's flush fail; `wal::commit` (writer.rs)
+//! makes a group's sled write fail before anything is applied.
 
 use super::{config::Durability, WalError};
 
@@ -47,6 +65,8 @@ pub(crate) struct Persist {
     /// synced again.
     pub(super) blobs_synced: std::sync::Mutex<std::collections::HashMap<std::ffi::OsString, u64>>,
     policy: Durability,
+    /// Set once, by the first failed flush or write: why the log stopped.
+    failed: std::sync::OnceLock<String>,
 }
 
 impl Persist {
@@ -69,6 +89,7 @@ impl Persist {
             blobs_dir: dir.join("blobs"),
             blobs_synced: std::sync::Mutex::new(std::collections::HashMap::new()),
             policy,
+            failed: std::sync::OnceLock::new(),
         })
     }
 
@@ -115,8 +136,42 @@ impl Persist {
         self.flush("flush on close")
     }
 
+    /// Why the log stopped accepting appends, once a flush or write failed.
+    pub(crate) fn failed(&self) -> Option<&str> {
+        self.failed.get().map(String::as_str)
+    }
+
+    /// Puts the log in the failed state (see the module doc); the first
+    /// reason is kept. Returns the error appends get from now on.
+    pub(crate) fn fail(&self, cause: &WalError) -> WalError {
+        let reason = format!("{cause}; restart walrelay to re-open and recover the log");
+        if self.failed.set(reason).is_ok() {
+            tracing::error!(error = %cause, "write-ahead log failed: refusing appends until restart");
+        }
+        self.failed_error()
+    }
+
+    /// The error for an operation refused because the log has failed.
+    pub(crate) fn failed_error(&self) -> WalError {
+        WalError::Failed {
+            reason: self.failed().unwrap_or_default().to_string(),
+        }
+    }
+
     fn flush(&self, op: &'static str) -> Result<(), WalError> {
+        if self.failed().is_some() {
+            return Err(self.failed_error());
+        }
+        self.flush_once(op).map_err(|e| self.fail(&e))
+    }
+
+    fn flush_once(&self, op: &'static str) -> Result<(), WalError> {
         self.db.flush().map_err(WalError::sled(op))?;
+        fail::fail_point!("wal::fdatasync", |_| Err(WalError::Sync {
+            op,
+            path: self.data_path.clone(),
+            source: std::io::Error::other("injected by fail point wal::fdatasync"),
+        }));
         // See the module doc: sled's flush alone is not power-loss durable.
         self.data_file
             .sync_data()

@@ -42,12 +42,26 @@ pub enum WalError {
         max: u64,
         waited: Duration,
     },
+    /// The filesystem under the log has less than `min_free_bytes` free: the
+    /// append is refused before it reaches sled. Retriable (HTTP 503 with
+    /// `Retry-After`): appends resume once space is freed.
+    #[error("disk under the write-ahead log is nearly full: {free} bytes free at {path}, below min_free_bytes = {min_free}")]
+    DiskFull {
+        path: PathBuf,
+        free: u64,
+        min_free: u64,
+    },
     /// One append is larger than the whole log may ever hold.
     #[error("append of {bytes} bytes exceeds the log's max_bytes of {max}")]
     TooLarge { bytes: u64, max: u64 },
     /// The group commit holding this append failed; nothing of it is acknowledged.
     #[error("group commit failed: {detail}")]
     Commit { detail: String },
+    /// A flush or write failed earlier in this process: the log refuses
+    /// appends until a restart re-opens it (see `durability.rs`, fail-stop).
+    /// Callers answer 503: the writer should retry later, an operator must act.
+    #[error("write-ahead log has failed and refuses appends: {reason}")]
+    Failed { reason: String },
     /// The log is closed (shutdown in progress, or the writer thread died).
     #[error("write-ahead log is closed")]
     Closed,
@@ -65,7 +79,7 @@ pub enum WalError {
 impl WalError {
     /// Whether the same call may succeed later without operator action.
     pub fn is_retriable(&self) -> bool {
-        matches!(self, WalError::Full { .. })
+        matches!(self, WalError::Full { .. } | WalError::DiskFull { .. })
     }
 
     pub(crate) fn sled(op: &'static str) -> impl FnOnce(sled::Error) -> WalError {

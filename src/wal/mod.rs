@@ -10,12 +10,15 @@
 //!              [0]        -> log totals (state.rs), changed atomically with frames
 //! cursors      sink name  -> u64 BE: last frame the sink fully delivered
 //! dead_letters sink\0ts\0id -> record + reason + attempts (dead_letter.rs)
+//!              0xFF "totals" -> per-sink count, bytes, dropped (same batches)
 //! meta         owner/key  -> small facts: format version, dimension-ID cache
 //! quarantine   u64 BE seq -> reason + raw bytes of an unreadable frame
 //! ```
 //!
-//! Write path: `append` encodes on the caller's thread, reserves space (under
-//! `block` it waits up to `block_timeout_ms`, then fails with
+//! Write path: `append` encodes on the caller's thread, refuses at once if
+//! the log has failed ([`WalError::Failed`], `durability.rs`) or the disk is
+//! below `min_free_bytes` ([`WalError::DiskFull`], `disk.rs`), reserves space
+//! (under `block` it waits up to `block_timeout_ms`, then fails with
 //! [`WalError::Full`]), and hands the bytes to the writer thread
 //! (`writer.rs`), which group-commits and answers after the flush that covers
 //! the append (`durability.rs` holds every flush decision).
@@ -32,10 +35,17 @@
 //! - A sink's cursor only moves forward; frames after it are never deleted by
 //!   truncation, only by `drop_oldest`, which counts every record it drops.
 //! - The log totals change in the same atomic batch as the frames.
+//! - Space accounting is exact: an append's reservation (payload + frame
+//!   overhead) is settled into the log totals by the commit that writes it,
+//!   under the state lock, or given back when it is dropped on any other
+//!   path (`Reservation`); an idle log has nothing reserved.
+//! - Fail-stop: after a failed flush or sled write nothing more is
+//!   acknowledged until the log is re-opened.
 //! - Opening the log never scans frames (`recovery.rs`).
 
 mod config;
 mod dead_letter;
+mod disk;
 mod durability;
 mod error;
 mod frame;
@@ -45,7 +55,7 @@ mod state;
 mod writer;
 
 pub use config::{Durability, WalConfig, WhenFull};
-pub use dead_letter::{DeadLetter, DeadLetters};
+pub use dead_letter::{DeadLetter, DeadLetterTotals, DeadLetters};
 pub use error::WalError;
 pub use frame::{Frame, FrameError, FrameHeader};
 pub use meta::Meta;
@@ -63,8 +73,24 @@ use durability::Persist;
 use frame::{key_seq, peek_header, seq_key};
 use state::{LogState, STATE_KEY};
 
-/// Per-frame overhead counted against `max_bytes` when reserving space.
+/// Per-frame overhead counted against `max_bytes` when reserving space. An
+/// append reserves one overhead per frame it may span (see
+/// [`reservation_bytes`]), so its reservation bounds what its commit adds.
 const FRAME_OVERHEAD: u64 = 8 + frame::HEADER_LEN as u64;
+
+/// Bytes an append of `count` records and `payload` bytes reserves: its
+/// payload plus one frame overhead per frame the writer's record-by-record
+/// packing can give it. Frames closed by the record limit number at most
+/// `count / max_frame_records` (+1 for the frame it joins); a frame closed by
+/// the byte limit plus the next record exceed `max_frame_bytes`, so those
+/// number at most `2 * payload / max_frame_bytes` (+1). Over-reserving a few
+/// dozen bytes per frame is harmless; under-reserving would let a commit
+/// overshoot `max_bytes`.
+fn reservation_bytes(config: &WalConfig, count: u64, payload: u64) -> u64 {
+    let by_records = count / (config.max_frame_records.max(1) as u64);
+    let by_bytes = 2 * payload / (config.max_frame_bytes.max(1) as u64);
+    payload + FRAME_OVERHEAD * (2 + by_records + by_bytes)
+}
 
 /// The write-ahead log. Cheap to clone; all clones share one writer thread,
 /// which stops (after a final flush) when the last clone is dropped.
@@ -85,6 +111,12 @@ impl Drop for Inner {
         if let Some(w) = self.writer.take() {
             let _ = w.join();
         }
+        // Idle: every append has been answered, so nothing may stay reserved.
+        debug_assert_eq!(
+            self.shared.lock_state().pending_bytes,
+            0,
+            "space reserved by no append"
+        );
     }
 }
 
@@ -94,12 +126,48 @@ pub(crate) struct Guarded {
     pending_bytes: u64,
 }
 
+/// Space one append holds against `max_bytes`, from `reserve` until the
+/// commit that writes it turns it into log bytes ([`Reservation::settle`]).
+/// Whatever was not settled is given back when the reservation is dropped,
+/// so every path (commit failure, flush failure, writer gone, send refused)
+/// returns exactly what was reserved: reservations cannot drift.
+pub(crate) struct Reservation {
+    shared: Arc<Shared>,
+    bytes: AtomicU64,
+}
+
+impl Reservation {
+    /// Moves this reservation into the log totals: called under the state
+    /// lock by the commit that just added the append's frame bytes to
+    /// `g.log.bytes`, so space is never counted twice nor released early.
+    pub(crate) fn settle(&self, g: &mut Guarded) {
+        let bytes = self.bytes.swap(0, Ordering::Relaxed);
+        debug_assert!(g.pending_bytes >= bytes, "reservation released twice");
+        g.pending_bytes -= bytes.min(g.pending_bytes);
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        let bytes = self.bytes.swap(0, Ordering::Relaxed);
+        if bytes > 0 {
+            let mut g = self.shared.lock_state();
+            debug_assert!(g.pending_bytes >= bytes, "reservation released twice");
+            g.pending_bytes -= bytes.min(g.pending_bytes);
+            drop(g);
+            self.shared.space_freed.notify_all();
+        }
+    }
+}
+
 pub(crate) struct Shared {
     db: sled::Db,
     frames: sled::Tree,
     cursors: sled::Tree,
     meta: sled::Tree,
     dead: sled::Tree,
+    /// Dead-letter totals and budget (dead_letter.rs).
+    dead_book: Arc<dead_letter::Book>,
     quarantine: sled::Tree,
     /// seq → u16 mask of the record kinds in the frame (see `read_for`).
     index: sled::Tree,
@@ -109,6 +177,8 @@ pub(crate) struct Shared {
     space_freed: Condvar,
     last_seq: tokio::sync::watch::Sender<u64>,
     quarantined_now: AtomicU64,
+    /// Free space under the log, checked at most every few milliseconds.
+    disk: disk::FreeSpace,
 }
 
 /// A snapshot of the log's size and counters.
@@ -155,6 +225,10 @@ impl Wal {
             &config.dir,
             config.durability,
         )?);
+        let dead_book = Arc::new(dead_letter::Book::load(
+            &store.dead,
+            config.dead_letter_max_bytes,
+        )?);
         let (seq_tx, _) = tokio::sync::watch::channel(store.state.next_seq - 1);
         let shared = Arc::new(Shared {
             db: store.db,
@@ -162,6 +236,7 @@ impl Wal {
             cursors: store.cursors,
             meta: store.meta,
             dead: store.dead,
+            dead_book,
             quarantine: store.quarantine,
             index: store.index,
             persist,
@@ -173,6 +248,7 @@ impl Wal {
             space_freed: Condvar::new(),
             last_seq: seq_tx,
             quarantined_now: AtomicU64::new(0),
+            disk: disk::FreeSpace::new(),
         });
         let (tx, rx) = bounded(1024);
         let writer_shared = shared.clone();
@@ -202,8 +278,9 @@ impl Wal {
     ///
     /// # Errors
     /// [`WalError::Full`] when `block` waited in vain, [`WalError::TooLarge`]
-    /// for an append bigger than `max_bytes`, [`WalError::Commit`] when the
-    /// group commit failed (nothing of the append is acknowledged), and
+    /// for an append bigger than `max_bytes`, [`WalError::Failed`] when this
+    /// or an earlier group commit or flush failed (nothing of the append is
+    /// acknowledged, and the log refuses appends until restarted), and
     /// [`WalError::Closed`] during shutdown.
     pub fn append(&self, records: &[Record]) -> Result<AppendOutcome, WalError> {
         let mut payload = Vec::with_capacity(records.len() * 96);
@@ -237,7 +314,12 @@ impl Wal {
                 records: 0,
             });
         }
-        shared.reserve(payload.len() as u64 + FRAME_OVERHEAD)?;
+        if shared.persist.failed().is_some() {
+            return Err(shared.persist.failed_error());
+        }
+        let reserve = reservation_bytes(&shared.config, u64::from(count), payload.len() as u64);
+        shared.disk.check(&shared.config, reserve)?;
+        let reservation = Shared::reserve(&self.inner.shared, reserve)?;
         let (reply_tx, reply_rx) = bounded(1);
         let tx = self.inner.tx.as_ref().ok_or(WalError::Closed)?;
         if tx
@@ -246,6 +328,7 @@ impl Wal {
                 ends,
                 count,
                 mask,
+                reservation,
                 reply: reply_tx,
             })
             .is_err()
@@ -448,7 +531,7 @@ impl Wal {
             appended_records: st.next_record,
             dropped_records: st.dropped_records,
             quarantined_frames: shared.quarantine.len() as u64,
-            dead_letters: shared.dead.len() as u64,
+            dead_letters: shared.dead_book_count(),
         }
     }
 
@@ -473,6 +556,7 @@ impl Wal {
             tree: s.dead.clone(),
             db: s.db.clone(),
             persist: s.persist.clone(),
+            book: s.dead_book.clone(),
         }
     }
 
@@ -531,6 +615,32 @@ impl Wal {
         self.shared().persist.closing()
     }
 
+    /// Why the log refuses appends, if a flush or write has failed in this
+    /// process (fail-stop, see `durability.rs`); `None` while healthy.
+    pub fn failure(&self) -> Option<String> {
+        self.shared().persist.failed().map(str::to_string)
+    }
+
+    /// Why appends are refused right now, if they are: the log failed
+    /// ([`Wal::failure`], until restart) or the disk under it has less than
+    /// `min_free_bytes` free (until space is freed).
+    pub fn refusing(&self) -> Option<String> {
+        let shared = self.shared();
+        self.failure().or_else(|| {
+            shared
+                .disk
+                .check(&shared.config, 0)
+                .err()
+                .map(|e| e.to_string())
+        })
+    }
+
+    /// Bytes reserved by appends in flight (0 whenever no append is running).
+    #[doc(hidden)]
+    pub fn reserved_bytes(&self) -> u64 {
+        self.shared().lock_state().pending_bytes
+    }
+
     /// The configuration the log was opened with.
     pub fn config(&self) -> &WalConfig {
         &self.shared().config
@@ -549,6 +659,10 @@ impl Wal {
 }
 
 impl Shared {
+    fn dead_book_count(&self) -> u64 {
+        self.dead_book.count_all()
+    }
+
     fn lock_state(&self) -> MutexGuard<'_, Guarded> {
         // A panic while holding the lock leaves consistent data (state is
         // assigned only after the sled batch succeeded), so poisoning is ignored.
@@ -565,15 +679,15 @@ impl Shared {
     }
 
     /// Reserves room for an append of `bytes`, waiting under `block`.
-    fn reserve(&self, bytes: u64) -> Result<(), WalError> {
-        let max = self.config.max_bytes;
+    fn reserve(this: &Arc<Shared>, bytes: u64) -> Result<Reservation, WalError> {
+        let max = this.config.max_bytes;
         if bytes > max {
             return Err(WalError::TooLarge { bytes, max });
         }
-        let mut g = self.lock_state();
-        if self.config.when_full == WhenFull::Block {
+        let mut g = this.lock_state();
+        if this.config.when_full == WhenFull::Block {
             let waited_from = Instant::now();
-            let deadline = waited_from + self.config.block_timeout();
+            let deadline = waited_from + this.config.block_timeout();
             while g.log.bytes + g.pending_bytes + bytes > max {
                 let now = Instant::now();
                 if now >= deadline {
@@ -583,7 +697,7 @@ impl Shared {
                         waited: now - waited_from,
                     });
                 }
-                g = self
+                g = this
                     .space_freed
                     .wait_timeout(g, deadline - now)
                     .unwrap_or_else(|e| e.into_inner())
@@ -591,7 +705,10 @@ impl Shared {
             }
         }
         g.pending_bytes += bytes;
-        Ok(())
+        Ok(Reservation {
+            shared: Arc::clone(this),
+            bytes: AtomicU64::new(bytes),
+        })
     }
 
     /// Under `drop_oldest`: adds deletes of the oldest frames to `batch` until

@@ -91,6 +91,13 @@ proptest! {
                     wal = Some(Wal::open(config(&dir)).unwrap());
                 }
             }
+            // Idle between actions: nothing may stay reserved, and an empty
+            // log holds no bytes (space accounting cannot drift).
+            prop_assert_eq!(wal.as_ref().unwrap().reserved_bytes(), 0);
+            let s = wal.as_ref().unwrap().stats();
+            if s.records == 0 {
+                prop_assert_eq!((s.frames, s.bytes), (0, 0));
+            }
             // The log holds exactly what the slowest sink has not delivered.
             let min_delivered = delivered.iter().map(Vec::len).min().unwrap();
             let stats = wal.as_ref().unwrap().stats();

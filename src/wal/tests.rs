@@ -168,6 +168,64 @@ fn block_fails_with_full_after_the_deadline_and_resumes_after_truncation() {
     ));
 }
 
+/// A small log that drains as fast as it fills must accept appends forever:
+/// what an append reserves is exactly what its commit settles, so the
+/// reservation cannot creep up to `max_bytes` (it used to leak the frame
+/// overhead of every append and refuse writes after about 6,000 of them).
+#[test]
+fn small_log_draining_as_it_fills_never_refuses_tens_of_thousands_of_appends() {
+    const APPENDS: u64 = 30_000;
+    let dir = TempDir::new().unwrap();
+    let cfg = WalConfig {
+        max_bytes: 200_000,
+        block_timeout_ms: 2_000,
+        // The accounting does not depend on the policy; `interval` keeps
+        // 30,000 appends from costing 30,000 fdatasyncs.
+        durability: Durability::Interval { interval_ms: 50 },
+        ..small(&dir)
+    };
+    let wal = Wal::open(cfg).unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let drainer = {
+        let (wal, stop) = (wal.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut delivered = 0u64;
+            loop {
+                let done = stop.load(Ordering::Acquire);
+                for sink in ["a", "b"] {
+                    // `read_for` stops at the last durable frame, as drainers do.
+                    let cursor = wal.cursor(sink).unwrap();
+                    let (frames, last) = wal.read_for(cursor, 500, u16::MAX).unwrap();
+                    if last > cursor {
+                        if sink == "a" {
+                            delivered += frames.iter().map(|f| f.records.len() as u64).sum::<u64>();
+                        }
+                        wal.ack(sink, last).unwrap();
+                    }
+                }
+                if done && wal.stats().records == 0 {
+                    return delivered;
+                }
+                std::thread::yield_now();
+            }
+        })
+    };
+    for i in 0..APPENDS {
+        if let Err(e) = wal.append(&[trade(i)]) {
+            panic!("append {i} refused by a log that drains as it fills: {e} ({:?}, {} bytes reserved)", wal.stats(), wal.reserved_bytes());
+        }
+    }
+    stop.store(true, Ordering::Release);
+    assert_eq!(
+        drainer.join().unwrap(),
+        APPENDS,
+        "every record delivered once"
+    );
+    let s = wal.stats();
+    assert_eq!((s.records, s.frames, s.bytes), (0, 0, 0), "{s:?}");
+    assert_eq!(wal.reserved_bytes(), 0, "idle and empty: nothing reserved");
+}
+
 #[test]
 fn drop_oldest_counts_exactly_and_moves_cursors() {
     let dir = TempDir::new().unwrap();
@@ -250,6 +308,92 @@ fn verify_reports_bad_frames_without_changing_them() {
         1,
         "verify does not quarantine"
     );
+}
+
+/// A poison stream cannot grow the dead letters past their bound: the oldest
+/// of the flooding sink are dropped and counted, the counters answer without
+/// a scan and agree with one, and they survive a reopen.
+#[test]
+fn a_dead_letter_flood_stays_within_its_budget_dropping_and_counting_the_oldest() {
+    const BUDGET: u64 = 60_000;
+    let dir = TempDir::new().unwrap();
+    let cfg = WalConfig {
+        dead_letter_max_bytes: BUDGET,
+        ..small(&dir)
+    };
+    let wal = Wal::open(cfg.clone()).unwrap();
+    let dl = wal.dead_letters();
+    for i in 0..3 {
+        dl.put("timescale", &trade(1_000_000 + i), "22003: out of range", 1)
+            .unwrap();
+    }
+    let mut next = 0u64;
+    for _ in 0..40 {
+        let items: Vec<(Record, String)> = (next..next + 250)
+            .map(|i| (trade(i), format!("400: bad line {i}")))
+            .collect();
+        next += 250;
+        dl.put_many("influx", &items, 1).unwrap();
+    }
+    let totals = dl.totals();
+    let (influx, ts) = (totals["influx"], totals["timescale"]);
+    assert!(influx.bytes + ts.bytes <= BUDGET, "{totals:?}");
+    assert_eq!(
+        influx.count + influx.dropped,
+        10_000,
+        "every dead letter kept or counted"
+    );
+    assert!(influx.dropped > 9_000, "the flood was cut back: {influx:?}");
+    assert_eq!(
+        (ts.count, ts.dropped),
+        (3, 0),
+        "the flooding sink pays first"
+    );
+    // The counters agree with a scan, and the newest are the ones kept.
+    let kept = dl.list(Some("influx"), usize::MAX).unwrap();
+    assert_eq!(kept.len() as u64, influx.count);
+    assert_eq!(dl.count(Some("influx")).unwrap(), influx.count);
+    assert_eq!(dl.count(None).unwrap(), influx.count + 3);
+    assert_eq!(wal.stats().dead_letters, influx.count + 3);
+    assert_eq!(kept.first().unwrap().record, trade(influx.dropped));
+    assert_eq!(kept.last().unwrap().record, trade(9_999));
+    let scanned: u64 = wal
+        .inner
+        .shared
+        .dead
+        .scan_prefix(b"influx\0")
+        .map(|kv| kv.map(|(k, v)| (k.len() + v.len()) as u64).unwrap())
+        .sum();
+    assert_eq!(scanned, influx.bytes);
+    // One call larger than the whole budget keeps only its newest entries.
+    let items: Vec<(Record, String)> = (10_000..12_000)
+        .map(|i| (trade(i), format!("400: bad line {i}")))
+        .collect();
+    dl.put_many("influx", &items, 1).unwrap();
+    let t = dl.totals()["influx"];
+    assert!(t.bytes + dl.totals()["timescale"].bytes <= BUDGET, "{t:?}");
+    assert_eq!(t.count + t.dropped, 12_000, "{t:?}");
+    assert_eq!(
+        dl.totals()["timescale"].count,
+        0,
+        "older dead letters of others went too"
+    );
+    let kept = dl.list(Some("influx"), usize::MAX).unwrap();
+    assert_eq!(kept.len() as u64, t.count);
+    assert_eq!(kept.last().unwrap().record, trade(11_999));
+    assert_eq!(kept.first().unwrap().record, trade(12_000 - t.count));
+    let totals = dl.totals();
+    drop((dl, wal));
+    let wal = Wal::open(cfg.clone()).unwrap();
+    assert_eq!(wal.dead_letters().totals(), totals, "totals persist");
+
+    // A log written before the totals existed is counted once on open.
+    wal.inner.shared.dead.remove(b"\xFFtotals").unwrap();
+    drop(wal);
+    let wal = Wal::open(cfg).unwrap();
+    let recounted = wal.dead_letters().totals();
+    assert_eq!(recounted["influx"].count, totals["influx"].count);
+    assert_eq!(recounted["influx"].bytes, totals["influx"].bytes);
 }
 
 #[test]

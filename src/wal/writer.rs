@@ -43,6 +43,8 @@ pub(crate) struct Request {
     pub count: u32,
     /// Kinds present (`RecordKind::bit`), for the frame index.
     pub mask: u16,
+    /// Space held for this append; settled by the commit, released on drop.
+    pub reservation: super::Reservation,
     pub reply: Sender<Result<AppendOutcome, WalError>>,
 }
 
@@ -85,7 +87,15 @@ pub(crate) fn run(shared: Arc<Shared>, rx: Receiver<Request>) {
                 Err(_) => break,
             }
         }
-        match commit_group(&shared, &mut builder, &group) {
+        let committed = (|| {
+            // Fail point (feature `failpoints`): the group's sled write fails.
+            fail::fail_point!("wal::commit", |_| Err(WalError::Corrupt {
+                what: "group commit",
+                detail: "injected by fail point wal::commit".into(),
+            }));
+            commit_group(&shared, &mut builder, &group)
+        })();
+        match committed {
             Ok(outcomes) => {
                 let applied = Applied {
                     last_seq: outcomes.last().map(|o| o.group_last_seq).unwrap_or(0),
@@ -101,11 +111,12 @@ pub(crate) fn run(shared: Arc<Shared>, rx: Receiver<Request>) {
                 }
             }
             Err(e) => {
+                // Fail-stop (durability.rs): a sled error on the write path
+                // leaves sled refusing writes; nothing after it is acknowledged.
+                shared.persist.fail(&e);
                 tracing::error!(error = %e, requests = group.len(), "group commit failed; producers get an error");
                 for req in &group {
-                    let _ = req.reply.send(Err(WalError::Commit {
-                        detail: e.to_string(),
-                    }));
+                    let _ = req.reply.send(Err(shared.persist.failed_error()));
                 }
             }
         }
@@ -148,11 +159,10 @@ fn answer(shared: &Shared, batch: Vec<Applied>, flushed: Result<(), WalError>) {
         Err(e) => {
             let requests: usize = batch.iter().map(|a| a.replies.len()).sum();
             tracing::error!(error = %e, requests, "flush failed; producers get an error");
+            // `e` is `WalError::Failed`: the flush put the log in the failed state.
             for a in batch {
                 for (reply, _) in a.replies {
-                    let _ = reply.send(Err(WalError::Commit {
-                        detail: e.to_string(),
-                    }));
+                    let _ = reply.send(Err(shared.persist.failed_error()));
                 }
             }
         }
@@ -254,9 +264,9 @@ fn commit_group(
         .apply_batch(index)
         .map_err(WalError::sled("append frame index"))?;
     guard.log = st;
-    guard.pending_bytes = guard
-        .pending_bytes
-        .saturating_sub(group.iter().map(|r| r.payload.len() as u64).sum());
+    for r in group {
+        r.reservation.settle(&mut guard);
+    }
     drop(guard);
 
     if let Some((last_dropped, records)) = dropped {

@@ -27,6 +27,14 @@ pub enum Mode {
     },
     /// Answer 400 naming the line when the body contains `marker`; forward otherwise.
     RejectLineWith { marker: String },
+    /// Answer `status` when the body contains `marker` (a server refusing
+    /// that one line: InfluxDB answers 413 for a line over its size limit;
+    /// VictoriaMetrics answers 204 and drops it, so it cannot show this);
+    /// forward otherwise.
+    RejectLineWithStatus { marker: String, status: u16 },
+    /// Hold requests whose body is larger than `bytes` for `delay` before
+    /// forwarding (a server too slow for large requests); forward others at once.
+    DelayLargerThan { bytes: usize, delay: Duration },
 }
 
 struct State {
@@ -146,6 +154,21 @@ impl Proxy {
                 } else {
                     self.forward(conn, &head, &body).await;
                 }
+            }
+            Mode::RejectLineWithStatus { marker, status } => {
+                let text = String::from_utf8_lossy(&body);
+                if let Some(n) = text.lines().position(|l| l.contains(&marker)) {
+                    let msg = format!("{{\"code\":\"refused\",\"message\":\"line {}: refused by test proxy with {status}\"}}", n + 1);
+                    reply(&mut conn, status, &[], &msg).await;
+                } else {
+                    self.forward(conn, &head, &body).await;
+                }
+            }
+            Mode::DelayLargerThan { bytes, delay } => {
+                if body.len() > bytes {
+                    tokio::time::sleep(delay).await;
+                }
+                self.forward(conn, &head, &body).await;
             }
             Mode::Delay(d) => {
                 tokio::time::sleep(d).await;

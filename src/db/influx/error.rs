@@ -28,17 +28,42 @@ pub enum InfluxError {
 }
 
 impl InfluxError {
-    /// How the drainer handles it.
+    /// How the drainer handles it (the table is in `docs/OPERATIONS.md`,
+    /// "Sink errors"):
+    ///
+    /// | outcome | class |
+    /// |---|---|
+    /// | no connection, reset, timeout; HTTP 408, 429, 5xx | transient |
+    /// | HTTP 400, 422 (a line does not parse or is refused), 413 (too large) | data: bisected to the line, dead-lettered |
+    /// | HTTP 401, 403 (token), 404 (org or bucket), rejected TLS certificate | config |
+    /// | any other status | unknown: bisected first (see `is_unclassified`), config if it hits everything |
     pub fn class(&self) -> ErrorClass {
         match self {
             InfluxError::Connect { .. } | InfluxError::Timeout { .. } => ErrorClass::Transient,
             InfluxError::Certificate { .. } => ErrorClass::Config,
-            InfluxError::Http { status, .. } => match status {
-                408 | 429 | 500..=599 => ErrorClass::Transient,
-                400 | 422 => ErrorClass::Data,
-                _ => ErrorClass::Config,
-            },
+            InfluxError::Http { status, .. } => {
+                classify_status(*status).unwrap_or(ErrorClass::Config)
+            }
         }
+    }
+
+    /// The server answered with a status the table does not know: the sink
+    /// bisects it like a data error before it calls it configuration.
+    pub fn is_unclassified(&self) -> bool {
+        matches!(self, InfluxError::Http { status, .. } if classify_status(*status).is_none())
+    }
+
+    /// The request ran out of time (our deadline, or HTTP 408/504 from the
+    /// server or a proxy). Repeated timeouts shrink the requests.
+    pub fn is_timeout(&self) -> bool {
+        matches!(
+            self,
+            InfluxError::Timeout { .. }
+                | InfluxError::Http {
+                    status: 408 | 504,
+                    ..
+                }
+        )
     }
 
     /// The server asked for a smaller request (HTTP 413).
@@ -53,6 +78,16 @@ impl InfluxError {
             _ => None,
         }
     }
+}
+
+/// HTTP status → class; `None` for a status outside the table.
+fn classify_status(status: u16) -> Option<ErrorClass> {
+    Some(match status {
+        408 | 429 | 500..=599 => ErrorClass::Transient,
+        400 | 413 | 422 => ErrorClass::Data,
+        401 | 403 | 404 => ErrorClass::Config,
+        _ => return None,
+    })
 }
 
 #[cfg(test)]
@@ -73,13 +108,19 @@ mod tests {
         for s in [408, 429, 500, 502, 503, 504] {
             assert_eq!(http(s).class(), ErrorClass::Transient, "{s}");
         }
-        for s in [400, 422] {
+        for s in [400, 413, 422] {
             assert_eq!(http(s).class(), ErrorClass::Data, "{s}");
         }
-        for s in [401, 403, 404, 413] {
+        for s in [401, 403, 404] {
             assert_eq!(http(s).class(), ErrorClass::Config, "{s}");
+            assert!(!http(s).is_unclassified());
+        }
+        for s in [301, 405, 409, 415, 418] {
+            assert_eq!(http(s).class(), ErrorClass::Config, "{s}");
+            assert!(http(s).is_unclassified(), "{s}");
         }
         assert!(http(413).is_too_large());
+        assert!(http(504).is_timeout() && http(408).is_timeout() && !http(500).is_timeout());
         assert_eq!(
             InfluxError::Timeout {
                 url: "u".into(),

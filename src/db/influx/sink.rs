@@ -2,6 +2,13 @@
 //! requests within the line and byte limits, and isolates poison records by
 //! bisection.
 //!
+//! Errors (table in `error.rs`): a data error (400, 413, 422) is bisected
+//! down to the line, which is dead-lettered; so is a status the table does
+//! not know, which is dead-lettered only if it refuses single lines while
+//! others of the delivery are written (it hitting everything makes it
+//! configuration). Repeated timeouts halve the lines per request
+//! (`drain::retry::Shrink`) before a batch is retried at full size.
+//!
 //! A batch is confirmed (`Ok`) only when every record is written or
 //! dead-lettered. Dead letters found during an attempt are stored only when
 //! the whole attempt succeeds, so a retry after a transient failure never
@@ -17,6 +24,7 @@ use super::config::{Destination, InfluxConfig};
 use super::encode::encode;
 use super::error::InfluxError;
 use crate::config::Routes;
+use crate::drain::retry::Shrink;
 use crate::drain::{Delivery, ErrorClass, Sink, SinkFailure};
 use crate::record::{Record, RecordKind};
 use crate::wal::DeadLetters;
@@ -28,10 +36,25 @@ pub struct InfluxSink {
     client: Client,
     dead: DeadLetters,
     attempts: u32,
+    /// Lines per request after timeouts.
+    shrink: Shrink,
+    /// Most lines the last delivery put in one request.
+    attempted: usize,
 }
 
+/// Unclassified errors on single lines tolerated while nothing of the
+/// delivery was written, before they are taken as configuration.
+const MAX_SUSPECTS_WITHOUT_WRITES: usize = 8;
+
+/// What the bisection of one delivery found.
+#[derive(Default)]
 struct Found {
+    /// Lines refused for a data reason, with it.
     rejected: Vec<(usize, String)>,
+    /// Lines refused alone with an unclassified status.
+    suspects: Vec<(usize, InfluxError)>,
+    /// Lines written.
+    written: usize,
 }
 
 impl InfluxSink {
@@ -51,6 +74,8 @@ impl InfluxSink {
             client,
             dead,
             attempts: 0,
+            shrink: Shrink::default(),
+            attempted: 0,
         })
     }
 
@@ -81,14 +106,32 @@ impl InfluxSink {
                 encode(&batch[i], &mut body);
             }
             match self.client.write(&dest.0, &dest.1, &dest.2, &body).await {
-                Ok(()) => Ok(()),
-                Err(e) if (e.class() == ErrorClass::Data || e.is_too_large()) && idx.len() > 1 => {
+                Ok(()) => {
+                    found.written += idx.len();
+                    Ok(())
+                }
+                Err(e)
+                    if (e.class() == ErrorClass::Data || e.is_unclassified()) && idx.len() > 1 =>
+                {
                     let (a, b) = idx.split_at(idx.len() / 2);
                     self.write_part(dest, batch, a, found).await?;
                     self.write_part(dest, batch, b, found).await
                 }
                 Err(e) if e.class() == ErrorClass::Data => {
-                    found.rejected.push((idx[0], e.to_string()));
+                    let reason = if e.is_too_large() {
+                        format!("{e} (this line alone is too large for the server)")
+                    } else {
+                        e.to_string()
+                    };
+                    found.rejected.push((idx[0], reason));
+                    Ok(())
+                }
+                Err(e) if e.is_unclassified() => {
+                    // Everything fails alike: no line to blame, stop here.
+                    if found.written == 0 && found.suspects.len() >= MAX_SUSPECTS_WITHOUT_WRITES {
+                        return Err(e);
+                    }
+                    found.suspects.push((idx[0], e));
                     Ok(())
                 }
                 Err(e) => Err(e),
@@ -109,9 +152,9 @@ impl InfluxSink {
                 None => groups.push((d, vec![i])),
             }
         }
-        let mut found = Found {
-            rejected: Vec::new(),
-        };
+        let mut found = Found::default();
+        let max_lines = self.shrink.limit(self.config.batch_max_lines);
+        self.attempted = 0;
         let mut total = 0;
         for (dest, idx) in &groups {
             total += idx.len();
@@ -121,7 +164,7 @@ impl InfluxSink {
                 let mut end = start;
                 let mut bytes = 0;
                 let mut scratch = Vec::new();
-                while end < idx.len() && end - start < self.config.batch_max_lines {
+                while end < idx.len() && end - start < max_lines {
                     scratch.clear();
                     encode(&batch[idx[end]], &mut scratch);
                     if end > start && bytes + scratch.len() > self.config.batch_max_bytes {
@@ -130,23 +173,49 @@ impl InfluxSink {
                     bytes += scratch.len();
                     end += 1;
                 }
+                self.attempted = self.attempted.max(end - start);
                 self.write_part(dest, batch, &idx[start..end], &mut found)
                     .await?;
                 start = end;
             }
         }
-        for (i, reason) in &found.rejected {
-            self.dead
-                .put("influx", &batch[*i], reason, self.attempts)
-                .map_err(|e| InfluxError::Connect {
-                    url: "dead-letter store".into(),
-                    detail: e.to_string(),
-                })?;
+        let Found {
+            mut rejected,
+            suspects,
+            written,
+        } = found;
+        if let Some((_, first)) = suspects.first() {
+            if written == 0 {
+                // It hit every line it met: not about the data.
+                let (_, e) = suspects.into_iter().next().expect("first exists");
+                return Err(e);
+            }
+            tracing::warn!(sink = "influx", lines = suspects.len(), written, error = %first, "an unclassified error hit single lines while the rest were written: dead-lettering them");
+            rejected.extend(suspects.into_iter().map(|(i, e)| {
+                (
+                    i,
+                    format!("{e} (a status of unknown class that refused this line alone while {written} others of its batch were written)"),
+                )
+            }));
+        }
+        // One atomic write and one flush for the delivery, off the async workers.
+        let items: Vec<(Record, String)> = rejected
+            .iter()
+            .map(|(i, reason)| (batch[*i].clone(), reason.clone()))
+            .collect();
+        self.dead
+            .put_many_async("influx", items, self.attempts)
+            .await
+            .map_err(|e| InfluxError::Connect {
+                url: "dead-letter store".into(),
+                detail: e.to_string(),
+            })?;
+        for (i, reason) in &rejected {
             tracing::warn!(sink = "influx", kind = %batch[*i].kind(), reason = %reason, "record dead-lettered");
         }
         Ok(Delivery {
-            written: total - found.rejected.len(),
-            dead_lettered: found.rejected.len(),
+            written: total - rejected.len(),
+            dead_lettered: rejected.len(),
         })
     }
 }
@@ -165,22 +234,21 @@ impl Sink for InfluxSink {
         match self.deliver_inner(batch).await {
             Ok(d) => {
                 self.attempts = 0;
+                self.shrink.succeeded(self.config.batch_max_lines);
                 Ok(d)
             }
             Err(e) => {
-                let class = if e.is_too_large() {
-                    ErrorClass::Config
-                } else {
-                    e.class()
-                };
-                let message = if e.is_too_large() {
-                    format!("{e} (even a single line is too large for the server)")
-                } else {
-                    e.to_string()
-                };
+                if e.is_timeout() {
+                    let lines = self.shrink.timed_out(self.attempted);
+                    tracing::warn!(
+                        sink = "influx",
+                        lines_per_request = lines,
+                        "timed out: retrying with smaller requests"
+                    );
+                }
                 Err(SinkFailure {
-                    class,
-                    message,
+                    class: e.class(),
+                    message: e.to_string(),
                     retry_after: e.retry_after(),
                 })
             }

@@ -15,6 +15,67 @@ pub struct DimensionLists {
     pub intervals: Vec<String>,
 }
 
+/// What a fact table does with a record whose key (time, symbol, exchange,
+/// interval) already holds a row with *different* values. A record equal to
+/// the stored row (a replay of the log) writes nothing under either policy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ConflictPolicy {
+    /// The stored row stays; the later record is dead-lettered with the
+    /// reason (`ON CONFLICT DO NOTHING`, then one compare query when the
+    /// insert added fewer rows than it was given). Right for bars, which are
+    /// emitted once, at close: a second, different bar for a key is a fault
+    /// upstream that someone should see.
+    #[default]
+    FirstWins,
+    /// The later record replaces the stored row (`ON CONFLICT … DO UPDATE …
+    /// WHERE row IS DISTINCT FROM`), so the row ends as the last record of
+    /// that key in log order; a replay re-applies the same sequence and ends
+    /// at the same row. Within one batch only the last record of a key is
+    /// sent. For klines a collector streams repeatedly while they form.
+    LastWins,
+}
+
+impl ConflictPolicy {
+    /// The config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConflictPolicy::FirstWins => "first_wins",
+            ConflictPolicy::LastWins => "last_wins",
+        }
+    }
+}
+
+/// `[timescale.conflict]`: the [`ConflictPolicy`] of each fact table, keyed
+/// by table name. Every table defaults to `first_wins`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConflictPolicies {
+    #[serde(rename = "bar__tick_imbalance")]
+    pub tick_imbalance: ConflictPolicy,
+    #[serde(rename = "bar__volume_imbalance")]
+    pub volume_imbalance: ConflictPolicy,
+    #[serde(rename = "bar__vpin")]
+    pub vpin: ConflictPolicy,
+    #[serde(rename = "bar__kline")]
+    pub kline: ConflictPolicy,
+}
+
+impl ConflictPolicies {
+    /// The policy of fact table `table` (`first_wins` for a name that is not
+    /// a fact table).
+    pub fn of(&self, table: &str) -> ConflictPolicy {
+        match table {
+            "bar__tick_imbalance" => self.tick_imbalance,
+            "bar__volume_imbalance" => self.volume_imbalance,
+            "bar__vpin" => self.vpin,
+            "bar__kline" => self.kline,
+            _ => ConflictPolicy::FirstWins,
+        }
+    }
+}
+
 /// `[timescale]`: the TimescaleDB (or plain PostgreSQL) sink for bars and klines.
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -57,6 +118,10 @@ pub struct TimescaleConfig {
     /// What `walrelay init` seeds.
     #[serde(default)]
     pub dimensions: DimensionLists,
+    /// `[timescale.conflict]`: per fact table, `first_wins` (default) or
+    /// `last_wins`.
+    #[serde(default)]
+    pub conflict: ConflictPolicies,
 }
 
 fn default_schema() -> String {
@@ -116,6 +181,7 @@ impl std::fmt::Debug for TimescaleConfig {
             .field("connect_timeout_ms", &self.connect_timeout_ms)
             .field("require_timescaledb", &self.require_timescaledb)
             .field("dimensions", &self.dimensions)
+            .field("conflict", &self.conflict)
             .finish()
     }
 }
@@ -134,6 +200,7 @@ impl TimescaleConfig {
             connect_timeout_ms: default_connect_timeout(),
             require_timescaledb: false,
             dimensions: DimensionLists::default(),
+            conflict: ConflictPolicies::default(),
         }
     }
 
@@ -202,6 +269,41 @@ mod tests {
             !dbg.contains("hunter2") && !dbg.contains("hunter3"),
             "{dbg}"
         );
+    }
+
+    #[test]
+    fn conflict_policies_default_to_first_wins_and_name_unknown_tables() {
+        let c: TimescaleConfig = toml::from_str("url = \"postgres://u@h/d\"").unwrap();
+        for t in [
+            "bar__tick_imbalance",
+            "bar__volume_imbalance",
+            "bar__vpin",
+            "bar__kline",
+        ] {
+            assert_eq!(c.conflict.of(t), ConflictPolicy::FirstWins, "{t}");
+        }
+        let c: TimescaleConfig =
+            toml::from_str("url = \"postgres://u@h/d\"\n[conflict]\nbar__kline = \"last_wins\"\n")
+                .unwrap();
+        assert_eq!(c.conflict.of("bar__kline"), ConflictPolicy::LastWins);
+        assert_eq!(c.conflict.of("bar__vpin"), ConflictPolicy::FirstWins);
+        let err = toml::from_str::<TimescaleConfig>(
+            "url = \"postgres://u@h/d\"\n[conflict]\nbar__klines = \"last_wins\"\n",
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(
+            err.contains("bar__klines") && err.contains("bar__kline"),
+            "{err}"
+        );
+        let err = toml::from_str::<TimescaleConfig>(
+            "url = \"postgres://u@h/d\"\n[conflict]\nbar__kline = \"newest\"\n",
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(err.contains("newest") && err.contains("last_wins"), "{err}");
     }
 
     #[test]

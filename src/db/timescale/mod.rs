@@ -13,7 +13,7 @@ pub mod schema;
 mod sink;
 mod tls;
 
-pub use config::{DimensionLists, TimescaleConfig};
+pub use config::{ConflictPolicies, ConflictPolicy, DimensionLists, TimescaleConfig};
 
 /// The connection string with any password masked (for logs and check output).
 pub fn redacted(url: &str) -> String {

@@ -1,8 +1,10 @@
 //! The star schema: three dimension tables and four fact tables, created
 //! idempotently and safely from several relays at once (one advisory lock
-//! around the whole DDL transaction). `sql/create_table_bar__*.sql` is the
-//! reference DDL for schema `mart`; a test compares its catalog with this
-//! module's output so the two cannot drift.
+//! around the whole DDL transaction). `sql/*.sql` is the reference DDL for
+//! schema `mart` (valid on plain PostgreSQL; `DO` blocks create the extension
+//! and the hypertables where TimescaleDB is there); a test compares its
+//! catalog with this module's output, hypertable status and partitioning
+//! column included, on both, so the two cannot drift.
 //!
 //! TimescaleDB: detected before anything is sent. Installed → hypertables.
 //! Available and preloaded → `CREATE EXTENSION` then hypertables. Available
@@ -32,15 +34,40 @@ pub fn bar_table(kind: BarKind) -> &'static str {
     }
 }
 
-/// DDL of the dimension tables.
+/// DDL of the dimension tables. The names are `NOT NULL`; a database created
+/// while they were nullable gets the constraint added (a no-op scan of a
+/// small table, skipped once present), unless it stores a NULL name, which
+/// leaves it nullable with a warning rather than stopping the relay.
 pub fn dimension_ddl(schema: &str) -> String {
     format!(
         "CREATE SCHEMA IF NOT EXISTS {schema};\n\
-         CREATE TABLE IF NOT EXISTS {schema}.dim_symbol (\n    symbol_id SERIAL PRIMARY KEY,\n    symbol TEXT UNIQUE,\n    is_deleted BOOLEAN NOT NULL DEFAULT FALSE,\n    deleted_date TIMESTAMPTZ NULL\n);\n\
-         CREATE TABLE IF NOT EXISTS {schema}.dim_exchange (\n    exchange_id SERIAL PRIMARY KEY,\n    exchange TEXT UNIQUE\n);\n\
-         CREATE TABLE IF NOT EXISTS {schema}.dim_interval (\n    interval_id SERIAL PRIMARY KEY,\n    \"interval\" TEXT UNIQUE\n);\n"
+         CREATE TABLE IF NOT EXISTS {schema}.dim_symbol (\n    symbol_id SERIAL PRIMARY KEY,\n    symbol TEXT NOT NULL UNIQUE,\n    is_deleted BOOLEAN NOT NULL DEFAULT FALSE,\n    deleted_date TIMESTAMPTZ NULL\n);\n\
+         CREATE TABLE IF NOT EXISTS {schema}.dim_exchange (\n    exchange_id SERIAL PRIMARY KEY,\n    exchange TEXT NOT NULL UNIQUE\n);\n\
+         CREATE TABLE IF NOT EXISTS {schema}.dim_interval (\n    interval_id SERIAL PRIMARY KEY,\n    \"interval\" TEXT NOT NULL UNIQUE\n);\n{}",
+        NAMES_NOT_NULL.replace("{schema}", schema)
     )
 }
+
+/// Adds `NOT NULL` to the dimension names of an older database (see
+/// [`dimension_ddl`]); `{schema}` is replaced.
+const NAMES_NOT_NULL: &str = r#"-- Databases created while the names were nullable get NOT NULL too, unless a
+-- NULL name is stored (then a warning says so and nothing changes).
+DO $$
+DECLARE
+    c record;
+BEGIN
+    FOR c IN SELECT * FROM (VALUES ('dim_symbol', 'symbol'), ('dim_exchange', 'exchange'), ('dim_interval', 'interval')) AS v(tbl, col) LOOP
+        IF EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = format('%I.%I', '{schema}', c.tbl)::regclass AND attname = c.col AND NOT attnotnull) THEN
+            BEGIN
+                EXECUTE format('ALTER TABLE %I.%I ALTER COLUMN %I SET NOT NULL', '{schema}', c.tbl, c.col);
+            EXCEPTION WHEN not_null_violation THEN
+                RAISE WARNING '%.%.% holds NULL names; left nullable', '{schema}', c.tbl, c.col;
+            END;
+        END IF;
+    END LOOP;
+END
+$$;
+"#;
 
 /// DDL of one fact table and its index.
 pub fn fact_ddl(schema: &str, table: &str, imbalance: bool) -> String {

@@ -7,16 +7,28 @@
 //! transaction and a second statement; `benches/timescale.rs` measures both.
 //!
 //! Confirmation: `Ok` means every record is in its table or dead-lettered.
-//! Data errors (SQLSTATE 22, 23) are isolated by bisection; dead letters are
-//! stored only when the whole delivery succeeds, so a retry never
-//! dead-letters a record twice.
+//! Data errors (SQLSTATE 22, 23, 54; the table is in `error.rs`) are
+//! isolated by bisection; so is an SQLSTATE the table does not know, which
+//! is dead-lettered only if it hits single records while others of the
+//! delivery are written (it hitting everything makes it configuration). Dead
+//! letters are stored only when the whole delivery succeeds, so a retry
+//! never dead-letters a record twice. Repeated timeouts halve the rows per
+//! transaction (`drain::retry::Shrink`) before a batch is retried at full size.
 //!
-//! Conflicts: a fact key holds one row and the first write wins. When an
-//! insert adds fewer rows than it was given (the count costs nothing), one
-//! more query in the same transaction finds the given rows whose key is held
-//! by a row with *different* values: those records are dead-lettered with the
-//! reason, never dropped unseen. Rows equal to the stored one (a replay) are
-//! simply done.
+//! Conflicts: a fact key holds one row; what happens to a record whose key
+//! is already held is the table's [`ConflictPolicy`] (`[timescale.conflict]`).
+//! - `first_wins` (default): `ON CONFLICT DO NOTHING`. When an insert adds
+//!   fewer rows than it was given (the count costs nothing), one more query in
+//!   the same transaction finds the given rows whose key is held by a row with
+//!   *different* values: those records are dead-lettered with the reason,
+//!   never dropped unseen. Rows equal to the stored one (a replay) are simply
+//!   done.
+//! - `last_wins`: `ON CONFLICT (key) DO UPDATE SET … WHERE (stored values) IS
+//!   DISTINCT FROM (new values)`, so an identical replay rewrites nothing and
+//!   a changed record replaces the row. PostgreSQL refuses to update one row
+//!   twice in a statement, so within a batch only the last record of a key
+//!   (in log order; the key's time compared at PostgreSQL's microsecond
+//!   precision) is sent; the earlier ones count as written, superseded.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -25,11 +37,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Client;
 
-use super::config::TimescaleConfig;
+use super::config::{ConflictPolicy, TimescaleConfig};
 use super::conn::{connect, deadline};
 use super::dim_cache::{identity, Dim, DimCache};
 use super::error::TimescaleError;
 use super::schema::{bar_table, ensure};
+use crate::drain::retry::Shrink;
 use crate::drain::{Delivery, ErrorClass, Sink, SinkFailure};
 use crate::record::{Record, RecordKind};
 use crate::wal::{DeadLetters, Meta};
@@ -42,6 +55,25 @@ pub struct TimescaleSink {
     dead: DeadLetters,
     schema_ready: bool,
     attempts: u32,
+    /// Rows per transaction after timeouts.
+    shrink: Shrink,
+    /// Most rows the last delivery put in one transaction.
+    attempted: usize,
+}
+
+/// Unclassified errors on single records, tolerated while nothing of the
+/// delivery was written before they are taken as configuration.
+const MAX_SUSPECTS_WITHOUT_WRITES: usize = 8;
+
+/// What the bisection of one delivery found.
+#[derive(Default)]
+struct Found {
+    /// Records refused for a data reason, with it.
+    rejected: Vec<(usize, String)>,
+    /// Records refused alone with an unclassified error.
+    suspects: Vec<(usize, TimescaleError)>,
+    /// Records written.
+    written: usize,
 }
 
 fn time(ts: i64) -> SystemTime {
@@ -77,6 +109,44 @@ fn shape(imbalance: bool) -> (&'static str, &'static str) {
     }
 }
 
+/// `INSERT` of one fact table's unnested arrays under `policy`.
+fn insert_sql(schema: &str, table: &str, imbalance: bool, policy: ConflictPolicy) -> String {
+    let (values, unnest) = shape(imbalance);
+    let on_conflict = match policy {
+        ConflictPolicy::FirstWins => "ON CONFLICT DO NOTHING".to_string(),
+        ConflictPolicy::LastWins => format!(
+            "ON CONFLICT (time, symbol_id, exchange_id, interval_id) DO UPDATE \
+             SET ({values}) = ({excluded}) WHERE ({stored}) IS DISTINCT FROM ({excluded})",
+            excluded = prefixed("EXCLUDED.", values),
+            stored = prefixed("t.", values),
+        ),
+    };
+    format!(
+        "INSERT INTO {schema}.{table} AS t (time, symbol_id, exchange_id, interval_id, {values}) \
+         SELECT * FROM {unnest} {on_conflict}"
+    )
+}
+
+/// `a, b` → `p.a, p.b`.
+fn prefixed(p: &str, columns: &str) -> String {
+    columns
+        .split(", ")
+        .map(|c| format!("{p}{c}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A fact key as PostgreSQL stores it: the time in microseconds since
+/// 2000-01-01, truncated toward zero as tokio-postgres converts it, and the
+/// three dimension IDs. Two records that differ only below a microsecond are
+/// the same key to the database.
+type StoredKey = (i64, i32, i32, i32);
+
+fn stored_micros(ts: i64) -> i64 {
+    const PG_EPOCH_NS: i64 = 946_684_800 * 1_000_000_000;
+    (ts - PG_EPOCH_NS) / 1000
+}
+
 /// Column arrays of one fact table.
 #[derive(Default)]
 struct Columns {
@@ -95,6 +165,79 @@ struct Columns {
     theta: Vec<f64>,
     /// Batch index of each row.
     rows: Vec<usize>,
+    /// `last_wins` only: the row of each key so far, so that a later record
+    /// of the key replaces it in place.
+    by_key: Option<std::collections::HashMap<StoredKey, usize>>,
+}
+
+impl Columns {
+    fn new(policy: ConflictPolicy) -> Columns {
+        Columns {
+            by_key: (policy == ConflictPolicy::LastWins).then(Default::default),
+            ..Default::default()
+        }
+    }
+
+    /// Appends record `i` (a bar or a kline) with its dimension IDs, or,
+    /// under `last_wins`, overwrites the row of its key.
+    fn put(&mut self, i: usize, r: &Record, ids: (i32, i32, i32)) {
+        let ts = match r {
+            Record::Bar(b) => b.ts,
+            Record::Kline(k) => k.ts,
+            _ => return,
+        };
+        let at = match &mut self.by_key {
+            Some(m) => {
+                let n = self.rows.len();
+                *m.entry((stored_micros(ts), ids.0, ids.1, ids.2))
+                    .or_insert(n)
+            }
+            None => self.rows.len(),
+        };
+        if at == self.rows.len() {
+            self.rows.push(i);
+            self.time.push(time(ts));
+            self.symbol.push(ids.0);
+            self.exchange.push(ids.1);
+            self.interval.push(ids.2);
+            self.open.push(0.0);
+            self.high.push(0.0);
+            self.low.push(0.0);
+            self.close.push(0.0);
+            self.volume.push(0.0);
+            if matches!(r, Record::Bar(_)) {
+                self.buy.push(0);
+                self.sell.push(0);
+                self.total.push(0);
+                self.theta.push(0.0);
+            }
+        } else {
+            self.rows[at] = i;
+            // Same stored key; keep the later record's exact time too.
+            self.time[at] = time(ts);
+        }
+        match r {
+            Record::Bar(b) => {
+                self.open[at] = b.open;
+                self.high[at] = b.high;
+                self.low[at] = b.low;
+                self.close[at] = b.close;
+                self.volume[at] = b.volume;
+                self.buy[at] = b.buy_ticks as i64;
+                self.sell[at] = b.sell_ticks as i64;
+                self.total[at] = b.total_ticks as i64;
+                self.theta[at] = b.theta;
+            }
+            Record::Kline(k) => {
+                self.open[at] = k.open;
+                self.high[at] = k.high;
+                self.low[at] = k.low;
+                self.close[at] = k.close;
+                self.volume[at] = k.volume;
+            }
+            _ => {}
+        }
+    }
 }
 
 impl TimescaleSink {
@@ -120,6 +263,8 @@ impl TimescaleSink {
             dead,
             schema_ready: false,
             attempts: 0,
+            shrink: Shrink::default(),
+            attempted: 0,
         })
     }
 
@@ -188,40 +333,19 @@ impl TimescaleSink {
             let pos = match tables.iter().position(|(t, _, _)| *t == table) {
                 Some(p) => p,
                 None => {
-                    tables.push((table, imbalance, Columns::default()));
+                    let policy = self.cfg.conflict.of(table);
+                    tables.push((table, imbalance, Columns::new(policy)));
                     tables.len() - 1
                 }
             };
-            let c = &mut tables[pos].2;
-            c.rows.push(i);
             let (s, e, iv) = keys(&batch[i]).unwrap();
             let id = |d, v: &str| self.cache.get(d, v).expect("resolved above");
-            c.symbol.push(id(Dim::Symbol, s));
-            c.exchange.push(id(Dim::Exchange, e));
-            c.interval.push(id(Dim::Interval, iv));
-            match &batch[i] {
-                Record::Bar(b) => {
-                    c.time.push(time(b.ts));
-                    c.open.push(b.open);
-                    c.high.push(b.high);
-                    c.low.push(b.low);
-                    c.close.push(b.close);
-                    c.volume.push(b.volume);
-                    c.buy.push(b.buy_ticks as i64);
-                    c.sell.push(b.sell_ticks as i64);
-                    c.total.push(b.total_ticks as i64);
-                    c.theta.push(b.theta);
-                }
-                Record::Kline(k) => {
-                    c.time.push(time(k.ts));
-                    c.open.push(k.open);
-                    c.high.push(k.high);
-                    c.low.push(k.low);
-                    c.close.push(k.close);
-                    c.volume.push(k.volume);
-                }
-                _ => {}
-            }
+            let ids = (
+                id(Dim::Symbol, s),
+                id(Dim::Exchange, e),
+                id(Dim::Interval, iv),
+            );
+            tables[pos].2.put(i, &batch[i], ids);
         }
         let schema = self.cfg.schema.clone();
         let timeout = self.cfg.statement_timeout_ms;
@@ -230,12 +354,18 @@ impl TimescaleSink {
         let statements: Vec<(String, Vec<&(dyn ToSql + Sync)>)> = tables
             .iter()
             .map(|(table, imbalance, c)| {
-                let (values, unnest) = shape(*imbalance);
-                let sql = format!(
-                    "INSERT INTO {schema}.{table} (time, symbol_id, exchange_id, interval_id, {values}) \
-                     SELECT * FROM {unnest} ON CONFLICT DO NOTHING"
-                );
-                let mut params: Vec<&(dyn ToSql + Sync)> = vec![&c.time, &c.symbol, &c.exchange, &c.interval, &c.open, &c.high, &c.low, &c.close, &c.volume];
+                let sql = insert_sql(&schema, table, *imbalance, self.cfg.conflict.of(table));
+                let mut params: Vec<&(dyn ToSql + Sync)> = vec![
+                    &c.time,
+                    &c.symbol,
+                    &c.exchange,
+                    &c.interval,
+                    &c.open,
+                    &c.high,
+                    &c.low,
+                    &c.close,
+                    &c.volume,
+                ];
                 if *imbalance {
                     params.extend([&c.buy as &(dyn ToSql + Sync), &c.sell, &c.total, &c.theta]);
                 }
@@ -254,7 +384,9 @@ impl TimescaleSink {
         for (((table, imbalance, c), (_, params)), n) in
             tables.iter().zip(&statements).zip(&inserted)
         {
-            if *n as usize == c.rows.len() {
+            // Under last_wins a short count means identical rows: nothing to
+            // report.
+            if *n as usize == c.rows.len() || c.by_key.is_some() {
                 continue;
             }
             let (values, unnest) = shape(*imbalance);
@@ -278,7 +410,7 @@ impl TimescaleSink {
                 let (s, e, iv) = keys(&batch[i]).expect("a fact record");
                 conflicts.push((
                     i,
-                    format!("{table}: the key (time, symbol {s}, exchange {e}, interval {iv}) already holds a different row; the first write is kept"),
+                    format!("{table}: the key (time, symbol {s}, exchange {e}, interval {iv}) already holds a different row; the first write is kept (timescale.conflict.{table} = \"first_wins\")"),
                 ));
             }
         }
@@ -287,12 +419,12 @@ impl TimescaleSink {
     }
 
     /// Writes `idx`, retrying once after re-resolving on a foreign-key
-    /// violation and bisecting on data errors.
+    /// violation and bisecting on data and unclassified errors.
     fn write_part<'a>(
         &'a mut self,
         batch: &'a [Record],
         idx: &'a [usize],
-        rejected: &'a mut Vec<(usize, String)>,
+        found: &'a mut Found,
     ) -> Pin<Box<dyn Future<Output = Result<(), TimescaleError>> + Send + 'a>> {
         Box::pin(async move {
             let mut result = self.write_rows(batch, idx).await;
@@ -318,16 +450,27 @@ impl TimescaleSink {
             }
             match result {
                 Ok(conflicts) => {
-                    rejected.extend(conflicts);
+                    found.written += idx.len() - conflicts.len();
+                    found.rejected.extend(conflicts);
                     Ok(())
                 }
-                Err(e) if e.class() == ErrorClass::Data && idx.len() > 1 => {
+                Err(e)
+                    if (e.class() == ErrorClass::Data || e.is_unclassified()) && idx.len() > 1 =>
+                {
                     let (a, b) = idx.split_at(idx.len() / 2);
-                    self.write_part(batch, a, rejected).await?;
-                    self.write_part(batch, b, rejected).await
+                    self.write_part(batch, a, found).await?;
+                    self.write_part(batch, b, found).await
                 }
                 Err(e) if e.class() == ErrorClass::Data => {
-                    rejected.push((idx[0], e.to_string()));
+                    found.rejected.push((idx[0], e.to_string()));
+                    Ok(())
+                }
+                Err(e) if e.is_unclassified() => {
+                    // Everything fails alike: no record to blame, stop here.
+                    if found.written == 0 && found.suspects.len() >= MAX_SUSPECTS_WITHOUT_WRITES {
+                        return Err(e);
+                    }
+                    found.suspects.push((idx[0], e));
                     Ok(())
                 }
                 Err(e) => Err(e),
@@ -340,14 +483,42 @@ impl TimescaleSink {
         let idx: Vec<usize> = (0..batch.len())
             .filter(|&i| keys(&batch[i]).is_some())
             .collect();
-        let mut rejected = Vec::new();
-        for chunk in idx.chunks(self.cfg.batch_size.max(1)) {
-            self.write_part(batch, chunk, &mut rejected).await?;
+        let mut found = Found::default();
+        let rows = self.shrink.limit(self.cfg.batch_size);
+        self.attempted = rows.min(idx.len());
+        for chunk in idx.chunks(rows) {
+            self.write_part(batch, chunk, &mut found).await?;
         }
+        let Found {
+            mut rejected,
+            suspects,
+            written,
+        } = found;
+        if let Some((_, first)) = suspects.first() {
+            if written == 0 {
+                // It hit every record it met: not about the data. Unhealthy
+                // (configuration) until an operator looks.
+                let (_, e) = suspects.into_iter().next().expect("first exists");
+                return Err(e);
+            }
+            tracing::warn!(sink = "timescale", records = suspects.len(), written, error = %first, "an unclassified error hit single records while the rest were written: dead-lettering them");
+            rejected.extend(suspects.into_iter().map(|(i, e)| {
+                (
+                    i,
+                    format!("{e} (an error of unknown class that refused this record alone while {written} others of its batch were written)"),
+                )
+            }));
+        }
+        // One atomic write and one flush for the delivery, off the async workers.
+        let items: Vec<(Record, String)> = rejected
+            .iter()
+            .map(|(i, reason)| (batch[*i].clone(), reason.clone()))
+            .collect();
+        self.dead
+            .put_many_async("timescale", items, self.attempts)
+            .await
+            .map_err(|e| TimescaleError::Wal(e.to_string()))?;
         for (i, reason) in &rejected {
-            self.dead
-                .put("timescale", &batch[*i], reason, self.attempts)
-                .map_err(|e| TimescaleError::Wal(e.to_string()))?;
             tracing::warn!(sink = "timescale", kind = %batch[*i].kind(), reason = %reason, "record dead-lettered");
         }
         Ok(Delivery {
@@ -371,10 +542,19 @@ impl Sink for TimescaleSink {
         match self.deliver_inner(batch).await {
             Ok(d) => {
                 self.attempts = 0;
+                self.shrink.succeeded(self.cfg.batch_size);
                 Ok(d)
             }
             Err(e) => {
                 self.drop_if_broken(&e);
+                if e.is_timeout() {
+                    let rows = self.shrink.timed_out(self.attempted);
+                    tracing::warn!(
+                        sink = "timescale",
+                        rows_per_transaction = rows,
+                        "timed out: retrying with smaller transactions"
+                    );
+                }
                 Err(SinkFailure {
                     class: e.class(),
                     message: e.to_string(),
@@ -382,5 +562,83 @@ impl Sink for TimescaleSink {
                 })
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::Kline;
+
+    fn kline(ts: i64, close: f64) -> Record {
+        Record::Kline(Kline {
+            venue: "OKX".into(),
+            symbol: "BTCUSDT".into(),
+            interval: "1m".into(),
+            ts,
+            open: 1.0,
+            high: 2.0,
+            low: 0.5,
+            close,
+            volume: 10.0,
+        })
+    }
+
+    #[test]
+    fn statements_per_policy() {
+        let first = insert_sql("mart", "bar__kline", false, ConflictPolicy::FirstWins);
+        assert!(first.ends_with("ON CONFLICT DO NOTHING"), "{first}");
+        let last = insert_sql("mart", "bar__kline", false, ConflictPolicy::LastWins);
+        assert!(
+            last.ends_with(
+                "ON CONFLICT (time, symbol_id, exchange_id, interval_id) DO UPDATE \
+                 SET (open, high, low, close, volume) = (EXCLUDED.open, EXCLUDED.high, EXCLUDED.low, EXCLUDED.close, EXCLUDED.volume) \
+                 WHERE (t.open, t.high, t.low, t.close, t.volume) IS DISTINCT FROM (EXCLUDED.open, EXCLUDED.high, EXCLUDED.low, EXCLUDED.close, EXCLUDED.volume)"
+            ),
+            "{last}"
+        );
+        let bars = insert_sql("m", "bar__vpin", true, ConflictPolicy::LastWins);
+        assert!(
+            bars.contains("EXCLUDED.theta") && bars.starts_with("INSERT INTO m.bar__vpin AS t"),
+            "{bars}"
+        );
+    }
+
+    #[test]
+    fn stored_key_is_postgres_microseconds_truncated_toward_zero() {
+        // tokio-postgres sends (time - 2000-01-01) in whole microseconds,
+        // truncated toward zero on both sides of that epoch.
+        let pg_epoch = 946_684_800 * 1_000_000_000i64;
+        assert_eq!(stored_micros(pg_epoch), 0);
+        assert_eq!(stored_micros(pg_epoch + 1_999), 1);
+        assert_eq!(stored_micros(pg_epoch - 1_999), -1);
+        assert_eq!(stored_micros(0), -946_684_800_000_000);
+        assert_eq!(
+            stored_micros(1_700_000_000_000_000_999),
+            stored_micros(1_700_000_000_000_000_000)
+        );
+    }
+
+    #[test]
+    fn last_wins_keeps_one_row_per_stored_key_and_first_wins_keeps_all() {
+        let t = 1_700_000_000_000_000_000;
+        let batch = [
+            kline(t, 1.0),
+            kline(t + 60_000_000_000, 5.0),
+            kline(t + 999, 2.0),
+            kline(t + 1_000, 3.0),
+        ];
+        let mut last = Columns::new(ConflictPolicy::LastWins);
+        let mut first = Columns::new(ConflictPolicy::FirstWins);
+        for (i, r) in batch.iter().enumerate() {
+            last.put(i, r, (1, 2, 3));
+            first.put(i, r, (1, 2, 3));
+        }
+        // t and t+999 ns are one key at microsecond precision: record 2 replaced record 0.
+        assert_eq!(last.rows, vec![2, 1, 3]);
+        assert_eq!(last.close, vec![2.0, 5.0, 3.0]);
+        assert_eq!(last.time.len(), 3);
+        assert_eq!(first.rows, vec![0, 1, 2, 3]);
+        assert_eq!(first.close, vec![1.0, 5.0, 2.0, 3.0]);
     }
 }

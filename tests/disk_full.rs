@@ -1,0 +1,303 @@
+//! A full disk under the log, on a small tmpfs this test mounts (as root;
+//! skipped with a printed reason otherwise). A ballast file fills the
+//! filesystem the way another process's logs would.
+//!
+//! What is tested: an append that would leave less than `min_free_bytes` is
+//! refused as retriable (HTTP 503 with `Retry-After`), the relay keeps
+//! running and draining (cursors advance, frames are truncated), `/ready`
+//! says why, nothing acknowledged is lost, and appends succeed again by
+//! themselves once the ballast is deleted. Records are counted exactly.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use walrelay::config::{Config, Secret};
+use walrelay::record::{Record, Trade};
+use walrelay::wal::{Durability, Wal, WalConfig, WalError};
+
+const FS_BYTES: u64 = 48 * 1024 * 1024;
+const MIN_FREE: u64 = 16 * 1024 * 1024;
+
+/// A tmpfs mounted for the test, unmounted on drop.
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    /// `None` (with the reason printed) where the test cannot mount.
+    fn mount() -> Option<Tmpfs> {
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("SKIPPED: mounting a small tmpfs needs root; run the suite as root to test a full disk");
+            return None;
+        }
+        let dir = tempfile::TempDir::new().unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={FS_BYTES}"), "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        if !out.status.success() {
+            eprintln!(
+                "SKIPPED: cannot mount a tmpfs here: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+            return None;
+        }
+        Some(Tmpfs { dir })
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn free(&self) -> u64 {
+        let c = std::ffi::CString::new(self.path().to_str().unwrap()).unwrap();
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0);
+        st.f_bavail as u64 * st.f_frsize as u64
+    }
+
+    /// Writes a ballast file until `leave` bytes are free; returns its path.
+    fn fill_leaving(&self, leave: u64) -> PathBuf {
+        let path = self.path().join("ballast");
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .unwrap();
+        let chunk = vec![0x5Au8; 64 * 1024];
+        while self.free() > leave + chunk.len() as u64 {
+            f.write_all(&chunk).unwrap();
+        }
+        f.sync_all().unwrap();
+        path
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+fn trade(id: u64) -> Record {
+    Record::Trade(Trade {
+        venue: "BINANCE".into(),
+        symbol: "BTCUSDT".into(),
+        ts: 1_764_000_000_000_000_000 + id as i64,
+        price: 97_000.0,
+        quantity: 0.5,
+        side: "buy".into(),
+        trade_id: id.to_string(),
+    })
+}
+
+fn ids(wal: &Wal) -> Vec<u64> {
+    wal.read_after(0, usize::MAX)
+        .unwrap()
+        .iter()
+        .flat_map(|f| &f.records)
+        .map(|r| match r {
+            Record::Trade(t) => t.trade_id.parse().unwrap(),
+            other => panic!("{other:?}"),
+        })
+        .collect()
+}
+
+#[test]
+fn a_nearly_full_disk_refuses_appends_keeps_draining_and_recovers_when_space_frees() {
+    let Some(fs) = Tmpfs::mount() else { return };
+    let config = WalConfig {
+        durability: Durability::Sync,
+        min_free_bytes: MIN_FREE,
+        segment_bytes: 1024 * 1024,
+        ..WalConfig::new(fs.path().join("wal")).with_sinks(["a"])
+    };
+    let wal = Wal::open(config.clone()).unwrap();
+    let mut acknowledged = Vec::new();
+    for i in 0..200 {
+        wal.append(&[trade(i)]).unwrap();
+        acknowledged.push(i);
+    }
+    let ballast = fs.fill_leaving(MIN_FREE / 2);
+    // The log trusts an ample reading of the free space for 50 ms.
+    std::thread::sleep(Duration::from_millis(60));
+
+    let err = wal.append(&[trade(1000)]).unwrap_err();
+    assert!(matches!(err, WalError::DiskFull { .. }), "{err}");
+    assert!(err.is_retriable(), "a full disk is 'try later'");
+    assert!(wal.refusing().unwrap().contains("min_free_bytes"));
+    assert_eq!(
+        wal.failure(),
+        None,
+        "refused early: the log itself is healthy"
+    );
+    assert_eq!(wal.reserved_bytes(), 0);
+
+    // Draining goes on: a sink delivers half and the log truncates.
+    let frames = wal.read_after(0, 100).unwrap();
+    let delivered: Vec<u64> = ids(&wal)[..frames.iter().map(|f| f.records.len()).sum()].to_vec();
+    wal.ack("a", frames.last().unwrap().seq).unwrap();
+    assert_eq!(wal.stats().records, 200 - delivered.len() as u64);
+    // Dead letters can still be written (drainers must not stall).
+    wal.dead_letters()
+        .put("a", &trade(5000), "22003: out of range", 1)
+        .unwrap();
+    // Still refused while the disk stays full.
+    assert!(matches!(
+        wal.append(&[trade(1001)]),
+        Err(WalError::DiskFull { .. })
+    ));
+
+    std::fs::remove_file(&ballast).unwrap();
+    wal.append(&[trade(1002)])
+        .expect("appends resume once space is freed");
+    acknowledged.push(1002);
+    assert_eq!(wal.refusing(), None);
+    drop(wal);
+
+    let wal = Wal::open(config).unwrap();
+    let mut found = delivered.clone();
+    found.extend(ids(&wal));
+    assert_eq!(
+        found, acknowledged,
+        "every acknowledged record, once, in order"
+    );
+}
+
+#[test]
+fn a_full_disk_is_503_with_retry_after_and_ready_says_why() {
+    let Some(fs) = Tmpfs::mount() else { return };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut config = Config::default();
+        config.wal.dir = fs.path().join("wal");
+        config.wal.min_free_bytes = MIN_FREE;
+        config.wal.segment_bytes = 1024 * 1024;
+        config.ingest.token = Some(Secret::new("s3cret"));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(walrelay::relay::serve(config, listener, async move {
+            let _ = stopped.await;
+        }));
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap();
+        for _ in 0..200 {
+            if client.get(format!("{url}/health")).send().await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let write = |i: u64| {
+            client
+                .post(format!("{url}/api/v2/write?org=o&bucket=b&precision=ns"))
+                .header("Authorization", "Token s3cret")
+                .body(format!(
+                    "trades,symbol=BTCUSDT,exchange=BINANCE,side=buy price=97000.5,quantity=0.1 {}\n",
+                    1_764_000_000_000_000_000u64 + i
+                ))
+                .send()
+        };
+        assert_eq!(write(1).await.unwrap().status(), 204);
+        let ballast = fs.fill_leaving(MIN_FREE / 2);
+        // The log trusts an ample reading of the free space for 50 ms.
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        let r = write(2).await.unwrap();
+        assert_eq!(r.status(), 503, "a full disk is 'try later', not a server bug");
+        let retry = r.headers().get("retry-after").map(|v| v.to_str().unwrap().to_string());
+        assert_eq!(retry.as_deref(), Some("5"));
+        assert!(r.text().await.unwrap().contains("min_free_bytes"));
+        let ready = client.get(format!("{url}/ready")).send().await.unwrap();
+        assert_eq!(ready.status(), 503);
+        let v: serde_json::Value = ready.json().await.unwrap();
+        assert!(v["reason"].as_str().unwrap().contains("nearly full"), "{v}");
+        // InfluxDB's /health says the same: the log check fails with the reason.
+        let health = client.get(format!("{url}/health")).send().await.unwrap();
+        assert_eq!(health.status(), 503);
+        let h: serde_json::Value = health.json().await.unwrap();
+        assert_eq!(h["status"], "fail", "{h}");
+        assert_eq!(h["checks"][0]["name"], "log", "{h}");
+        assert!(h["checks"][0]["message"].as_str().unwrap().contains("nearly full"), "{h}");
+
+        std::fs::remove_file(&ballast).unwrap();
+        assert_eq!(write(3).await.unwrap().status(), 204, "recovers by itself");
+        let ready = client.get(format!("{url}/ready")).send().await.unwrap();
+        assert_eq!(ready.status(), 200);
+        let health = client.get(format!("{url}/health")).send().await.unwrap();
+        assert_eq!(health.status(), 200);
+        let v: serde_json::Value = client
+            .get(format!("{url}/status"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(v["log"]["appended_records"], 2, "the refused write appended nothing");
+        drop(client);
+        let _ = stop.send(());
+        task.await.unwrap().unwrap();
+    });
+}
+
+/// With the floor turned off (`min_free_bytes = 0`) sled meets ENOSPC
+/// itself: the log fails stop (nothing after it is acknowledged, appends are
+/// refused even once space is back, because sled keeps the error), and a
+/// restart recovers every acknowledged record. This is why the floor exists.
+#[test]
+fn without_the_floor_enospc_fails_stop_and_a_restart_recovers() {
+    let Some(fs) = Tmpfs::mount() else { return };
+    let config = WalConfig {
+        durability: Durability::Sync,
+        min_free_bytes: 0,
+        segment_bytes: 1024 * 1024,
+        ..WalConfig::new(fs.path().join("wal")).with_sinks(["a"])
+    };
+    let wal = Wal::open(config.clone()).unwrap();
+    let mut acknowledged = Vec::new();
+    for i in 0..100 {
+        wal.append(&[trade(i)]).unwrap();
+        acknowledged.push(i);
+    }
+    let ballast = fs.fill_leaving(0);
+    // Large appends until the disk refuses one.
+    let mut refused = None;
+    for i in 0..10_000u64 {
+        let batch: Vec<Record> = (0..200).map(|j| trade(100_000 + i * 200 + j)).collect();
+        match wal.append(&batch) {
+            Ok(_) => acknowledged.extend((0..200).map(|j| 100_000 + i * 200 + j)),
+            Err(e) => {
+                refused = Some(e);
+                break;
+            }
+        }
+    }
+    let err = refused.expect("a full disk refuses an append");
+    assert!(matches!(err, WalError::Failed { .. }), "{err}");
+    std::fs::remove_file(&ballast).unwrap();
+    assert!(
+        matches!(wal.append(&[trade(1)]), Err(WalError::Failed { .. })),
+        "fail-stop: refused until restart"
+    );
+    drop(wal);
+    let wal = Wal::open(config).unwrap();
+    let found = ids(&wal);
+    let acked: std::collections::HashSet<u64> = acknowledged.iter().copied().collect();
+    // Every acknowledged record is there, in order; anything else is from
+    // the append that was refused (never acknowledged).
+    let kept: Vec<u64> = found
+        .iter()
+        .copied()
+        .filter(|i| acked.contains(i))
+        .collect();
+    assert_eq!(kept, acknowledged);
+    wal.append(&[trade(7)]).expect("a restart recovers");
+}
