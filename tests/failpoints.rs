@@ -200,6 +200,7 @@ fn a_failed_log_answers_503_and_says_why_on_ready_status_and_the_cli() {
         assert_eq!(ready.status(), 503);
         let v: serde_json::Value = ready.json().await.unwrap();
         assert_eq!(v["ready"], false);
+        assert_eq!(v["status"], "unready", "{v}");
         assert!(v["reason"].as_str().unwrap().contains("fdatasync"), "{v}");
         let v: serde_json::Value = client
             .get(format!("{url}/status"))
