@@ -213,6 +213,17 @@ async fn verify(vm: &Vm, pg: &Pg, ledger: &Ledger) -> String {
             missing.last(),
             per_writer_max
         );
+        // Tells a relay-side loss from VictoriaMetrics dropping rows it
+        // answered 204 for (it ignores rows it cannot take, silently).
+        if let Ok(r) = reqwest::get(format!("{}/metrics", vm.url())).await {
+            let text = r.text().await.unwrap_or_default();
+            for l in text.lines().filter(|l| {
+                !l.starts_with('#')
+                    && (l.contains("ignored") || l.contains("invalid") || l.contains("_rows_"))
+            }) {
+                eprintln!("victoria-metrics: {l}");
+            }
+        }
     }
     let lost_bars = acked_bars
         .iter()
