@@ -272,8 +272,11 @@ pub async fn run<S: Sink + 'static>(
     let mut next_id = 0u64;
     let mut tasks: tokio::task::JoinSet<(u64, S, Outcome)> = tokio::task::JoinSet::new();
     let mut caught_up = false;
+    // Set when a delivery gave up its batch (shutdown, or the shutdown
+    // sender is gone): the drainer stops as it did with one batch at a time.
+    let mut abandoned = false;
     loop {
-        let stopping = *shutdown.borrow();
+        let stopping = abandoned || *shutdown.borrow();
         // Start deliveries on idle instances.
         while !stopping && !idle.is_empty() && !ready.is_empty() {
             let (id, batch, last_seq) = ready.pop_front().expect("not empty");
@@ -348,11 +351,14 @@ pub async fn run<S: Sink + 'static>(
                 match done {
                     Some(Ok((id, sink, outcome))) => {
                         idle.push(sink);
-                        if let Outcome::Confirmed = outcome {
-                            if let Some((_, b)) = issued.iter_mut().find(|(i, _)| *i == id) {
-                                b.confirmed = true;
+                        match outcome {
+                            Outcome::Confirmed => {
+                                if let Some((_, b)) = issued.iter_mut().find(|(i, _)| *i == id) {
+                                    b.confirmed = true;
+                                }
+                                advance(&wal, name, &metrics, &mut issued);
                             }
-                            advance(&wal, name, &metrics, &mut issued);
+                            Outcome::Abandoned => abandoned = true,
                         }
                     }
                     Some(Err(e)) => {
