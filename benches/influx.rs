@@ -3,6 +3,10 @@
 //! - `encode/trades`: line-protocol encoding of real-sized trades, one core.
 //! - `drain/sink`: the sink delivering batches of 5000 trades (encoding, HTTP,
 //!   classification) into a real VictoriaMetrics.
+//! - `drain/drainer_pipeline_N`: the whole drainer (`drain::drainer::run`)
+//!   with `drain.pipeline = N` over the same batches appended to a log: log
+//!   read and decode, encoding, HTTP and the cursor, timed from start until
+//!   the cursor passes the last frame. N = 1 is one batch at a time.
 //! - `drain/limit_plain_http`: the server's own limit measured in the same
 //!   run: the same encoded bytes, in the same batch sizes, posted straight to
 //!   the server by a plain HTTP client.
@@ -18,9 +22,13 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, Criterion, Throughput};
+use std::sync::Arc;
 use walrelay::db::influx::{encode, InfluxConfig, InfluxSink};
+use walrelay::drain::drainer::{self, DrainerSettings, SinkHealth};
+use walrelay::drain::retry::RetryPolicy;
 use walrelay::drain::Sink;
 use walrelay::record::{Record, Trade};
+use walrelay::relay::metrics::Metrics;
 use walrelay::{Wal, WalConfig};
 
 static MEASURED: Mutex<BTreeMap<String, (u64, Duration)>> = Mutex::new(BTreeMap::new());
@@ -75,7 +83,7 @@ fn drain(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let server = rt.block_on(vm::Vm::start());
     let dir = tempfile::TempDir::new().unwrap();
-    let wal = Wal::open(WalConfig::new(dir.path())).unwrap();
+    let wal = Wal::open(WalConfig::new(dir.path()).with_sinks(["influx"])).unwrap();
     const BATCH: usize = 5000;
     const BATCHES: usize = 10;
     let mut g = c.benchmark_group("drain");
@@ -108,6 +116,60 @@ fn drain(c: &mut Criterion) {
             total
         })
     });
+
+    for depth in [1usize, 3] {
+        let id = format!("drainer_pipeline_{depth}");
+        g.bench_function(&id, |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    round += 1;
+                    for k in 0..BATCHES {
+                        wal.append(&trades(
+                            BATCH,
+                            round * 1_000_000_000_000 + k as i64 * 10_000_000_000,
+                        ))
+                        .unwrap();
+                    }
+                    let end = wal.stats().last_seq;
+                    let sink = InfluxSink::new(
+                        InfluxConfig::new(server.url(), "bench", "bench"),
+                        wal.dead_letters(),
+                    )
+                    .unwrap();
+                    let settings = DrainerSettings {
+                        batch_records: BATCH,
+                        pipeline: depth,
+                        retry: RetryPolicy::default(),
+                    };
+                    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+                    let t = Instant::now();
+                    rt.block_on(async {
+                        let task = tokio::spawn(drainer::run(
+                            wal.clone(),
+                            sink,
+                            settings,
+                            Arc::new(SinkHealth::new("influx")),
+                            Arc::new(Metrics::default()),
+                            stop_rx,
+                        ));
+                        while wal.cursor("influx").unwrap() < end {
+                            tokio::time::sleep(Duration::from_micros(500)).await;
+                        }
+                        total += t.elapsed();
+                        stop_tx.send(true).unwrap();
+                        task.await.unwrap();
+                    });
+                }
+                note(
+                    &format!("drain/{id}"),
+                    iters * (BATCH * BATCHES) as u64,
+                    total,
+                );
+                total
+            })
+        });
+    }
 
     let http = reqwest::Client::new();
     let endpoint = format!(
@@ -162,6 +224,14 @@ fn report() {
             "drain/sink is {:.1}% of the server's limit (plain HTTP, same bytes and batch sizes)",
             100.0 * rate(s) / rate(l)
         );
+    }
+    if let Some(l) = m.get("drain/limit_plain_http") {
+        for (id, v) in m.iter().filter(|(id, _)| id.starts_with("drain/drainer_")) {
+            println!(
+                "{id} is {:.1}% of the server's limit (includes log read and decode)",
+                100.0 * rate(v) / rate(l)
+            );
+        }
     }
 }
 

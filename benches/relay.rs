@@ -85,12 +85,18 @@ fn rss_kib(pid: u32) -> (u64, u64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
+/// `WALRELAY_BENCH_WAL_CACHE_BYTES` sets `wal.cache_bytes` of the relay under
+/// test, to measure RSS, ingest and delivery against the sled cache size in
+/// otherwise identical runs; unset, the default applies.
 fn config(dir: &Path, port: u16, influx: &str, pg: &str) -> std::path::PathBuf {
     let conf = dir.join("walrelay.toml");
+    let cache = std::env::var("WALRELAY_BENCH_WAL_CACHE_BYTES")
+        .map(|v| format!("cache_bytes = {v}\n"))
+        .unwrap_or_default();
     std::fs::write(
         &conf,
         format!(
-            "[wal]\ndir = \"{}\"\n[ingest]\nlisten = \"127.0.0.1:{port}\"\n[influx]\nurl = \"{influx}\"\norg = \"b\"\nbucket = \"b\"\ntimeout_ms = 2000\n[timescale]\nurl = \"{pg}\"\nconnect_timeout_ms = 1000\n",
+            "[wal]\n{cache}dir = \"{}\"\n[ingest]\nlisten = \"127.0.0.1:{port}\"\n[influx]\nurl = \"{influx}\"\norg = \"b\"\nbucket = \"b\"\ntimeout_ms = 2000\n[timescale]\nurl = \"{pg}\"\nconnect_timeout_ms = 1000\n",
             dir.join("wal").display()
         ),
     )

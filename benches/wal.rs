@@ -5,6 +5,21 @@
 //!   forms frames of ~1000 records.
 //! - `limit/write_fdatasync`: the physical limit, the same bytes per flush
 //!   written sequentially to a plain file, each chunk followed by `fdatasync`.
+//! - `limit/set_len_fdatasync`, `limit/fallocate_fdatasync`,
+//!   `limit/overwrite_fdatasync`: the same writes into a file whose size is
+//!   already ahead of the writes: extended sparse with `set_len` (no size
+//!   update per sync, blocks still allocated on write), with `fallocate`
+//!   (blocks allocated but unwritten: each write converts extents), and
+//!   pre-written and synced (pure overwrite: no metadata at all). The gaps
+//!   between these and `write_fdatasync` say what the file-size and
+//!   allocation metadata cost each `fdatasync` on this filesystem.
+//! - `ack_latency/sync_100k`: a fixed offered load, not a closed loop: 4
+//!   producers each append a request of 100 trades every 4 ms (1,000
+//!   requests/s, 100,000 records/s in all) under `sync`; the latency of
+//!   each is timed from its scheduled start (so a late start counts against
+//!   it) until `append` returned, i.e. until the group commit covering it was
+//!   flushed and synced. The summary prints p50, p99 and max. Criterion's own
+//!   figure for this id is the mean latency per request.
 //! - `replay/decode`: reading frames after a cursor, decoding included.
 //! - `dead_letter_count/<n>`: what `/status` and `/metrics` pay to count the
 //!   dead letters (the counters) with 0 and 100,000 stored, against
@@ -118,6 +133,98 @@ fn limit(c: &mut Criterion) {
             elapsed
         });
     });
+    // The file is kept ahead of the writes; writes wrap around within it.
+    const AHEAD: u64 = 256 * 1024 * 1024;
+    for mode in ["set_len", "fallocate", "overwrite"] {
+        let id = format!("{mode}_fdatasync");
+        g.bench_function(&id, |b| {
+            use std::os::unix::fs::FileExt;
+            use std::os::unix::io::AsRawFd;
+            let dir = tempfile::TempDir::new().unwrap();
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .read(true)
+                .write(true)
+                .open(dir.path().join("raw"))
+                .unwrap();
+            match mode {
+                "set_len" => f.set_len(AHEAD).unwrap(),
+                "fallocate" => {
+                    // SAFETY: a valid descriptor; mode 0 allocates and extends.
+                    let r = unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, AHEAD as i64) };
+                    assert_eq!(r, 0, "fallocate: {}", std::io::Error::last_os_error());
+                }
+                _ => {
+                    let zeros = vec![0u8; 1 << 20];
+                    for _ in 0..AHEAD >> 20 {
+                        f.write_all(&zeros).unwrap();
+                    }
+                }
+            }
+            f.sync_all().unwrap();
+            let mut at = 0u64;
+            b.iter_custom(|iters| {
+                let start = Instant::now();
+                for _ in 0..iters * chunks_per_iter as u64 {
+                    if at + chunk.len() as u64 > AHEAD {
+                        at = 0;
+                    }
+                    f.write_all_at(&chunk, at).unwrap();
+                    at += chunk.len() as u64;
+                    f.sync_data().unwrap();
+                }
+                let elapsed = start.elapsed();
+                note(&format!("limit/{id}"), records_per_iter * iters, elapsed);
+                elapsed
+            });
+        });
+    }
+    g.finish();
+}
+
+static LATENCIES: Mutex<Vec<Duration>> = Mutex::new(Vec::new());
+
+fn ack_latency(c: &mut Criterion) {
+    const PRODUCERS: usize = 4;
+    const LINES: u64 = 100;
+    const PERIOD: Duration = Duration::from_millis(4);
+    let mut g = c.benchmark_group("ack_latency");
+    g.sample_size(10).measurement_time(Duration::from_secs(5));
+    g.bench_function("sync_100k", |b| {
+        let dir = tempfile::TempDir::new().unwrap();
+        let wal = Wal::open(WalConfig::new(dir.path())).unwrap();
+        let batch: Vec<Record> = (0..LINES).map(trade).collect();
+        b.iter_custom(|iters| {
+            // `iters` requests per producer, on a fixed schedule.
+            let start = Instant::now();
+            let lat: Vec<Duration> = std::thread::scope(|s| {
+                let hs: Vec<_> = (0..PRODUCERS)
+                    .map(|p| {
+                        let (wal, batch) = (&wal, &batch);
+                        s.spawn(move || {
+                            let mut out = Vec::with_capacity(iters as usize);
+                            // Producers are spread evenly over the period.
+                            let offset = PERIOD * p as u32 / PRODUCERS as u32;
+                            for k in 0..iters as u32 {
+                                let due = start + offset + PERIOD * k;
+                                if let Some(w) = due.checked_duration_since(Instant::now()) {
+                                    std::thread::sleep(w);
+                                }
+                                wal.append(batch).unwrap();
+                                out.push(due.elapsed());
+                            }
+                            out
+                        })
+                    })
+                    .collect();
+                hs.into_iter().flat_map(|h| h.join().unwrap()).collect()
+            });
+            let mean = lat.iter().sum::<Duration>() / lat.len().max(1) as u32;
+            LATENCIES.lock().unwrap().extend(lat);
+            mean * iters as u32
+        });
+    });
     g.finish();
 }
 
@@ -186,8 +293,23 @@ fn report() {
     for (id, v) in m.iter() {
         println!("{id:<32} {:>12.0} records/s", rate(v));
     }
+    let mut lat = LATENCIES.lock().unwrap().clone();
+    if !lat.is_empty() {
+        lat.sort();
+        let q = |p: f64| lat[((lat.len() - 1) as f64 * p) as usize];
+        println!(
+            "ack_latency/sync_100k: {} requests of 100 records at 1,000 requests/s: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            lat.len(),
+            q(0.5).as_secs_f64() * 1e3,
+            q(0.99).as_secs_f64() * 1e3,
+            lat[lat.len() - 1].as_secs_f64() * 1e3
+        );
+    }
     if let Some(limit) = m.get("limit/write_fdatasync").map(rate) {
-        for (id, v) in m.iter().filter(|(id, _)| id.starts_with("append/")) {
+        for (id, v) in m
+            .iter()
+            .filter(|(id, _)| id.starts_with("append/") || id.starts_with("limit/"))
+        {
             println!(
                 "{id:<32} {:>6.1}% of raw write+fdatasync",
                 100.0 * rate(v) / limit
@@ -196,7 +318,7 @@ fn report() {
     }
 }
 
-criterion_group!(benches, limit, append, replay, dead_letters);
+criterion_group!(benches, limit, append, ack_latency, replay, dead_letters);
 
 fn main() {
     benches();

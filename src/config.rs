@@ -177,12 +177,21 @@ impl IngestConfig {
     }
 }
 
+/// Most batches a drainer may keep in flight (`drain.pipeline`).
+pub const MAX_PIPELINE: usize = 16;
+
 /// `[drain]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DrainConfig {
     /// Records read from the log per delivery. Default 5000.
     pub batch_records: usize,
+    /// Batches a drainer keeps read and not yet confirmed, at most (1..=16).
+    /// The Influx sink delivers that many concurrently; the Timescale sink
+    /// writes one at a time (log order decides conflicts) and reads the rest
+    /// ahead. Each batch in flight holds its records in memory (about
+    /// `batch_records` × 300 bytes decoded). Default 3.
+    pub pipeline: usize,
     /// First retry wait after a transient failure, ms. Default 100.
     pub retry_initial_ms: u64,
     /// Longest retry wait after transient failures, ms. Default 10000.
@@ -197,6 +206,7 @@ impl Default for DrainConfig {
     fn default() -> Self {
         DrainConfig {
             batch_records: 5000,
+            pipeline: 3,
             retry_initial_ms: 100,
             retry_max_ms: 10_000,
             retry_config_ms: 30_000,
@@ -206,6 +216,23 @@ impl Default for DrainConfig {
 }
 
 impl DrainConfig {
+    /// Checks the drain settings against their bounds.
+    ///
+    /// # Errors
+    /// A message naming the offending key.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.batch_records == 0 {
+            return Err("drain.batch_records must be > 0".into());
+        }
+        if !(1..=MAX_PIPELINE).contains(&self.pipeline) {
+            return Err(format!(
+                "drain.pipeline = {} is outside 1..={MAX_PIPELINE} (batches read and not yet confirmed per drainer)",
+                self.pipeline
+            ));
+        }
+        Ok(())
+    }
+
     pub(crate) fn retry_policy(&self) -> crate::drain::retry::RetryPolicy {
         use std::time::Duration;
         crate::drain::retry::RetryPolicy {
@@ -303,6 +330,10 @@ impl Config {
             path: path.into(),
             message,
         })?;
+        c.drain.validate().map_err(|message| ConfigError::Parse {
+            path: path.into(),
+            message,
+        })?;
         if let Some(t) = &c.timescale {
             t.validate().map_err(|message| ConfigError::Parse {
                 path: path.into(),
@@ -369,6 +400,19 @@ mod tests {
         assert!(!dbg.contains("hunter2"), "{dbg}");
         assert!(dbg.contains("[redacted]"));
         assert_eq!(c.ingest.token.unwrap().expose(), "hunter2");
+    }
+
+    #[test]
+    fn drain_pipeline_is_bounded() {
+        let c = Config::parse("[drain]\npipeline = 4\n").unwrap();
+        assert_eq!(c.drain.pipeline, 4);
+        c.drain.validate().unwrap();
+        assert_eq!(DrainConfig::default().pipeline, 3);
+        for bad in [0, MAX_PIPELINE + 1] {
+            let c = Config::parse(&format!("[drain]\npipeline = {bad}\n")).unwrap();
+            let e = c.drain.validate().unwrap_err();
+            assert!(e.contains("drain.pipeline"), "{e}");
+        }
     }
 
     #[test]

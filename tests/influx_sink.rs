@@ -243,6 +243,7 @@ fn start_drainer(wal: &Wal, sink: InfluxSink) -> Drain {
     let (stop, rx) = tokio::sync::watch::channel(false);
     let settings = DrainerSettings {
         batch_records: 100,
+        pipeline: walrelay::config::DrainConfig::default().pipeline,
         retry: RetryPolicy {
             initial: Duration::from_millis(50),
             max: Duration::from_millis(500),

@@ -74,6 +74,7 @@ fn start_drainer<S: Sink + 'static>(wal: &Wal, sink: S, name: &'static str) -> D
     let (stop, rx) = tokio::sync::watch::channel(false);
     let settings = DrainerSettings {
         batch_records: 50,
+        pipeline: walrelay::config::DrainConfig::default().pipeline,
         retry: RetryPolicy {
             initial: Duration::from_millis(50),
             max: Duration::from_millis(300),

@@ -729,6 +729,7 @@ async fn database_killed_mid_batch_and_restarted_loses_nothing() {
     let (stop, rx) = tokio::sync::watch::channel(false);
     let settings = DrainerSettings {
         batch_records: 5000,
+        pipeline: walrelay::config::DrainConfig::default().pipeline,
         retry: RetryPolicy {
             initial: Duration::from_millis(50),
             max: Duration::from_millis(500),

@@ -2,9 +2,19 @@
 //! records the sink accepts to it as one batch, and acknowledge the frames
 //! only once the sink confirmed every record (written or dead-lettered).
 //!
+//! Pipelining: up to `pipeline` batches are read and not yet confirmed; a
+//! sink that forks delivers them concurrently. Invariants:
+//! - the cursor moves only to the end of the longest run of batches, from the
+//!   oldest in flight, that are all confirmed (never over an unconfirmed one);
+//! - a batch stays with one sink instance and one retry loop until confirmed
+//!   (or shutdown), so error classes, bisection, dead-lettering and timeout
+//!   shrinking are those of a single delivery;
+//! - reads never pass more than `pipeline` unacknowledged batches, which
+//!   bounds the memory the drainer holds.
+//!
 //! Catch-up: after an outage the backlog is read oldest first in batches of
-//! `batch_records`, each delivered as soon as the previous one is confirmed,
-//! so catching up runs at full batch size; live records queue behind the
+//! `batch_records`, the next read while the previous is written, so catching
+//! up runs at full batch size; live records queue behind the
 //! backlog (order is kept) and their latency is the time to drain what is
 //! ahead of them, which `/status` shows as the ETA.
 
@@ -126,14 +136,100 @@ impl SinkHealth {
 pub struct DrainerSettings {
     /// Records read from the log per delivery (whole frames; at least one).
     pub batch_records: usize,
+    /// Batches read from the log and not yet confirmed, at most (at least
+    /// one). Deliveries run concurrently up to this many when the sink can
+    /// [`fork`](Sink::fork); otherwise one at a time with the rest read ahead.
+    pub pipeline: usize,
     pub retry: RetryPolicy,
 }
 
-/// Runs until `shutdown` turns true. A delivery in progress is finished
+/// One batch read from the log, in log order.
+struct Issued {
+    /// Last sequence the read examined: the cursor may move to it once this
+    /// batch and every batch before it are confirmed.
+    last_seq: u64,
+    confirmed: bool,
+}
+
+/// How the delivery of one batch ended.
+enum Outcome {
+    Confirmed,
+    /// Shutdown during a retry wait: nothing confirmed, the log keeps it.
+    Abandoned,
+}
+
+/// Delivers one batch with the retry loop: retries by class with backoff
+/// until the sink confirms it, or until shutdown cuts a wait short.
+async fn deliver_until_confirmed<S: Sink>(
+    sink: &mut S,
+    batch: &[Record],
+    last_seq: u64,
+    retry: RetryPolicy,
+    health: &SinkHealth,
+    metrics: &Metrics,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Outcome {
+    let name = sink.name();
+    let mut backoff = Backoff::new(retry);
+    loop {
+        let started = Instant::now();
+        let result = sink.deliver(batch).await;
+        metrics.observe(
+            "walrelay_sink_write_seconds",
+            &[("sink", name)],
+            started.elapsed(),
+        );
+        match result {
+            Ok(d) => {
+                health.ok(d.written + d.dead_lettered, started.elapsed());
+                count_delivered(metrics, name, batch, d.dead_lettered);
+                tracing::debug!(
+                    sink = name,
+                    seq = last_seq,
+                    records = batch.len(),
+                    dead_lettered = d.dead_lettered,
+                    "batch delivered"
+                );
+                return Outcome::Confirmed;
+            }
+            Err(f) => {
+                let class = format!("{:?}", f.class).to_lowercase();
+                metrics.add(
+                    "walrelay_sink_retries_total",
+                    &[("sink", name), ("class", &class)],
+                    1,
+                );
+                health.failed(f.class, &f.message);
+                let delay = backoff.next_delay(f.class, f.retry_after);
+                tracing::warn!(sink = name, seq = last_seq, records = batch.len(), attempt = backoff.attempts(), class = %class, delay_ms = delay.as_millis() as u64, error = %f.message, "delivery failed; will retry");
+                if sleep_or_shutdown(delay, shutdown).await {
+                    tracing::info!(
+                        sink = name,
+                        seq = last_seq,
+                        "shutdown during retry wait; the log keeps the batch"
+                    );
+                    return Outcome::Abandoned;
+                }
+            }
+        }
+    }
+}
+
+/// Runs until `shutdown` turns true. Deliveries in progress are finished
 /// first; a wait between retries is cut short (the log keeps the batch).
-pub async fn run<S: Sink>(
+///
+/// Pipelining: up to `settings.pipeline` batches are read and not yet
+/// confirmed at any time. Reads run ahead of deliveries; deliveries run
+/// concurrently on forked sink instances and may complete in any order. The
+/// cursor moves only over the longest prefix of batches (in log order) that
+/// are all confirmed, so a batch confirmed early waits for every batch before
+/// it; a crash meanwhile redelivers from the first unconfirmed one (both sinks
+/// write idempotently). Each batch keeps its own retry loop, backoff and sink
+/// instance (with its timeout shrinking) until it is confirmed, exactly as a
+/// single delivery does.
+pub async fn run<S: Sink + 'static>(
     wal: Wal,
-    mut sink: S,
+    sink: S,
     settings: DrainerSettings,
     health: Arc<SinkHealth>,
     metrics: Arc<Metrics>,
@@ -144,100 +240,165 @@ pub async fn run<S: Sink>(
         .iter()
         .filter(|k| sink.accepts(**k))
         .fold(0u16, |m, k| m | k.bit());
+    let depth = settings.pipeline.max(1);
+    // Idle sink instances: the given one plus forks, up to the depth.
+    let mut idle = vec![sink];
+    while idle.len() < depth {
+        match idle[0].fork() {
+            Some(s) => idle.push(s),
+            None => break,
+        }
+    }
     let mut new_frames = wal.watch_last_seq();
-    let mut backoff = Backoff::new(settings.retry.clone());
+    let mut read_pos = match wal.cursor(name) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(sink = name, error = %e, "reading the cursor failed; drainer not started");
+            return;
+        }
+    };
     tracing::info!(
         sink = name,
-        cursor = wal.cursor(name).unwrap_or(0),
+        cursor = read_pos,
+        pipeline = depth,
+        concurrent_deliveries = idle.len(),
         "drainer started"
     );
-    while !*shutdown.borrow() {
-        let w = wal.clone();
-        let batch_records = settings.batch_records;
-        let read = tokio::task::spawn_blocking(move || {
-            let cursor = w.cursor(name)?;
-            w.read_for(cursor, batch_records, wanted)
-                .map(|(frames, last)| (frames, last, cursor))
-        })
-        .await;
-        let (frames, last_seq, cursor) = match read {
-            Ok(Ok(f)) => f,
-            Ok(Err(e)) => {
-                tracing::error!(sink = name, error = %e, "reading the log failed; retrying");
-                sleep_or_shutdown(Duration::from_secs(1), &mut shutdown).await;
+    // Batches read and not yet passed by the cursor, in log order, keyed by
+    // their issue number.
+    let mut issued: std::collections::VecDeque<(u64, Issued)> = Default::default();
+    // Batches read but waiting for an idle sink instance.
+    let mut ready: std::collections::VecDeque<(u64, Vec<Record>, u64)> = Default::default();
+    let mut next_id = 0u64;
+    let mut tasks: tokio::task::JoinSet<(u64, S, Outcome)> = tokio::task::JoinSet::new();
+    let mut caught_up = false;
+    // Set when a delivery gave up its batch (shutdown, or the shutdown
+    // sender is gone): the drainer stops as it did with one batch at a time.
+    let mut abandoned = false;
+    loop {
+        let stopping = abandoned || *shutdown.borrow();
+        // Start deliveries on idle instances.
+        while !stopping && !idle.is_empty() && !ready.is_empty() {
+            let (id, batch, last_seq) = ready.pop_front().expect("not empty");
+            let mut sink = idle.pop().expect("not empty");
+            let (retry, health, metrics, mut stop) = (
+                settings.retry.clone(),
+                health.clone(),
+                metrics.clone(),
+                shutdown.clone(),
+            );
+            tasks.spawn(async move {
+                let outcome = deliver_until_confirmed(
+                    &mut sink, &batch, last_seq, retry, &health, &metrics, &mut stop,
+                )
+                .await;
+                (id, sink, outcome)
+            });
+        }
+        if stopping && tasks.is_empty() {
+            break;
+        }
+        // Read ahead while the pipeline has room.
+        if !stopping && !caught_up && issued.len() < depth {
+            // Frames appended from here on wake a caught-up wait.
+            new_frames.borrow_and_update();
+            let w = wal.clone();
+            let batch_records = settings.batch_records;
+            let from = read_pos;
+            let read =
+                tokio::task::spawn_blocking(move || w.read_for(from, batch_records, wanted)).await;
+            let (frames, last_seq) = match read {
+                Ok(Ok(f)) => f,
+                Ok(Err(e)) => {
+                    tracing::error!(sink = name, error = %e, "reading the log failed; retrying");
+                    sleep_or_shutdown(Duration::from_secs(1), &mut shutdown).await;
+                    continue;
+                }
+                Err(e) => {
+                    tracing::error!(sink = name, error = %e, "log reader task failed");
+                    return;
+                }
+            };
+            if last_seq <= read_pos {
+                caught_up = true;
                 continue;
             }
-            Err(e) => {
-                tracing::error!(sink = name, error = %e, "log reader task failed");
-                return;
-            }
-        };
-        if last_seq <= cursor {
-            new_frames.borrow_and_update();
-            tokio::select! {
-                _ = new_frames.changed() => {}
-                _ = shutdown.changed() => {}
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            read_pos = last_seq;
+            let batch: Vec<Record> = frames
+                .into_iter()
+                .flat_map(|f| f.records)
+                .filter(|r| wanted_by(wanted, r))
+                .collect();
+            let id = next_id;
+            next_id += 1;
+            issued.push_back((
+                id,
+                Issued {
+                    last_seq,
+                    confirmed: batch.is_empty(),
+                },
+            ));
+            if batch.is_empty() {
+                advance(&wal, name, &metrics, &mut issued);
+            } else {
+                ready.push_back((id, batch, last_seq));
             }
             continue;
         }
-        let batch: Vec<Record> = frames
-            .into_iter()
-            .flat_map(|f| f.records)
-            .filter(|r| sink.accepts(r.kind()))
-            .collect();
-        if !batch.is_empty() {
-            loop {
-                let started = Instant::now();
-                let result = sink.deliver(&batch).await;
-                metrics.observe(
-                    "walrelay_sink_write_seconds",
-                    &[("sink", name)],
-                    started.elapsed(),
-                );
-                match result {
-                    Ok(d) => {
-                        health.ok(d.written + d.dead_lettered, started.elapsed());
-                        count_delivered(&metrics, name, &batch, d.dead_lettered);
-                        backoff.reset();
-                        tracing::debug!(
-                            sink = name,
-                            seq = last_seq,
-                            records = batch.len(),
-                            dead_lettered = d.dead_lettered,
-                            "batch delivered"
-                        );
-                        break;
-                    }
-                    Err(f) => {
-                        let class = format!("{:?}", f.class).to_lowercase();
-                        metrics.add(
-                            "walrelay_sink_retries_total",
-                            &[("sink", name), ("class", &class)],
-                            1,
-                        );
-                        health.failed(f.class, &f.message);
-                        let delay = backoff.next_delay(f.class, f.retry_after);
-                        tracing::warn!(sink = name, seq = last_seq, records = batch.len(), attempt = backoff.attempts(), class = %class, delay_ms = delay.as_millis() as u64, error = %f.message, "delivery failed; will retry");
-                        if sleep_or_shutdown(delay, &mut shutdown).await {
-                            tracing::info!(
-                                sink = name,
-                                seq = last_seq,
-                                "shutdown during retry wait; the log keeps the batch"
-                            );
-                            return;
+        // Wait for a delivery to finish, new frames, or shutdown.
+        tokio::select! {
+            done = tasks.join_next(), if !tasks.is_empty() => {
+                match done {
+                    Some(Ok((id, sink, outcome))) => {
+                        idle.push(sink);
+                        match outcome {
+                            Outcome::Confirmed => {
+                                if let Some((_, b)) = issued.iter_mut().find(|(i, _)| *i == id) {
+                                    b.confirmed = true;
+                                }
+                                advance(&wal, name, &metrics, &mut issued);
+                            }
+                            Outcome::Abandoned => abandoned = true,
                         }
                     }
+                    Some(Err(e)) => {
+                        tracing::error!(sink = name, error = %e, "delivery task failed; the log keeps its batch");
+                        return;
+                    }
+                    None => {}
                 }
             }
-        }
-        if let Err(e) = wal.ack(name, last_seq) {
-            tracing::error!(sink = name, seq = last_seq, error = %e, "cursor advance failed; the batch will be delivered again");
-        } else {
-            metrics.add("walrelay_acknowledged_frames_total", &[("sink", name)], 1);
+            _ = new_frames.changed(), if caught_up => { caught_up = false; }
+            _ = shutdown.changed(), if !stopping => {}
+            _ = tokio::time::sleep(Duration::from_secs(1)), if caught_up || stopping => { caught_up = false; }
         }
     }
     tracing::info!(sink = name, "drainer stopped");
+}
+
+/// Whether a record read for a sink's `wanted` kinds mask belongs to it.
+fn wanted_by(wanted: u16, r: &Record) -> bool {
+    r.kind().bit() & wanted != 0
+}
+
+/// Moves the cursor over the confirmed prefix of `issued` (one `ack` for it).
+fn advance(
+    wal: &Wal,
+    name: &'static str,
+    metrics: &Metrics,
+    issued: &mut std::collections::VecDeque<(u64, Issued)>,
+) {
+    let mut to = None;
+    while issued.front().is_some_and(|(_, b)| b.confirmed) {
+        let (_, b) = issued.pop_front().expect("front exists");
+        to = Some(b.last_seq);
+    }
+    let Some(seq) = to else { return };
+    if let Err(e) = wal.ack(name, seq) {
+        tracing::error!(sink = name, seq, error = %e, "cursor advance failed; the batches will be delivered again after a restart");
+    } else {
+        metrics.add("walrelay_acknowledged_frames_total", &[("sink", name)], 1);
+    }
 }
 
 fn count_delivered(metrics: &Metrics, sink: &'static str, batch: &[Record], dead: usize) {
@@ -309,9 +470,179 @@ mod tests {
         }
     }
 
+    /// A sink that fails (transient) every batch holding trade "0" while
+    /// `hold` is set, confirms every other batch, and forks.
+    struct Gated {
+        hold: Arc<std::sync::atomic::AtomicBool>,
+        got: Arc<Mutex<Vec<String>>>,
+    }
+
+    impl Sink for Gated {
+        fn name(&self) -> &'static str {
+            "scripted"
+        }
+        fn accepts(&self, kind: RecordKind) -> bool {
+            kind == RecordKind::Trade
+        }
+        fn fork(&self) -> Option<Self> {
+            Some(Gated {
+                hold: self.hold.clone(),
+                got: self.got.clone(),
+            })
+        }
+        async fn deliver(&mut self, batch: &[Record]) -> Result<Delivery, SinkFailure> {
+            let ids: Vec<String> = batch
+                .iter()
+                .filter_map(|r| match r {
+                    Record::Trade(t) => Some(t.trade_id.clone()),
+                    _ => None,
+                })
+                .collect();
+            if ids.iter().any(|i| i == "0") && self.hold.load(std::sync::atomic::Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                return Err(SinkFailure {
+                    class: ErrorClass::Transient,
+                    message: "batch 1 held".into(),
+                    retry_after: None,
+                });
+            }
+            self.got.lock().unwrap().extend(ids);
+            Ok(Delivery {
+                written: batch.len(),
+                dead_lettered: 0,
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn the_cursor_never_passes_an_unconfirmed_batch_and_a_crash_redelivers_it() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let open = || Wal::open(WalConfig::new(dir.path()).with_sinks(["scripted"])).unwrap();
+        let wal = open();
+        // Three frames of 7 trades: one batch each (batch_records = 7).
+        for f in 0..3 {
+            let recs: Vec<Record> = (f * 7..f * 7 + 7).map(crate::wal::test_trade).collect();
+            wal.append(&recs).unwrap();
+        }
+        let hold = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let mut s = settings();
+        s.pipeline = 3;
+        let metrics = Arc::new(Metrics::default());
+        let (_stop_tx, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(run(
+            wal.clone(),
+            Gated {
+                hold: hold.clone(),
+                got: got.clone(),
+            },
+            s.clone(),
+            Arc::new(SinkHealth::new("scripted")),
+            metrics.clone(),
+            stop_rx.clone(),
+        ));
+        // Batches 2 and 3 are confirmed while batch 1 keeps failing.
+        wait_for(|| got.lock().unwrap().len() == 14).await;
+        wait_for(|| {
+            metrics.get(
+                "walrelay_sink_retries_total",
+                &[("sink", "scripted"), ("class", "transient")],
+            ) >= 3
+        })
+        .await;
+        let mut later: Vec<String> = got.lock().unwrap().clone();
+        later.sort_by_key(|i| i.parse::<u32>().unwrap());
+        assert_eq!(later, (7..21).map(|i| i.to_string()).collect::<Vec<_>>());
+        assert_eq!(
+            wal.cursor("scripted").unwrap(),
+            0,
+            "the cursor moved past batch 1, which is not confirmed"
+        );
+        assert_eq!(
+            metrics.get(
+                "walrelay_acknowledged_frames_total",
+                &[("sink", "scripted")]
+            ),
+            0
+        );
+        // Crash: the drainer dies mid-retry; the log is reopened.
+        task.abort();
+        assert!(task.await.unwrap_err().is_cancelled());
+        drop(wal);
+        let wal = open();
+        assert_eq!(wal.cursor("scripted").unwrap(), 0);
+        assert_eq!(wal.backlog("scripted").unwrap().records, 21);
+        hold.store(false, std::sync::atomic::Ordering::SeqCst);
+        let again = Arc::new(Mutex::new(Vec::new()));
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(run(
+            wal.clone(),
+            Gated {
+                hold,
+                got: again.clone(),
+            },
+            s,
+            Arc::new(SinkHealth::new("scripted")),
+            Arc::new(Metrics::default()),
+            stop_rx,
+        ));
+        wait_for(|| wal.backlog("scripted").unwrap().records == 0).await;
+        let mut all = again.lock().unwrap().clone();
+        all.sort_by_key(|i| i.parse::<u32>().unwrap());
+        assert_eq!(
+            all,
+            (0..21).map(|i| i.to_string()).collect::<Vec<_>>(),
+            "after the restart batch 1 is delivered (and the unacknowledged 2 and 3 again)"
+        );
+        assert_eq!(wal.cursor("scripted").unwrap(), 3);
+        stop_tx.send(true).unwrap();
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_slow_first_batch_holds_the_cursor_until_it_is_confirmed() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let wal = Wal::open(WalConfig::new(dir.path()).with_sinks(["scripted"])).unwrap();
+        for f in 0..3 {
+            let recs: Vec<Record> = (f * 7..f * 7 + 7).map(crate::wal::test_trade).collect();
+            wal.append(&recs).unwrap();
+        }
+        let hold = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let mut s = settings();
+        s.pipeline = 2;
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(run(
+            wal.clone(),
+            Gated {
+                hold: hold.clone(),
+                got: got.clone(),
+            },
+            s,
+            Arc::new(SinkHealth::new("scripted")),
+            Arc::new(Metrics::default()),
+            stop_rx,
+        ));
+        // Depth 2: batch 2 is confirmed, batch 3 waits for room.
+        wait_for(|| got.lock().unwrap().len() == 7).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            got.lock().unwrap().len(),
+            7,
+            "more than 2 batches in flight"
+        );
+        assert_eq!(wal.cursor("scripted").unwrap(), 0);
+        hold.store(false, std::sync::atomic::Ordering::SeqCst);
+        wait_for(|| wal.cursor("scripted").unwrap() == 3).await;
+        assert_eq!(got.lock().unwrap().len(), 21, "each record once");
+        stop_tx.send(true).unwrap();
+        task.await.unwrap();
+    }
+
     fn settings() -> DrainerSettings {
         DrainerSettings {
             batch_records: 7,
+            pipeline: 1,
             retry: RetryPolicy {
                 initial: Duration::from_millis(5),
                 max: Duration::from_millis(20),

@@ -6,6 +6,11 @@
 //! are offered again after a backoff, which is safe because both sinks write
 //! idempotently (Influx overwrites the identical point, Timescale inserts with
 //! `ON CONFLICT DO NOTHING`).
+//!
+//! Pipelining: a drainer keeps up to `drain.pipeline` batches read and not
+//! yet confirmed; sinks that can [`fork`](Sink::fork) deliver them
+//! concurrently and they may be confirmed in any order, but the cursor moves
+//! only over a prefix of batches that are all confirmed, in log order.
 
 pub mod drainer;
 pub mod retry;
@@ -56,6 +61,18 @@ pub trait Sink: Send {
 
     /// Whether records of this kind go to this sink.
     fn accepts(&self, kind: RecordKind) -> bool;
+
+    /// Another instance writing to the same destinations, independent of
+    /// this one (own connection state, own timeout shrinking), so that a
+    /// drainer can keep several deliveries in flight. `None` (the default)
+    /// when deliveries must happen one at a time, for example because the
+    /// outcome depends on the order in which batches arrive.
+    fn fork(&self) -> Option<Self>
+    where
+        Self: Sized,
+    {
+        None
+    }
 
     /// Writes one batch (all records accepted by this sink, in log order).
     ///

@@ -75,6 +75,7 @@ impl Relay {
     /// [`RelayError::Wal`] if the log cannot be opened.
     pub fn open(config: Config) -> Result<Relay, RelayError> {
         config.ingest.validate().map_err(RelayError::Config)?;
+        config.drain.validate().map_err(RelayError::Config)?;
         let names = config.sink_names();
         let mut wal_config = config.wal.clone().with_sinks(names.iter().copied());
         wal_config.retain_ms = wal_config.retain_ms.max(config.ingest.identity_window_ms);
@@ -355,6 +356,7 @@ fn spawn_drainer<S: Sink + 'static>(
 ) {
     let settings = DrainerSettings {
         batch_records,
+        pipeline: relay.config.drain.pipeline,
         retry: relay.config.drain.retry_policy(),
     };
     let health = relay.health(sink.name());

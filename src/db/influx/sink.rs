@@ -9,6 +9,9 @@
 //! configuration). Repeated timeouts halve the lines per request
 //! (`drain::retry::Shrink`) before a batch is retried at full size.
 //!
+//! Pipelining: [`Sink::fork`] gives the drainer further instances sharing
+//! the connection pool, so several batches are encoded and posted at once.
+//!
 //! A batch is confirmed (`Ok`) only when every record is written or
 //! dead-lettered. Dead letters found during an attempt are stored only when
 //! the whole attempt succeeds, so a retry after a transient failure never
@@ -227,6 +230,24 @@ impl Sink for InfluxSink {
 
     fn accepts(&self, kind: RecordKind) -> bool {
         !kind.is_warehouse()
+    }
+
+    /// Shares the HTTP connection pool and the dead-letter store; keeps its
+    /// own attempt count and timeout shrinking, which belong to the batch it
+    /// is delivering. Concurrent batches may land in any order: a point
+    /// written twice with different fields (same series and timestamp in two
+    /// batches in flight) may end with either; a replay of identical points
+    /// is unaffected.
+    fn fork(&self) -> Option<Self> {
+        Some(InfluxSink {
+            config: self.config.clone(),
+            routes: self.routes.clone(),
+            client: self.client.clone(),
+            dead: self.dead.clone(),
+            attempts: 0,
+            shrink: Shrink::default(),
+            attempted: 0,
+        })
     }
 
     async fn deliver(&mut self, batch: &[Record]) -> Result<Delivery, SinkFailure> {

@@ -30,6 +30,12 @@
 //!   (in log order; the key's time compared at PostgreSQL's microsecond
 //!   precision) is sent; the earlier ones count as written, superseded.
 
+//!
+//! Pipelining: this sink does not [`fork`](Sink::fork). The conflict
+//! policies are defined in log order (which record of a key is first or
+//! last), and two transactions in flight could apply a later batch first;
+//! the drainer still reads the next batches ahead while one is written.
+
 use std::future::Future;
 use std::pin::Pin;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
