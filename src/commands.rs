@@ -390,8 +390,19 @@ pub async fn preflight(config: Option<PathBuf>) -> Result<ExitCode, String> {
 /// No `[timescale]` section; database failures.
 pub async fn init(config: Option<PathBuf>) -> Result<ExitCode, String> {
     let config = load(config)?;
+    if config.timescale.is_none() && config.influx.is_none() {
+        return Err(
+            "no [timescale] or [influx] section in the config: nothing to initialise".into(),
+        );
+    }
+    let mut code = ExitCode::SUCCESS;
+    if let Some(ic) = &config.influx {
+        if !init_influx(ic).await {
+            code = ExitCode::FAILURE;
+        }
+    }
     let Some(tc) = &config.timescale else {
-        return Err("no [timescale] section in the config: nothing to initialise".into());
+        return Ok(code);
     };
     let report = crate::db::timescale::init::init(tc)
         .await
@@ -411,5 +422,31 @@ pub async fn init(config: Option<PathBuf>) -> Result<ExitCode, String> {
             t.table, t.added, t.existing, t.reactivated, t.soft_deleted
         );
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(code)
+}
+
+/// Creates the configured buckets that are missing; one line each. Returns
+/// false when one is missing and could not be created.
+async fn init_influx(ic: &crate::db::influx::InfluxConfig) -> bool {
+    use crate::db::influx::admin::{configured_buckets, ensure_bucket, Admin, BucketInit};
+    let timeout = Duration::from_millis(ic.timeout_ms.min(10_000));
+    let mut ok = true;
+    for (url, org, bucket) in configured_buckets(ic) {
+        match ensure_bucket(ic, &url, &org, &bucket, timeout).await {
+            Ok(Admin::Influx(BucketInit::Exists)) => println!("influx bucket {bucket} (org {org}, {url}): exists"),
+            Ok(Admin::Influx(BucketInit::Created)) => println!("influx bucket {bucket} (org {org}, {url}): created"),
+            Ok(Admin::Influx(BucketInit::Refused(why))) => {
+                ok = false;
+                println!("influx bucket {bucket} (org {org}, {url}): missing, and this token may not create it: {why}");
+            }
+            Ok(Admin::NotInflux(why)) => println!(
+                "influx bucket {bucket} (org {org}, {url}): skipped, the server is not a full InfluxDB 2 ({why}); buckets there need no creation or are managed by that server"
+            ),
+            Err(e) => {
+                ok = false;
+                println!("influx bucket {bucket} (org {org}, {url}): {e}");
+            }
+        }
+    }
+    ok
 }
