@@ -15,6 +15,8 @@ pub mod preflight;
 pub mod record;
 pub mod relay;
 pub mod report;
+pub mod routes;
+pub mod secret;
 pub mod top;
 pub mod wal;
 

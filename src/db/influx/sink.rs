@@ -23,10 +23,10 @@ use super::client::Client;
 use super::config::{Destination, InfluxConfig};
 use super::encode::encode;
 use super::error::InfluxError;
-use crate::config::Routes;
 use crate::drain::retry::Shrink;
 use crate::drain::{Delivery, ErrorClass, Sink, SinkFailure};
 use crate::record::{Record, RecordKind};
+use crate::routes::Routes;
 use crate::wal::DeadLetters;
 
 /// The InfluxDB v2 sink.

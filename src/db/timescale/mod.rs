@@ -11,6 +11,7 @@ mod conn;
 mod dim_cache;
 mod error;
 pub mod init;
+mod pg_url;
 pub mod rows;
 pub mod schema;
 mod sink;
@@ -21,7 +22,7 @@ pub use config::{ConflictPolicies, ConflictPolicy, DimensionLists, TimescaleConf
 
 /// The connection string with any password masked (for logs and check output).
 pub fn redacted(url: &str) -> String {
-    config::redact_url(url)
+    pg_url::redact_url(url)
 }
 pub use conn::connect;
 pub use dim_cache::{identity, Dim, DimCache};
