@@ -60,14 +60,15 @@ struct Found {
 impl InfluxSink {
     /// # Errors
     /// When the token file cannot be read or the HTTP client cannot be built.
-    pub fn new(config: InfluxConfig, dead: DeadLetters) -> Result<InfluxSink, String> {
-        let token = config.resolve_token()?;
+    pub fn new(config: InfluxConfig, dead: DeadLetters) -> Result<InfluxSink, InfluxError> {
+        let token = config.resolve_token().map_err(InfluxError::Setup)?;
         let client = Client::new(
             token,
             Duration::from_millis(config.timeout_ms),
             config.gzip,
             config.tls_ca_file.as_deref(),
-        )?;
+        )
+        .map_err(InfluxError::Setup)?;
         Ok(InfluxSink {
             routes: config.routes(),
             config,
@@ -206,10 +207,7 @@ impl InfluxSink {
         self.dead
             .put_many_async("influx", items, self.attempts)
             .await
-            .map_err(|e| InfluxError::Connect {
-                url: "dead-letter store".into(),
-                detail: e.to_string(),
-            })?;
+            .map_err(InfluxError::DeadLetter)?;
         for (i, reason) in &rejected {
             tracing::warn!(sink = "influx", kind = %batch[*i].kind(), reason = %reason, "record dead-lettered");
         }

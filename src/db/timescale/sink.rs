@@ -321,7 +321,7 @@ impl TimescaleSink {
         self.dead
             .put_many_async("timescale", items, self.attempts)
             .await
-            .map_err(|e| TimescaleError::Wal(e.to_string()))?;
+            .map_err(TimescaleError::Wal)?;
         for (i, reason) in &rejected {
             tracing::warn!(sink = "timescale", kind = %batch[*i].kind(), reason = %reason, "record dead-lettered");
         }
