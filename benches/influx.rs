@@ -17,6 +17,10 @@
 #[allow(dead_code)]
 mod vm;
 
+#[path = "../tests/common/records.rs"]
+#[allow(dead_code)]
+mod records;
+
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -27,7 +31,7 @@ use walrelay::db::influx::{encode, InfluxConfig, InfluxSink};
 use walrelay::drain::drainer::{self, DrainerSettings, SinkHealth};
 use walrelay::drain::retry::RetryPolicy;
 use walrelay::drain::Sink;
-use walrelay::record::{Record, Trade};
+use walrelay::record::Record;
 use walrelay::relay::metrics::Metrics;
 use walrelay::{Wal, WalConfig};
 
@@ -43,15 +47,13 @@ fn note(id: &str, n: u64, d: Duration) {
 fn trades(n: usize, offset: i64) -> Vec<Record> {
     (0..n)
         .map(|i| {
-            Record::Trade(Trade {
-                venue: "BINANCE_FUTURES".into(),
-                symbol: ["BTCUSDT", "ETHUSDT", "SOLUSDT", "XRPUSDT"][i % 4].into(),
-                ts: 1_700_000_000_000_000_000 + offset + i as i64 * 1_000_003,
-                price: 37_000.5 + (i % 1000) as f64 * 0.25,
-                quantity: 0.001 * (1 + i % 500) as f64,
-                side: if i % 2 == 0 { "buy" } else { "sell" }.into(),
-                trade_id: (5_000_000_000u64 + i as u64).to_string(),
-            })
+            records::market_trade(
+                i as u64,
+                ["BTCUSDT", "ETHUSDT", "SOLUSDT", "XRPUSDT"][i % 4],
+                1_700_000_000_000_000_000 + offset + i as i64 * 1_000_003,
+                37_000.5 + (i % 1000) as f64 * 0.25,
+                0.001 * (1 + i % 500) as f64,
+            )
         })
         .collect()
 }

@@ -27,13 +27,13 @@ mod pg;
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, Criterion, Throughput};
 use futures_util::pin_mut;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
-use tokio_postgres::types::{ToSql, Type};
-use walrelay::db::timescale::{TimescaleConfig, TimescaleSink};
+use walrelay::db::timescale::schema::FACT_TABLES;
+use walrelay::db::timescale::{rows, ConflictPolicy, TimescaleConfig, TimescaleSink};
 use walrelay::drain::Sink;
 use walrelay::record::{Bar, BarKind, Kline, Record};
 use walrelay::{Wal, WalConfig};
@@ -93,15 +93,10 @@ fn batch(round: i64) -> Vec<Record> {
         .collect()
 }
 
-fn table_of(r: &Record) -> &'static str {
-    match r {
-        Record::Bar(b) => walrelay::db::timescale::schema::bar_table(b.kind),
-        _ => "bar__kline",
-    }
-}
-
 /// SQL alone: COPY into staging tables, then INSERT … ON CONFLICT DO
-/// NOTHING; or, `direct`, COPY straight into the fact tables.
+/// NOTHING; or, `direct`, COPY straight into the fact tables. Rows, column
+/// lists and types come from the sink's own table descriptions and row
+/// builder, so this measures the same rows the sink writes.
 async fn load_by_sql(
     client: &mut tokio_postgres::Client,
     rows: &[Record],
@@ -110,8 +105,16 @@ async fn load_by_sql(
     intervals: &BTreeMap<String, i32>,
     direct: bool,
 ) {
+    let all: Vec<usize> = (0..rows.len()).collect();
+    let built = rows::build(
+        rows,
+        &all,
+        |_| ConflictPolicy::FirstWins,
+        |s, _, iv| Some((ids[s], exchange, intervals[iv])),
+    );
     let tx = client.transaction().await.unwrap();
-    for (table, imbalance) in walrelay::db::timescale::schema::FACT_TABLES {
+    for t in &built {
+        let table = t.table.name;
         let stage = if direct {
             format!("mart.{table}")
         } else {
@@ -119,74 +122,15 @@ async fn load_by_sql(
             tx.batch_execute(&format!("CREATE TEMP TABLE IF NOT EXISTS {stage} (LIKE mart.{table} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")).await.unwrap();
             stage
         };
-        let mut types = vec![
-            Type::TIMESTAMPTZ,
-            Type::INT4,
-            Type::INT4,
-            Type::INT4,
-            Type::FLOAT8,
-            Type::FLOAT8,
-            Type::FLOAT8,
-            Type::FLOAT8,
-            Type::FLOAT8,
-        ];
-        if imbalance {
-            types.extend([Type::INT8, Type::INT8, Type::INT8, Type::FLOAT8]);
-        }
-        let cols = if imbalance {
-            "time, symbol_id, exchange_id, interval_id, open, high, low, close, volume, buy_ticks, sell_ticks, total_ticks, theta"
-        } else {
-            "time, symbol_id, exchange_id, interval_id, open, high, low, close, volume"
-        };
+        let cols = t.table.column_list();
         let sink = tx
             .copy_in(&format!("COPY {stage} ({cols}) FROM STDIN BINARY"))
             .await
             .unwrap();
-        let writer = BinaryCopyInWriter::new(sink, &types);
+        let writer = BinaryCopyInWriter::new(sink, &t.table.types());
         pin_mut!(writer);
-        for r in rows.iter().filter(|r| table_of(r) == table) {
-            match r {
-                Record::Bar(b) => {
-                    let t = UNIX_EPOCH + Duration::from_nanos(b.ts as u64);
-                    let (bt, st, tt) = (
-                        b.buy_ticks as i64,
-                        b.sell_ticks as i64,
-                        b.total_ticks as i64,
-                    );
-                    let row: [&(dyn ToSql + Sync); 13] = [
-                        &t,
-                        &ids[&b.symbol],
-                        &exchange,
-                        &intervals[&b.interval],
-                        &b.open,
-                        &b.high,
-                        &b.low,
-                        &b.close,
-                        &b.volume,
-                        &bt,
-                        &st,
-                        &tt,
-                        &b.theta,
-                    ];
-                    writer.as_mut().write(&row).await.unwrap();
-                }
-                Record::Kline(k) => {
-                    let t: SystemTime = UNIX_EPOCH + Duration::from_nanos(k.ts as u64);
-                    let row: [&(dyn ToSql + Sync); 9] = [
-                        &t,
-                        &ids[&k.symbol],
-                        &exchange,
-                        &intervals[&k.interval],
-                        &k.open,
-                        &k.high,
-                        &k.low,
-                        &k.close,
-                        &k.volume,
-                    ];
-                    writer.as_mut().write(&row).await.unwrap();
-                }
-                _ => {}
-            }
+        for n in 0..t.len() {
+            writer.as_mut().write(&t.row(n)).await.unwrap();
         }
         let n = writer.finish().await.unwrap();
         assert_eq!(n as usize, ROWS / 4, "{table}: every row copied");
@@ -194,6 +138,7 @@ async fn load_by_sql(
             tx.execute(&format!("INSERT INTO mart.{table} ({cols}) SELECT {cols} FROM {stage} ON CONFLICT DO NOTHING"), &[]).await.unwrap();
         }
     }
+    assert_eq!(built.len(), FACT_TABLES.len(), "every fact table loaded");
     tx.commit().await.unwrap();
 }
 

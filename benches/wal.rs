@@ -28,13 +28,17 @@
 //! At the end the bench prints records/s of each and the ratio of every
 //! append variant to the raw limit (`cargo bench --bench wal`).
 
+#[path = "../tests/common/records.rs"]
+#[allow(dead_code)]
+mod records;
+
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
-use walrelay::record::{encode_record, Trade};
+use walrelay::record::encode_record;
 use walrelay::wal::Durability;
 use walrelay::{Record, Wal, WalConfig};
 
@@ -51,15 +55,13 @@ fn note(id: &str, records: u64, elapsed: Duration) {
 }
 
 fn trade(i: u64) -> Record {
-    Record::Trade(Trade {
-        venue: "BINANCE_FUTURES".into(),
-        symbol: "BTCUSDT".into(),
-        ts: 1_764_000_000_000_000_000 + i as i64,
-        price: 97_000.5 + (i % 100) as f64,
-        quantity: 0.012,
-        side: if i % 2 == 0 { "buy" } else { "sell" }.into(),
-        trade_id: (5_000_000_000 + i).to_string(),
-    })
+    records::market_trade(
+        i,
+        "BTCUSDT",
+        records::TS + i as i64,
+        97_000.5 + (i % 100) as f64,
+        0.012,
+    )
 }
 
 fn append(c: &mut Criterion) {

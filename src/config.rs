@@ -7,6 +7,9 @@ use serde::Deserialize;
 
 use crate::wal::WalConfig;
 
+pub use crate::routes::Routes;
+pub use crate::secret::Secret;
+
 /// Everything `walrelay` reads from its config file.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -66,27 +69,6 @@ impl std::str::FromStr for LogFormat {
                 "log format {other:?}: expected \"text\" or \"json\""
             )),
         }
-    }
-}
-
-/// A secret (token, password): never printed by `Debug` or `Display`.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(s: impl Into<String>) -> Self {
-        Secret(s.into())
-    }
-    /// The secret itself, for the one place that sends it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("[redacted]")
     }
 }
 
@@ -261,37 +243,6 @@ impl Config {
         if let Ok(t) = std::env::var("WALRELAY_INGEST_TOKEN") {
             self.ingest.token = Some(Secret::new(t));
         }
-    }
-}
-
-/// A routing table keyed by `"VENUE:DATA_TYPE"`, then `"VENUE"`, with a
-/// default. Used for Influx buckets and gRPC upstreams.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Routes<T> {
-    table: std::collections::BTreeMap<String, T>,
-    default: T,
-}
-
-impl<T> Routes<T> {
-    pub fn new(table: std::collections::BTreeMap<String, T>, default: T) -> Self {
-        Routes { table, default }
-    }
-
-    /// The entry for `venue` and `data_type`, and the key that matched
-    /// (`""` for the default).
-    pub fn resolve(&self, venue: &str, data_type: &str) -> (&T, String) {
-        let composite = format!("{venue}:{data_type}");
-        if let Some(t) = self.table.get(&composite) {
-            return (t, composite);
-        }
-        if let Some(t) = self.table.get(venue) {
-            return (t, venue.to_string());
-        }
-        (&self.default, String::new())
-    }
-
-    pub fn default(&self) -> &T {
-        &self.default
     }
 }
 

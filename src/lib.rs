@@ -5,6 +5,7 @@
 //! TimescaleDB ([`db`]). See `docs/ARCHITECTURE.md` for the flow and the log's
 //! invariants.
 
+pub mod commands;
 pub mod config;
 pub mod db;
 pub mod drain;
@@ -14,6 +15,8 @@ pub mod preflight;
 pub mod record;
 pub mod relay;
 pub mod report;
+pub mod routes;
+pub mod secret;
 pub mod top;
 pub mod wal;
 

@@ -248,7 +248,41 @@ async fn influx_checks(ic: &crate::db::influx::InfluxConfig) -> Vec<Check> {
         ),
         Err(e) => (Verdict::Fail, e.to_string()),
     };
-    vec![check("influx bucket writable", verdict, detail)]
+    let mut out = vec![check("influx bucket writable", verdict, detail)];
+    out.extend(influx_admin_checks(ic).await);
+    out
+}
+
+/// Health and bucket lookup through the management API (`influxdb2`). A
+/// server without it (VictoriaMetrics) gets one `Warn` line saying so; the
+/// write probe above is what decides whether the relay can run.
+async fn influx_admin_checks(ic: &crate::db::influx::InfluxConfig) -> Vec<Check> {
+    use crate::db::influx::admin::{configured_buckets, find_bucket, health, Admin};
+    let timeout = std::time::Duration::from_millis(ic.timeout_ms.min(5000));
+    let not_influx = |why: String| {
+        check(
+            "influx management API",
+            Verdict::Warn,
+            format!("not a full InfluxDB 2 ({why}): health and bucket lookup skipped; `walrelay init` cannot create buckets there"),
+        )
+    };
+    match health(ic, timeout).await {
+        Ok(Admin::Influx(h)) => {
+            let mut out = vec![check("influx health", Verdict::Ok, h)];
+            for (url, org, bucket) in configured_buckets(ic) {
+                let name = "influx bucket exists";
+                out.push(match find_bucket(ic, &url, &org, &bucket, timeout).await {
+                    Ok(Admin::Influx(Some(id))) => check(name, Verdict::Ok, format!("{url} org={org} bucket={bucket} id={id}")),
+                    Ok(Admin::Influx(None)) => check(name, Verdict::Fail, format!("{url} org={org}: no bucket {bucket:?} (create it, or run `walrelay init` with a token allowed to)")),
+                    Ok(Admin::NotInflux(why)) => not_influx(why),
+                    Err(e) => check(name, Verdict::Fail, e.to_string()),
+                });
+            }
+            out
+        }
+        Ok(Admin::NotInflux(why)) => vec![not_influx(why)],
+        Err(e) => vec![check("influx health", Verdict::Warn, e.to_string())],
+    }
 }
 
 #[cfg(test)]

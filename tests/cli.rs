@@ -1,8 +1,10 @@
 //! The `walrelay` binary's offline commands on a real log.
 
+#[allow(dead_code)]
+mod common;
+
 use std::process::Command;
 
-use walrelay::record::Trade;
 use walrelay::{Record, Wal, WalConfig};
 
 fn bin() -> Command {
@@ -10,15 +12,7 @@ fn bin() -> Command {
 }
 
 fn trade(id: &str) -> Record {
-    Record::Trade(Trade {
-        venue: "BINANCE".into(),
-        symbol: "BTCUSDT".into(),
-        ts: 1_764_000_000_000_000_000,
-        price: 1.0,
-        quantity: 1.0,
-        side: "buy".into(),
-        trade_id: id.into(),
-    })
+    common::records::trade_record("BTCUSDT", id, common::records::TS, 1.0, 1.0)
 }
 
 fn setup() -> (tempfile::TempDir, std::path::PathBuf) {

@@ -4,6 +4,9 @@
 //! parent SIGKILLs it at a random moment, reopens the log and checks that every
 //! acknowledged record is present exactly once.
 
+#[allow(dead_code)]
+mod common;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -11,7 +14,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use rand::Rng;
-use walrelay::record::Trade;
+
 use walrelay::{Record, Wal, WalConfig};
 
 const CHILD_DIR: &str = "WALRELAY_CRASH_DIR";
@@ -19,15 +22,7 @@ const CHILD_CYCLE: &str = "WALRELAY_CRASH_CYCLE";
 const THREADS: u64 = 4;
 
 fn trade(id: String) -> Record {
-    Record::Trade(Trade {
-        venue: "BINANCE".into(),
-        symbol: "BTCUSDT".into(),
-        ts: 1_764_000_000_000_000_000,
-        price: 97_000.0,
-        quantity: 0.5,
-        side: "buy".into(),
-        trade_id: id,
-    })
+    common::records::trade_record("BTCUSDT", id, common::records::TS, 97_000.0, 0.5)
 }
 
 /// The child's workload; does nothing unless the parent started it.

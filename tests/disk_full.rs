@@ -8,13 +8,16 @@
 //! says why, nothing acknowledged is lost, and appends succeed again by
 //! themselves once the ballast is deleted. Records are counted exactly.
 
+#[allow(dead_code)]
+mod common;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use walrelay::config::{Config, Secret};
-use walrelay::record::{Record, Trade};
+use walrelay::record::Record;
 use walrelay::wal::{Durability, Wal, WalConfig, WalError};
 
 const FS_BYTES: u64 = 48 * 1024 * 1024;
@@ -85,17 +88,7 @@ impl Drop for Tmpfs {
     }
 }
 
-fn trade(id: u64) -> Record {
-    Record::Trade(Trade {
-        venue: "BINANCE".into(),
-        symbol: "BTCUSDT".into(),
-        ts: 1_764_000_000_000_000_000 + id as i64,
-        price: 97_000.0,
-        quantity: 0.5,
-        side: "buy".into(),
-        trade_id: id.to_string(),
-    })
-}
+use common::records::trade;
 
 fn ids(wal: &Wal) -> Vec<u64> {
     wal.read_after(0, usize::MAX)

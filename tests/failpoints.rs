@@ -9,24 +9,17 @@
 //! leaks; `/ready`, `/status` and `walrelay status` say why; a restart
 //! re-opens the log with every acknowledged record.
 
+#[allow(dead_code)]
+mod common;
+
 use std::process::Command;
 use std::time::Duration;
 
 use walrelay::config::{Config, Secret};
-use walrelay::record::{Record, Trade};
+use walrelay::record::Record;
 use walrelay::wal::{Durability, Wal, WalConfig, WalError};
 
-fn trade(id: u64) -> Record {
-    Record::Trade(Trade {
-        venue: "BINANCE".into(),
-        symbol: "BTCUSDT".into(),
-        ts: 1_764_000_000_000_000_000 + id as i64,
-        price: 97_000.0,
-        quantity: 0.5,
-        side: "buy".into(),
-        trade_id: id.to_string(),
-    })
-}
+use common::records::trade;
 
 fn ids(wal: &Wal) -> Vec<u64> {
     wal.read_after(0, usize::MAX)

@@ -155,15 +155,13 @@ fn sink_for(url: &str, wal: &Wal, timeout_ms: u64) -> InfluxSink {
 }
 
 fn trade(i: u64, ts: i64) -> Record {
-    Record::Trade(Trade {
-        venue: "BINANCE".into(),
-        symbol: "BTCUSDT".into(),
+    common::records::trade_record(
+        "BTCUSDT",
+        format!("t{i}"),
         ts,
-        price: 1000.0 + i as f64,
-        quantity: 0.5 + i as f64,
-        side: "buy".into(),
-        trade_id: format!("t{i}"),
-    })
+        1000.0 + i as f64,
+        0.5 + i as f64,
+    )
 }
 
 #[tokio::test]

@@ -19,7 +19,7 @@ use walrelay::db::timescale::{TimescaleConfig, TimescaleSink};
 use walrelay::drain::drainer::{self, DrainerSettings, SinkHealth, SinkState};
 use walrelay::drain::retry::RetryPolicy;
 use walrelay::drain::{ErrorClass, Sink};
-use walrelay::record::{Kline, Record, Trade};
+use walrelay::record::{Kline, Record};
 use walrelay::relay::metrics::Metrics;
 use walrelay::{Wal, WalConfig};
 
@@ -38,15 +38,13 @@ fn kline(symbol: &str, i: i64) -> Record {
 }
 
 fn trade(i: u64, symbol: &str) -> Record {
-    Record::Trade(Trade {
-        venue: "BINANCE".into(),
-        symbol: symbol.into(),
-        ts: 1_700_000_100_000_000_000 + i as i64 * 1_000_000,
-        price: 1000.0 + i as f64,
-        quantity: 0.5,
-        side: "buy".into(),
-        trade_id: format!("t{i}"),
-    })
+    common::records::trade_record(
+        symbol,
+        format!("t{i}"),
+        1_700_000_100_000_000_000 + i as i64 * 1_000_000,
+        1000.0 + i as f64,
+        0.5,
+    )
 }
 
 /// A symbol too long for PostgreSQL's btree index on `dim_symbol.symbol`

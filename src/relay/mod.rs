@@ -379,9 +379,9 @@ async fn spawn_sinks(
     let cfg = &relay.config;
     if let Some(ic) = &cfg.influx {
         let sink = crate::db::influx::InfluxSink::new(ic.clone(), relay.wal.dead_letters())
-            .map_err(|message| RelayError::Sink {
+            .map_err(|e| RelayError::Sink {
                 sink: "influx",
-                message,
+                message: e.to_string(),
             })?;
         tracing::info!(url = %ic.url, org = %ic.org, bucket = %ic.bucket, routes = ic.routes.len(), "influx sink configured");
         spawn_drainer(relay, sink, cfg.drain.batch_records, stop, set);

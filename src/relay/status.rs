@@ -3,7 +3,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::Relay;
 use crate::drain::drainer::HealthSnapshot;
@@ -18,7 +18,7 @@ pub struct Status {
 }
 
 /// The log's size and counters.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LogStatus {
     pub dir: String,
     pub bytes: u64,
@@ -37,7 +37,7 @@ pub struct LogStatus {
     pub dead_letter_max_bytes: u64,
     /// Why the log refuses appends (failed after an I/O error, disk full);
     /// absent while it accepts them.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub unavailable: Option<String>,
 }
 
@@ -168,6 +168,72 @@ impl Status {
             version,
             commit,
         }
+    }
+}
+
+/// The client side of `GET /status` (what `walrelay status` decodes):
+/// [`Status`] itself is not `Deserialize` because its health part is the
+/// drainer's snapshot, so this view names the fields the CLI prints, typed.
+#[derive(Debug, Clone, Deserialize)]
+pub struct StatusView {
+    pub log: LogStatus,
+    pub sinks: Vec<SinkView>,
+}
+
+/// One sink as `GET /status` shows it ([`SinkStatus`] with its health
+/// flattened in).
+#[derive(Debug, Clone, Deserialize)]
+pub struct SinkView {
+    pub name: String,
+    pub state: String,
+    pub cursor: u64,
+    pub backlog_records: u64,
+    pub backlog_bytes: u64,
+    pub oldest_undelivered_age_seconds: Option<f64>,
+    pub eta_seconds: Option<f64>,
+    pub delivered_records: u64,
+    pub dead_letters: u64,
+    pub last_error: Option<String>,
+}
+
+impl StatusView {
+    /// The text `walrelay status` prints, one line for the log and one per sink.
+    pub fn render(&self) -> String {
+        let log = &self.log;
+        let mut out = format!(
+            "log {}: {} records in {} frames, {} of {} bytes; appended {} ever, dropped {}, quarantined frames {}\n",
+            log.dir,
+            log.records,
+            log.frames,
+            log.bytes,
+            log.max_bytes,
+            log.appended_records,
+            log.dropped_records,
+            log.quarantined_frames
+        );
+        if let Some(why) = &log.unavailable {
+            out.push_str(&format!("LOG REFUSES APPENDS: {why}\n"));
+        }
+        for s in &self.sinks {
+            let eta = match s.eta_seconds {
+                _ if s.backlog_records == 0 => "caught up".into(),
+                Some(e) => format!("{e:.1}s"),
+                None => "unknown (no recent deliveries)".into(),
+            };
+            out.push_str(&format!(
+                "sink {:<10} {:<9} cursor {:>8}  backlog {:>9} records ({} bytes), oldest {:>7}s, ETA {eta}, delivered {}, dead letters {}{}\n",
+                s.name,
+                s.state,
+                s.cursor,
+                s.backlog_records,
+                s.backlog_bytes,
+                s.oldest_undelivered_age_seconds.map(|a| format!("{a:.1}")).unwrap_or("-".into()),
+                s.delivered_records,
+                s.dead_letters,
+                s.last_error.as_ref().map(|e| format!("\n    last error: {e}")).unwrap_or_default()
+            ));
+        }
+        out
     }
 }
 
@@ -478,5 +544,37 @@ mod tests {
             "{}",
             h.checks[0].message
         );
+    }
+}
+
+#[cfg(test)]
+mod view_tests {
+    use super::*;
+
+    #[test]
+    fn status_json_decodes_and_renders() {
+        let json = r#"{"log":{"dir":"/var/lib/walrelay","bytes":10,"max_bytes":100,"records":3,"frames":2,"last_seq":2,
+            "appended_records":5,"dropped_records":2,"quarantined_frames":0,"dead_letter_bytes":0,"dead_letter_max_bytes":9,
+            "unavailable":"disk full"},
+          "sinks":[{"name":"influx","state":"degraded","cursor":1,"backlog_records":3,"backlog_bytes":30,
+            "oldest_undelivered_age_seconds":1.25,"eta_seconds":null,"dead_letters":1,"dead_letters_dropped":0,
+            "last_error":"timeout","consecutive_failures":2,"delivered_records":7,"drain_rate":0.0},
+            {"name":"timescale","state":"healthy","cursor":2,"backlog_records":0,"backlog_bytes":0,
+            "oldest_undelivered_age_seconds":null,"eta_seconds":null,"dead_letters":0,"dead_letters_dropped":0,
+            "last_error":null,"consecutive_failures":0,"delivered_records":3,"drain_rate":1.0}],
+          "subscriptions":[]}"#;
+        let v: StatusView = serde_json::from_str(json).unwrap();
+        let text = v.render();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "log /var/lib/walrelay: 3 records in 2 frames, 10 of 100 bytes; appended 5 ever, dropped 2, quarantined frames 0");
+        assert_eq!(lines[1], "LOG REFUSES APPENDS: disk full");
+        assert!(lines[2].starts_with("sink influx     degraded  cursor        1  backlog         3 records (30 bytes), oldest     1.2s, ETA unknown (no recent deliveries), delivered 7, dead letters 1"), "{}", lines[2]);
+        assert_eq!(lines[3], "    last error: timeout");
+        assert!(
+            lines[4].contains("ETA caught up, delivered 3, dead letters 0"),
+            "{}",
+            lines[4]
+        );
+        assert_eq!(lines.len(), 5);
     }
 }

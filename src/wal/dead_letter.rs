@@ -356,6 +356,21 @@ impl DeadLetters {
             .collect()
     }
 
+    /// The dead letter `id`, if it is there (one lookup, no scan).
+    ///
+    /// # Errors
+    /// [`WalError::Sled`] on I/O failure, [`WalError::Corrupt`] for an unreadable entry.
+    pub fn get(&self, id: &[u8]) -> Result<Option<DeadLetter>, WalError> {
+        if id.first() == Some(&0xFF) {
+            return Ok(None);
+        }
+        self.tree
+            .get(id)
+            .map_err(WalError::sled("dead letter read"))?
+            .map(|v| parse(id, &v))
+            .transpose()
+    }
+
     /// Removes and returns the dead letter `id` (to replay it into the log).
     ///
     /// # Errors

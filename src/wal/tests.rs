@@ -415,8 +415,18 @@ fn dead_letters_list_take_purge() {
     assert_eq!(list[0].error, "400: bad line 1");
     assert_eq!(list[0].attempts, 3);
     assert_eq!(list[0].sink, "influx");
+    // get: the same entry as list, without removing it; unknown ids are None.
+    assert_eq!(dl.get(&list[1].id).unwrap().as_ref(), Some(&list[1]));
+    assert_eq!(dl.get(b"no such id").unwrap(), None);
+    assert_eq!(
+        dl.get(b"\xFFtotals").unwrap(),
+        None,
+        "the totals key is not a dead letter"
+    );
+    assert_eq!(dl.count(Some("influx")).unwrap(), 2);
     let taken = dl.take(&list[0].id).unwrap().unwrap();
     assert_eq!(taken.record, trade(1));
+    assert_eq!(dl.get(&list[0].id).unwrap(), None, "taken");
     assert_eq!(dl.count(Some("influx")).unwrap(), 1);
     assert_eq!(dl.purge(Some("influx")).unwrap(), 1);
     drop(dl);

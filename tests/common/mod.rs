@@ -5,4 +5,5 @@
 pub mod collector;
 pub mod pg;
 pub mod proxy;
+pub mod records;
 pub mod vm;

@@ -9,7 +9,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use super::error::InfluxError;
-use crate::config::Secret;
+use crate::secret::Secret;
 
 /// Sends line protocol to one InfluxDB v2 endpoint.
 #[derive(Clone)]

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use crate::config::{Routes, Secret};
+use crate::routes::Routes;
+use crate::secret::Secret;
 
 /// Where a routed record goes. Unset `org`/`url` fall back to the sink's own.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

@@ -5,7 +5,7 @@ use std::time::Duration;
 use crate::drain::ErrorClass;
 
 /// The outcome of one failed write request.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum InfluxError {
     /// No connection (refused, reset, DNS, TLS) or the connection broke mid-request.
@@ -25,6 +25,14 @@ pub enum InfluxError {
         message: String,
         retry_after: Option<Duration>,
     },
+    /// Storing the delivery's dead letters failed (the log's error); the
+    /// delivery is retried, nothing is acknowledged.
+    #[error("dead-letter store: {0}")]
+    DeadLetter(#[from] crate::wal::WalError),
+    /// The sink cannot be built: the token file cannot be read, or the
+    /// HTTP client (TLS CA file) cannot be built.
+    #[error("influx sink setup: {0}")]
+    Setup(String),
 }
 
 impl InfluxError {
@@ -39,8 +47,10 @@ impl InfluxError {
     /// | any other status | unknown: bisected first (see `is_unclassified`), config if it hits everything |
     pub fn class(&self) -> ErrorClass {
         match self {
-            InfluxError::Connect { .. } | InfluxError::Timeout { .. } => ErrorClass::Transient,
-            InfluxError::Certificate { .. } => ErrorClass::Config,
+            InfluxError::Connect { .. }
+            | InfluxError::Timeout { .. }
+            | InfluxError::DeadLetter(_) => ErrorClass::Transient,
+            InfluxError::Certificate { .. } | InfluxError::Setup(_) => ErrorClass::Config,
             InfluxError::Http { status, .. } => {
                 classify_status(*status).unwrap_or(ErrorClass::Config)
             }

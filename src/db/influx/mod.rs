@@ -7,6 +7,7 @@
 //! (`ingest/identity.rs`), so that a replay writes byte-identical lines and
 //! InfluxDB's overwrite makes it a no-op.
 
+pub mod admin;
 mod client;
 mod config;
 mod encode;

@@ -26,10 +26,10 @@ use super::client::Client;
 use super::config::{Destination, InfluxConfig};
 use super::encode::encode;
 use super::error::InfluxError;
-use crate::config::Routes;
 use crate::drain::retry::Shrink;
 use crate::drain::{Delivery, ErrorClass, Sink, SinkFailure};
 use crate::record::{Record, RecordKind};
+use crate::routes::Routes;
 use crate::wal::DeadLetters;
 
 /// The InfluxDB v2 sink.
@@ -63,14 +63,15 @@ struct Found {
 impl InfluxSink {
     /// # Errors
     /// When the token file cannot be read or the HTTP client cannot be built.
-    pub fn new(config: InfluxConfig, dead: DeadLetters) -> Result<InfluxSink, String> {
-        let token = config.resolve_token()?;
+    pub fn new(config: InfluxConfig, dead: DeadLetters) -> Result<InfluxSink, InfluxError> {
+        let token = config.resolve_token().map_err(InfluxError::Setup)?;
         let client = Client::new(
             token,
             Duration::from_millis(config.timeout_ms),
             config.gzip,
             config.tls_ca_file.as_deref(),
-        )?;
+        )
+        .map_err(InfluxError::Setup)?;
         Ok(InfluxSink {
             routes: config.routes(),
             config,
@@ -209,10 +210,7 @@ impl InfluxSink {
         self.dead
             .put_many_async("influx", items, self.attempts)
             .await
-            .map_err(|e| InfluxError::Connect {
-                url: "dead-letter store".into(),
-                detail: e.to_string(),
-            })?;
+            .map_err(InfluxError::DeadLetter)?;
         for (i, reason) in &rejected {
             tracing::warn!(sink = "influx", kind = %batch[*i].kind(), reason = %reason, "record dead-lettered");
         }

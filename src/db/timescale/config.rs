@@ -4,7 +4,8 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use crate::config::Secret;
+use super::pg_url::{redact_url, tls_mode};
+use crate::secret::Secret;
 
 /// Natural keys seeded by `walrelay init`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
@@ -137,37 +138,6 @@ fn default_connect_timeout() -> u64 {
     5_000
 }
 
-/// The URL with any password replaced by `***`.
-pub(crate) fn redact_url(url: &str) -> String {
-    if let Some(scheme_end) = url.find("://") {
-        let rest = &url[scheme_end + 3..];
-        let auth_end = rest.find('@');
-        let path_start = rest.find('/').unwrap_or(rest.len());
-        if let Some(at) = auth_end.filter(|at| *at < path_start) {
-            if let Some(colon) = rest[..at].find(':') {
-                return format!(
-                    "{}{}:***{}",
-                    &url[..scheme_end + 3],
-                    &rest[..colon],
-                    &rest[at..]
-                );
-            }
-        }
-        return url.to_string();
-    }
-    // key=value form
-    url.split_whitespace()
-        .map(|kv| {
-            if kv.starts_with("password=") {
-                "password=***"
-            } else {
-                kv
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 impl std::fmt::Debug for TimescaleConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TimescaleConfig")
@@ -220,7 +190,7 @@ impl TimescaleConfig {
         if !ok {
             return Err(format!("timescale.schema {s:?} must be a plain SQL identifier: lowercase letters, digits and _, not starting with a digit, at most 63 characters"));
         }
-        let (url, _) = super::conn::tls_mode(&self.url);
+        let (url, _) = tls_mode(&self.url);
         url.parse::<tokio_postgres::Config>().map_err(|e| {
             format!("timescale.url is not a valid PostgreSQL connection string: {e}")
         })?;

@@ -5,37 +5,9 @@ use std::time::Duration;
 
 use tokio_postgres::Client;
 
-use super::config::{redact_url, TimescaleConfig};
+use super::config::TimescaleConfig;
 use super::error::TimescaleError;
-
-/// How the server's certificate is checked (libpq's `sslmode` semantics).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Verify {
-    /// Encrypt only (`prefer`, `require` without a CA file).
-    Nothing,
-    /// The chain must end at a trusted CA (`verify-ca`, or a CA file given).
-    Ca,
-    /// The chain and the host name (`verify-full`).
-    Full,
-}
-
-/// tokio-postgres knows `disable`, `prefer` and `require` only: the two
-/// verifying modes become `require` plus a certificate check of our own.
-pub(crate) fn tls_mode(url: &str) -> (String, Verify) {
-    if url.contains("sslmode=verify-full") {
-        (
-            url.replace("sslmode=verify-full", "sslmode=require"),
-            Verify::Full,
-        )
-    } else if url.contains("sslmode=verify-ca") {
-        (
-            url.replace("sslmode=verify-ca", "sslmode=require"),
-            Verify::Ca,
-        )
-    } else {
-        (url.to_string(), Verify::Nothing)
-    }
-}
+use super::pg_url::{redact_url, tls_mode, Verify};
 
 fn roots(cfg: &TimescaleConfig) -> Result<rustls::RootCertStore, TimescaleError> {
     let mut roots = rustls::RootCertStore::empty();

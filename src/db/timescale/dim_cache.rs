@@ -92,10 +92,7 @@ impl DimCache {
     /// [`TimescaleError::Wal`] when the meta tree cannot be read.
     pub fn load(meta: Meta) -> Result<DimCache, TimescaleError> {
         let mut ids = HashMap::new();
-        for (k, v) in meta
-            .scan_prefix(PREFIX)
-            .map_err(|e| TimescaleError::Wal(e.to_string()))?
-        {
+        for (k, v) in meta.scan_prefix(PREFIX).map_err(TimescaleError::Wal)? {
             let rest = &k[PREFIX.len()..];
             let dim = match rest.first() {
                 Some(b's') => Dim::Symbol,
@@ -133,7 +130,7 @@ impl DimCache {
     /// # Errors
     /// [`TimescaleError::Wal`] when the meta tree fails.
     pub fn bind_identity(&mut self, identity: &str) -> Result<(), TimescaleError> {
-        let wal = |e: crate::wal::WalError| TimescaleError::Wal(e.to_string());
+        let wal = TimescaleError::Wal;
         let stored = self.meta.get(IDENTITY_KEY).map_err(wal)?;
         if stored.as_deref() != Some(identity.as_bytes()) {
             if stored.is_some() || !self.ids.is_empty() {
@@ -213,7 +210,7 @@ impl DimCache {
             };
             self.meta
                 .insert(&key(dim, &name), &id.to_le_bytes())
-                .map_err(|e| TimescaleError::Wal(e.to_string()))?;
+                .map_err(TimescaleError::Wal)?;
             self.ids.insert((dim, name), id);
         }
         Ok(())

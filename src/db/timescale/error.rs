@@ -27,7 +27,7 @@ pub enum TimescaleError {
     Config(String),
     /// The log (dimension cache, dead letters) failed.
     #[error("write-ahead log: {0}")]
-    Wal(String),
+    Wal(#[from] crate::wal::WalError),
 }
 
 impl TimescaleError {

@@ -15,24 +15,8 @@
 use tokio_postgres::Client;
 
 use super::error::TimescaleError;
-use crate::record::BarKind;
 
-/// Fact tables: (table name, has the imbalance columns).
-pub const FACT_TABLES: [(&str, bool); 4] = [
-    ("bar__tick_imbalance", true),
-    ("bar__volume_imbalance", true),
-    ("bar__vpin", true),
-    ("bar__kline", false),
-];
-
-/// The fact table of a bar kind.
-pub fn bar_table(kind: BarKind) -> &'static str {
-    match kind {
-        BarKind::TickImbalance => "bar__tick_imbalance",
-        BarKind::VolumeImbalance => "bar__volume_imbalance",
-        BarKind::Vpin => "bar__vpin",
-    }
-}
+pub use super::table::{FactTable, FACT_TABLES};
 
 /// DDL of the dimension tables. The names are `NOT NULL`; a database created
 /// while they were nullable gets the constraint added (a no-op scan of a
@@ -69,24 +53,11 @@ END
 $$;
 "#;
 
-/// DDL of one fact table and its index.
-pub fn fact_ddl(schema: &str, table: &str, imbalance: bool) -> String {
-    let extra = if imbalance {
-        "    buy_ticks BIGINT NOT NULL DEFAULT 0,\n    sell_ticks BIGINT NOT NULL DEFAULT 0,\n    total_ticks BIGINT NOT NULL DEFAULT 0,\n    theta DOUBLE PRECISION NOT NULL DEFAULT 0,\n"
-    } else {
-        ""
-    };
-    format!(
-        "CREATE TABLE IF NOT EXISTS {schema}.{table} (\n    time TIMESTAMPTZ NOT NULL,\n    symbol_id INTEGER NOT NULL REFERENCES {schema}.dim_symbol (symbol_id),\n    exchange_id INTEGER NOT NULL REFERENCES {schema}.dim_exchange (exchange_id),\n    interval_id INTEGER NOT NULL REFERENCES {schema}.dim_interval (interval_id),\n    open DOUBLE PRECISION NOT NULL,\n    high DOUBLE PRECISION NOT NULL,\n    low DOUBLE PRECISION NOT NULL,\n    close DOUBLE PRECISION NOT NULL,\n    volume DOUBLE PRECISION NOT NULL,\n{extra}    UNIQUE (time, symbol_id, exchange_id, interval_id)\n);\n\
-         CREATE INDEX IF NOT EXISTS {table}_keys_time_idx ON {schema}.{table} (symbol_id, exchange_id, interval_id, time DESC);\n"
-    )
-}
-
 /// The whole schema as one script (what `sql/` holds for `mart`).
 pub fn full_ddl(schema: &str) -> String {
     let mut s = dimension_ddl(schema);
-    for (t, imb) in FACT_TABLES {
-        s.push_str(&fact_ddl(schema, t, imb));
+    for t in &FACT_TABLES {
+        s.push_str(&t.ddl(schema));
     }
     s
 }
@@ -181,7 +152,7 @@ pub async fn ensure(
         .await
         .map_err(|e| TimescaleError::from_pg("create schema", "", e))?;
     if use_ts {
-        for (t, _) in FACT_TABLES {
+        for t in FACT_TABLES.iter().map(|t| t.name) {
             tx.execute(
                 &format!("SELECT create_hypertable('{schema}.{t}', 'time', if_not_exists => TRUE, migrate_data => TRUE)"),
                 &[],

@@ -38,16 +38,15 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tokio_postgres::types::ToSql;
 use tokio_postgres::Client;
 
-use super::config::{ConflictPolicy, TimescaleConfig};
+use super::config::TimescaleConfig;
 use super::conn::{connect, deadline};
 use super::dim_cache::{identity, Dim, DimCache};
 use super::error::TimescaleError;
-use super::schema::{bar_table, ensure};
+use super::rows::{build, dim_names as keys};
+use super::schema::ensure;
 use crate::drain::retry::Shrink;
 use crate::drain::{Delivery, ErrorClass, Sink, SinkFailure};
 use crate::record::{Record, RecordKind};
@@ -80,170 +79,6 @@ struct Found {
     suspects: Vec<(usize, TimescaleError)>,
     /// Records written.
     written: usize,
-}
-
-fn time(ts: i64) -> SystemTime {
-    if ts >= 0 {
-        UNIX_EPOCH + Duration::from_nanos(ts as u64)
-    } else {
-        UNIX_EPOCH - Duration::from_nanos(ts.unsigned_abs())
-    }
-}
-
-fn keys(r: &Record) -> Option<(&str, &str, &str)> {
-    match r {
-        Record::Bar(b) => Some((&b.symbol, &b.venue, &b.interval)),
-        Record::Kline(k) => Some((&k.symbol, &k.venue, &k.interval)),
-        _ => None,
-    }
-}
-
-/// The value columns of a fact table after its four key columns, and the
-/// typed unnest of all its parameters ($1..$4 are the keys). Shared by the
-/// insert and by the conflict check, which bind the same arrays.
-fn shape(imbalance: bool) -> (&'static str, &'static str) {
-    if imbalance {
-        (
-            "open, high, low, close, volume, buy_ticks, sell_ticks, total_ticks, theta",
-            "unnest($1::timestamptz[], $2::int4[], $3::int4[], $4::int4[], $5::float8[], $6::float8[], $7::float8[], $8::float8[], $9::float8[], $10::int8[], $11::int8[], $12::int8[], $13::float8[])",
-        )
-    } else {
-        (
-            "open, high, low, close, volume",
-            "unnest($1::timestamptz[], $2::int4[], $3::int4[], $4::int4[], $5::float8[], $6::float8[], $7::float8[], $8::float8[], $9::float8[])",
-        )
-    }
-}
-
-/// `INSERT` of one fact table's unnested arrays under `policy`.
-fn insert_sql(schema: &str, table: &str, imbalance: bool, policy: ConflictPolicy) -> String {
-    let (values, unnest) = shape(imbalance);
-    let on_conflict = match policy {
-        ConflictPolicy::FirstWins => "ON CONFLICT DO NOTHING".to_string(),
-        ConflictPolicy::LastWins => format!(
-            "ON CONFLICT (time, symbol_id, exchange_id, interval_id) DO UPDATE \
-             SET ({values}) = ({excluded}) WHERE ({stored}) IS DISTINCT FROM ({excluded})",
-            excluded = prefixed("EXCLUDED.", values),
-            stored = prefixed("t.", values),
-        ),
-    };
-    format!(
-        "INSERT INTO {schema}.{table} AS t (time, symbol_id, exchange_id, interval_id, {values}) \
-         SELECT * FROM {unnest} {on_conflict}"
-    )
-}
-
-/// `a, b` → `p.a, p.b`.
-fn prefixed(p: &str, columns: &str) -> String {
-    columns
-        .split(", ")
-        .map(|c| format!("{p}{c}"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-/// A fact key as PostgreSQL stores it: the time in microseconds since
-/// 2000-01-01, truncated toward zero as tokio-postgres converts it, and the
-/// three dimension IDs. Two records that differ only below a microsecond are
-/// the same key to the database.
-type StoredKey = (i64, i32, i32, i32);
-
-fn stored_micros(ts: i64) -> i64 {
-    const PG_EPOCH_NS: i64 = 946_684_800 * 1_000_000_000;
-    (ts - PG_EPOCH_NS) / 1000
-}
-
-/// Column arrays of one fact table.
-#[derive(Default)]
-struct Columns {
-    time: Vec<SystemTime>,
-    symbol: Vec<i32>,
-    exchange: Vec<i32>,
-    interval: Vec<i32>,
-    open: Vec<f64>,
-    high: Vec<f64>,
-    low: Vec<f64>,
-    close: Vec<f64>,
-    volume: Vec<f64>,
-    buy: Vec<i64>,
-    sell: Vec<i64>,
-    total: Vec<i64>,
-    theta: Vec<f64>,
-    /// Batch index of each row.
-    rows: Vec<usize>,
-    /// `last_wins` only: the row of each key so far, so that a later record
-    /// of the key replaces it in place.
-    by_key: Option<std::collections::HashMap<StoredKey, usize>>,
-}
-
-impl Columns {
-    fn new(policy: ConflictPolicy) -> Columns {
-        Columns {
-            by_key: (policy == ConflictPolicy::LastWins).then(Default::default),
-            ..Default::default()
-        }
-    }
-
-    /// Appends record `i` (a bar or a kline) with its dimension IDs, or,
-    /// under `last_wins`, overwrites the row of its key.
-    fn put(&mut self, i: usize, r: &Record, ids: (i32, i32, i32)) {
-        let ts = match r {
-            Record::Bar(b) => b.ts,
-            Record::Kline(k) => k.ts,
-            _ => return,
-        };
-        let at = match &mut self.by_key {
-            Some(m) => {
-                let n = self.rows.len();
-                *m.entry((stored_micros(ts), ids.0, ids.1, ids.2))
-                    .or_insert(n)
-            }
-            None => self.rows.len(),
-        };
-        if at == self.rows.len() {
-            self.rows.push(i);
-            self.time.push(time(ts));
-            self.symbol.push(ids.0);
-            self.exchange.push(ids.1);
-            self.interval.push(ids.2);
-            self.open.push(0.0);
-            self.high.push(0.0);
-            self.low.push(0.0);
-            self.close.push(0.0);
-            self.volume.push(0.0);
-            if matches!(r, Record::Bar(_)) {
-                self.buy.push(0);
-                self.sell.push(0);
-                self.total.push(0);
-                self.theta.push(0.0);
-            }
-        } else {
-            self.rows[at] = i;
-            // Same stored key; keep the later record's exact time too.
-            self.time[at] = time(ts);
-        }
-        match r {
-            Record::Bar(b) => {
-                self.open[at] = b.open;
-                self.high[at] = b.high;
-                self.low[at] = b.low;
-                self.close[at] = b.close;
-                self.volume[at] = b.volume;
-                self.buy[at] = b.buy_ticks as i64;
-                self.sell[at] = b.sell_ticks as i64;
-                self.total[at] = b.total_ticks as i64;
-                self.theta[at] = b.theta;
-            }
-            Record::Kline(k) => {
-                self.open[at] = k.open;
-                self.high[at] = k.high;
-                self.low[at] = k.low;
-                self.close[at] = k.close;
-                self.volume[at] = k.volume;
-            }
-            _ => {}
-        }
-    }
 }
 
 impl TimescaleSink {
@@ -329,81 +164,50 @@ impl TimescaleSink {
         idx: &[usize],
     ) -> Result<Vec<(usize, String)>, TimescaleError> {
         self.resolve(batch, idx).await?;
-        let mut tables: Vec<(&'static str, bool, Columns)> = Vec::new();
-        for &i in idx {
-            let (table, imbalance) = match &batch[i] {
-                Record::Bar(b) => (bar_table(b.kind), true),
-                Record::Kline(_) => ("bar__kline", false),
-                _ => continue,
-            };
-            let pos = match tables.iter().position(|(t, _, _)| *t == table) {
-                Some(p) => p,
-                None => {
-                    let policy = self.cfg.conflict.of(table);
-                    tables.push((table, imbalance, Columns::new(policy)));
-                    tables.len() - 1
-                }
-            };
-            let (s, e, iv) = keys(&batch[i]).unwrap();
-            let id = |d, v: &str| self.cache.get(d, v).expect("resolved above");
-            let ids = (
-                id(Dim::Symbol, s),
-                id(Dim::Exchange, e),
-                id(Dim::Interval, iv),
-            );
-            tables[pos].2.put(i, &batch[i], ids);
-        }
-        let schema = self.cfg.schema.clone();
+        let cache = &self.cache;
+        let conflict = &self.cfg.conflict;
+        let tables = build(
+            batch,
+            idx,
+            |table| conflict.of(table),
+            |s, e, iv| {
+                // `resolve` above either resolved every key or failed: a
+                // record skipped here would count as written unseen.
+                let id = |d, v: &str| cache.get(d, v).expect("resolved above");
+                Some((
+                    id(Dim::Symbol, s),
+                    id(Dim::Exchange, e),
+                    id(Dim::Interval, iv),
+                ))
+            },
+        );
+        let schema = &self.cfg.schema;
         let timeout = self.cfg.statement_timeout_ms;
         let client = self.client.as_mut().expect("connected");
         let tx = deadline(timeout, "begin", client.transaction()).await?;
-        let statements: Vec<(String, Vec<&(dyn ToSql + Sync)>)> = tables
+        let statements: Vec<String> = tables
             .iter()
-            .map(|(table, imbalance, c)| {
-                let sql = insert_sql(&schema, table, *imbalance, self.cfg.conflict.of(table));
-                let mut params: Vec<&(dyn ToSql + Sync)> = vec![
-                    &c.time,
-                    &c.symbol,
-                    &c.exchange,
-                    &c.interval,
-                    &c.open,
-                    &c.high,
-                    &c.low,
-                    &c.close,
-                    &c.volume,
-                ];
-                if *imbalance {
-                    params.extend([&c.buy as &(dyn ToSql + Sync), &c.sell, &c.total, &c.theta]);
-                }
-                (sql, params)
-            })
+            .map(|t| t.table.insert_sql(schema, conflict.of(t.table.name)))
             .collect();
+        let params: Vec<_> = tables.iter().map(|t| t.params()).collect();
         // Pipelined: all inserts are in flight at once on the one connection.
         let inserts = statements
             .iter()
+            .zip(&params)
             .map(|(sql, params)| tx.execute(sql.as_str(), params));
         let inserted = deadline(timeout, "insert facts", async {
             futures_util::future::try_join_all(inserts).await
         })
         .await?;
         let mut conflicts = Vec::new();
-        for (((table, imbalance, c), (_, params)), n) in
-            tables.iter().zip(&statements).zip(&inserted)
-        {
+        for ((rows, params), n) in tables.iter().zip(&params).zip(&inserted) {
             // Under last_wins a short count means identical rows: nothing to
             // report.
-            if *n as usize == c.rows.len() || c.by_key.is_some() {
+            if *n as usize == rows.len() || rows.dedups() {
                 continue;
             }
-            let (values, unnest) = shape(*imbalance);
-            let sql = format!(
-                "SELECT k.ord FROM {unnest} \
-                 WITH ORDINALITY AS k(time, symbol_id, exchange_id, interval_id, {values}, ord) \
-                 JOIN {schema}.{table} t USING (time, symbol_id, exchange_id, interval_id) \
-                 WHERE (t.{cols_t}) IS DISTINCT FROM (k.{cols_k})",
-                cols_t = values.replace(", ", ", t."),
-                cols_k = values.replace(", ", ", k."),
-            );
+            let table = rows.table.name;
+            let sql = rows.table.conflict_sql(schema);
             let differing = deadline(
                 timeout,
                 "compare conflicting facts",
@@ -412,7 +216,7 @@ impl TimescaleSink {
             .await?;
             for row in differing {
                 let ord: i64 = row.get(0);
-                let i = c.rows[(ord - 1) as usize];
+                let i = rows.rows[(ord - 1) as usize];
                 let (s, e, iv) = keys(&batch[i]).expect("a fact record");
                 conflicts.push((
                     i,
@@ -523,7 +327,7 @@ impl TimescaleSink {
         self.dead
             .put_many_async("timescale", items, self.attempts)
             .await
-            .map_err(|e| TimescaleError::Wal(e.to_string()))?;
+            .map_err(TimescaleError::Wal)?;
         for (i, reason) in &rejected {
             tracing::warn!(sink = "timescale", kind = %batch[*i].kind(), reason = %reason, "record dead-lettered");
         }
@@ -568,83 +372,5 @@ impl Sink for TimescaleSink {
                 })
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::record::Kline;
-
-    fn kline(ts: i64, close: f64) -> Record {
-        Record::Kline(Kline {
-            venue: "OKX".into(),
-            symbol: "BTCUSDT".into(),
-            interval: "1m".into(),
-            ts,
-            open: 1.0,
-            high: 2.0,
-            low: 0.5,
-            close,
-            volume: 10.0,
-        })
-    }
-
-    #[test]
-    fn statements_per_policy() {
-        let first = insert_sql("mart", "bar__kline", false, ConflictPolicy::FirstWins);
-        assert!(first.ends_with("ON CONFLICT DO NOTHING"), "{first}");
-        let last = insert_sql("mart", "bar__kline", false, ConflictPolicy::LastWins);
-        assert!(
-            last.ends_with(
-                "ON CONFLICT (time, symbol_id, exchange_id, interval_id) DO UPDATE \
-                 SET (open, high, low, close, volume) = (EXCLUDED.open, EXCLUDED.high, EXCLUDED.low, EXCLUDED.close, EXCLUDED.volume) \
-                 WHERE (t.open, t.high, t.low, t.close, t.volume) IS DISTINCT FROM (EXCLUDED.open, EXCLUDED.high, EXCLUDED.low, EXCLUDED.close, EXCLUDED.volume)"
-            ),
-            "{last}"
-        );
-        let bars = insert_sql("m", "bar__vpin", true, ConflictPolicy::LastWins);
-        assert!(
-            bars.contains("EXCLUDED.theta") && bars.starts_with("INSERT INTO m.bar__vpin AS t"),
-            "{bars}"
-        );
-    }
-
-    #[test]
-    fn stored_key_is_postgres_microseconds_truncated_toward_zero() {
-        // tokio-postgres sends (time - 2000-01-01) in whole microseconds,
-        // truncated toward zero on both sides of that epoch.
-        let pg_epoch = 946_684_800 * 1_000_000_000i64;
-        assert_eq!(stored_micros(pg_epoch), 0);
-        assert_eq!(stored_micros(pg_epoch + 1_999), 1);
-        assert_eq!(stored_micros(pg_epoch - 1_999), -1);
-        assert_eq!(stored_micros(0), -946_684_800_000_000);
-        assert_eq!(
-            stored_micros(1_700_000_000_000_000_999),
-            stored_micros(1_700_000_000_000_000_000)
-        );
-    }
-
-    #[test]
-    fn last_wins_keeps_one_row_per_stored_key_and_first_wins_keeps_all() {
-        let t = 1_700_000_000_000_000_000;
-        let batch = [
-            kline(t, 1.0),
-            kline(t + 60_000_000_000, 5.0),
-            kline(t + 999, 2.0),
-            kline(t + 1_000, 3.0),
-        ];
-        let mut last = Columns::new(ConflictPolicy::LastWins);
-        let mut first = Columns::new(ConflictPolicy::FirstWins);
-        for (i, r) in batch.iter().enumerate() {
-            last.put(i, r, (1, 2, 3));
-            first.put(i, r, (1, 2, 3));
-        }
-        // t and t+999 ns are one key at microsecond precision: record 2 replaced record 0.
-        assert_eq!(last.rows, vec![2, 1, 3]);
-        assert_eq!(last.close, vec![2.0, 5.0, 3.0]);
-        assert_eq!(last.time.len(), 3);
-        assert_eq!(first.rows, vec![0, 1, 2, 3]);
-        assert_eq!(first.close, vec![1.0, 5.0, 2.0, 3.0]);
     }
 }

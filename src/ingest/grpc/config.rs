@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use crate::config::Routes;
 use crate::record::BarKind;
+use crate::routes::Routes;
 
 /// One subscription line of the config: a venue, a data type and symbols.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
