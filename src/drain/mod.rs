@@ -14,6 +14,7 @@
 
 pub mod drainer;
 pub mod retry;
+pub(crate) mod verdict;
 
 use std::future::Future;
 use std::time::Duration;

@@ -27,6 +27,7 @@ use super::config::{Destination, InfluxConfig};
 use super::encode::encode;
 use super::error::InfluxError;
 use crate::drain::retry::Shrink;
+use crate::drain::verdict::Found;
 use crate::drain::{Delivery, ErrorClass, Sink, SinkFailure};
 use crate::record::{Record, RecordKind};
 use crate::routes::Routes;
@@ -43,21 +44,6 @@ pub struct InfluxSink {
     shrink: Shrink,
     /// Most lines the last delivery put in one request.
     attempted: usize,
-}
-
-/// Unclassified errors on single lines tolerated while nothing of the
-/// delivery was written, before they are taken as configuration.
-const MAX_SUSPECTS_WITHOUT_WRITES: usize = 8;
-
-/// What the bisection of one delivery found.
-#[derive(Default)]
-struct Found {
-    /// Lines refused for a data reason, with it.
-    rejected: Vec<(usize, String)>,
-    /// Lines refused alone with an unclassified status.
-    suspects: Vec<(usize, InfluxError)>,
-    /// Lines written.
-    written: usize,
 }
 
 impl InfluxSink {
@@ -102,7 +88,7 @@ impl InfluxSink {
         dest: &'a (String, String, String),
         batch: &'a [Record],
         idx: &'a [usize],
-        found: &'a mut Found,
+        found: &'a mut Found<InfluxError>,
     ) -> Pin<Box<dyn Future<Output = Result<(), InfluxError>> + Send + 'a>> {
         Box::pin(async move {
             let mut body = Vec::with_capacity(idx.len() * 120);
@@ -132,11 +118,7 @@ impl InfluxSink {
                 }
                 Err(e) if e.is_unclassified() => {
                     // Everything fails alike: no line to blame, stop here.
-                    if found.written == 0 && found.suspects.len() >= MAX_SUSPECTS_WITHOUT_WRITES {
-                        return Err(e);
-                    }
-                    found.suspects.push((idx[0], e));
-                    Ok(())
+                    found.suspect(idx[0], e)
                 }
                 Err(e) => Err(e),
             }
@@ -183,40 +165,12 @@ impl InfluxSink {
                 start = end;
             }
         }
-        let Found {
-            mut rejected,
-            suspects,
-            written,
-        } = found;
-        if let Some((_, first)) = suspects.first() {
-            if written == 0 {
-                // It hit every line it met: not about the data.
-                let (_, e) = suspects.into_iter().next().expect("first exists");
-                return Err(e);
-            }
-            tracing::warn!(sink = "influx", lines = suspects.len(), written, error = %first, "an unclassified error hit single lines while the rest were written: dead-lettering them");
-            rejected.extend(suspects.into_iter().map(|(i, e)| {
-                (
-                    i,
-                    format!("{e} (a status of unknown class that refused this line alone while {written} others of its batch were written)"),
-                )
-            }));
-        }
-        // One atomic write and one flush for the delivery, off the async workers.
-        let items: Vec<(Record, String)> = rejected
-            .iter()
-            .map(|(i, reason)| (batch[*i].clone(), reason.clone()))
-            .collect();
-        self.dead
-            .put_many_async("influx", items, self.attempts)
-            .await
-            .map_err(InfluxError::DeadLetter)?;
-        for (i, reason) in &rejected {
-            tracing::warn!(sink = "influx", kind = %batch[*i].kind(), reason = %reason, "record dead-lettered");
-        }
+        let dead_lettered = found
+            .settle("influx", batch, &self.dead, self.attempts)
+            .await?;
         Ok(Delivery {
-            written: total - rejected.len(),
-            dead_lettered: rejected.len(),
+            written: total - dead_lettered,
+            dead_lettered,
         })
     }
 }

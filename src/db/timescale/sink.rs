@@ -48,6 +48,7 @@ use super::error::TimescaleError;
 use super::rows::{build, dim_names as keys};
 use super::schema::ensure;
 use crate::drain::retry::Shrink;
+use crate::drain::verdict::Found;
 use crate::drain::{Delivery, ErrorClass, Sink, SinkFailure};
 use crate::record::{Record, RecordKind};
 use crate::wal::{DeadLetters, Meta};
@@ -64,21 +65,6 @@ pub struct TimescaleSink {
     shrink: Shrink,
     /// Most rows the last delivery put in one transaction.
     attempted: usize,
-}
-
-/// Unclassified errors on single records, tolerated while nothing of the
-/// delivery was written before they are taken as configuration.
-const MAX_SUSPECTS_WITHOUT_WRITES: usize = 8;
-
-/// What the bisection of one delivery found.
-#[derive(Default)]
-struct Found {
-    /// Records refused for a data reason, with it.
-    rejected: Vec<(usize, String)>,
-    /// Records refused alone with an unclassified error.
-    suspects: Vec<(usize, TimescaleError)>,
-    /// Records written.
-    written: usize,
 }
 
 impl TimescaleSink {
@@ -234,7 +220,7 @@ impl TimescaleSink {
         &'a mut self,
         batch: &'a [Record],
         idx: &'a [usize],
-        found: &'a mut Found,
+        found: &'a mut Found<TimescaleError>,
     ) -> Pin<Box<dyn Future<Output = Result<(), TimescaleError>> + Send + 'a>> {
         Box::pin(async move {
             let mut result = self.write_rows(batch, idx).await;
@@ -277,11 +263,7 @@ impl TimescaleSink {
                 }
                 Err(e) if e.is_unclassified() => {
                     // Everything fails alike: no record to blame, stop here.
-                    if found.written == 0 && found.suspects.len() >= MAX_SUSPECTS_WITHOUT_WRITES {
-                        return Err(e);
-                    }
-                    found.suspects.push((idx[0], e));
-                    Ok(())
+                    found.suspect(idx[0], e)
                 }
                 Err(e) => Err(e),
             }
@@ -299,41 +281,12 @@ impl TimescaleSink {
         for chunk in idx.chunks(rows) {
             self.write_part(batch, chunk, &mut found).await?;
         }
-        let Found {
-            mut rejected,
-            suspects,
-            written,
-        } = found;
-        if let Some((_, first)) = suspects.first() {
-            if written == 0 {
-                // It hit every record it met: not about the data. Unhealthy
-                // (configuration) until an operator looks.
-                let (_, e) = suspects.into_iter().next().expect("first exists");
-                return Err(e);
-            }
-            tracing::warn!(sink = "timescale", records = suspects.len(), written, error = %first, "an unclassified error hit single records while the rest were written: dead-lettering them");
-            rejected.extend(suspects.into_iter().map(|(i, e)| {
-                (
-                    i,
-                    format!("{e} (an error of unknown class that refused this record alone while {written} others of its batch were written)"),
-                )
-            }));
-        }
-        // One atomic write and one flush for the delivery, off the async workers.
-        let items: Vec<(Record, String)> = rejected
-            .iter()
-            .map(|(i, reason)| (batch[*i].clone(), reason.clone()))
-            .collect();
-        self.dead
-            .put_many_async("timescale", items, self.attempts)
-            .await
-            .map_err(TimescaleError::Wal)?;
-        for (i, reason) in &rejected {
-            tracing::warn!(sink = "timescale", kind = %batch[*i].kind(), reason = %reason, "record dead-lettered");
-        }
+        let dead_lettered = found
+            .settle("timescale", batch, &self.dead, self.attempts)
+            .await?;
         Ok(Delivery {
-            written: idx.len() - rejected.len(),
-            dead_lettered: rejected.len(),
+            written: idx.len() - dead_lettered,
+            dead_lettered,
         })
     }
 }
