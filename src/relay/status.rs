@@ -31,6 +31,8 @@ pub struct LogStatus {
     pub quarantined_frames: u64,
     /// The last append was refused because the log was full (under
     /// `when_full = "block"`); false again once an append is accepted.
+    /// Absent from older relays' `/status`, hence the default.
+    #[serde(default)]
     pub refusing_full: bool,
     /// Bytes held by dead letters (all sinks) and their bound.
     pub dead_letter_bytes: u64,
