@@ -173,22 +173,12 @@ fn a_full_disk_is_503_with_retry_after_and_ready_says_why() {
         config.wal.min_free_bytes = MIN_FREE;
         config.wal.segment_bytes = 1024 * 1024;
         config.ingest.token = Some(Secret::new("s3cret"));
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(walrelay::relay::serve(config, listener, async move {
-            let _ = stopped.await;
-        }));
+        let relay = common::relay::ServedRelay::start(config).await;
+        let url = relay.url.clone();
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             .build()
             .unwrap();
-        for _ in 0..200 {
-            if client.get(format!("{url}/health")).send().await.is_ok() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
         let write = |i: u64| {
             client
                 .post(format!("{url}/api/v2/write?org=o&bucket=b&precision=ns"))
@@ -236,8 +226,7 @@ fn a_full_disk_is_503_with_retry_after_and_ready_says_why() {
             .unwrap();
         assert_eq!(v["log"]["appended_records"], 2, "the refused write appended nothing");
         drop(client);
-        let _ = stop.send(());
-        task.await.unwrap().unwrap();
+        relay.stop().await.unwrap();
     });
 }
 

@@ -135,22 +135,12 @@ fn a_failed_log_answers_503_and_says_why_on_ready_status_and_the_cli() {
         let mut config = Config::default();
         config.wal.dir = dir.path().join("wal");
         config.ingest.token = Some(Secret::new("s3cret"));
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(walrelay::relay::serve(config, listener, async move {
-            let _ = stopped.await;
-        }));
+        let relay = common::relay::ServedRelay::start(config).await;
+        let url = relay.url.clone();
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             .build()
             .unwrap();
-        for _ in 0..200 {
-            if client.get(format!("{url}/health")).send().await.is_ok() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
         let write = |line: String| {
             client
                 .post(format!("{url}/api/v2/write?org=o&bucket=b&precision=ns"))
@@ -247,9 +237,8 @@ fn a_failed_log_answers_503_and_says_why_on_ready_status_and_the_cli() {
         );
 
         drop(client); // no idle keep-alive connection delays the shutdown
-        let _ = stop.send(());
-        // The closing flush fails too: the relay exits with the reason.
-        let closed = task.await.unwrap();
+                      // The closing flush fails too: the relay exits with the reason.
+        let closed = relay.stop().await;
         assert!(
             matches!(
                 closed,

@@ -418,22 +418,12 @@ async fn a_dead_letter_flood_through_the_relay_stays_within_its_bound_and_is_cou
     config.wal.dead_letter_max_bytes = BUDGET;
     config.ingest.token = Some(walrelay::config::Secret::new("s3cret"));
     config.influx = Some(InfluxConfig::new(proxy.url(), "org", "bucket"));
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(walrelay::relay::serve(config, listener, async move {
-        let _ = stopped.await;
-    }));
+    let relay = common::relay::ServedRelay::start(config).await;
+    let url = relay.url.clone();
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()
         .unwrap();
-    for _ in 0..200 {
-        if client.get(format!("{url}/health")).send().await.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
     // 5 requests of 100 lines: 80 poison and 20 good lines each.
     let (mut poison, mut good) = (0u64, 0u64);
     for r in 0..5u64 {
@@ -513,6 +503,5 @@ async fn a_dead_letter_flood_through_the_relay_stays_within_its_bound_and_is_cou
     let landed = vm.sample_set("trades_price").await.len() as u64;
     assert_eq!(landed, good, "every good line landed once");
     drop(client);
-    let _ = stop.send(());
-    task.await.unwrap().unwrap();
+    relay.stop().await.unwrap();
 }

@@ -6,4 +6,5 @@ pub mod collector;
 pub mod pg;
 pub mod proxy;
 pub mod records;
+pub mod relay;
 pub mod vm;
