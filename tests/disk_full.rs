@@ -88,19 +88,7 @@ impl Drop for Tmpfs {
     }
 }
 
-use common::records::trade;
-
-fn ids(wal: &Wal) -> Vec<u64> {
-    wal.read_after(0, usize::MAX)
-        .unwrap()
-        .iter()
-        .flat_map(|f| &f.records)
-        .map(|r| match r {
-            Record::Trade(t) => t.trade_id.parse().unwrap(),
-            other => panic!("{other:?}"),
-        })
-        .collect()
-}
+use common::records::{trade, trade_ids as ids};
 
 #[test]
 fn a_nearly_full_disk_refuses_appends_keeps_draining_and_recovers_when_space_frees() {

@@ -16,22 +16,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use walrelay::config::{Config, Secret};
-use walrelay::record::Record;
 use walrelay::wal::{Durability, Wal, WalConfig, WalError};
 
-use common::records::trade;
-
-fn ids(wal: &Wal) -> Vec<u64> {
-    wal.read_after(0, usize::MAX)
-        .unwrap()
-        .iter()
-        .flat_map(|f| &f.records)
-        .map(|r| match r {
-            Record::Trade(t) => t.trade_id.parse().unwrap(),
-            other => panic!("{other:?}"),
-        })
-        .collect()
-}
+use common::records::{trade, trade_ids as ids};
 
 #[test]
 fn a_failed_fdatasync_stops_acknowledgements_until_restart() {

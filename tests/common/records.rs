@@ -44,3 +44,17 @@ pub fn market_trade(i: u64, symbol: &str, ts: i64, price: f64, quantity: f64) ->
         trade_id: (5_000_000_000 + i).to_string(),
     })
 }
+
+/// The trade ids (numeric, as `trade` makes them) of every record in the
+/// log, in log order.
+pub fn trade_ids(wal: &walrelay::Wal) -> Vec<u64> {
+    wal.read_after(0, usize::MAX)
+        .unwrap()
+        .iter()
+        .flat_map(|f| &f.records)
+        .map(|r| match r {
+            Record::Trade(t) => t.trade_id.parse().unwrap(),
+            other => panic!("{other:?}"),
+        })
+        .collect()
+}
