@@ -137,7 +137,7 @@ fn limit(c: &mut Criterion) {
     });
     // The file is kept ahead of the writes; writes wrap around within it.
     const AHEAD: u64 = 256 * 1024 * 1024;
-    for mode in ["set_len", "fallocate", "overwrite"] {
+    for mode in ["set_len", "fallocate", "keep_size", "overwrite"] {
         let id = format!("{mode}_fdatasync");
         g.bench_function(&id, |b| {
             use std::os::unix::fs::FileExt;
@@ -157,6 +157,15 @@ fn limit(c: &mut Criterion) {
                     let r = unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, AHEAD as i64) };
                     assert_eq!(r, 0, "fallocate: {}", std::io::Error::last_os_error());
                 }
+                "keep_size" => {
+                    // SAFETY: a valid descriptor; KEEP_SIZE allocates blocks
+                    // past the end without changing the file's size, so the
+                    // writes below still grow it (what sled's file would see).
+                    let r = unsafe {
+                        libc::fallocate(f.as_raw_fd(), libc::FALLOC_FL_KEEP_SIZE, 0, AHEAD as i64)
+                    };
+                    assert_eq!(r, 0, "fallocate: {}", std::io::Error::last_os_error());
+                }
                 _ => {
                     let zeros = vec![0u8; 1 << 20];
                     for _ in 0..AHEAD >> 20 {
@@ -171,6 +180,21 @@ fn limit(c: &mut Criterion) {
                 for _ in 0..iters * chunks_per_iter as u64 {
                     if at + chunk.len() as u64 > AHEAD {
                         at = 0;
+                        if mode == "keep_size" {
+                            // Start growing again: an overwrite would not
+                            // measure what a growing file costs.
+                            f.set_len(0).unwrap();
+                            // SAFETY: as above.
+                            let r = unsafe {
+                                libc::fallocate(
+                                    f.as_raw_fd(),
+                                    libc::FALLOC_FL_KEEP_SIZE,
+                                    0,
+                                    AHEAD as i64,
+                                )
+                            };
+                            assert_eq!(r, 0, "fallocate: {}", std::io::Error::last_os_error());
+                        }
                     }
                     f.write_all_at(&chunk, at).unwrap();
                     at += chunk.len() as u64;

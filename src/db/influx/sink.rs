@@ -19,6 +19,7 @@
 //! identical points.
 
 use std::future::Future;
+use std::ops::Range;
 use std::pin::Pin;
 use std::time::Duration;
 
@@ -69,43 +70,44 @@ impl InfluxSink {
         })
     }
 
-    fn destination(&self, r: &Record) -> (String, String, String) {
-        let (d, _) = match r.venue() {
-            Some(v) => self.routes.resolve(v, r.kind().data_type()),
-            None => (self.routes.default(), String::new()),
+    /// Where `r` goes: (url, org, bucket), borrowed from the configuration.
+    fn destination(&self, r: &Record) -> Dest<'_> {
+        let d = match r.venue() {
+            Some(v) => self.routes.resolve(v, r.kind().data_type()).0,
+            None => self.routes.default(),
         };
         (
-            d.url.clone().unwrap_or_else(|| self.config.url.clone()),
-            d.org.clone().unwrap_or_else(|| self.config.org.clone()),
-            d.bucket.clone(),
+            d.url.as_deref().unwrap_or(&self.config.url),
+            d.org.as_deref().unwrap_or(&self.config.org),
+            &d.bucket,
         )
     }
 
-    /// Writes `idx` (indices into `batch`) to one destination, bisecting on
-    /// data errors; records rejected on their own go to `found`.
+    /// Writes lines `range` of `lines` to one destination, bisecting on data
+    /// errors; records rejected on their own go to `found`.
     fn write_part<'a>(
         &'a self,
-        dest: &'a (String, String, String),
-        batch: &'a [Record],
-        idx: &'a [usize],
+        dest: Dest<'a>,
+        lines: &'a Lines,
+        range: Range<usize>,
         found: &'a mut Found<InfluxError>,
     ) -> Pin<Box<dyn Future<Output = Result<(), InfluxError>> + Send + 'a>> {
         Box::pin(async move {
-            let mut body = Vec::with_capacity(idx.len() * 120);
-            for &i in idx {
-                encode(&batch[i], &mut body);
-            }
-            match self.client.write(&dest.0, &dest.1, &dest.2, &body).await {
+            let n = range.len();
+            match self
+                .client
+                .write(dest.0, dest.1, dest.2, lines.body(range.clone()))
+                .await
+            {
                 Ok(()) => {
-                    found.written += idx.len();
+                    found.written += n;
                     Ok(())
                 }
-                Err(e)
-                    if (e.class() == ErrorClass::Data || e.is_unclassified()) && idx.len() > 1 =>
-                {
-                    let (a, b) = idx.split_at(idx.len() / 2);
-                    self.write_part(dest, batch, a, found).await?;
-                    self.write_part(dest, batch, b, found).await
+                Err(e) if (e.class() == ErrorClass::Data || e.is_unclassified()) && n > 1 => {
+                    let mid = range.start + n / 2;
+                    self.write_part(dest, lines, range.start..mid, found)
+                        .await?;
+                    self.write_part(dest, lines, mid..range.end, found).await
                 }
                 Err(e) if e.class() == ErrorClass::Data => {
                     let reason = if e.is_too_large() {
@@ -113,56 +115,50 @@ impl InfluxSink {
                     } else {
                         e.to_string()
                     };
-                    found.rejected.push((idx[0], reason));
+                    found.rejected.push((lines.record[range.start], reason));
                     Ok(())
                 }
                 Err(e) if e.is_unclassified() => {
                     // Everything fails alike: no line to blame, stop here.
-                    found.suspect(idx[0], e)
+                    found.suspect(lines.record[range.start], e)
                 }
                 Err(e) => Err(e),
             }
         })
     }
 
-    async fn deliver_inner(&mut self, batch: &[Record]) -> Result<Delivery, InfluxError> {
-        // Group by destination, keeping log order within each.
-        let mut groups: Vec<((String, String, String), Vec<usize>)> = Vec::new();
+    /// `attempted` is set to the most lines put in one request.
+    async fn deliver_inner(
+        &self,
+        batch: &[Record],
+        attempted: &mut usize,
+    ) -> Result<Delivery, InfluxError> {
+        // Group by destination, keeping log order within each; every line is
+        // encoded once, and requests and bisection halves are slices of it.
+        let mut groups: Vec<(Dest<'_>, Lines)> = Vec::new();
         for (i, r) in batch.iter().enumerate() {
             if !self.accepts(r.kind()) {
                 continue;
             }
             let d = self.destination(r);
-            match groups.iter_mut().find(|(k, _)| *k == d) {
-                Some((_, v)) => v.push(i),
-                None => groups.push((d, vec![i])),
-            }
+            let at = match groups.iter().position(|(k, _)| *k == d) {
+                Some(at) => at,
+                None => {
+                    groups.push((d, Lines::default()));
+                    groups.len() - 1
+                }
+            };
+            groups[at].1.push(i, r);
         }
         let mut found = Found::default();
         let max_lines = self.shrink.limit(self.config.batch_max_lines);
-        self.attempted = 0;
+        *attempted = 0;
         let mut total = 0;
-        for (dest, idx) in &groups {
-            total += idx.len();
-            // Requests within the configured limits.
-            let mut start = 0;
-            while start < idx.len() {
-                let mut end = start;
-                let mut bytes = 0;
-                let mut scratch = Vec::new();
-                while end < idx.len() && end - start < max_lines {
-                    scratch.clear();
-                    encode(&batch[idx[end]], &mut scratch);
-                    if end > start && bytes + scratch.len() > self.config.batch_max_bytes {
-                        break;
-                    }
-                    bytes += scratch.len();
-                    end += 1;
-                }
-                self.attempted = self.attempted.max(end - start);
-                self.write_part(dest, batch, &idx[start..end], &mut found)
-                    .await?;
-                start = end;
+        for (dest, lines) in &groups {
+            total += lines.record.len();
+            for range in lines.requests(max_lines, self.config.batch_max_bytes) {
+                *attempted = (*attempted).max(range.len());
+                self.write_part(*dest, lines, range, &mut found).await?;
             }
         }
         let dead_lettered = found
@@ -172,6 +168,115 @@ impl InfluxSink {
             written: total - dead_lettered,
             dead_lettered,
         })
+    }
+}
+
+/// (url, org, bucket) of one request.
+type Dest<'a> = (&'a str, &'a str, &'a str);
+
+/// The lines of one destination, encoded once: line `k` is record
+/// `record[k]` of the batch and ends at `end[k]` in `buf`.
+#[derive(Default)]
+struct Lines {
+    buf: Vec<u8>,
+    end: Vec<usize>,
+    record: Vec<usize>,
+}
+
+impl Lines {
+    fn push(&mut self, i: usize, r: &Record) {
+        encode(r, &mut self.buf);
+        self.end.push(self.buf.len());
+        self.record.push(i);
+    }
+
+    /// The bytes of lines `range`, contiguous in `buf`.
+    fn body(&self, range: Range<usize>) -> &[u8] {
+        let from = match range.start {
+            0 => 0,
+            k => self.end[k - 1],
+        };
+        &self.buf[from..self.end[range.end - 1]]
+    }
+
+    /// Consecutive requests of at most `max_lines` lines and `max_bytes`
+    /// bytes (a single longer line goes alone; the server judges it).
+    fn requests(&self, max_lines: usize, max_bytes: usize) -> Vec<Range<usize>> {
+        let mut out = Vec::new();
+        let mut start = 0;
+        while start < self.end.len() {
+            let mut end = start;
+            let mut bytes = 0;
+            while end < self.end.len() && end - start < max_lines.max(1) {
+                let len = self.body(end..end + 1).len();
+                if end > start && bytes + len > max_bytes {
+                    break;
+                }
+                bytes += len;
+                end += 1;
+            }
+            out.push(start..end);
+            start = end;
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{Record, Trade};
+
+    fn lines(n: usize) -> Lines {
+        let mut l = Lines::default();
+        for i in 0..n {
+            l.push(
+                i * 2,
+                &Record::Trade(Trade {
+                    venue: "binance".into(),
+                    symbol: format!("S{i}"),
+                    side: "buy".into(),
+                    price: 1.5,
+                    quantity: 2.0,
+                    trade_id: format!("{i}"),
+                    ts: 1_700_000_000_000_000_000 + i as i64,
+                }),
+            );
+        }
+        l
+    }
+
+    #[test]
+    fn each_line_is_its_own_slice_and_ranges_are_contiguous() {
+        let l = lines(5);
+        let all = std::str::from_utf8(l.body(0..5)).unwrap();
+        assert_eq!(all.lines().count(), 5);
+        for k in 0..5 {
+            let one = std::str::from_utf8(l.body(k..k + 1)).unwrap();
+            assert_eq!(one.matches('\n').count(), 1, "{one}");
+            assert!(one.contains(&format!("symbol=S{k}")), "{one}");
+        }
+        assert_eq!(l.body(1..3).len(), l.body(1..2).len() + l.body(2..3).len());
+        assert_eq!(l.record, vec![0, 2, 4, 6, 8]);
+    }
+
+    #[test]
+    fn requests_respect_both_limits_and_cover_every_line_once() {
+        let l = lines(10);
+        let line = l.body(0..1).len();
+        // By lines.
+        let r = l.requests(4, usize::MAX);
+        assert_eq!(r, vec![0..4, 4..8, 8..10]);
+        // By bytes: room for two and a half lines means two per request.
+        let r = l.requests(100, line * 5 / 2);
+        assert_eq!(r.len(), 5);
+        for x in &r {
+            assert_eq!(x.len(), 2);
+            assert!(l.body(x.clone()).len() <= line * 5 / 2);
+        }
+        // A line longer than the byte limit still goes, alone.
+        let r = l.requests(100, 1);
+        assert_eq!(r, (0..10).map(|k| k..k + 1).collect::<Vec<_>>());
     }
 }
 
@@ -204,7 +309,10 @@ impl Sink for InfluxSink {
 
     async fn deliver(&mut self, batch: &[Record]) -> Result<Delivery, SinkFailure> {
         self.attempts += 1;
-        match self.deliver_inner(batch).await {
+        let mut attempted = 0;
+        let result = self.deliver_inner(batch, &mut attempted).await;
+        self.attempted = attempted;
+        match result {
             Ok(d) => {
                 self.attempts = 0;
                 self.shrink.succeeded(self.config.batch_max_lines);
