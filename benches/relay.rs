@@ -41,8 +41,18 @@ fn note(id: &str, n: u64, d: Duration) {
     e.1 += d;
 }
 
-fn spawn(conf: &Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_walrelay"))
+/// `WALRELAY_BENCH_WRAP` (e.g. `heaptrack -o /tmp/relay`) runs the relay of
+/// the ingest group under a profiler (its RSS line is then the wrapper's).
+fn spawn(conf: &Path, wrapped: bool) -> Child {
+    let bin = env!("CARGO_BIN_EXE_walrelay");
+    let wrap = match wrapped {
+        true => std::env::var("WALRELAY_BENCH_WRAP").unwrap_or_default(),
+        false => String::new(),
+    };
+    let mut argv: Vec<&str> = wrap.split_whitespace().collect();
+    argv.push(bin);
+    Command::new(argv[0])
+        .args(&argv[1..])
         .args(["run", "--config", conf.to_str().unwrap()])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
@@ -85,14 +95,21 @@ fn rss_kib(pid: u32) -> (u64, u64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
-/// `WALRELAY_BENCH_WAL_CACHE_BYTES` sets `wal.cache_bytes` of the relay under
-/// test, to measure RSS, ingest and delivery against the sled cache size in
-/// otherwise identical runs; unset, the default applies.
+/// `WALRELAY_BENCH_WAL_CACHE_BYTES` and `WALRELAY_BENCH_WAL_SEGMENT_BYTES`
+/// set `wal.cache_bytes` and `wal.segment_bytes` of the relay under test, to
+/// measure RSS, ingest and delivery against them in otherwise identical
+/// runs; unset, the defaults apply.
 fn config(dir: &Path, port: u16, influx: &str, pg: &str) -> std::path::PathBuf {
     let conf = dir.join("walrelay.toml");
-    let cache = std::env::var("WALRELAY_BENCH_WAL_CACHE_BYTES")
-        .map(|v| format!("cache_bytes = {v}\n"))
-        .unwrap_or_default();
+    let mut cache = String::new();
+    for (env, key) in [
+        ("WALRELAY_BENCH_WAL_CACHE_BYTES", "cache_bytes"),
+        ("WALRELAY_BENCH_WAL_SEGMENT_BYTES", "segment_bytes"),
+    ] {
+        if let Ok(v) = std::env::var(env) {
+            cache.push_str(&format!("{key} = {v}\n"));
+        }
+    }
     std::fs::write(
         &conf,
         format!(
@@ -113,7 +130,7 @@ fn ingest(c: &mut Criterion) {
     let port = vm::free_port();
     let url = format!("http://127.0.0.1:{port}");
     let conf = config(dir.path(), port, &vmserver.url(), &pg_url);
-    let mut relay = spawn(&conf);
+    let mut relay = spawn(&conf, true);
     wait_health(&url);
     const WRITERS: usize = 4;
     const REQUESTS: usize = 10;
@@ -214,11 +231,32 @@ fn ingest(c: &mut Criterion) {
         rss / 1024,
         hwm / 1024
     ));
+    if std::env::var_os("WALRELAY_BENCH_WRAP").is_some() {
+        // The wrapper's child is the relay: a graceful stop lets the
+        // profiler write its data.
+        let _ = Command::new("pkill")
+            .args([
+                "-TERM",
+                "-f",
+                &format!(
+                    "{} run --config {}",
+                    env!("CARGO_BIN_EXE_walrelay"),
+                    conf.display()
+                ),
+            ])
+            .status();
+        let _ = relay.wait();
+    }
     let _ = relay.kill();
     let _ = relay.wait();
 }
 
+/// Skipped when `WALRELAY_BENCH_INGEST_ONLY` is set (its setup writes a
+/// 10 M record log even when a filter excludes it).
 fn startup(c: &mut Criterion) {
+    if std::env::var_os("WALRELAY_BENCH_INGEST_ONLY").is_some() {
+        return;
+    }
     let dir = tempfile::TempDir::new().unwrap();
     let records = 10_000_000u64;
     let t = Instant::now();
@@ -289,7 +327,7 @@ fn startup(c: &mut Criterion) {
             let mut total = Duration::ZERO;
             for _ in 0..iters {
                 let t = Instant::now();
-                let mut relay = spawn(&conf);
+                let mut relay = spawn(&conf, false);
                 wait_health(&url);
                 total += t.elapsed();
                 let _ = relay.kill();
@@ -301,7 +339,7 @@ fn startup(c: &mut Criterion) {
     });
     g.finish();
     // Resident memory while the backlog waits and both sinks fail.
-    let mut relay = spawn(&conf);
+    let mut relay = spawn(&conf, false);
     wait_health(&url);
     std::thread::sleep(Duration::from_secs(5));
     let rt = tokio::runtime::Builder::new_current_thread()
