@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::record::Trade;
+use std::sync::atomic::Ordering;
 use tempfile::TempDir;
 
 pub(crate) fn trade(id: u64) -> Record {
