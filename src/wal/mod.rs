@@ -84,11 +84,12 @@
 //!    `block_timeout_ms` and then fails with [`WalError::Full`]; an append
 //!    larger than `max_bytes` fails with [`WalError::TooLarge`].
 //! 4. It hands the bytes to the writer thread (`writer.rs`), which takes
-//!    everything waiting (about 16 MiB at most), packs it record by record into frames
-//!    within `max_frame_records` and `max_frame_bytes` (one append may span
-//!    several frames of the same group), and writes all frames and the new
-//!    totals in one atomic sled batch. Under `drop_oldest`, the deletes of the
-//!    oldest frames that make room go into the same batch.
+//!    everything waiting (until about 16 MiB), packs it record by record
+//!    into frames within `max_frame_records` and `max_frame_bytes` (one
+//!    append may span several frames of the same group), and writes all
+//!    frames and the new totals in one atomic sled batch. Under
+//!    `drop_oldest`, the deletes of the oldest frames that make room go into
+//!    the same batch.
 //! 5. The writer then writes the kinds of the new frames to `frame_kinds` in a
 //!    second batch and settles the reservations.
 //! 6. `durability.rs` decides when the group is durable: under `sync` it

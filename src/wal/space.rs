@@ -8,18 +8,19 @@
 //!   once with [`WalError::TooLarge`]. The [`Reservation`] is settled into the
 //!   log totals by the commit that writes the append, or given back on drop.
 //! - Drop: under `when_full = "drop_oldest"` the commit that would overshoot
-//!   deletes the oldest frames in its own batch ([`Shared::drop_oldest`]),
-//!   then moves lagging cursors past them and counts every record dropped
-//!   ([`Shared::after_drop`]).
+//!   deletes the oldest frames in its own batch and counts their records in
+//!   the totals ([`Shared::drop_oldest`]); after that commit, lagging cursors
+//!   move past them and a warning says what was lost ([`Shared::after_drop`]).
 //! - Truncate: once every configured sink's cursor has passed a frame, it is
 //!   deleted with its share of the totals in one batch ([`Shared::truncate`]),
-//!   except frames younger than `retain_ms` while the log is less than half full.
+//!   except frames younger than `retain_ms` while the log is at most half full.
 //! - Index pruning: kinds-index entries of deleted frames are removed after the
 //!   frames ([`Shared::prune_index`]); a leftover entry points at nothing and is
 //!   harmless (see the design note in `mod.rs`).
 //!
-//! Every change of `bytes` happens under the state lock, and every path that
-//! frees space wakes appends waiting under `block`.
+//! Every change of the totals' `bytes` and of `pending_bytes` happens under
+//! the state lock, and every path that frees space (truncation, quarantine, a
+//! reservation given back) wakes appends waiting under `block`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
