@@ -31,8 +31,8 @@ use walrelay::db::influx::{encode, InfluxConfig, InfluxSink};
 use walrelay::drain::drainer::{self, DrainerSettings, SinkHealth};
 use walrelay::drain::retry::RetryPolicy;
 use walrelay::drain::Sink;
+use walrelay::metrics::Metrics;
 use walrelay::record::Record;
-use walrelay::relay::metrics::Metrics;
 use walrelay::{Wal, WalConfig};
 
 static MEASURED: Mutex<BTreeMap<String, (u64, Duration)>> = Mutex::new(BTreeMap::new());

@@ -7,6 +7,7 @@ use serde::Deserialize;
 
 use crate::wal::WalConfig;
 
+pub use crate::logging::LogFormat;
 pub use crate::routes::Routes;
 pub use crate::secret::Secret;
 
@@ -44,32 +45,6 @@ pub struct LogConfig {
     /// Format of the log lines on stderr. `walrelay --log-format` and
     /// `WALRELAY_LOG_FORMAT` override it. Default `text`.
     pub format: LogFormat,
-}
-
-/// How log lines are written (see `crate::logging`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    /// One human-readable line per event; coloured only when stderr is a
-    /// terminal (and `NO_COLOR` is unset).
-    #[default]
-    Text,
-    /// One JSON object per line (`timestamp`, `level`, `target`, `message` and
-    /// the event's fields), for journald, Loki or Vector; never coloured.
-    Json,
-}
-
-impl std::str::FromStr for LogFormat {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "text" => Ok(LogFormat::Text),
-            "json" => Ok(LogFormat::Json),
-            other => Err(format!(
-                "log format {other:?}: expected \"text\" or \"json\""
-            )),
-        }
-    }
 }
 
 /// `[ingest]`.

@@ -14,8 +14,8 @@ use walrelay::drain::drainer::{self, DrainerSettings, SinkHealth, SinkState};
 use walrelay::drain::retry::RetryPolicy;
 use walrelay::drain::Sink;
 use walrelay::ingest::identity::assign_identity_timestamps;
+use walrelay::metrics::Metrics;
 use walrelay::record::{FieldValue, Record, Trade};
-use walrelay::relay::metrics::Metrics;
 use walrelay::{Wal, WalConfig};
 
 type Sample = (Vec<(String, String)>, i64, u64);

@@ -19,8 +19,8 @@ use walrelay::db::timescale::{TimescaleConfig, TimescaleSink};
 use walrelay::drain::drainer::{self, DrainerSettings, SinkHealth, SinkState};
 use walrelay::drain::retry::RetryPolicy;
 use walrelay::drain::{ErrorClass, Sink};
+use walrelay::metrics::Metrics;
 use walrelay::record::{Kline, Record};
-use walrelay::relay::metrics::Metrics;
 use walrelay::{Wal, WalConfig};
 
 fn kline(symbol: &str, i: i64) -> Record {

@@ -15,8 +15,8 @@ use walrelay::db::timescale::{init::init, schema, TimescaleConfig, TimescaleSink
 use walrelay::drain::drainer::{self, DrainerSettings, SinkHealth};
 use walrelay::drain::retry::RetryPolicy;
 use walrelay::drain::Sink;
+use walrelay::metrics::Metrics;
 use walrelay::record::{Bar, BarKind, Kline, Record};
-use walrelay::relay::metrics::Metrics;
 use walrelay::{Wal, WalConfig};
 
 fn bar(kind: BarKind, symbol: &str, i: i64, high: f64) -> Record {

@@ -25,8 +25,8 @@ use tokio::sync::watch;
 
 use super::retry::{Backoff, RetryPolicy};
 use super::{ErrorClass, Sink};
+use crate::metrics::{self, Metrics};
 use crate::record::Record;
-use crate::relay::metrics::Metrics;
 use crate::wal::Wal;
 
 /// Health of a sink as `/status` shows it.
@@ -175,7 +175,7 @@ async fn deliver_until_confirmed<S: Sink>(
         let started = Instant::now();
         let result = sink.deliver(batch).await;
         metrics.observe(
-            "walrelay_sink_write_seconds",
+            metrics::SINK_WRITE_SECONDS,
             &[("sink", name)],
             started.elapsed(),
         );
@@ -193,10 +193,10 @@ async fn deliver_until_confirmed<S: Sink>(
                 return Outcome::Confirmed;
             }
             Err(f) => {
-                let class = format!("{:?}", f.class).to_lowercase();
+                let class = f.class.as_str();
                 metrics.add(
-                    "walrelay_sink_retries_total",
-                    &[("sink", name), ("class", &class)],
+                    metrics::SINK_RETRIES,
+                    &[("sink", name), ("class", class)],
                     1,
                 );
                 health.failed(f.class, &f.message);
@@ -397,7 +397,7 @@ fn advance(
     if let Err(e) = wal.ack(name, seq) {
         tracing::error!(sink = name, seq, error = %e, "cursor advance failed; the batches will be delivered again after a restart");
     } else {
-        metrics.add("walrelay_acknowledged_frames_total", &[("sink", name)], 1);
+        metrics.add(metrics::ACKNOWLEDGED_FRAMES, &[("sink", name)], 1);
     }
 }
 
@@ -408,13 +408,13 @@ fn count_delivered(metrics: &Metrics, sink: &'static str, batch: &[Record], dead
     }
     for (kind, n) in per_kind {
         metrics.add(
-            "walrelay_delivered_records_total",
+            metrics::DELIVERED_RECORDS,
             &[("sink", sink), ("kind", kind)],
             n,
         );
     }
     metrics.add(
-        "walrelay_dead_lettered_records_total",
+        metrics::DEAD_LETTERED_RECORDS,
         &[("sink", sink)],
         dead as u64,
     );
@@ -453,7 +453,7 @@ mod tests {
             if let Some(class) = self.script.lock().unwrap().pop_front() {
                 return Err(SinkFailure {
                     class,
-                    message: format!("scripted {class:?}"),
+                    message: format!("scripted {}", class.as_str()),
                     retry_after: None,
                 });
             }
@@ -545,7 +545,7 @@ mod tests {
         wait_for(|| got.lock().unwrap().len() == 14).await;
         wait_for(|| {
             metrics.get(
-                "walrelay_sink_retries_total",
+                metrics::SINK_RETRIES,
                 &[("sink", "scripted"), ("class", "transient")],
             ) >= 3
         })
@@ -559,10 +559,7 @@ mod tests {
             "the cursor moved past batch 1, which is not confirmed"
         );
         assert_eq!(
-            metrics.get(
-                "walrelay_acknowledged_frames_total",
-                &[("sink", "scripted")]
-            ),
+            metrics.get(metrics::ACKNOWLEDGED_FRAMES, &[("sink", "scripted")]),
             0
         );
         // Crash: the drainer dies mid-retry; the log is reopened.
@@ -700,21 +697,21 @@ mod tests {
         wait_for(|| wal.backlog("scripted").unwrap().records == 0).await;
         assert_eq!(
             metrics.get(
-                "walrelay_sink_retries_total",
+                metrics::SINK_RETRIES,
                 &[("sink", "scripted"), ("class", "transient")]
             ),
             2
         );
         assert_eq!(
             metrics.get(
-                "walrelay_sink_retries_total",
+                metrics::SINK_RETRIES,
                 &[("sink", "scripted"), ("class", "config")]
             ),
             1
         );
         assert_eq!(
             metrics.get(
-                "walrelay_delivered_records_total",
+                metrics::DELIVERED_RECORDS,
                 &[("sink", "scripted"), ("kind", "trade")]
             ),
             20
@@ -753,7 +750,7 @@ mod tests {
         wait_for(|| health.snapshot().state == SinkState::Unhealthy).await;
         assert_eq!(
             health.snapshot().last_error.as_deref(),
-            Some("scripted Config")
+            Some("scripted config")
         );
         let t0 = Instant::now();
         stop_tx.send(true).unwrap();

@@ -35,6 +35,18 @@ pub enum ErrorClass {
     Config,
 }
 
+impl ErrorClass {
+    /// The class in lower case, as the `class` label of
+    /// `walrelay_sink_retries_total` and in log lines.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorClass::Transient => "transient",
+            ErrorClass::Data => "data",
+            ErrorClass::Config => "config",
+        }
+    }
+}
+
 /// What a successful delivery confirmed. Every record of the batch is either
 /// written or dead-lettered.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

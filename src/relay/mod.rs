@@ -10,7 +10,6 @@
 //! clients do (stalled clients are dropped at the deadline); then flush the
 //! log and return. The log keeps whatever was not delivered.
 
-pub mod metrics;
 pub mod status;
 
 use std::future::Future;
@@ -26,9 +25,9 @@ use crate::drain::Sink;
 use crate::ingest::budget::Budget;
 use crate::ingest::error::IngestError;
 use crate::ingest::gate::{Gate, Origin};
+use crate::metrics::{self, Metrics};
 use crate::record::Record;
 use crate::wal::{AppendOutcome, Wal, WalError};
-use metrics::Metrics;
 
 /// Why the relay could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -170,10 +169,10 @@ impl Relay {
         // Every acknowledged append (HTTP, gRPC, in-process) is timed here:
         // validation, encoding and the wait for durability, as a writer sees it.
         self.metrics
-            .observe("walrelay_append_ack_seconds", &[], started.elapsed());
+            .observe(metrics::APPEND_ACK_SECONDS, &[], started.elapsed());
         for (kind, n) in per_kind {
             self.metrics
-                .add("walrelay_appended_records_total", &[("kind", kind)], n);
+                .add(metrics::APPENDED_RECORDS, &[("kind", kind)], n);
         }
         Ok(out)
     }
@@ -203,7 +202,7 @@ impl Relay {
             Err(e) => e.status(),
         };
         self.metrics.add(
-            "walrelay_ingest_requests_total",
+            metrics::INGEST_REQUESTS,
             &[("endpoint", endpoint), ("status", &status.to_string())],
             1,
         );

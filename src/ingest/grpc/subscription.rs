@@ -26,6 +26,7 @@ use super::proto::{DataType, MarketDataMessage, MarketDataRequest};
 use crate::drain::retry::{Backoff, RetryPolicy};
 use crate::drain::ErrorClass;
 use crate::ingest::error::IngestError;
+use crate::metrics;
 use crate::record::Record;
 use crate::relay::Relay;
 
@@ -138,11 +139,9 @@ pub async fn run(
     while !*stop.borrow() {
         if !first {
             health.update(|s| s.reconnects += 1);
-            relay.metrics().add(
-                "walrelay_grpc_reconnects_total",
-                &[("subscription", &name)],
-                1,
-            );
+            relay
+                .metrics()
+                .add(metrics::GRPC_RECONNECTS, &[("subscription", &name)], 1);
         }
         first = false;
         health.update(|s| s.state = "connecting");
@@ -236,7 +235,7 @@ pub async fn run(
                 backoff.reset();
                 health.received(batch.len() as u64);
                 relay.metrics().add(
-                    "walrelay_grpc_messages_total",
+                    metrics::GRPC_MESSAGES,
                     &[("subscription", &name)],
                     batch.len() as u64,
                 );
@@ -283,7 +282,7 @@ async fn append(
                 skipped += 1;
                 relay
                     .metrics()
-                    .add("walrelay_grpc_skipped_total", &[("reason", why)], 1);
+                    .add(metrics::GRPC_SKIPPED, &[("reason", why)], 1);
             }
         }
     }
