@@ -12,9 +12,10 @@ use std::time::Duration;
 
 use common::pg::Pg;
 use walrelay::db::timescale::{init::init, schema, TimescaleConfig, TimescaleSink};
-use walrelay::drain::drainer::{self, DrainerSettings, SinkHealth};
+use walrelay::drain::drainer::{self, DrainerSettings};
 use walrelay::drain::retry::RetryPolicy;
 use walrelay::drain::Sink;
+use walrelay::drain::SinkHealth;
 use walrelay::metrics::Metrics;
 use walrelay::record::{Bar, BarKind, Kline, Record};
 use walrelay::{Wal, WalConfig};

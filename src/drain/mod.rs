@@ -13,6 +13,7 @@
 //! only over a prefix of batches that are all confirmed, in log order.
 
 pub mod drainer;
+pub mod health;
 pub mod retry;
 pub(crate) mod verdict;
 
@@ -20,6 +21,8 @@ use std::future::Future;
 use std::time::Duration;
 
 use crate::record::{Record, RecordKind};
+
+pub use health::{HealthSnapshot, SinkHealth, SinkState};
 
 /// How a sink failure should be handled. Each sink's error enum maps itself to one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

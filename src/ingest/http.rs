@@ -577,7 +577,7 @@ async fn ready(relay: Arc<Relay>, started: SystemTime) -> Response {
     let unhealthy: Vec<_> = status
         .sinks
         .iter()
-        .filter(|s| s.health.state != crate::drain::drainer::SinkState::Healthy)
+        .filter(|s| s.health.state != crate::drain::SinkState::Healthy)
         .map(|s| s.name.clone())
         .collect();
     let up = started.elapsed().unwrap_or_default();

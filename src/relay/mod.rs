@@ -20,8 +20,9 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::config::Config;
-use crate::drain::drainer::{self, DrainerSettings, SinkHealth};
+use crate::drain::drainer::{self, DrainerSettings};
 use crate::drain::Sink;
+use crate::drain::SinkHealth;
 use crate::ingest::budget::Budget;
 use crate::ingest::error::IngestError;
 use crate::ingest::gate::{Gate, Origin};

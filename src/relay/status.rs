@@ -6,7 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use super::Relay;
-use crate::drain::drainer::HealthSnapshot;
+use crate::drain::{HealthSnapshot, SinkState};
 use crate::metrics::{self, Gauge};
 
 /// Everything `GET /status` and `walrelay status` show.
@@ -140,7 +140,7 @@ impl Status {
             checks: Vec::new(),
         }];
         for s in &self.sinks {
-            let healthy = s.health.state == crate::drain::drainer::SinkState::Healthy;
+            let healthy = s.health.state == SinkState::Healthy;
             let mut message = format!(
                 "{}; backlog {} records, {} dead letters",
                 serde_json::to_value(s.health.state)
@@ -348,9 +348,9 @@ impl Relay {
                 s.dead_letters_dropped as f64,
             ));
             let state = match s.health.state {
-                crate::drain::drainer::SinkState::Healthy => 0.0,
-                crate::drain::drainer::SinkState::Retrying => 1.0,
-                crate::drain::drainer::SinkState::Unhealthy => 2.0,
+                SinkState::Healthy => 0.0,
+                SinkState::Retrying => 1.0,
+                SinkState::Unhealthy => 2.0,
             };
             g.push((metrics::SINK_STATE, l, state));
         }
@@ -375,7 +375,6 @@ impl Relay {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::drain::drainer::SinkState;
 
     fn status(
         bytes: u64,
