@@ -10,10 +10,10 @@
 //! clients do (stalled clients are dropped at the deadline); then flush the
 //! log and return. The log keeps whatever was not delivered.
 
+mod admin;
 pub mod status;
 
 use std::future::Future;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,7 +26,8 @@ use crate::drain::SinkHealth;
 use crate::ingest::budget::Budget;
 use crate::ingest::error::IngestError;
 use crate::ingest::gate::{Gate, Origin};
-use crate::metrics::{self, Metrics};
+use crate::ingest::Ingest;
+use crate::metrics::Metrics;
 use crate::record::Record;
 use crate::wal::{AppendOutcome, Wal, WalError};
 
@@ -59,13 +60,11 @@ pub enum RelayError {
 pub struct Relay {
     config: Config,
     wal: Wal,
-    gate: Gate,
-    budget: Budget,
+    /// What the ingest paths share (gate, budget, metrics); built here.
+    ingest: Arc<Ingest>,
     metrics: Arc<Metrics>,
     sinks: Vec<Arc<SinkHealth>>,
     subscriptions: Vec<Arc<crate::ingest::grpc::SubscriptionHealth>>,
-    /// The last append was refused as full (`/health` fails meanwhile).
-    refusing_full: std::sync::atomic::AtomicBool,
 }
 
 impl Relay {
@@ -80,15 +79,12 @@ impl Relay {
         let mut wal_config = config.wal.clone().with_sinks(names.iter().copied());
         wal_config.retain_ms = wal_config.retain_ms.max(config.ingest.identity_window_ms);
         let wal = Wal::open(wal_config)?;
-        let gate = Gate::new(
+        let metrics = Arc::new(Metrics::default());
+        let ingest = Arc::new(Ingest::new(
+            config.ingest.clone(),
             wal.clone(),
-            config.ingest.limits.clone(),
-            config.ingest.identity_window_ms,
-        )?;
-        let budget = Budget::new(
-            config.ingest.memory_budget_bytes,
-            Duration::from_millis(config.ingest.budget_wait_ms),
-        );
+            metrics.clone(),
+        )?);
         if names.is_empty() {
             tracing::warn!("no sink is configured: records are kept in the log only");
         }
@@ -103,12 +99,10 @@ impl Relay {
         Ok(Relay {
             config,
             wal,
-            gate,
-            budget,
-            metrics: Arc::new(Metrics::default()),
+            ingest,
+            metrics,
             sinks,
             subscriptions,
-            refusing_full: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -129,12 +123,18 @@ impl Relay {
 
     /// The ingest gate every append goes through.
     pub fn gate(&self) -> &Gate {
-        &self.gate
+        self.ingest.gate()
     }
 
     /// The ingest memory budget.
     pub fn budget(&self) -> &Budget {
-        &self.budget
+        self.ingest.budget()
+    }
+
+    /// What the ingest paths share, as handed to the HTTP router and the
+    /// gRPC subscriptions.
+    pub fn ingest(&self) -> &Arc<Ingest> {
+        &self.ingest
     }
 
     /// Validates and durably appends typed records (the in-process API for
@@ -146,67 +146,7 @@ impl Relay {
     /// field, [`IngestError::OverLimit`] (nothing is appended),
     /// [`IngestError::Full`] when the log is full under `block`.
     pub fn append(&self, records: Vec<Record>) -> Result<AppendOutcome, IngestError> {
-        self.admit(records, None, Origin::Typed)
-    }
-
-    pub(crate) fn admit(
-        &self,
-        records: Vec<Record>,
-        lines: Option<&[usize]>,
-        origin: Origin,
-    ) -> Result<AppendOutcome, IngestError> {
-        let mut per_kind = std::collections::BTreeMap::new();
-        for r in &records {
-            *per_kind.entry(r.kind().as_str()).or_insert(0u64) += 1;
-        }
-        let started = std::time::Instant::now();
-        let result = self.gate.admit(records, lines, origin);
-        match &result {
-            Ok(_) => self.refusing_full.store(false, Ordering::Relaxed),
-            Err(IngestError::Full { .. }) => self.refusing_full.store(true, Ordering::Relaxed),
-            Err(_) => {}
-        }
-        let out = result?;
-        // Every acknowledged append (HTTP, gRPC, in-process) is timed here:
-        // validation, encoding and the wait for durability, as a writer sees it.
-        self.metrics
-            .observe(metrics::APPEND_ACK_SECONDS, &[], started.elapsed());
-        for (kind, n) in per_kind {
-            self.metrics
-                .add(metrics::APPENDED_RECORDS, &[("kind", kind)], n);
-        }
-        Ok(out)
-    }
-
-    /// Like [`Relay::append`] from an async context (the gate runs on a
-    /// blocking thread). `lines[i]` names record `i` in refusals.
-    pub(crate) async fn append_async(
-        self: &Arc<Self>,
-        records: Vec<Record>,
-        lines: Option<Vec<usize>>,
-        origin: Origin,
-    ) -> Result<(), IngestError> {
-        let me = self.clone();
-        tokio::task::spawn_blocking(move || me.admit(records, lines.as_deref(), origin))
-            .await
-            .map_err(|e| IngestError::Wal(e.to_string()))??;
-        Ok(())
-    }
-
-    pub(crate) fn count_request(
-        &self,
-        endpoint: &'static str,
-        result: &Result<axum::http::StatusCode, IngestError>,
-    ) {
-        let status = match result {
-            Ok(s) => s.as_u16(),
-            Err(e) => e.status(),
-        };
-        self.metrics.add(
-            metrics::INGEST_REQUESTS,
-            &[("endpoint", endpoint), ("status", &status.to_string())],
-            1,
-        );
+        self.ingest.admit(records, None, Origin::Typed)
     }
 
     /// Why the log refuses appends right now, if it does (failed: see
@@ -260,7 +200,7 @@ pub async fn serve(
         let rules = g.producer_rules();
         for h in &relay.subscriptions {
             pullers.spawn(crate::ingest::grpc::subscription::run(
-                relay.clone(),
+                relay.ingest.clone(),
                 h.clone(),
                 rules.clone(),
                 g.clone(),
@@ -297,7 +237,7 @@ pub async fn serve(
     };
     let mut http = tokio::spawn(crate::ingest::server::serve(
         listener,
-        crate::ingest::http::router(relay.clone()),
+        crate::ingest::http::router(relay.ingest.clone()).merge(admin::router(relay.clone())),
         timeouts,
         stop_rx.clone(),
     ));

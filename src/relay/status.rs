@@ -284,9 +284,7 @@ impl Relay {
                 appended_records: s.appended_records,
                 dropped_records: s.dropped_records,
                 quarantined_frames: s.quarantined_frames,
-                refusing_full: self
-                    .refusing_full
-                    .load(std::sync::atomic::Ordering::Relaxed),
+                refusing_full: self.ingest.refusing_full(),
                 dead_letter_bytes: dl.values().map(|t| t.bytes).sum(),
                 dead_letter_max_bytes: self.config.wal.dead_letter_max_bytes,
                 unavailable: self.wal_unavailable(),
