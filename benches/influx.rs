@@ -110,7 +110,7 @@ fn drain(c: &mut Criterion) {
                 let t = Instant::now();
                 rt.block_on(async {
                     for b in &batches {
-                        sink.deliver(b).await.unwrap();
+                        sink.deliver(b, 1).await.unwrap();
                     }
                 });
                 total += t.elapsed();

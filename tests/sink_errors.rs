@@ -176,7 +176,7 @@ async fn an_unknown_sqlstate_is_bisected_before_it_is_called_configuration() {
     let wal = Wal::open(WalConfig::new(dir.path())).unwrap();
     let mut sink =
         TimescaleSink::new(TimescaleConfig::new(&url), wal.meta(), wal.dead_letters()).unwrap();
-    sink.deliver(&[kline("BTCUSDT", 1000)]).await.unwrap(); // creates the schema
+    sink.deliver(&[kline("BTCUSDT", 1000)], 1).await.unwrap(); // creates the schema
     let admin = pg.client("unknown").await;
     admin
         .batch_execute(
@@ -192,11 +192,14 @@ async fn an_unknown_sqlstate_is_bisected_before_it_is_called_configuration() {
         .await
         .unwrap();
     let batch: Vec<Record> = (0..40).map(|i| kline("BTCUSDT", i)).collect(); // volume 33 is i = 23
-    let d = sink.deliver(&batch).await.unwrap();
+    // The drainer's third delivery of this batch: the sink keeps no count of
+    // its own and stores the one it is given.
+    let d = sink.deliver(&batch, 3).await.unwrap();
     assert_eq!((d.written, d.dead_lettered), (39, 1));
     let dead = wal.dead_letters().list(Some("timescale"), 10).unwrap();
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].record, batch[23]);
+    assert_eq!(dead[0].attempts, 3);
     assert!(
         dead[0].error.contains("P0001") && dead[0].error.contains("unknown class"),
         "{}",
@@ -212,7 +215,7 @@ async fn an_unknown_sqlstate_is_bisected_before_it_is_called_configuration() {
     let mut sink =
         TimescaleSink::new(TimescaleConfig::new(&url), wal.meta(), wal.dead_letters()).unwrap();
     let batch: Vec<Record> = (100..140).map(|i| kline("BTCUSDT", i)).collect();
-    let f = sink.deliver(&batch).await.unwrap_err();
+    let f = sink.deliver(&batch, 1).await.unwrap_err();
     assert_eq!(f.class, ErrorClass::Config, "{}", f.message);
     assert!(f.message.contains("P0001"), "{}", f.message);
     assert_eq!(
@@ -235,7 +238,7 @@ async fn repeated_timeouts_shrink_the_transaction_until_the_batch_lands() {
     let mut cfg = TimescaleConfig::new(&url);
     cfg.statement_timeout_ms = 600;
     let mut sink = TimescaleSink::new(cfg, wal.meta(), wal.dead_letters()).unwrap();
-    sink.deliver(&[kline("BTCUSDT", 1000)]).await.unwrap(); // creates the schema
+    sink.deliver(&[kline("BTCUSDT", 1000)], 1).await.unwrap(); // creates the schema
     pg.client("slow")
         .await
         .batch_execute(
@@ -248,7 +251,7 @@ async fn repeated_timeouts_shrink_the_transaction_until_the_batch_lands() {
     let batch: Vec<Record> = (0..100).map(|i| kline("BTCUSDT", i)).collect();
     let mut timeouts = 0;
     let delivered = loop {
-        match sink.deliver(&batch).await {
+        match sink.deliver(&batch, timeouts + 1).await {
             Ok(d) => break d,
             Err(f) => {
                 assert_eq!(f.class, ErrorClass::Transient, "{}", f.message);
@@ -344,7 +347,7 @@ async fn an_influx_413_or_unknown_status_line_is_dead_lettered_and_the_lines_beh
     let wal = Wal::open(WalConfig::new(dir.path())).unwrap();
     let mut sink = influx_sink(&proxy.url(), &wal, 5000);
     let batch: Vec<Record> = (0..40).map(|i| trade(i, "BTCUSDT")).collect();
-    let f = sink.deliver(&batch).await.unwrap_err();
+    let f = sink.deliver(&batch, 1).await.unwrap_err();
     assert_eq!(f.class, ErrorClass::Config, "{}", f.message);
     assert_eq!(wal.dead_letters().count(None).unwrap(), 0);
 }
@@ -366,7 +369,7 @@ async fn repeated_influx_timeouts_shrink_the_requests_until_the_batch_lands() {
     let batch: Vec<Record> = (0..200).map(|i| trade(i, "BTCUSDT")).collect();
     let mut timeouts = 0;
     let delivered = loop {
-        match sink.deliver(&batch).await {
+        match sink.deliver(&batch, timeouts + 1).await {
             Ok(d) => break d,
             Err(f) => {
                 assert_eq!(f.class, ErrorClass::Transient, "{}", f.message);

@@ -70,9 +70,13 @@ async fn deliver_until_confirmed<S: Sink>(
 ) -> Outcome {
     let name = sink.name();
     let mut backoff = Backoff::new(retry);
+    // Deliveries of this batch so far; the sink stores the count with what
+    // it dead-letters.
+    let mut attempt: u32 = 0;
     loop {
+        attempt = attempt.saturating_add(1);
         let started = Instant::now();
-        let result = sink.deliver(batch).await;
+        let result = sink.deliver(batch, attempt).await;
         metrics.observe(
             metrics::SINK_WRITE_SECONDS,
             &[("sink", name)],
@@ -100,7 +104,7 @@ async fn deliver_until_confirmed<S: Sink>(
                 );
                 health.failed(f.class, &f.message);
                 let delay = backoff.next_delay(f.class, f.retry_after);
-                tracing::warn!(sink = name, seq = last_seq, records = batch.len(), attempt = backoff.attempts(), class = %class, delay_ms = delay.as_millis() as u64, error = %f.message, "delivery failed; will retry");
+                tracing::warn!(sink = name, seq = last_seq, records = batch.len(), attempt, class = %class, delay_ms = delay.as_millis() as u64, error = %f.message, "delivery failed; will retry");
                 if sleep_or_shutdown(delay, shutdown).await {
                     tracing::info!(
                         sink = name,
@@ -340,6 +344,8 @@ mod tests {
     struct Scripted {
         script: Arc<Mutex<VecDeque<ErrorClass>>>,
         got: Arc<Mutex<Vec<String>>>,
+        /// The `attempt` of every delivery, in order.
+        attempts: Arc<Mutex<Vec<u32>>>,
     }
 
     impl Sink for Scripted {
@@ -349,7 +355,12 @@ mod tests {
         fn accepts(&self, kind: RecordKind) -> bool {
             kind == RecordKind::Trade
         }
-        async fn deliver(&mut self, batch: &[Record]) -> Result<Delivery, SinkFailure> {
+        async fn deliver(
+            &mut self,
+            batch: &[Record],
+            attempt: u32,
+        ) -> Result<Delivery, SinkFailure> {
+            self.attempts.lock().unwrap().push(attempt);
             if let Some(class) = self.script.lock().unwrap().pop_front() {
                 return Err(SinkFailure {
                     class,
@@ -390,7 +401,11 @@ mod tests {
                 got: self.got.clone(),
             })
         }
-        async fn deliver(&mut self, batch: &[Record]) -> Result<Delivery, SinkFailure> {
+        async fn deliver(
+            &mut self,
+            batch: &[Record],
+            _attempt: u32,
+        ) -> Result<Delivery, SinkFailure> {
             let ids: Vec<String> = batch
                 .iter()
                 .filter_map(|r| match r {
@@ -572,9 +587,11 @@ mod tests {
             ErrorClass::Config,
         ])));
         let got = Arc::new(Mutex::new(Vec::new()));
+        let attempts = Arc::new(Mutex::new(Vec::new()));
         let sink = Scripted {
             script: script.clone(),
             got: got.clone(),
+            attempts: attempts.clone(),
         };
         let health = Arc::new(SinkHealth::new("scripted"));
         let metrics = Arc::new(Metrics::default());
@@ -622,6 +639,10 @@ mod tests {
         wait_for(|| got.lock().unwrap().len() == 21).await;
         stop_tx.send(true).unwrap();
         task.await.unwrap();
+        // The drainer counts the deliveries of each batch: the first batch
+        // failed three times and was confirmed on its fourth; the next
+        // batch starts again at 1.
+        assert_eq!(*attempts.lock().unwrap(), [1, 2, 3, 4, 1]);
     }
 
     #[tokio::test]
@@ -641,6 +662,7 @@ mod tests {
             Scripted {
                 script,
                 got: got.clone(),
+                attempts: Arc::new(Mutex::new(Vec::new())),
             },
             s,
             health.clone(),

@@ -92,10 +92,16 @@ pub trait Sink: Send {
 
     /// Writes one batch (all records accepted by this sink, in log order).
     ///
+    /// `attempt` is the drainer's count of deliveries of this batch, this
+    /// one included: 1 the first time, 2 after one failure, and so on. A sink
+    /// keeps no count of its own; it stores `attempt` with the records it
+    /// dead-letters.
+    ///
     /// `Ok` confirms every record as written or dead-lettered; `Err` confirms
     /// nothing. Implementations bound every network call by a deadline.
     fn deliver(
         &mut self,
         batch: &[Record],
+        attempt: u32,
     ) -> impl Future<Output = Result<Delivery, SinkFailure>> + Send;
 }

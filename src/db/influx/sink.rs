@@ -39,7 +39,6 @@ pub struct InfluxSink {
     routes: Routes<Destination>,
     client: Client,
     dead: DeadLetters,
-    attempts: u32,
     /// Lines per request after timeouts.
     shrink: Shrink,
     /// Most lines the last delivery put in one request.
@@ -63,7 +62,6 @@ impl InfluxSink {
             config,
             client,
             dead,
-            attempts: 0,
             shrink: Shrink::default(),
             attempted: 0,
         })
@@ -125,7 +123,11 @@ impl InfluxSink {
         })
     }
 
-    async fn deliver_inner(&mut self, batch: &[Record]) -> Result<Delivery, InfluxError> {
+    async fn deliver_inner(
+        &mut self,
+        batch: &[Record],
+        attempt: u32,
+    ) -> Result<Delivery, InfluxError> {
         // Group by destination, keeping log order within each.
         let mut groups: Vec<((String, String, String), Vec<usize>)> = Vec::new();
         for (i, r) in batch.iter().enumerate() {
@@ -165,9 +167,7 @@ impl InfluxSink {
                 start = end;
             }
         }
-        let dead_lettered = found
-            .settle("influx", batch, &self.dead, self.attempts)
-            .await?;
+        let dead_lettered = found.settle("influx", batch, &self.dead, attempt).await?;
         Ok(Delivery {
             written: total - dead_lettered,
             dead_lettered,
@@ -185,8 +185,8 @@ impl Sink for InfluxSink {
     }
 
     /// Shares the HTTP connection pool and the dead-letter store; keeps its
-    /// own attempt count and timeout shrinking, which belong to the batch it
-    /// is delivering. Concurrent batches may land in any order: a point
+    /// own timeout shrinking, which belongs to the batch it is delivering
+    /// (the drainer counts that batch's attempts). Concurrent batches may land in any order: a point
     /// written twice with different fields (same series and timestamp in two
     /// batches in flight) may end with either; a replay of identical points
     /// is unaffected.
@@ -196,17 +196,14 @@ impl Sink for InfluxSink {
             routes: self.routes.clone(),
             client: self.client.clone(),
             dead: self.dead.clone(),
-            attempts: 0,
             shrink: Shrink::default(),
             attempted: 0,
         })
     }
 
-    async fn deliver(&mut self, batch: &[Record]) -> Result<Delivery, SinkFailure> {
-        self.attempts += 1;
-        match self.deliver_inner(batch).await {
+    async fn deliver(&mut self, batch: &[Record], attempt: u32) -> Result<Delivery, SinkFailure> {
+        match self.deliver_inner(batch, attempt).await {
             Ok(d) => {
-                self.attempts = 0;
                 self.shrink.succeeded(self.config.batch_max_lines);
                 Ok(d)
             }
