@@ -192,8 +192,8 @@ async fn an_unknown_sqlstate_is_bisected_before_it_is_called_configuration() {
         .await
         .unwrap();
     let batch: Vec<Record> = (0..40).map(|i| kline("BTCUSDT", i)).collect(); // volume 33 is i = 23
-    // The drainer's third delivery of this batch: the sink keeps no count of
-    // its own and stores the one it is given.
+                                                                             // The drainer's third delivery of this batch: the sink keeps no count of
+                                                                             // its own and stores the one it is given.
     let d = sink.deliver(&batch, 3).await.unwrap();
     assert_eq!((d.written, d.dead_lettered), (39, 1));
     let dead = wal.dead_letters().list(Some("timescale"), 10).unwrap();

@@ -134,9 +134,7 @@ impl Ingest {
         origin: Origin,
     ) -> Result<(), IngestError> {
         let me = self.clone();
-        tokio::task::spawn_blocking(move || me.admit(records, lines.as_deref(), origin))
-            .await
-            .map_err(|e| IngestError::Wal(e.to_string()))??;
+        tokio::task::spawn_blocking(move || me.admit(records, lines.as_deref(), origin)).await??;
         Ok(())
     }
 

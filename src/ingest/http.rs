@@ -432,9 +432,7 @@ async fn write(
     let mut hold = relay.budget().hold();
     let body = read_body(relay, headers, body, &mut hold).await?;
     let me = relay.clone();
-    tokio::task::spawn_blocking(move || process(&me, body, gzip, kind, hold))
-        .await
-        .map_err(|e| IngestError::Wal(e.to_string()))??;
+    tokio::task::spawn_blocking(move || process(&me, body, gzip, kind, hold)).await??;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -46,14 +46,18 @@ pub enum RelayError {
         source: std::io::Error,
     },
     /// A sink could not be set up (bad configuration, failed schema setup).
-    #[error("sink {sink}: {message}")]
-    Sink { sink: &'static str, message: String },
+    #[error("sink {sink}: {source}")]
+    Sink {
+        sink: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// The configuration is inconsistent (an ingest limit out of range).
     #[error("invalid configuration: {0}")]
     Config(String),
-    /// The HTTP server failed.
+    /// The HTTP server's task panicked.
     #[error("ingest server failed: {0}")]
-    Server(String),
+    Server(#[source] tokio::task::JoinError),
 }
 
 /// The relay as a library: the log plus the state that status and metrics show.
@@ -243,7 +247,7 @@ pub async fn serve(
     ));
     let served = tokio::select! {
         _ = shutdown => Ok(()),
-        r = &mut http => r.map_err(|e| RelayError::Server(e.to_string())),
+        r = &mut http => r.map_err(RelayError::Server),
     };
     // One deadline for everything that stops: in-flight requests finish
     // their appends, subscriptions their append in progress, drainers the
@@ -321,7 +325,7 @@ async fn spawn_sinks(
         let sink = crate::db::influx::InfluxSink::new(ic.clone(), relay.wal.dead_letters())
             .map_err(|e| RelayError::Sink {
                 sink: "influx",
-                message: e.to_string(),
+                source: e.into(),
             })?;
         tracing::info!(url = %ic.url, org = %ic.org, bucket = %ic.bucket, routes = ic.routes.len(), "influx sink configured");
         spawn_drainer(relay, sink, cfg.drain.batch_records, stop, set);
@@ -334,7 +338,7 @@ async fn spawn_sinks(
         )
         .map_err(|e| RelayError::Sink {
             sink: "timescale",
-            message: e.to_string(),
+            source: e.into(),
         })?;
         tracing::info!(schema = %tc.schema, "timescale sink configured");
         spawn_drainer(relay, sink, cfg.drain.batch_records, stop, set);
