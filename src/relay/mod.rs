@@ -1,6 +1,11 @@
 //! The daemon: one log, one drainer per configured sink, the HTTP ingest
 //! server, and the status they share.
 //!
+//! The relay builds the [`Ingest`] front door (gate, budget, metrics) that
+//! the HTTP write endpoints and the gRPC subscriptions use, and serves the
+//! ingest router merged with its own endpoints (`admin.rs`: `/health`,
+//! `/ready`, `/status`, `/metrics`). Ingest never imports the relay.
+//!
 //! Startup, in order: open the log (recovery, `wal/recovery.rs`), build the
 //! configured sinks, start one drainer per sink, bind the ingest port, serve.
 //! Shutdown (the future passed to [`run`] resolves): stop accepting, let
