@@ -22,8 +22,9 @@
 //!
 //! `src/main.rs` (the binary, which uses `walrelay::`), `src/lib.rs` (only
 //! `mod` lines) and `src/build.rs` (the build script) are not modules of the
-//! crate and are skipped. Paths through `super::` stay inside a top-level
-//! module in this tree and are not followed.
+//! crate and are skipped. Paths through `super::` are not followed: in this
+//! tree they stay inside their top-level module (a `super::` that climbed
+//! out of one would escape this test; write `crate::` instead).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
