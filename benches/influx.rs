@@ -28,11 +28,12 @@ use common::note;
 use criterion::{criterion_group, Criterion, Throughput};
 use std::sync::Arc;
 use walrelay::db::influx::{encode, InfluxConfig, InfluxSink};
-use walrelay::drain::drainer::{self, DrainerSettings, SinkHealth};
+use walrelay::drain::drainer::{self, DrainerSettings};
 use walrelay::drain::retry::RetryPolicy;
 use walrelay::drain::Sink;
+use walrelay::drain::SinkHealth;
+use walrelay::metrics::Metrics;
 use walrelay::record::Record;
-use walrelay::relay::metrics::Metrics;
 use walrelay::{Wal, WalConfig};
 
 fn trades(n: usize, offset: i64) -> Vec<Record> {
@@ -100,7 +101,7 @@ fn drain(c: &mut Criterion) {
                 let t = Instant::now();
                 rt.block_on(async {
                     for b in &batches {
-                        sink.deliver(b).await.unwrap();
+                        sink.deliver(b, 1).await.unwrap();
                     }
                 });
                 total += t.elapsed();

@@ -151,9 +151,9 @@ fn facts(c: &mut Criterion) {
     .unwrap();
     let mut sink = TimescaleSink::new(cfg, wal.meta(), wal.dead_letters()).unwrap();
     // Warm up: schema, dimensions, cache.
-    rt.block_on(sink.deliver(&batch(0))).unwrap();
+    rt.block_on(sink.deliver(&batch(0), 1)).unwrap();
     let mut last_sink = TimescaleSink::new(last_cfg, wal.meta(), wal.dead_letters()).unwrap();
-    rt.block_on(last_sink.deliver(&batch(0))).unwrap();
+    rt.block_on(last_sink.deliver(&batch(0), 1)).unwrap();
     let hypertables = rt.block_on(server.hypertables("bench"));
     *TABLES.lock().unwrap() = if hypertables.len() == 4 {
         "TimescaleDB hypertables".to_string()
@@ -204,7 +204,7 @@ fn facts(c: &mut Criterion) {
                 round += 1;
                 let rows = batch(round);
                 let t = Instant::now();
-                let d = rt.block_on(sink.deliver(&rows)).unwrap();
+                let d = rt.block_on(sink.deliver(&rows, 1)).unwrap();
                 total += t.elapsed();
                 assert_eq!(d.written, ROWS);
             }
@@ -219,7 +219,7 @@ fn facts(c: &mut Criterion) {
                 round += 1;
                 let rows = batch(round);
                 let t = Instant::now();
-                let d = rt.block_on(last_sink.deliver(&rows)).unwrap();
+                let d = rt.block_on(last_sink.deliver(&rows, 1)).unwrap();
                 total += t.elapsed();
                 assert_eq!(d.written, ROWS);
             }

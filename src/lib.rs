@@ -11,6 +11,7 @@ pub mod db;
 pub mod drain;
 pub mod ingest;
 pub mod logging;
+pub mod metrics;
 pub mod preflight;
 pub mod record;
 pub mod relay;

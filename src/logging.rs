@@ -9,12 +9,38 @@
 //!
 //! The level filter is `RUST_LOG` (default `info`). Secrets cannot reach a
 //! log line through a field: tokens and passwords are
-//! [`crate::config::Secret`], whose `Debug` prints `[redacted]` and which has
+//! [`crate::secret::Secret`], whose `Debug` prints `[redacted]` and which has
 //! no `Display`.
 
 use std::io::IsTerminal;
 
-use crate::config::LogFormat;
+use serde::Deserialize;
+
+/// How log lines are written (`[log] format`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One human-readable line per event; coloured only when stderr is a
+    /// terminal (and `NO_COLOR` is unset).
+    #[default]
+    Text,
+    /// One JSON object per line (`timestamp`, `level`, `target`, `message` and
+    /// the event's fields), for journald, Loki or Vector; never coloured.
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!(
+                "log format {other:?}: expected \"text\" or \"json\""
+            )),
+        }
+    }
+}
 
 /// Whether text lines may carry ANSI colours: only on a terminal, and not
 /// when the user asked for none (<https://no-color.org>).

@@ -10,12 +10,13 @@ use std::time::Duration;
 use common::proxy::{Mode, Proxy};
 use common::vm::Vm;
 use walrelay::db::influx::{InfluxConfig, InfluxSink};
-use walrelay::drain::drainer::{self, DrainerSettings, SinkHealth, SinkState};
+use walrelay::drain::drainer::{self, DrainerSettings};
 use walrelay::drain::retry::RetryPolicy;
 use walrelay::drain::Sink;
+use walrelay::drain::{SinkHealth, SinkState};
 use walrelay::ingest::identity::assign_identity_timestamps;
+use walrelay::metrics::Metrics;
 use walrelay::record::{FieldValue, Record, Trade};
-use walrelay::relay::metrics::Metrics;
 use walrelay::{Wal, WalConfig};
 
 type Sample = (Vec<(String, String)>, i64, u64);
@@ -171,7 +172,7 @@ async fn every_measurement_round_trips_and_replays_change_nothing() {
     let wal = Wal::open(WalConfig::new(dir.path())).unwrap();
     let records = fixtures();
     let mut sink = sink_for(&vm.url(), &wal, 5000);
-    let d = sink.deliver(&records).await.unwrap();
+    let d = sink.deliver(&records, 1).await.unwrap();
     assert_eq!((d.written, d.dead_lettered), (records.len(), 0));
     let want = expected_set(&records);
     let got = vm.sample_set(".+").await;
@@ -204,7 +205,7 @@ async fn every_measurement_round_trips_and_replays_change_nothing() {
     }
     // Replaying the same frames three times changes nothing.
     for _ in 0..3 {
-        sink.deliver(&records).await.unwrap();
+        sink.deliver(&records, 1).await.unwrap();
     }
     assert_eq!(vm.sample_set(".+").await, want);
 }
@@ -220,7 +221,7 @@ async fn same_millisecond_trades_all_arrive() {
     let distinct_ns: BTreeSet<i64> = records.iter().map(|r| r.ts()).collect();
     assert_eq!(distinct_ns.len(), 50, "fifty distinct points for InfluxDB");
     sink_for(&vm.url(), &wal, 5000)
-        .deliver(&records)
+        .deliver(&records, 1)
         .await
         .unwrap();
     let series = vm.export("trades_price").await;
@@ -365,7 +366,7 @@ async fn a_rejected_line_is_bisected_to_its_record_and_dead_lettered() {
         marker: "POISONUSDT".into(),
     });
     let mut sink = sink_for(&proxy.url(), &wal, 5000);
-    let d = sink.deliver(&records).await.unwrap();
+    let d = sink.deliver(&records, 1).await.unwrap();
     assert_eq!((d.written, d.dead_lettered), (63, 1));
     let dead = wal.dead_letters().list(Some("influx"), 10).unwrap();
     assert_eq!(dead.len(), 1);
@@ -471,7 +472,7 @@ async fn routing_picks_composite_key_then_venue_then_default() {
         quantity: 1.0,
     });
     let other = trade(5, 1_700_000_300_000_000_000);
-    sink.deliver(&[okx_trade, okx_liq, other]).await.unwrap();
+    sink.deliver(&[okx_trade, okx_liq, other], 1).await.unwrap();
     assert_eq!(
         composite_vm.export("trades_price").await.len(),
         1,

@@ -16,11 +16,12 @@ use common::proxy::{Mode, Proxy};
 use common::vm::Vm;
 use walrelay::db::influx::{InfluxConfig, InfluxSink};
 use walrelay::db::timescale::{TimescaleConfig, TimescaleSink};
-use walrelay::drain::drainer::{self, DrainerSettings, SinkHealth, SinkState};
+use walrelay::drain::drainer::{self, DrainerSettings};
 use walrelay::drain::retry::RetryPolicy;
 use walrelay::drain::{ErrorClass, Sink};
+use walrelay::drain::{SinkHealth, SinkState};
+use walrelay::metrics::Metrics;
 use walrelay::record::Record;
-use walrelay::relay::metrics::Metrics;
 use walrelay::{Wal, WalConfig};
 
 fn kline(symbol: &str, i: i64) -> Record {
@@ -165,7 +166,7 @@ async fn an_unknown_sqlstate_is_bisected_before_it_is_called_configuration() {
     let wal = Wal::open(WalConfig::new(dir.path())).unwrap();
     let mut sink =
         TimescaleSink::new(TimescaleConfig::new(&url), wal.meta(), wal.dead_letters()).unwrap();
-    sink.deliver(&[kline("BTCUSDT", 1000)]).await.unwrap(); // creates the schema
+    sink.deliver(&[kline("BTCUSDT", 1000)], 1).await.unwrap(); // creates the schema
     let admin = pg.client("unknown").await;
     admin
         .batch_execute(
@@ -181,11 +182,14 @@ async fn an_unknown_sqlstate_is_bisected_before_it_is_called_configuration() {
         .await
         .unwrap();
     let batch: Vec<Record> = (0..40).map(|i| kline("BTCUSDT", i)).collect(); // volume 33 is i = 23
-    let d = sink.deliver(&batch).await.unwrap();
+                                                                             // The drainer's third delivery of this batch: the sink keeps no count of
+                                                                             // its own and stores the one it is given.
+    let d = sink.deliver(&batch, 3).await.unwrap();
     assert_eq!((d.written, d.dead_lettered), (39, 1));
     let dead = wal.dead_letters().list(Some("timescale"), 10).unwrap();
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].record, batch[23]);
+    assert_eq!(dead[0].attempts, 3);
     assert!(
         dead[0].error.contains("P0001") && dead[0].error.contains("unknown class"),
         "{}",
@@ -201,7 +205,7 @@ async fn an_unknown_sqlstate_is_bisected_before_it_is_called_configuration() {
     let mut sink =
         TimescaleSink::new(TimescaleConfig::new(&url), wal.meta(), wal.dead_letters()).unwrap();
     let batch: Vec<Record> = (100..140).map(|i| kline("BTCUSDT", i)).collect();
-    let f = sink.deliver(&batch).await.unwrap_err();
+    let f = sink.deliver(&batch, 1).await.unwrap_err();
     assert_eq!(f.class, ErrorClass::Config, "{}", f.message);
     assert!(f.message.contains("P0001"), "{}", f.message);
     assert_eq!(
@@ -224,7 +228,7 @@ async fn repeated_timeouts_shrink_the_transaction_until_the_batch_lands() {
     let mut cfg = TimescaleConfig::new(&url);
     cfg.statement_timeout_ms = 600;
     let mut sink = TimescaleSink::new(cfg, wal.meta(), wal.dead_letters()).unwrap();
-    sink.deliver(&[kline("BTCUSDT", 1000)]).await.unwrap(); // creates the schema
+    sink.deliver(&[kline("BTCUSDT", 1000)], 1).await.unwrap(); // creates the schema
     pg.client("slow")
         .await
         .batch_execute(
@@ -237,7 +241,7 @@ async fn repeated_timeouts_shrink_the_transaction_until_the_batch_lands() {
     let batch: Vec<Record> = (0..100).map(|i| kline("BTCUSDT", i)).collect();
     let mut timeouts = 0;
     let delivered = loop {
-        match sink.deliver(&batch).await {
+        match sink.deliver(&batch, timeouts + 1).await {
             Ok(d) => break d,
             Err(f) => {
                 assert_eq!(f.class, ErrorClass::Transient, "{}", f.message);
@@ -333,7 +337,7 @@ async fn an_influx_413_or_unknown_status_line_is_dead_lettered_and_the_lines_beh
     let wal = Wal::open(WalConfig::new(dir.path())).unwrap();
     let mut sink = influx_sink(&proxy.url(), &wal, 5000);
     let batch: Vec<Record> = (0..40).map(|i| trade(i, "BTCUSDT")).collect();
-    let f = sink.deliver(&batch).await.unwrap_err();
+    let f = sink.deliver(&batch, 1).await.unwrap_err();
     assert_eq!(f.class, ErrorClass::Config, "{}", f.message);
     assert_eq!(wal.dead_letters().count(None).unwrap(), 0);
 }
@@ -355,7 +359,7 @@ async fn repeated_influx_timeouts_shrink_the_requests_until_the_batch_lands() {
     let batch: Vec<Record> = (0..200).map(|i| trade(i, "BTCUSDT")).collect();
     let mut timeouts = 0;
     let delivered = loop {
-        match sink.deliver(&batch).await {
+        match sink.deliver(&batch, timeouts + 1).await {
             Ok(d) => break d,
             Err(f) => {
                 assert_eq!(f.class, ErrorClass::Transient, "{}", f.message);

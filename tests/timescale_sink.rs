@@ -12,11 +12,12 @@ use std::time::Duration;
 
 use common::pg::Pg;
 use walrelay::db::timescale::{init::init, schema, TimescaleConfig, TimescaleSink};
-use walrelay::drain::drainer::{self, DrainerSettings, SinkHealth};
+use walrelay::drain::drainer::{self, DrainerSettings};
 use walrelay::drain::retry::RetryPolicy;
 use walrelay::drain::Sink;
+use walrelay::drain::SinkHealth;
+use walrelay::metrics::Metrics;
 use walrelay::record::{Bar, BarKind, Record};
-use walrelay::relay::metrics::Metrics;
 use walrelay::{Wal, WalConfig};
 
 fn bar(kind: BarKind, symbol: &str, i: i64, high: f64) -> Record {
@@ -384,7 +385,7 @@ async fn replays_write_each_row_once_and_the_cache_survives_a_reopen() {
         let mut sink =
             TimescaleSink::new(TimescaleConfig::new(&url), wal.meta(), wal.dead_letters()).unwrap();
         for _ in 0..3 {
-            let d = sink.deliver(&batch).await.unwrap();
+            let d = sink.deliver(&batch, 1).await.unwrap();
             assert_eq!((d.written, d.dead_lettered), (400, 0));
         }
         assert_eq!(
@@ -413,7 +414,7 @@ async fn replays_write_each_row_once_and_the_cache_survives_a_reopen() {
     let more: Vec<Record> = (400..480)
         .map(|i| bar(BarKind::Vpin, "SOLUSDT", i, 11.0))
         .collect();
-    sink.deliver(&more).await.unwrap();
+    sink.deliver(&more, 1).await.unwrap();
     assert_eq!(
         sink.dimension_round_trips(),
         0,
@@ -435,11 +436,11 @@ async fn a_different_database_clears_the_cache() {
     init(&seed).await.unwrap();
     let mut a =
         TimescaleSink::new(TimescaleConfig::new(&url_a), wal.meta(), wal.dead_letters()).unwrap();
-    a.deliver(&[kline("BTCUSDT", 1)]).await.unwrap();
+    a.deliver(&[kline("BTCUSDT", 1)], 1).await.unwrap();
     drop(a);
     let mut b =
         TimescaleSink::new(TimescaleConfig::new(&url_b), wal.meta(), wal.dead_letters()).unwrap();
-    b.deliver(&[kline("BTCUSDT", 1)]).await.unwrap();
+    b.deliver(&[kline("BTCUSDT", 1)], 1).await.unwrap();
     assert_eq!(
         b.dimension_round_trips(),
         1,
@@ -468,8 +469,8 @@ async fn a_poison_record_is_dead_lettered_while_its_batch_mates_land() {
     let wal = Wal::open(WalConfig::new(dir.path())).unwrap();
     let mut sink =
         TimescaleSink::new(TimescaleConfig::new(&url), wal.meta(), wal.dead_letters()).unwrap();
-    sink.deliver(&[kline("BTCUSDT", 0)]).await.unwrap(); // creates the schema
-                                                         // An operator's rule the relay does not know: bars must have high >= low.
+    sink.deliver(&[kline("BTCUSDT", 0)], 1).await.unwrap(); // creates the schema
+                                                            // An operator's rule the relay does not know: bars must have high >= low.
     pg.client("poison")
         .await
         .batch_execute("ALTER TABLE mart.bar__vpin ADD CONSTRAINT sane_range CHECK (high >= low)")
@@ -479,7 +480,7 @@ async fn a_poison_record_is_dead_lettered_while_its_batch_mates_land() {
         .map(|i| bar(BarKind::Vpin, "BTCUSDT", i, 11.0))
         .collect();
     batch[22] = bar(BarKind::Vpin, "BTCUSDT", 23, 1.0); // high < low
-    let d = sink.deliver(&batch).await.unwrap();
+    let d = sink.deliver(&batch, 1).await.unwrap();
     assert_eq!((d.written, d.dead_lettered), (39, 1));
     let dead = wal.dead_letters().list(Some("timescale"), 10).unwrap();
     assert_eq!(dead.len(), 1);
@@ -523,12 +524,15 @@ async fn first_wins(pg: &Pg) {
 
     // Two different bars for one key in one batch: one row, one dead letter.
     let d = sink
-        .deliver(&[
-            first.clone(),
-            rival.clone(),
-            other.clone(),
-            kline("ETHUSDT", 1),
-        ])
+        .deliver(
+            &[
+                first.clone(),
+                rival.clone(),
+                other.clone(),
+                kline("ETHUSDT", 1),
+            ],
+            1,
+        )
         .await
         .unwrap();
     assert_eq!((d.written, d.dead_lettered), (3, 1));
@@ -556,7 +560,7 @@ async fn first_wins(pg: &Pg) {
 
     // A replay (same rows again) is done, not dead-lettered.
     let d = sink
-        .deliver(&[first.clone(), other.clone(), kline("ETHUSDT", 1)])
+        .deliver(&[first.clone(), other.clone(), kline("ETHUSDT", 1)], 1)
         .await
         .unwrap();
     assert_eq!((d.written, d.dead_lettered), (3, 0));
@@ -567,7 +571,7 @@ async fn first_wins(pg: &Pg) {
         k.close += 1.0;
     }
     let d = sink
-        .deliver(&[k.clone(), kline("ETHUSDT", 2)])
+        .deliver(&[k.clone(), kline("ETHUSDT", 2)], 1)
         .await
         .unwrap();
     assert_eq!((d.written, d.dead_lettered), (1, 1));
@@ -628,13 +632,16 @@ async fn last_wins(pg: &Pg) {
     // The candle of minute 1 forms: four updates in one batch, the last two
     // within one microsecond (one key to PostgreSQL), plus minute 2.
     let d = sink
-        .deliver(&[
-            forming(1, 1.1, 0),
-            forming(1, 1.2, 0),
-            forming(2, 7.0, 0),
-            forming(1, 1.3, 0),
-            forming(1, 2.5, 999),
-        ])
+        .deliver(
+            &[
+                forming(1, 1.1, 0),
+                forming(1, 1.2, 0),
+                forming(2, 7.0, 0),
+                forming(1, 1.3, 0),
+                forming(1, 2.5, 999),
+            ],
+            1,
+        )
         .await
         .unwrap();
     assert_eq!((d.written, d.dead_lettered), (5, 0));
@@ -647,14 +654,14 @@ async fn last_wins(pg: &Pg) {
     );
 
     // A later batch updates it again: the row is replaced, not dead-lettered.
-    let d = sink.deliver(&[forming(1, 1.9, 0)]).await.unwrap();
+    let d = sink.deliver(&[forming(1, 1.9, 0)], 1).await.unwrap();
     assert_eq!((d.written, d.dead_lettered), (1, 0));
     let (close, high, version) = row(1).await;
     assert_eq!((close, high), (1.9, 2.0));
 
     // A replay of the same record rewrites nothing: the row version (xmin)
     // stays, thanks to WHERE … IS DISTINCT FROM.
-    let d = sink.deliver(&[forming(1, 1.9, 0)]).await.unwrap();
+    let d = sink.deliver(&[forming(1, 1.9, 0)], 1).await.unwrap();
     assert_eq!((d.written, d.dead_lettered), (1, 0));
     assert_eq!(
         row(1).await,
@@ -666,7 +673,7 @@ async fn last_wins(pg: &Pg) {
     // Bars in the same sink still keep the first write.
     let first = bar(BarKind::Vpin, "BTCUSDT", 5, 11.0);
     let rival = bar(BarKind::Vpin, "BTCUSDT", 5, 12.0);
-    let d = sink.deliver(&[first, rival.clone()]).await.unwrap();
+    let d = sink.deliver(&[first, rival.clone()], 1).await.unwrap();
     assert_eq!((d.written, d.dead_lettered), (1, 1));
     let dead = wal.dead_letters().list(Some("timescale"), 10).unwrap();
     assert_eq!(dead.len(), 1);
@@ -683,7 +690,7 @@ async fn a_dimension_row_deleted_behind_our_back_is_re_resolved() {
     let wal = Wal::open(WalConfig::new(dir.path())).unwrap();
     let mut sink =
         TimescaleSink::new(TimescaleConfig::new(&url), wal.meta(), wal.dead_letters()).unwrap();
-    sink.deliver(&[kline("XRPUSDT", 0)]).await.unwrap();
+    sink.deliver(&[kline("XRPUSDT", 0)], 1).await.unwrap();
     pg.client("fk")
         .await
         .batch_execute(
@@ -692,7 +699,7 @@ async fn a_dimension_row_deleted_behind_our_back_is_re_resolved() {
         .await
         .unwrap();
     let d = sink
-        .deliver(&[kline("XRPUSDT", 1), kline("XRPUSDT", 2)])
+        .deliver(&[kline("XRPUSDT", 1), kline("XRPUSDT", 2)], 1)
         .await
         .unwrap();
     assert_eq!((d.written, d.dead_lettered), (2, 0));
@@ -809,7 +816,7 @@ async fn hypertables_when_timescaledb_is_installed() {
             ]
         })
         .collect();
-    let d = sink.deliver(&rows).await.unwrap();
+    let d = sink.deliver(&rows, 1).await.unwrap();
     assert_eq!((d.written, d.dead_lettered), (6, 0));
     let c = pg.client("hyper").await;
     let chunks: i64 = c

@@ -18,118 +18,17 @@
 //! backlog (order is kept) and their latency is the time to drain what is
 //! ahead of them, which `/status` shows as the ETA.
 
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
+use super::health::SinkHealth;
 use super::retry::{Backoff, RetryPolicy};
-use super::{ErrorClass, Sink};
+use super::Sink;
+use crate::metrics::{self, Metrics};
 use crate::record::Record;
-use crate::relay::metrics::Metrics;
 use crate::wal::Wal;
-
-/// Health of a sink as `/status` shows it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SinkState {
-    /// The last delivery succeeded (or nothing was due yet).
-    Healthy,
-    /// Transient failures: retrying with backoff.
-    Retrying,
-    /// Configuration failure (auth, permissions, missing bucket/database):
-    /// an operator must act; retrying slowly, nothing dead-lettered.
-    Unhealthy,
-}
-
-/// Shared, observable state of one drainer.
-#[derive(Debug)]
-pub struct SinkHealth {
-    pub name: &'static str,
-    inner: Mutex<HealthInner>,
-}
-
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct HealthSnapshot {
-    pub state: SinkState,
-    pub last_error: Option<String>,
-    pub consecutive_failures: u32,
-    pub delivered_records: u64,
-    /// Records/s confirmed over the last deliveries (exponentially smoothed).
-    pub drain_rate: f64,
-    #[serde(skip)]
-    pub since: Option<SystemTime>,
-}
-
-#[derive(Debug)]
-struct HealthInner {
-    snap: HealthSnapshot,
-    last_ok: Option<Instant>,
-}
-
-impl SinkHealth {
-    pub fn new(name: &'static str) -> Self {
-        SinkHealth {
-            name,
-            inner: Mutex::new(HealthInner {
-                snap: HealthSnapshot {
-                    state: SinkState::Healthy,
-                    last_error: None,
-                    consecutive_failures: 0,
-                    delivered_records: 0,
-                    drain_rate: 0.0,
-                    since: None,
-                },
-                last_ok: None,
-            }),
-        }
-    }
-
-    pub fn snapshot(&self) -> HealthSnapshot {
-        self.inner
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .snap
-            .clone()
-    }
-
-    fn ok(&self, records: usize, took: Duration) {
-        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        if g.snap.state != SinkState::Healthy {
-            tracing::info!(
-                sink = self.name,
-                after_failures = g.snap.consecutive_failures,
-                "sink healthy again"
-            );
-        }
-        let rate = records as f64 / took.as_secs_f64().max(1e-6);
-        g.snap.drain_rate = if g.snap.drain_rate == 0.0 {
-            rate
-        } else {
-            0.8 * g.snap.drain_rate + 0.2 * rate
-        };
-        g.snap.state = SinkState::Healthy;
-        g.snap.consecutive_failures = 0;
-        g.snap.delivered_records += records as u64;
-        g.last_ok = Some(Instant::now());
-    }
-
-    fn failed(&self, class: ErrorClass, message: &str) {
-        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let state = if class == ErrorClass::Config {
-            SinkState::Unhealthy
-        } else {
-            SinkState::Retrying
-        };
-        if g.snap.state != state {
-            tracing::warn!(sink = self.name, state = ?state, error = message, "sink state changed");
-            g.snap.since = Some(SystemTime::now());
-        }
-        g.snap.state = state;
-        g.snap.last_error = Some(message.to_string());
-        g.snap.consecutive_failures += 1;
-    }
-}
 
 /// Settings of one drainer.
 #[derive(Debug, Clone)]
@@ -171,11 +70,15 @@ async fn deliver_until_confirmed<S: Sink>(
 ) -> Outcome {
     let name = sink.name();
     let mut backoff = Backoff::new(retry);
+    // Deliveries of this batch so far; the sink stores the count with what
+    // it dead-letters.
+    let mut attempt: u32 = 0;
     loop {
+        attempt = attempt.saturating_add(1);
         let started = Instant::now();
-        let result = sink.deliver(batch).await;
+        let result = sink.deliver(batch, attempt).await;
         metrics.observe(
-            "walrelay_sink_write_seconds",
+            metrics::SINK_WRITE_SECONDS,
             &[("sink", name)],
             started.elapsed(),
         );
@@ -193,15 +96,15 @@ async fn deliver_until_confirmed<S: Sink>(
                 return Outcome::Confirmed;
             }
             Err(f) => {
-                let class = format!("{:?}", f.class).to_lowercase();
+                let class = f.class.as_str();
                 metrics.add(
-                    "walrelay_sink_retries_total",
-                    &[("sink", name), ("class", &class)],
+                    metrics::SINK_RETRIES,
+                    &[("sink", name), ("class", class)],
                     1,
                 );
                 health.failed(f.class, &f.message);
                 let delay = backoff.next_delay(f.class, f.retry_after);
-                tracing::warn!(sink = name, seq = last_seq, records = batch.len(), attempt = backoff.attempts(), class = %class, delay_ms = delay.as_millis() as u64, error = %f.message, "delivery failed; will retry");
+                tracing::warn!(sink = name, seq = last_seq, records = batch.len(), attempt, class = %class, delay_ms = delay.as_millis() as u64, error = %f.message, "delivery failed; will retry");
                 if sleep_or_shutdown(delay, shutdown).await {
                     tracing::info!(
                         sink = name,
@@ -397,7 +300,7 @@ fn advance(
     if let Err(e) = wal.ack(name, seq) {
         tracing::error!(sink = name, seq, error = %e, "cursor advance failed; the batches will be delivered again after a restart");
     } else {
-        metrics.add("walrelay_acknowledged_frames_total", &[("sink", name)], 1);
+        metrics.add(metrics::ACKNOWLEDGED_FRAMES, &[("sink", name)], 1);
     }
 }
 
@@ -408,13 +311,13 @@ fn count_delivered(metrics: &Metrics, sink: &'static str, batch: &[Record], dead
     }
     for (kind, n) in per_kind {
         metrics.add(
-            "walrelay_delivered_records_total",
+            metrics::DELIVERED_RECORDS,
             &[("sink", sink), ("kind", kind)],
             n,
         );
     }
     metrics.add(
-        "walrelay_dead_lettered_records_total",
+        metrics::DEAD_LETTERED_RECORDS,
         &[("sink", sink)],
         dead as u64,
     );
@@ -431,15 +334,18 @@ async fn sleep_or_shutdown(d: Duration, shutdown: &mut watch::Receiver<bool>) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::drain::{Delivery, SinkFailure};
+    use crate::drain::{Delivery, ErrorClass, SinkFailure, SinkState};
     use crate::record::RecordKind;
     use crate::wal::WalConfig;
     use std::collections::VecDeque;
+    use std::sync::Mutex;
 
     /// A sink that answers from a script (then succeeds) and records what it got.
     struct Scripted {
         script: Arc<Mutex<VecDeque<ErrorClass>>>,
         got: Arc<Mutex<Vec<String>>>,
+        /// The `attempt` of every delivery, in order.
+        attempts: Arc<Mutex<Vec<u32>>>,
     }
 
     impl Sink for Scripted {
@@ -449,11 +355,16 @@ mod tests {
         fn accepts(&self, kind: RecordKind) -> bool {
             kind == RecordKind::Trade
         }
-        async fn deliver(&mut self, batch: &[Record]) -> Result<Delivery, SinkFailure> {
+        async fn deliver(
+            &mut self,
+            batch: &[Record],
+            attempt: u32,
+        ) -> Result<Delivery, SinkFailure> {
+            self.attempts.lock().unwrap().push(attempt);
             if let Some(class) = self.script.lock().unwrap().pop_front() {
                 return Err(SinkFailure {
                     class,
-                    message: format!("scripted {class:?}"),
+                    message: format!("scripted {}", class.as_str()),
                     retry_after: None,
                 });
             }
@@ -490,7 +401,11 @@ mod tests {
                 got: self.got.clone(),
             })
         }
-        async fn deliver(&mut self, batch: &[Record]) -> Result<Delivery, SinkFailure> {
+        async fn deliver(
+            &mut self,
+            batch: &[Record],
+            _attempt: u32,
+        ) -> Result<Delivery, SinkFailure> {
             let ids: Vec<String> = batch
                 .iter()
                 .filter_map(|r| match r {
@@ -545,7 +460,7 @@ mod tests {
         wait_for(|| got.lock().unwrap().len() == 14).await;
         wait_for(|| {
             metrics.get(
-                "walrelay_sink_retries_total",
+                metrics::SINK_RETRIES,
                 &[("sink", "scripted"), ("class", "transient")],
             ) >= 3
         })
@@ -559,10 +474,7 @@ mod tests {
             "the cursor moved past batch 1, which is not confirmed"
         );
         assert_eq!(
-            metrics.get(
-                "walrelay_acknowledged_frames_total",
-                &[("sink", "scripted")]
-            ),
+            metrics.get(metrics::ACKNOWLEDGED_FRAMES, &[("sink", "scripted")]),
             0
         );
         // Crash: the drainer dies mid-retry; the log is reopened.
@@ -675,9 +587,11 @@ mod tests {
             ErrorClass::Config,
         ])));
         let got = Arc::new(Mutex::new(Vec::new()));
+        let attempts = Arc::new(Mutex::new(Vec::new()));
         let sink = Scripted {
             script: script.clone(),
             got: got.clone(),
+            attempts: attempts.clone(),
         };
         let health = Arc::new(SinkHealth::new("scripted"));
         let metrics = Arc::new(Metrics::default());
@@ -700,21 +614,21 @@ mod tests {
         wait_for(|| wal.backlog("scripted").unwrap().records == 0).await;
         assert_eq!(
             metrics.get(
-                "walrelay_sink_retries_total",
+                metrics::SINK_RETRIES,
                 &[("sink", "scripted"), ("class", "transient")]
             ),
             2
         );
         assert_eq!(
             metrics.get(
-                "walrelay_sink_retries_total",
+                metrics::SINK_RETRIES,
                 &[("sink", "scripted"), ("class", "config")]
             ),
             1
         );
         assert_eq!(
             metrics.get(
-                "walrelay_delivered_records_total",
+                metrics::DELIVERED_RECORDS,
                 &[("sink", "scripted"), ("kind", "trade")]
             ),
             20
@@ -725,6 +639,10 @@ mod tests {
         wait_for(|| got.lock().unwrap().len() == 21).await;
         stop_tx.send(true).unwrap();
         task.await.unwrap();
+        // The drainer counts the deliveries of each batch: the first batch
+        // failed three times and was confirmed on its fourth; the next
+        // batch starts again at 1.
+        assert_eq!(*attempts.lock().unwrap(), [1, 2, 3, 4, 1]);
     }
 
     #[tokio::test]
@@ -744,6 +662,7 @@ mod tests {
             Scripted {
                 script,
                 got: got.clone(),
+                attempts: Arc::new(Mutex::new(Vec::new())),
             },
             s,
             health.clone(),
@@ -753,7 +672,7 @@ mod tests {
         wait_for(|| health.snapshot().state == SinkState::Unhealthy).await;
         assert_eq!(
             health.snapshot().last_error.as_deref(),
-            Some("scripted Config")
+            Some("scripted config")
         );
         let t0 = Instant::now();
         stop_tx.send(true).unwrap();

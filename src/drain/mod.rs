@@ -13,6 +13,7 @@
 //! only over a prefix of batches that are all confirmed, in log order.
 
 pub mod drainer;
+pub mod health;
 pub mod retry;
 pub(crate) mod verdict;
 
@@ -20,6 +21,8 @@ use std::future::Future;
 use std::time::Duration;
 
 use crate::record::{Record, RecordKind};
+
+pub use health::{HealthSnapshot, SinkHealth, SinkState};
 
 /// How a sink failure should be handled. Each sink's error enum maps itself to one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,6 +36,18 @@ pub enum ErrorClass {
     /// Credentials, permissions, missing database/bucket: the sink is unhealthy;
     /// retry slowly, dead-letter nothing.
     Config,
+}
+
+impl ErrorClass {
+    /// The class in lower case, as the `class` label of
+    /// `walrelay_sink_retries_total` and in log lines.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorClass::Transient => "transient",
+            ErrorClass::Data => "data",
+            ErrorClass::Config => "config",
+        }
+    }
 }
 
 /// What a successful delivery confirmed. Every record of the batch is either
@@ -77,10 +92,16 @@ pub trait Sink: Send {
 
     /// Writes one batch (all records accepted by this sink, in log order).
     ///
+    /// `attempt` is the drainer's count of deliveries of this batch, this
+    /// one included: 1 the first time, 2 after one failure, and so on. A sink
+    /// keeps no count of its own; it stores `attempt` with the records it
+    /// dead-letters.
+    ///
     /// `Ok` confirms every record as written or dead-lettered; `Err` confirms
     /// nothing. Implementations bound every network call by a deadline.
     fn deliver(
         &mut self,
         batch: &[Record],
+        attempt: u32,
     ) -> impl Future<Output = Result<Delivery, SinkFailure>> + Send;
 }

@@ -63,7 +63,11 @@ pub enum IngestError {
     },
     /// The log failed (I/O); nothing was acknowledged.
     #[error("write-ahead log error: {0}")]
-    Wal(String),
+    Wal(#[from] crate::wal::WalError),
+    /// The blocking task running an append panicked or was cancelled;
+    /// nothing was acknowledged.
+    #[error("append task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
 }
 
 impl IngestError {
@@ -80,7 +84,7 @@ impl IngestError {
             IngestError::Busy { .. } => 503,
             IngestError::Unauthorized => 401,
             IngestError::Full { .. } | IngestError::Unavailable { .. } => 503,
-            IngestError::Wal(_) => 500,
+            IngestError::Wal(_) | IngestError::Task(_) => 500,
         }
     }
 

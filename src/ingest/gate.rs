@@ -221,7 +221,7 @@ impl Gate {
                     reason: e.to_string(),
                     retry_after: std::time::Duration::from_secs(5),
                 },
-                other => IngestError::Wal(other.to_string()),
+                other => IngestError::Wal(other),
             })
     }
 
@@ -238,9 +238,8 @@ impl Gate {
     /// is full (what was replayed so far stays replayed).
     pub fn replay_dead_letters(&self, sink: Option<&str>) -> Result<ReplayReport, IngestError> {
         let dl = self.wal.dead_letters();
-        let wal_err = |e: WalError| IngestError::Wal(e.to_string());
         let mut report = ReplayReport::default();
-        for d in dl.list(sink, usize::MAX).map_err(wal_err)? {
+        for d in dl.list(sink, usize::MAX)? {
             let origin = if d.sink == "grpc" {
                 Origin::Typed
             } else {
@@ -248,7 +247,7 @@ impl Gate {
             };
             match self.admit(vec![d.record.clone()], None, origin) {
                 Ok(_) => {
-                    dl.take(&d.id).map_err(wal_err)?;
+                    dl.take(&d.id)?;
                     report.replayed += 1;
                 }
                 Err(

@@ -1,6 +1,7 @@
 //! The HTTP ingest server: the InfluxDB v2 and 1.x write APIs, JSON-lines
-//! records, InfluxDB-shaped `/ping`, `/health` and `/ready`, status and
-//! metrics.
+//! records and InfluxDB-shaped `/ping`. The relay merges its own endpoints
+//! into this router (`/health`, `/ready`, `/status`, `/metrics`:
+//! `relay/admin.rs`, beside the status they serve).
 //!
 //! Invariant: a write request is answered `204` only after every record of it
 //! is durable in the log; any refusal (bad line, bad record, auth, size, full
@@ -20,7 +21,7 @@
 
 use std::io::Read;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Query, State};
@@ -36,8 +37,8 @@ use super::error::IngestError;
 use super::gate::Origin;
 use super::line_protocol::{self, Precision};
 use super::typed;
+use super::Ingest;
 use crate::record::{now_ns, Limits, Record};
-use crate::relay::Relay;
 
 /// The version walrelay reports where InfluxDB reports its own
 /// (`X-Influxdb-Version`, `/health`, `/ping?verbose=true`).
@@ -92,7 +93,7 @@ impl IntoResponse for V1Error {
 
 /// Adds `X-Influxdb-Version` and `X-Influxdb-Build`, which InfluxDB sets on
 /// its responses and 1.x clients read.
-fn with_influx_headers(mut resp: Response) -> Response {
+pub(crate) fn with_influx_headers(mut resp: Response) -> Response {
     let h = resp.headers_mut();
     h.insert("x-influxdb-version", HeaderValue::from_static(VERSION));
     h.insert("x-influxdb-build", HeaderValue::from_static(BUILD));
@@ -100,25 +101,15 @@ fn with_influx_headers(mut resp: Response) -> Response {
 }
 
 /// The router of the ingest server.
-pub fn router(relay: Arc<Relay>) -> Router {
+pub fn router(relay: Arc<Ingest>) -> Router {
     // Bodies are read by `read_body` under `max_body_bytes` (compressed and
     // decompressed), the body deadline and the memory budget.
-    // `/ready` reports when the server started serving: now, since the log
-    // is open and recovered before the router is built.
-    let started = SystemTime::now();
     Router::new()
         .route("/api/v2/write", post(write_lp))
         .route("/write", post(write_v1))
         .route("/v1/records", post(write_json))
         // `get` also answers HEAD (without the body).
         .route("/ping", get(ping))
-        .route("/health", get(health))
-        .route(
-            "/ready",
-            get(move |State(relay): State<Arc<Relay>>| ready(relay, started)),
-        )
-        .route("/status", get(status))
-        .route("/metrics", get(metrics))
         .with_state(relay)
 }
 
@@ -197,8 +188,8 @@ fn base64_decode(s: &str) -> Option<Vec<u8>> {
 
 /// Checks the presented secret against `ingest.token` (no token configured:
 /// every request passes).
-fn check_token(relay: &Relay, given: Option<&str>) -> Result<(), IngestError> {
-    let Some(expected) = relay.config().ingest.token.as_ref() else {
+fn check_token(relay: &Ingest, given: Option<&str>) -> Result<(), IngestError> {
+    let Some(expected) = relay.config().token.as_ref() else {
         return Ok(());
     };
     let given = given.unwrap_or("");
@@ -225,14 +216,14 @@ enum BodyKind {
 /// Reads the body under the size limit, the body deadline and the memory
 /// budget (each chunk is budgeted before it is kept).
 async fn read_body(
-    relay: &Relay,
+    relay: &Ingest,
     headers: &HeaderMap,
     body: Body,
     hold: &mut Held,
 ) -> Result<Vec<u8>, IngestError> {
     let mut body = body.into_data_stream();
-    let limit = relay.config().ingest.max_body_bytes;
-    let timeout_ms = relay.config().ingest.body_timeout_ms;
+    let limit = relay.config().max_body_bytes;
+    let timeout_ms = relay.config().body_timeout_ms;
     let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
     let declared = headers
         .get(header::CONTENT_LENGTH)
@@ -342,7 +333,7 @@ fn prescan(text: &str, kind: BodyKind, limits: &Limits) -> Result<usize, IngestE
 /// Everything after the body is read, on a blocking thread: inflate, check,
 /// parse, then the gate. Nothing here runs on the async workers.
 fn process(
-    relay: &Relay,
+    relay: &Ingest,
     body: Vec<u8>,
     gzip: bool,
     kind: BodyKind,
@@ -350,7 +341,7 @@ fn process(
 ) -> Result<(), IngestError> {
     let limits = relay.gate().limits().clone();
     let raw = if gzip {
-        let out = gunzip(&body, relay.config().ingest.max_body_bytes, &mut hold)?;
+        let out = gunzip(&body, relay.config().max_body_bytes, &mut hold)?;
         drop(body);
         out
     } else {
@@ -434,7 +425,7 @@ fn is_gzip(headers: &HeaderMap) -> Result<bool, IngestError> {
 /// One write request of any API, once its credentials are checked and its
 /// parameters read: budgeted body, then [`process`] off the async workers.
 async fn write(
-    relay: &Arc<Relay>,
+    relay: &Arc<Ingest>,
     headers: &HeaderMap,
     body: Body,
     kind: BodyKind,
@@ -443,14 +434,12 @@ async fn write(
     let mut hold = relay.budget().hold();
     let body = read_body(relay, headers, body, &mut hold).await?;
     let me = relay.clone();
-    tokio::task::spawn_blocking(move || process(&me, body, gzip, kind, hold))
-        .await
-        .map_err(|e| IngestError::Wal(e.to_string()))??;
+    tokio::task::spawn_blocking(move || process(&me, body, gzip, kind, hold)).await??;
     Ok(StatusCode::NO_CONTENT)
 }
 
 async fn write_lp(
-    State(relay): State<Arc<Relay>>,
+    State(relay): State<Arc<Ingest>>,
     Query(q): Query<WriteParams>,
     headers: HeaderMap,
     body: Body,
@@ -499,7 +488,7 @@ fn v1_precision(q: &V1WriteParams) -> Result<Precision, IngestError> {
 
 /// `POST /write`: InfluxDB 1.x's write API on the v2 path ([`write`]).
 async fn write_v1(
-    State(relay): State<Arc<Relay>>,
+    State(relay): State<Arc<Ingest>>,
     Query(q): Query<V1WriteParams>,
     headers: HeaderMap,
     body: Body,
@@ -519,7 +508,7 @@ async fn write_v1(
 }
 
 async fn write_json(
-    State(relay): State<Arc<Relay>>,
+    State(relay): State<Arc<Ingest>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<StatusCode, IngestError> {
@@ -552,118 +541,6 @@ async fn ping(Query(q): Query<PingParams>) -> Response {
         StatusCode::NO_CONTENT.into_response()
     };
     with_influx_headers(resp)
-}
-
-/// `GET /health`: InfluxDB's health shape; see [`Status::influx_health`].
-async fn health(State(relay): State<Arc<Relay>>) -> Response {
-    let h = relay.status().influx_health(
-        relay.config().wal.when_full == crate::wal::WhenFull::Block,
-        VERSION,
-        COMMIT,
-    );
-    let code = if h.status == "pass" {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    with_influx_headers((code, Json(h)).into_response())
-}
-
-/// `GET /ready`: InfluxDB's shape (`status: "ready"`, `started` RFC 3339,
-/// `up` as a Go duration) with walrelay's meaning: the log is open and
-/// recovered and writes are accepted; sinks are not waited for (a relay
-/// buffers through sink outages), `unhealthy_sinks` lists those that are not
-/// healthy.
-async fn ready(relay: Arc<Relay>, started: SystemTime) -> Response {
-    let status = relay.status();
-    let unhealthy: Vec<_> = status
-        .sinks
-        .iter()
-        .filter(|s| s.health.state != crate::drain::drainer::SinkState::Healthy)
-        .map(|s| s.name.clone())
-        .collect();
-    let up = started.elapsed().unwrap_or_default();
-    let mut body = serde_json::json!({
-        "status": "ready",
-        "started": rfc3339(started),
-        "up": go_duration(up),
-        "ready": true,
-        "unhealthy_sinks": unhealthy,
-    });
-    // A log that refuses appends (failed, disk full) makes the relay unready.
-    let code = if let Some(reason) = relay.wal_unavailable() {
-        body["status"] = "unready".into();
-        body["ready"] = false.into();
-        body["reason"] = reason.into();
-        StatusCode::SERVICE_UNAVAILABLE
-    } else {
-        StatusCode::OK
-    };
-    with_influx_headers((code, Json(body)).into_response())
-}
-
-/// `t` as RFC 3339 in UTC with nanoseconds, e.g. `2026-11-29T12:50:01.5Z`.
-fn rfc3339(t: SystemTime) -> String {
-    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    let mut s = format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    );
-    if d.subsec_nanos() > 0 {
-        let frac = format!("{:09}", d.subsec_nanos());
-        s.push('.');
-        s.push_str(frac.trim_end_matches('0'));
-    }
-    s.push('Z');
-    s
-}
-
-/// `d` as Go prints a duration of a second or more (`1h2m3.5s`); shorter
-/// ones in seconds too (`0.25s`), which Go's parser also reads.
-fn go_duration(d: Duration) -> String {
-    let secs = d.as_secs();
-    let (h, m, s) = (secs / 3600, secs % 3600 / 60, secs % 60);
-    let mut out = String::new();
-    if h > 0 {
-        out.push_str(&format!("{h}h"));
-    }
-    if h > 0 || m > 0 {
-        out.push_str(&format!("{m}m"));
-    }
-    out.push_str(&s.to_string());
-    if d.subsec_nanos() > 0 {
-        let frac = format!("{:09}", d.subsec_nanos());
-        out.push('.');
-        out.push_str(frac.trim_end_matches('0'));
-    }
-    out.push('s');
-    out
-}
-
-async fn status(State(relay): State<Arc<Relay>>) -> Response {
-    Json(relay.status()).into_response()
-}
-
-async fn metrics(State(relay): State<Arc<Relay>>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        relay.render_metrics(),
-    )
-        .into_response()
 }
 
 #[cfg(test)]
@@ -810,28 +687,5 @@ mod tests {
         assert_eq!(base64_decode("+/8=").unwrap(), [0xfb, 0xff]);
         assert_eq!(base64_decode("Zm9vY"), None);
         assert_eq!(base64_decode("Zm9v!"), None);
-    }
-
-    #[test]
-    fn ready_times_are_rfc3339_and_go_durations() {
-        let t = |s: u64, n: u32| UNIX_EPOCH + Duration::new(s, n);
-        assert_eq!(rfc3339(t(0, 0)), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(t(951_782_400, 0)), "2000-02-29T00:00:00Z");
-        assert_eq!(
-            rfc3339(t(1_764_420_601, 500_000_000)),
-            "2025-11-29T12:50:01.5Z"
-        );
-        assert_eq!(
-            rfc3339(t(4_102_444_799, 1)),
-            "2099-12-31T23:59:59.000000001Z"
-        );
-        assert_eq!(go_duration(Duration::ZERO), "0s");
-        assert_eq!(go_duration(Duration::from_millis(250)), "0.25s");
-        assert_eq!(go_duration(Duration::from_secs(59)), "59s");
-        assert_eq!(
-            go_duration(Duration::new(885, 911_966_424)),
-            "14m45.911966424s"
-        );
-        assert_eq!(go_duration(Duration::from_secs(3600 + 2)), "1h0m2s");
     }
 }

@@ -1,6 +1,11 @@
 //! The daemon: one log, one drainer per configured sink, the HTTP ingest
 //! server, and the status they share.
 //!
+//! The relay builds the [`Ingest`] front door (gate, budget, metrics) that
+//! the HTTP write endpoints and the gRPC subscriptions use, and serves the
+//! ingest router merged with its own endpoints (`admin.rs`: `/health`,
+//! `/ready`, `/status`, `/metrics`). Ingest never imports the relay.
+//!
 //! Startup, in order: open the log (recovery, `wal/recovery.rs`), build the
 //! configured sinks, start one drainer per sink, bind the ingest port, serve.
 //! Shutdown (the future passed to [`run`] resolves): stop accepting, let
@@ -10,25 +15,26 @@
 //! clients do (stalled clients are dropped at the deadline); then flush the
 //! log and return. The log keeps whatever was not delivered.
 
-pub mod metrics;
+mod admin;
 pub mod status;
 
 use std::future::Future;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
 
 use crate::config::Config;
-use crate::drain::drainer::{self, DrainerSettings, SinkHealth};
+use crate::drain::drainer::{self, DrainerSettings};
 use crate::drain::Sink;
+use crate::drain::SinkHealth;
 use crate::ingest::budget::Budget;
 use crate::ingest::error::IngestError;
 use crate::ingest::gate::{Gate, Origin};
+use crate::ingest::Ingest;
+use crate::metrics::Metrics;
 use crate::record::Record;
 use crate::wal::{AppendOutcome, Wal, WalError};
-use metrics::Metrics;
 
 /// Why the relay could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -45,27 +51,29 @@ pub enum RelayError {
         source: std::io::Error,
     },
     /// A sink could not be set up (bad configuration, failed schema setup).
-    #[error("sink {sink}: {message}")]
-    Sink { sink: &'static str, message: String },
+    #[error("sink {sink}: {source}")]
+    Sink {
+        sink: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// The configuration is inconsistent (an ingest limit out of range).
     #[error("invalid configuration: {0}")]
     Config(String),
-    /// The HTTP server failed.
+    /// The HTTP server's task panicked.
     #[error("ingest server failed: {0}")]
-    Server(String),
+    Server(#[source] tokio::task::JoinError),
 }
 
 /// The relay as a library: the log plus the state that status and metrics show.
 pub struct Relay {
     config: Config,
     wal: Wal,
-    gate: Gate,
-    budget: Budget,
+    /// What the ingest paths share (gate, budget, metrics); built here.
+    ingest: Arc<Ingest>,
     metrics: Arc<Metrics>,
     sinks: Vec<Arc<SinkHealth>>,
     subscriptions: Vec<Arc<crate::ingest::grpc::SubscriptionHealth>>,
-    /// The last append was refused as full (`/health` fails meanwhile).
-    refusing_full: std::sync::atomic::AtomicBool,
 }
 
 impl Relay {
@@ -80,15 +88,12 @@ impl Relay {
         let mut wal_config = config.wal.clone().with_sinks(names.iter().copied());
         wal_config.retain_ms = wal_config.retain_ms.max(config.ingest.identity_window_ms);
         let wal = Wal::open(wal_config)?;
-        let gate = Gate::new(
+        let metrics = Arc::new(Metrics::default());
+        let ingest = Arc::new(Ingest::new(
+            config.ingest.clone(),
             wal.clone(),
-            config.ingest.limits.clone(),
-            config.ingest.identity_window_ms,
-        )?;
-        let budget = Budget::new(
-            config.ingest.memory_budget_bytes,
-            Duration::from_millis(config.ingest.budget_wait_ms),
-        );
+            metrics.clone(),
+        )?);
         if names.is_empty() {
             tracing::warn!("no sink is configured: records are kept in the log only");
         }
@@ -103,12 +108,10 @@ impl Relay {
         Ok(Relay {
             config,
             wal,
-            gate,
-            budget,
-            metrics: Arc::new(Metrics::default()),
+            ingest,
+            metrics,
             sinks,
             subscriptions,
-            refusing_full: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -129,12 +132,18 @@ impl Relay {
 
     /// The ingest gate every append goes through.
     pub fn gate(&self) -> &Gate {
-        &self.gate
+        self.ingest.gate()
     }
 
     /// The ingest memory budget.
     pub fn budget(&self) -> &Budget {
-        &self.budget
+        self.ingest.budget()
+    }
+
+    /// What the ingest paths share, as handed to the HTTP router and the
+    /// gRPC subscriptions.
+    pub fn ingest(&self) -> &Arc<Ingest> {
+        &self.ingest
     }
 
     /// Validates and durably appends typed records (the in-process API for
@@ -146,67 +155,7 @@ impl Relay {
     /// field, [`IngestError::OverLimit`] (nothing is appended),
     /// [`IngestError::Full`] when the log is full under `block`.
     pub fn append(&self, records: Vec<Record>) -> Result<AppendOutcome, IngestError> {
-        self.admit(records, None, Origin::Typed)
-    }
-
-    pub(crate) fn admit(
-        &self,
-        records: Vec<Record>,
-        lines: Option<&[usize]>,
-        origin: Origin,
-    ) -> Result<AppendOutcome, IngestError> {
-        let mut per_kind = std::collections::BTreeMap::new();
-        for r in &records {
-            *per_kind.entry(r.kind().as_str()).or_insert(0u64) += 1;
-        }
-        let started = std::time::Instant::now();
-        let result = self.gate.admit(records, lines, origin);
-        match &result {
-            Ok(_) => self.refusing_full.store(false, Ordering::Relaxed),
-            Err(IngestError::Full { .. }) => self.refusing_full.store(true, Ordering::Relaxed),
-            Err(_) => {}
-        }
-        let out = result?;
-        // Every acknowledged append (HTTP, gRPC, in-process) is timed here:
-        // validation, encoding and the wait for durability, as a writer sees it.
-        self.metrics
-            .observe("walrelay_append_ack_seconds", &[], started.elapsed());
-        for (kind, n) in per_kind {
-            self.metrics
-                .add("walrelay_appended_records_total", &[("kind", kind)], n);
-        }
-        Ok(out)
-    }
-
-    /// Like [`Relay::append`] from an async context (the gate runs on a
-    /// blocking thread). `lines[i]` names record `i` in refusals.
-    pub(crate) async fn append_async(
-        self: &Arc<Self>,
-        records: Vec<Record>,
-        lines: Option<Vec<usize>>,
-        origin: Origin,
-    ) -> Result<(), IngestError> {
-        let me = self.clone();
-        tokio::task::spawn_blocking(move || me.admit(records, lines.as_deref(), origin))
-            .await
-            .map_err(|e| IngestError::Wal(e.to_string()))??;
-        Ok(())
-    }
-
-    pub(crate) fn count_request(
-        &self,
-        endpoint: &'static str,
-        result: &Result<axum::http::StatusCode, IngestError>,
-    ) {
-        let status = match result {
-            Ok(s) => s.as_u16(),
-            Err(e) => e.status(),
-        };
-        self.metrics.add(
-            "walrelay_ingest_requests_total",
-            &[("endpoint", endpoint), ("status", &status.to_string())],
-            1,
-        );
+        self.ingest.admit(records, None, Origin::Typed)
     }
 
     /// Why the log refuses appends right now, if it does (failed: see
@@ -260,7 +209,7 @@ pub async fn serve(
         let rules = g.producer_rules();
         for h in &relay.subscriptions {
             pullers.spawn(crate::ingest::grpc::subscription::run(
-                relay.clone(),
+                relay.ingest.clone(),
                 h.clone(),
                 rules.clone(),
                 g.clone(),
@@ -297,13 +246,13 @@ pub async fn serve(
     };
     let mut http = tokio::spawn(crate::ingest::server::serve(
         listener,
-        crate::ingest::http::router(relay.clone()),
+        crate::ingest::http::router(relay.ingest.clone()).merge(admin::router(relay.clone())),
         timeouts,
         stop_rx.clone(),
     ));
     let served = tokio::select! {
         _ = shutdown => Ok(()),
-        r = &mut http => r.map_err(|e| RelayError::Server(e.to_string())),
+        r = &mut http => r.map_err(RelayError::Server),
     };
     // One deadline for everything that stops: in-flight requests finish
     // their appends, subscriptions their append in progress, drainers the
@@ -381,7 +330,7 @@ async fn spawn_sinks(
         let sink = crate::db::influx::InfluxSink::new(ic.clone(), relay.wal.dead_letters())
             .map_err(|e| RelayError::Sink {
                 sink: "influx",
-                message: e.to_string(),
+                source: e.into(),
             })?;
         tracing::info!(url = %ic.url, org = %ic.org, bucket = %ic.bucket, routes = ic.routes.len(), "influx sink configured");
         spawn_drainer(relay, sink, cfg.drain.batch_records, stop, set);
@@ -394,7 +343,7 @@ async fn spawn_sinks(
         )
         .map_err(|e| RelayError::Sink {
             sink: "timescale",
-            message: e.to_string(),
+            source: e.into(),
         })?;
         tracing::info!(schema = %tc.schema, "timescale sink configured");
         spawn_drainer(relay, sink, cfg.drain.batch_records, stop, set);

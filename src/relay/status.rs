@@ -6,7 +6,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use super::Relay;
-use crate::drain::drainer::HealthSnapshot;
+use crate::drain::{HealthSnapshot, SinkState};
+use crate::metrics::{self, Gauge};
 
 /// Everything `GET /status` and `walrelay status` show.
 #[derive(Debug, Clone, Serialize)]
@@ -139,7 +140,7 @@ impl Status {
             checks: Vec::new(),
         }];
         for s in &self.sinks {
-            let healthy = s.health.state == crate::drain::drainer::SinkState::Healthy;
+            let healthy = s.health.state == SinkState::Healthy;
             let mut message = format!(
                 "{}; backlog {} records, {} dead letters",
                 serde_json::to_value(s.health.state)
@@ -283,9 +284,7 @@ impl Relay {
                 appended_records: s.appended_records,
                 dropped_records: s.dropped_records,
                 quarantined_frames: s.quarantined_frames,
-                refusing_full: self
-                    .refusing_full
-                    .load(std::sync::atomic::Ordering::Relaxed),
+                refusing_full: self.ingest.refusing_full(),
                 dead_letter_bytes: dl.values().map(|t| t.bytes).sum(),
                 dead_letter_max_bytes: self.config.wal.dead_letter_max_bytes,
                 unavailable: self.wal_unavailable(),
@@ -298,46 +297,27 @@ impl Relay {
     /// `/metrics` text: counters plus gauges computed now.
     pub fn render_metrics(&self) -> String {
         let st = self.status();
-        let mut g: Vec<(&'static str, &'static str, Vec<(&'static str, String)>, f64)> = vec![
+        let mut g: Vec<Gauge> = vec![
+            (metrics::LOG_BYTES, vec![], st.log.bytes as f64),
+            (metrics::LOG_MAX_BYTES, vec![], st.log.max_bytes as f64),
+            (metrics::LOG_RECORDS, vec![], st.log.records as f64),
             (
-                "walrelay_log_bytes",
-                "Bytes held by the log.",
-                vec![],
-                st.log.bytes as f64,
-            ),
-            (
-                "walrelay_log_max_bytes",
-                "Configured log size limit.",
-                vec![],
-                st.log.max_bytes as f64,
-            ),
-            (
-                "walrelay_log_records",
-                "Records held by the log.",
-                vec![],
-                st.log.records as f64,
-            ),
-            (
-                "walrelay_dropped_records_total",
-                "Records deleted by drop_oldest since the log was created.",
+                metrics::DROPPED_RECORDS,
                 vec![],
                 st.log.dropped_records as f64,
             ),
             (
-                "walrelay_quarantined_frames",
-                "Unreadable frames moved to quarantine.",
+                metrics::QUARANTINED_FRAMES,
                 vec![],
                 st.log.quarantined_frames as f64,
             ),
             (
-                "walrelay_dead_letter_bytes",
-                "Bytes held by dead letters, all sinks (bound: wal.dead_letter_max_bytes).",
+                metrics::DEAD_LETTER_BYTES,
                 vec![],
                 st.log.dead_letter_bytes as f64,
             ),
             (
-                "walrelay_log_accepting",
-                "1 while the log accepts appends, 0 while it refuses them (failed, disk full).",
+                metrics::LOG_ACCEPTING,
                 vec![],
                 if st.log.unavailable.is_none() {
                     1.0
@@ -349,58 +329,38 @@ impl Relay {
         for s in &st.sinks {
             let l = vec![("sink", s.name.clone())];
             g.push((
-                "walrelay_backlog_records",
-                "Records not yet delivered, by sink.",
+                metrics::BACKLOG_RECORDS,
                 l.clone(),
                 s.backlog_records as f64,
             ));
+            g.push((metrics::BACKLOG_BYTES, l.clone(), s.backlog_bytes as f64));
             g.push((
-                "walrelay_backlog_bytes",
-                "Approximate bytes not yet delivered, by sink.",
-                l.clone(),
-                s.backlog_bytes as f64,
-            ));
-            g.push((
-                "walrelay_oldest_undelivered_age_seconds",
-                "Age of the oldest undelivered record, by sink.",
+                metrics::OLDEST_UNDELIVERED_AGE,
                 l.clone(),
                 s.oldest_undelivered_age_seconds.unwrap_or(0.0),
             ));
+            g.push((metrics::DEAD_LETTERS, l.clone(), s.dead_letters as f64));
             g.push((
-                "walrelay_dead_letters",
-                "Dead letters stored, by sink.",
-                l.clone(),
-                s.dead_letters as f64,
-            ));
-            g.push((
-                "walrelay_dead_letters_dropped_total",
-                "Dead letters deleted to keep within wal.dead_letter_max_bytes, by sink.",
+                metrics::DEAD_LETTERS_DROPPED,
                 l.clone(),
                 s.dead_letters_dropped as f64,
             ));
             let state = match s.health.state {
-                crate::drain::drainer::SinkState::Healthy => 0.0,
-                crate::drain::drainer::SinkState::Retrying => 1.0,
-                crate::drain::drainer::SinkState::Unhealthy => 2.0,
+                SinkState::Healthy => 0.0,
+                SinkState::Retrying => 1.0,
+                SinkState::Unhealthy => 2.0,
             };
-            g.push((
-                "walrelay_sink_state",
-                "0 healthy, 1 retrying, 2 unhealthy.",
-                l,
-                state,
-            ));
+            g.push((metrics::SINK_STATE, l, state));
         }
         for s in &st.subscriptions {
             let l = vec![("subscription", s.name.clone())];
             g.push((
-                "walrelay_grpc_last_message_age_seconds",
-                "Seconds since the subscription's last message (-1: none yet).",
+                metrics::GRPC_LAST_MESSAGE_AGE,
                 l.clone(),
                 s.last_message_age_seconds.unwrap_or(-1.0),
             ));
             g.push((
-                "walrelay_grpc_streaming",
-                "1 while the subscription streams, 0 otherwise.",
+                metrics::GRPC_STREAMING,
                 l,
                 if s.state == "streaming" { 1.0 } else { 0.0 },
             ));
@@ -413,7 +373,6 @@ impl Relay {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::drain::drainer::SinkState;
 
     fn status(
         bytes: u64,

@@ -127,7 +127,7 @@ pub fn view(before: Option<&Sample>, now: &Sample, elapsed: Duration) -> View {
         .map(|s| {
             let name = s["name"].as_str().unwrap_or("?").to_string();
             let prev = before.and_then(|b| b.sink(&name));
-            let retries = |x: &Sample| x.sum("walrelay_sink_retries_total", &[("sink", &name)]);
+            let retries = |x: &Sample| x.sum(crate::metrics::SINK_RETRIES, &[("sink", &name)]);
             SinkRow {
                 state: s["state"].as_str().unwrap_or("?").to_string(),
                 backlog_records: u(&s["backlog_records"]),

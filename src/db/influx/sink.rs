@@ -40,7 +40,6 @@ pub struct InfluxSink {
     routes: Routes<Destination>,
     client: Client,
     dead: DeadLetters,
-    attempts: u32,
     /// Lines per request after timeouts.
     shrink: Shrink,
     /// Most lines the last delivery put in one request.
@@ -64,7 +63,6 @@ impl InfluxSink {
             config,
             client,
             dead,
-            attempts: 0,
             shrink: Shrink::default(),
             attempted: 0,
         })
@@ -131,6 +129,7 @@ impl InfluxSink {
     async fn deliver_inner(
         &self,
         batch: &[Record],
+        attempt: u32,
         attempted: &mut usize,
     ) -> Result<Delivery, InfluxError> {
         // Group by destination, keeping log order within each; every line is
@@ -161,9 +160,7 @@ impl InfluxSink {
                 self.write_part(*dest, lines, range, &mut found).await?;
             }
         }
-        let dead_lettered = found
-            .settle("influx", batch, &self.dead, self.attempts)
-            .await?;
+        let dead_lettered = found.settle("influx", batch, &self.dead, attempt).await?;
         Ok(Delivery {
             written: total - dead_lettered,
             dead_lettered,
@@ -290,8 +287,8 @@ impl Sink for InfluxSink {
     }
 
     /// Shares the HTTP connection pool and the dead-letter store; keeps its
-    /// own attempt count and timeout shrinking, which belong to the batch it
-    /// is delivering. Concurrent batches may land in any order: a point
+    /// own timeout shrinking, which belongs to the batch it is delivering
+    /// (the drainer counts that batch's attempts). Concurrent batches may land in any order: a point
     /// written twice with different fields (same series and timestamp in two
     /// batches in flight) may end with either; a replay of identical points
     /// is unaffected.
@@ -301,20 +298,17 @@ impl Sink for InfluxSink {
             routes: self.routes.clone(),
             client: self.client.clone(),
             dead: self.dead.clone(),
-            attempts: 0,
             shrink: Shrink::default(),
             attempted: 0,
         })
     }
 
-    async fn deliver(&mut self, batch: &[Record]) -> Result<Delivery, SinkFailure> {
-        self.attempts += 1;
+    async fn deliver(&mut self, batch: &[Record], attempt: u32) -> Result<Delivery, SinkFailure> {
         let mut attempted = 0;
-        let result = self.deliver_inner(batch, &mut attempted).await;
+        let result = self.deliver_inner(batch, attempt, &mut attempted).await;
         self.attempted = attempted;
         match result {
             Ok(d) => {
-                self.attempts = 0;
                 self.shrink.succeeded(self.config.batch_max_lines);
                 Ok(d)
             }

@@ -60,7 +60,6 @@ pub struct TimescaleSink {
     cache: DimCache,
     dead: DeadLetters,
     schema_ready: bool,
-    attempts: u32,
     /// Rows per transaction after timeouts.
     shrink: Shrink,
     /// Most rows the last delivery put in one transaction.
@@ -89,7 +88,6 @@ impl TimescaleSink {
             cache,
             dead,
             schema_ready: false,
-            attempts: 0,
             shrink: Shrink::default(),
             attempted: 0,
         })
@@ -270,7 +268,11 @@ impl TimescaleSink {
         })
     }
 
-    async fn deliver_inner(&mut self, batch: &[Record]) -> Result<Delivery, TimescaleError> {
+    async fn deliver_inner(
+        &mut self,
+        batch: &[Record],
+        attempt: u32,
+    ) -> Result<Delivery, TimescaleError> {
         self.connected().await?;
         let idx: Vec<usize> = (0..batch.len())
             .filter(|&i| keys(&batch[i]).is_some())
@@ -282,7 +284,7 @@ impl TimescaleSink {
             self.write_part(batch, chunk, &mut found).await?;
         }
         let dead_lettered = found
-            .settle("timescale", batch, &self.dead, self.attempts)
+            .settle("timescale", batch, &self.dead, attempt)
             .await?;
         Ok(Delivery {
             written: idx.len() - dead_lettered,
@@ -300,11 +302,9 @@ impl Sink for TimescaleSink {
         kind.is_warehouse()
     }
 
-    async fn deliver(&mut self, batch: &[Record]) -> Result<Delivery, SinkFailure> {
-        self.attempts += 1;
-        match self.deliver_inner(batch).await {
+    async fn deliver(&mut self, batch: &[Record], attempt: u32) -> Result<Delivery, SinkFailure> {
+        match self.deliver_inner(batch, attempt).await {
             Ok(d) => {
-                self.attempts = 0;
                 self.shrink.succeeded(self.cfg.batch_size);
                 Ok(d)
             }

@@ -26,8 +26,9 @@ use super::proto::{DataType, MarketDataMessage, MarketDataRequest};
 use crate::drain::retry::{Backoff, RetryPolicy};
 use crate::drain::ErrorClass;
 use crate::ingest::error::IngestError;
+use crate::ingest::Ingest;
+use crate::metrics;
 use crate::record::Record;
-use crate::relay::Relay;
 
 /// HTTP/2 receive windows of a subscription (bytes).
 const STREAM_WINDOW: u32 = 256 * 1024;
@@ -119,7 +120,7 @@ fn data_type(name: &str) -> DataType {
 
 /// Runs the subscription until `stop` turns true.
 pub async fn run(
-    relay: Arc<Relay>,
+    ingest: Arc<Ingest>,
     health: Arc<SubscriptionHealth>,
     producers: Vec<(String, CandleTarget)>,
     cfg: super::config::GrpcConfig,
@@ -138,11 +139,9 @@ pub async fn run(
     while !*stop.borrow() {
         if !first {
             health.update(|s| s.reconnects += 1);
-            relay.metrics().add(
-                "walrelay_grpc_reconnects_total",
-                &[("subscription", &name)],
-                1,
-            );
+            ingest
+                .metrics()
+                .add(metrics::GRPC_RECONNECTS, &[("subscription", &name)], 1);
         }
         first = false;
         health.update(|s| s.state = "connecting");
@@ -235,12 +234,12 @@ pub async fn run(
                 // from the shortest wait again.
                 backoff.reset();
                 health.received(batch.len() as u64);
-                relay.metrics().add(
-                    "walrelay_grpc_messages_total",
+                ingest.metrics().add(
+                    metrics::GRPC_MESSAGES,
                     &[("subscription", &name)],
                     batch.len() as u64,
                 );
-                if !append(&relay, &health, &sub, &producers, batch, &mut stop).await {
+                if !append(&ingest, &health, &sub, &producers, batch, &mut stop).await {
                     return;
                 }
             }
@@ -259,7 +258,7 @@ pub async fn run(
 /// Converts, validates and appends one batch, retrying while the log is
 /// full (the stream is not read meanwhile). Returns false on shutdown.
 async fn append(
-    relay: &Arc<Relay>,
+    ingest: &Arc<Ingest>,
     health: &SubscriptionHealth,
     sub: &Subscription,
     producers: &[(String, CandleTarget)],
@@ -271,29 +270,29 @@ async fn append(
     let (mut skipped, mut dead) = (0u64, 0u64);
     for m in batch {
         match convert(m, &sub.venue, producers) {
-            Converted::Record(r) => match relay.gate().check_record(&r, now) {
+            Converted::Record(r) => match ingest.gate().check_record(&r, now) {
                 Ok(()) => records.push(r),
                 Err((field, e)) => {
                     dead += 1;
                     tracing::warn!(subscription = %sub.name(), kind = %r.kind(), field = %field, error = %e, "invalid record from collector dead-lettered");
-                    let _ = relay.wal().dead_letters().put("grpc", &r, &e, 0);
+                    let _ = ingest.wal().dead_letters().put("grpc", &r, &e, 0);
                 }
             },
             Converted::Skipped(why) => {
                 skipped += 1;
-                relay
+                ingest
                     .metrics()
-                    .add("walrelay_grpc_skipped_total", &[("reason", why)], 1);
+                    .add(metrics::GRPC_SKIPPED, &[("reason", why)], 1);
             }
         }
     }
     let n = records.len() as u64;
     // A batch larger than the gate's records limit goes in several appends
     // (a subscription's batch is flow control, not a client's unit).
-    let per_append = relay.gate().limits().max_records_per_request;
+    let per_append = ingest.gate().limits().max_records_per_request;
     for chunk in records.chunks(per_append) {
         loop {
-            match relay
+            match ingest
                 .append_async(chunk.to_vec(), None, crate::ingest::gate::Origin::Typed)
                 .await
             {
