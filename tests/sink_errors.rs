@@ -8,19 +8,17 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 use std::time::Duration;
 
+use common::drain::{self, wait_until};
 use common::pg::Pg;
 use common::proxy::{Mode, Proxy};
 use common::vm::Vm;
 use walrelay::db::influx::{InfluxConfig, InfluxSink};
 use walrelay::db::timescale::{TimescaleConfig, TimescaleSink};
-use walrelay::drain::drainer::{self, DrainerSettings, SinkHealth, SinkState};
-use walrelay::drain::retry::RetryPolicy;
+use walrelay::drain::drainer::SinkState;
 use walrelay::drain::{ErrorClass, Sink};
 use walrelay::record::{Kline, Record};
-use walrelay::relay::metrics::Metrics;
 use walrelay::{Wal, WalConfig};
 
 fn kline(symbol: &str, i: i64) -> Record {
@@ -61,52 +59,6 @@ fn huge_symbol() -> String {
         .collect()
 }
 
-struct Drain {
-    health: Arc<SinkHealth>,
-    stop: tokio::sync::watch::Sender<bool>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-fn start_drainer<S: Sink + 'static>(wal: &Wal, sink: S, name: &'static str) -> Drain {
-    let health = Arc::new(SinkHealth::new(name));
-    let (stop, rx) = tokio::sync::watch::channel(false);
-    let settings = DrainerSettings {
-        batch_records: 50,
-        pipeline: walrelay::config::DrainConfig::default().pipeline,
-        retry: RetryPolicy {
-            initial: Duration::from_millis(50),
-            max: Duration::from_millis(300),
-            config_interval: Duration::from_millis(300),
-        },
-    };
-    let task = tokio::spawn(drainer::run(
-        wal.clone(),
-        sink,
-        settings,
-        health.clone(),
-        Arc::new(Metrics::default()),
-        rx,
-    ));
-    Drain { health, stop, task }
-}
-
-impl Drain {
-    async fn stop(self) {
-        self.stop.send(true).unwrap();
-        self.task.await.unwrap();
-    }
-}
-
-async fn wait_until(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
-    for _ in 0..secs * 20 {
-        if cond() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for: {what}");
-}
-
 async fn klines_in(pg: &Pg, db: &str) -> i64 {
     pg.client(db)
         .await
@@ -144,7 +96,7 @@ async fn a_long_dimension_value_is_dead_lettered_and_the_records_behind_it_land(
         wal.append(&recs).unwrap();
         sent += recs.len();
     }
-    let drain = start_drainer(&wal, sink, "timescale");
+    let drain = drain::start(&wal, sink, "timescale", drain::settings(50, 300, 300));
     wait_until("the backlog is delivered", 60, || {
         wal.backlog("timescale").unwrap().records == 0
     })
@@ -314,7 +266,12 @@ async fn an_influx_413_or_unknown_status_line_is_dead_lettered_and_the_lines_beh
             wal.append(&recs).unwrap();
             all.extend(recs);
         }
-        let drain = start_drainer(&wal, influx_sink(&proxy.url(), &wal, 5000), "influx");
+        let drain = drain::start(
+            &wal,
+            influx_sink(&proxy.url(), &wal, 5000),
+            "influx",
+            drain::settings(50, 300, 300),
+        );
         wait_until(&format!("{status}: the backlog is delivered"), 60, || {
             wal.backlog("influx").unwrap().records == 0
         })
