@@ -377,10 +377,7 @@ async fn a_dead_letter_flood_through_the_relay_stays_within_its_bound_and_is_cou
     config.influx = Some(InfluxConfig::new(proxy.url(), "org", "bucket"));
     let relay = common::relay::ServedRelay::start(config).await;
     let url = relay.url.clone();
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap();
+    let client = common::http::client();
     // 5 requests of 100 lines: 80 poison and 20 good lines each.
     let (mut poison, mut good) = (0u64, 0u64);
     for r in 0..5u64 {
@@ -400,30 +397,15 @@ async fn a_dead_letter_flood_through_the_relay_stays_within_its_bound_and_is_cou
                 1_700_000_100_000_000_000u64 + i * 1_000_000
             ));
         }
-        let resp = client
-            .post(format!("{url}/api/v2/write?org=o&bucket=b&precision=ns"))
-            .header("Authorization", "Token s3cret")
-            .body(body)
-            .send()
+        let resp = common::http::write(&client, &url, "s3cret", body)
             .await
             .unwrap();
         assert_eq!(resp.status(), 204);
     }
-    let mut status = serde_json::Value::Null;
-    for _ in 0..1200 {
-        status = client
-            .get(format!("{url}/status"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if status["sinks"][0]["backlog_records"] == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let status = common::http::wait_status(&client, &url, "the backlog is delivered", 60, |s| {
+        s["sinks"][0]["backlog_records"] == 0
+    })
+    .await;
     let sink = &status["sinks"][0];
     assert_eq!(sink["backlog_records"], 0, "{status}");
     let (kept, dropped) = (
@@ -440,14 +422,7 @@ async fn a_dead_letter_flood_through_the_relay_stays_within_its_bound_and_is_cou
         status["log"]["dead_letter_bytes"].as_u64().unwrap() <= BUDGET,
         "{status}"
     );
-    let text = client
-        .get(format!("{url}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = common::http::get_text(&client, format!("{url}/metrics")).await;
     assert_eq!(
         metric(&text, "walrelay_dead_letters", Some("influx")),
         kept as f64
