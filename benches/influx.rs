@@ -13,6 +13,7 @@
 //!
 //! The summary at the end prints lines/s and the sink's ratio to the limit.
 
+mod common;
 #[path = "../tests/common/vm.rs"]
 #[allow(dead_code)]
 mod vm;
@@ -21,10 +22,9 @@ mod vm;
 #[allow(dead_code)]
 mod records;
 
-use std::collections::BTreeMap;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use common::note;
 use criterion::{criterion_group, Criterion, Throughput};
 use std::sync::Arc;
 use walrelay::db::influx::{encode, InfluxConfig, InfluxSink};
@@ -34,15 +34,6 @@ use walrelay::drain::Sink;
 use walrelay::record::Record;
 use walrelay::relay::metrics::Metrics;
 use walrelay::{Wal, WalConfig};
-
-static MEASURED: Mutex<BTreeMap<String, (u64, Duration)>> = Mutex::new(BTreeMap::new());
-
-fn note(id: &str, n: u64, d: Duration) {
-    let mut m = MEASURED.lock().unwrap();
-    let e = m.entry(id.into()).or_insert((0, Duration::ZERO));
-    e.0 += n;
-    e.1 += d;
-}
 
 fn trades(n: usize, offset: i64) -> Vec<Record> {
     (0..n)
@@ -215,24 +206,17 @@ fn drain(c: &mut Criterion) {
 }
 
 fn report() {
-    let m = MEASURED.lock().unwrap();
-    let rate = |(n, d): &(u64, Duration)| *n as f64 / d.as_secs_f64();
-    println!("\n== walrelay Influx summary (this run) ==");
-    for (id, v) in m.iter() {
-        println!("{id:<28} {:>12.0} lines/s", rate(v));
-    }
-    if let (Some(s), Some(l)) = (m.get("drain/sink"), m.get("drain/limit_plain_http")) {
+    const LIMIT: &str = "drain/limit_plain_http";
+    let s = common::summary();
+    s.print_rates("walrelay Influx summary (this run)", 28, "lines");
+    if let Some(pct) = s.percent_of("drain/sink", LIMIT) {
         println!(
-            "drain/sink is {:.1}% of the server's limit (plain HTTP, same bytes and batch sizes)",
-            100.0 * rate(s) / rate(l)
+            "drain/sink is {pct:.1}% of the server's limit (plain HTTP, same bytes and batch sizes)"
         );
     }
-    if let Some(l) = m.get("drain/limit_plain_http") {
-        for (id, v) in m.iter().filter(|(id, _)| id.starts_with("drain/drainer_")) {
-            println!(
-                "{id} is {:.1}% of the server's limit (includes log read and decode)",
-                100.0 * rate(v) / rate(l)
-            );
+    for (id, _) in s.with_prefix("drain/drainer_") {
+        if let Some(pct) = s.percent_of(id, LIMIT) {
+            println!("{id} is {pct:.1}% of the server's limit (includes log read and decode)");
         }
     }
 }

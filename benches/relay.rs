@@ -13,6 +13,7 @@
 //! while those 10 million records are backlogged and both sinks are down,
 //! and the machine-level context. Targets: RSS < 150 MiB, startup < 2 s.
 
+mod common;
 #[path = "../tests/common/pg.rs"]
 #[allow(dead_code)]
 mod pg;
@@ -20,26 +21,15 @@ mod pg;
 #[allow(dead_code)]
 mod vm;
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use common::{note, remark};
 use criterion::{criterion_group, Criterion, Throughput};
 use walrelay::record::{Bar, BarKind, Record, Trade};
 use walrelay::wal::Durability;
 use walrelay::{Wal, WalConfig};
-
-static MEASURED: Mutex<BTreeMap<String, (u64, Duration)>> = Mutex::new(BTreeMap::new());
-static NOTES: Mutex<Vec<String>> = Mutex::new(Vec::new());
-
-fn note(id: &str, n: u64, d: Duration) {
-    let mut m = MEASURED.lock().unwrap();
-    let e = m.entry(id.into()).or_insert((0, Duration::ZERO));
-    e.0 += n;
-    e.1 += d;
-}
 
 /// `WALRELAY_BENCH_WRAP` (e.g. `heaptrack -o /tmp/relay`) runs the relay of
 /// the ingest group under a profiler (its RSS line is then the wrapper's).
@@ -226,7 +216,7 @@ fn ingest(c: &mut Criterion) {
     });
     g.finish();
     let (rss, hwm) = rss_kib(relay.id());
-    NOTES.lock().unwrap().push(format!(
+    remark(format!(
         "relay RSS after the ingest runs (sinks live): {} MiB (peak {} MiB)",
         rss / 1024,
         hwm / 1024
@@ -306,7 +296,7 @@ fn startup(c: &mut Criterion) {
         }
         wal.flush().unwrap();
     }
-    NOTES.lock().unwrap().push(format!(
+    remark(format!(
         "prefilled {records} records in {:.1} s",
         t.elapsed().as_secs_f64()
     ));
@@ -361,27 +351,26 @@ fn startup(c: &mut Criterion) {
         .iter()
         .map(|k| format!("{}={} ({})", k["name"], k["backlog_records"], k["state"]))
         .collect();
-    NOTES.lock().unwrap().push(format!("relay RSS with a 10M-record backlog, both sinks down for 5 s: {} MiB (peak {} MiB); backlog {}", rss / 1024, hwm / 1024, backlog.join(", ")));
+    remark(format!("relay RSS with a 10M-record backlog, both sinks down for 5 s: {} MiB (peak {} MiB); backlog {}", rss / 1024, hwm / 1024, backlog.join(", ")));
     let _ = relay.kill();
     let _ = relay.wait();
 }
 
 fn report() {
-    let m = MEASURED.lock().unwrap();
-    println!("\n== walrelay relay summary (this run) ==");
-    for (id, (n, d)) in m.iter() {
+    let s = common::summary();
+    s.print_heading("walrelay relay summary (this run)");
+    for (id, v) in s.iter() {
         if id.starts_with("startup") {
+            let (starts, d) = v;
             println!(
                 "{id:<24} {:>10.1} ms per start",
-                d.as_secs_f64() * 1000.0 / *n as f64
+                d.as_secs_f64() * 1000.0 / starts as f64
             );
         } else {
-            println!("{id:<24} {:>10.0} records/s", *n as f64 / d.as_secs_f64());
+            s.print_rate(id, 24, v, "records");
         }
     }
-    for n in NOTES.lock().unwrap().iter() {
-        println!("{n}");
-    }
+    s.print_remarks();
 }
 
 criterion_group!(benches, ingest, startup);

@@ -21,6 +21,7 @@
 //! inserts, not conflicts. The summary prints rows/s and the ratios.
 //! `WALRELAY_BENCH_SECS` sets the measurement time per function (default 10).
 
+mod common;
 #[path = "../tests/common/pg.rs"]
 #[allow(dead_code)]
 mod pg;
@@ -29,6 +30,7 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use common::note;
 use criterion::{criterion_group, Criterion, Throughput};
 use futures_util::pin_mut;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
@@ -38,16 +40,8 @@ use walrelay::drain::Sink;
 use walrelay::record::{Bar, BarKind, Kline, Record};
 use walrelay::{Wal, WalConfig};
 
-static MEASURED: Mutex<BTreeMap<String, (u64, Duration)>> = Mutex::new(BTreeMap::new());
 /// What the rows went into, for the summary.
 static TABLES: Mutex<String> = Mutex::new(String::new());
-
-fn note(id: &str, n: u64, d: Duration) {
-    let mut m = MEASURED.lock().unwrap();
-    let e = m.entry(id.into()).or_insert((0, Duration::ZERO));
-    e.0 += n;
-    e.1 += d;
-}
 
 const ROWS: usize = 10_000;
 const SYMBOLS: [&str; 8] = [
@@ -263,23 +257,20 @@ fn facts(c: &mut Criterion) {
 }
 
 fn report() {
-    let m = MEASURED.lock().unwrap();
-    let rate = |(n, d): &(u64, Duration)| *n as f64 / d.as_secs_f64();
-    println!(
-        "\n== walrelay Timescale summary (this run, into {}) ==",
-        TABLES.lock().unwrap()
+    let s = common::summary();
+    s.print_rates(
+        &format!(
+            "walrelay Timescale summary (this run, into {})",
+            TABLES.lock().unwrap()
+        ),
+        26,
+        "rows",
     );
-    for (id, v) in m.iter() {
-        println!("{id:<26} {:>10.0} rows/s", rate(v));
-    }
-    if let Some(limit) = m.get("facts/limit_copy_direct") {
-        for id in ["facts/sink", "facts/sink_last_wins", "facts/limit_copy_sql"] {
-            if let Some(v) = m.get(id) {
-                println!(
-                    "{id} is {:.1}% of the table's physical limit (direct COPY into the indexed, FK-checked fact tables, same rows)",
-                    100.0 * rate(v) / rate(limit)
-                );
-            }
+    for id in ["facts/sink", "facts/sink_last_wins", "facts/limit_copy_sql"] {
+        if let Some(pct) = s.percent_of(id, "facts/limit_copy_direct") {
+            println!(
+                "{id} is {pct:.1}% of the table's physical limit (direct COPY into the indexed, FK-checked fact tables, same rows)"
+            );
         }
     }
 }

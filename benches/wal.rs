@@ -28,31 +28,22 @@
 //! At the end the bench prints records/s of each and the ratio of every
 //! append variant to the raw limit (`cargo bench --bench wal`).
 
+mod common;
 #[path = "../tests/common/records.rs"]
 #[allow(dead_code)]
 mod records;
 
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use common::note;
 use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 use walrelay::record::encode_record;
 use walrelay::wal::Durability;
 use walrelay::{Record, Wal, WalConfig};
 
 const FRAME_RECORDS: usize = 1000;
-
-/// (records, elapsed) accumulated per benchmark id, for the ratio report.
-static MEASURED: Mutex<BTreeMap<String, (u64, Duration)>> = Mutex::new(BTreeMap::new());
-
-fn note(id: &str, records: u64, elapsed: Duration) {
-    let mut m = MEASURED.lock().unwrap();
-    let e = m.entry(id.to_string()).or_insert((0, Duration::ZERO));
-    e.0 += records;
-    e.1 += elapsed;
-}
 
 fn trade(i: u64) -> Record {
     records::market_trade(
@@ -313,12 +304,8 @@ fn dead_letters(c: &mut Criterion) {
 }
 
 fn report() {
-    let m = MEASURED.lock().unwrap();
-    let rate = |(n, d): &(u64, Duration)| *n as f64 / d.as_secs_f64();
-    println!("\n== walrelay WAL summary (this run) ==");
-    for (id, v) in m.iter() {
-        println!("{id:<32} {:>12.0} records/s", rate(v));
-    }
+    let s = common::summary();
+    s.print_rates("walrelay WAL summary (this run)", 32, "records");
     let mut lat = LATENCIES.lock().unwrap().clone();
     if !lat.is_empty() {
         lat.sort();
@@ -331,15 +318,9 @@ fn report() {
             lat[lat.len() - 1].as_secs_f64() * 1e3
         );
     }
-    if let Some(limit) = m.get("limit/write_fdatasync").map(rate) {
-        for (id, v) in m
-            .iter()
-            .filter(|(id, _)| id.starts_with("append/") || id.starts_with("limit/"))
-        {
-            println!(
-                "{id:<32} {:>6.1}% of raw write+fdatasync",
-                100.0 * rate(v) / limit
-            );
+    for (id, _) in s.with_prefix("append/").chain(s.with_prefix("limit/")) {
+        if let Some(pct) = s.percent_of(id, "limit/write_fdatasync") {
+            println!("{id:<32} {pct:>6.1}% of raw write+fdatasync");
         }
     }
 }

@@ -18,21 +18,11 @@ use walrelay::db::influx::{InfluxConfig, InfluxSink};
 use walrelay::db::timescale::{TimescaleConfig, TimescaleSink};
 use walrelay::drain::drainer::SinkState;
 use walrelay::drain::{ErrorClass, Sink};
-use walrelay::record::{Kline, Record};
+use walrelay::record::Record;
 use walrelay::{Wal, WalConfig};
 
 fn kline(symbol: &str, i: i64) -> Record {
-    Record::Kline(Kline {
-        venue: "OKX".into(),
-        symbol: symbol.into(),
-        interval: "1m".into(),
-        ts: 1_700_000_000_000_000_000 + i * 60_000_000_000,
-        open: 1.0,
-        high: 2.0,
-        low: 0.5,
-        close: 1.5,
-        volume: 10.0 + i as f64,
-    })
+    common::records::kline_record(symbol, i, 10.0 + i as f64)
 }
 
 fn trade(i: u64, symbol: &str) -> Record {

@@ -14,7 +14,7 @@ use common::drain;
 use common::pg::Pg;
 use walrelay::db::timescale::{init::init, schema, TimescaleConfig, TimescaleSink};
 use walrelay::drain::Sink;
-use walrelay::record::{Bar, BarKind, Kline, Record};
+use walrelay::record::{Bar, BarKind, Record};
 use walrelay::{Wal, WalConfig};
 
 fn bar(kind: BarKind, symbol: &str, i: i64, high: f64) -> Record {
@@ -37,17 +37,7 @@ fn bar(kind: BarKind, symbol: &str, i: i64, high: f64) -> Record {
 }
 
 fn kline(symbol: &str, i: i64) -> Record {
-    Record::Kline(Kline {
-        venue: "OKX".into(),
-        symbol: symbol.into(),
-        interval: "1m".into(),
-        ts: 1_700_000_000_000_000_000 + i * 60_000_000_000,
-        open: 1.0,
-        high: 2.0,
-        low: 0.5,
-        close: 1.5,
-        volume: 10.0,
-    })
+    common::records::kline_record(symbol, i, 10.0)
 }
 
 fn mixed(n: i64) -> Vec<Record> {

@@ -154,7 +154,7 @@ async fn top_shows_a_running_relay_refreshes_and_quits_on_q() {
     );
     assert!(
         screen.contains(&format!(
-            "last error: cannot reach http://127.0.0.1:{influx_port}: error trying to connect"
+            "last error: cannot reach http://127.0.0.1:{influx_port}: client error (Connect)"
         )) && screen.contains("Connection refused"),
         "{screen}"
     );

@@ -22,12 +22,13 @@ use std::io::Read;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::body::{Body, HttpBody};
-use axum::extract::{Query, RawBody, State};
+use axum::body::Body;
+use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use futures_util::StreamExt;
 use serde::Deserialize;
 
 use super::budget::Held;
@@ -226,9 +227,10 @@ enum BodyKind {
 async fn read_body(
     relay: &Relay,
     headers: &HeaderMap,
-    mut body: Body,
+    body: Body,
     hold: &mut Held,
 ) -> Result<Vec<u8>, IngestError> {
+    let mut body = body.into_data_stream();
     let limit = relay.config().ingest.max_body_bytes;
     let timeout_ms = relay.config().ingest.body_timeout_ms;
     let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
@@ -248,7 +250,7 @@ async fn read_body(
         buf.reserve_exact(n);
     }
     loop {
-        let chunk = match tokio::time::timeout_at(deadline, body.data()).await {
+        let chunk = match tokio::time::timeout_at(deadline, body.next()).await {
             Err(_) => return Err(IngestError::BodyTimeout { timeout_ms }),
             Ok(None) => break,
             Ok(Some(Err(e))) => {
@@ -451,7 +453,7 @@ async fn write_lp(
     State(relay): State<Arc<Relay>>,
     Query(q): Query<WriteParams>,
     headers: HeaderMap,
-    RawBody(body): RawBody,
+    body: Body,
 ) -> Result<StatusCode, IngestError> {
     let result = async {
         check_token(&relay, presented(&headers).as_deref())?;
@@ -500,7 +502,7 @@ async fn write_v1(
     State(relay): State<Arc<Relay>>,
     Query(q): Query<V1WriteParams>,
     headers: HeaderMap,
-    RawBody(body): RawBody,
+    body: Body,
 ) -> Result<Response, V1Error> {
     let result = async {
         // As InfluxDB 1.x: the `p` parameter first, then the header.
@@ -519,7 +521,7 @@ async fn write_v1(
 async fn write_json(
     State(relay): State<Arc<Relay>>,
     headers: HeaderMap,
-    RawBody(body): RawBody,
+    body: Body,
 ) -> Result<StatusCode, IngestError> {
     let result = async {
         check_token(&relay, presented(&headers).as_deref())?;
@@ -684,7 +686,9 @@ mod tests {
     }
 
     async fn body_json(resp: Response) -> serde_json::Value {
-        let bytes = hyper::body::to_bytes(resp.into_body()).await.unwrap();
+        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .unwrap();
         serde_json::from_slice(&bytes).unwrap()
     }
 

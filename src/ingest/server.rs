@@ -1,5 +1,7 @@
 //! The HTTP ingest server's connection handling: our own accept loop over
-//! hyper, so that every connection has deadlines and shutdown is bounded.
+//! hyper 1's HTTP/1 connection (with hyper-util's tokio I/O, timer and tower
+//! adapter), so that every connection has deadlines and shutdown is bounded.
+//! `axum::serve` is not used: it has no header-read or idle deadline.
 //!
 //! Deadlines (`[ingest]`):
 //! - `header_timeout_ms`: a request's headers must arrive within it (hyper
@@ -25,6 +27,9 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::Router;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -95,10 +100,12 @@ pub async fn serve(
     timeouts: Timeouts,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut http = hyper::server::conn::Http::new();
-    http.http1_only(true)
-        .http1_keep_alive(true)
-        .http1_header_read_timeout(timeouts.header);
+    let mut http = http1::Builder::new();
+    // HTTP/1 only, as before. hyper 1 needs a timer for the header deadline
+    // (without one `serve_connection` panics on a configured header timeout).
+    http.timer(TokioTimer::new())
+        .keep_alive(true)
+        .header_read_timeout(timeouts.header);
     let http = Arc::new(http);
     let mut conns = tokio::task::JoinSet::new();
     loop {
@@ -126,7 +133,7 @@ pub async fn serve(
 
 async fn connection(
     stream: tokio::net::TcpStream,
-    http: Arc<hyper::server::conn::Http>,
+    http: Arc<http1::Builder>,
     router: Router,
     timeouts: Timeouts,
     mut stop: watch::Receiver<bool>,
@@ -138,7 +145,7 @@ async fn connection(
         epoch,
         last_ms: last_ms.clone(),
     };
-    let conn = http.serve_connection(io, router);
+    let conn = http.serve_connection(TokioIo::new(io), TowerToHyperService::new(router));
     tokio::pin!(conn);
     let idle_ms = timeouts.idle.as_millis() as u64;
     let tick = (timeouts.idle / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));

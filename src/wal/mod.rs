@@ -1,47 +1,184 @@
 //! The write-ahead log: every record is here, durably, before anyone is told
 //! it was accepted.
 //!
-//! # Design
+//! # Design note
 //!
-//! One sled store (directory mode 0700) with five trees:
+//! This note is the one description of the log: its trees, the write, read
+//! and delete paths, the crash rules, and what it does not promise. The files
+//! below it hold the details; where a file and this note disagree, one of
+//! them is a bug.
 //!
-//! ```text
-//! frames       u64 BE seq -> frame (see frame.rs: version, CRC32, header, records)
-//!              [0]        -> log totals (state.rs), changed atomically with frames
-//! cursors      sink name  -> u64 BE: last frame the sink fully delivered
-//! dead_letters sink\0ts\0id -> record + reason + attempts (dead_letter.rs)
-//!              0xFF "totals" -> per-sink count, bytes, dropped (same batches)
-//! meta         owner/key  -> small facts: format version, dimension-ID cache
-//! quarantine   u64 BE seq -> reason + raw bytes of an unreadable frame
-//! ```
-//!
-//! Write path: `append` encodes on the caller's thread, refuses at once if
-//! the log has failed ([`WalError::Failed`], `durability.rs`) or the disk is
-//! below `min_free_bytes` ([`WalError::DiskFull`], `disk.rs`), reserves space
-//! (under `block` it waits up to `block_timeout_ms`, then fails with
-//! [`WalError::Full`]), and hands the bytes to the writer thread
-//! (`writer.rs`), which group-commits and answers after the flush that covers
-//! the append (`durability.rs` holds every flush decision).
-//!
-//! Read path: a drainer calls [`Wal::read_after`] with its cursor, delivers,
-//! then [`Wal::ack`]s the last frame; the ack deletes frames that every
-//! registered sink has passed. Unreadable frames are quarantined on the way.
-//!
-//! # Invariants
+//! ## Constraints
 //!
 //! - An append returns `Ok` only after its records are in a frame that the
-//!   durability policy considers durable (`sync`: flushed to disk).
+//!   durability policy considers durable (`sync`: flushed and `fdatasync`ed;
+//!   `durability.rs` holds every flush decision and the only call of sled's
+//!   `flush()`).
 //! - Frame sequence numbers only grow, also across restarts and truncation.
-//! - A sink's cursor only moves forward; frames after it are never deleted by
-//!   truncation, only by `drop_oldest`, which counts every record it drops.
+//! - A sink's cursor only moves forward; frames after the lowest configured
+//!   cursor are never deleted by truncation, only by `drop_oldest`, which
+//!   counts every record it drops.
 //! - The log totals change in the same atomic batch as the frames.
 //! - Space accounting is exact: an append's reservation (payload + frame
 //!   overhead) is settled into the log totals by the commit that writes it,
 //!   under the state lock, or given back when it is dropped on any other
-//!   path (`Reservation`); an idle log has nothing reserved.
+//!   path (`Reservation`, `space.rs`); an idle log has nothing reserved.
 //! - Fail-stop: after a failed flush or sled write nothing more is
 //!   acknowledged until the log is re-opened.
 //! - Opening the log never scans frames (`recovery.rs`).
+//!
+//! ## Files
+//!
+//! ```text
+//! mod.rs         Wal, the front door: open, append, cursors (cursor, ack,
+//!                backlog), stats, handles to meta and dead letters
+//! writer.rs      group commit on the writer thread (and the syncer thread)
+//! durability.rs  every flush decision; fail-stop
+//! reader.rs      read_after, read_for, quarantine, verify
+//! space.rs       reserve, drop_oldest, truncate, index pruning
+//! recovery.rs    opening: directory, sled, format version, totals
+//! frame.rs       the frame encoding (version, CRC32, header, records)
+//! state.rs       the log totals record
+//! dead_letter.rs dead letters and their budget
+//! meta.rs        small durable facts of other modules
+//! disk.rs        the min_free_bytes check
+//! ```
+//!
+//! ## The trees
+//!
+//! One sled store (directory mode 0700) with six trees, opened in this order
+//! by `recovery.rs`. Sequence keys are `u64` big-endian, so sled's key order
+//! is log order.
+//!
+//! ```text
+//! tree          key                  -> value                          owner (writes)
+//! frames        u64 BE seq           -> frame: version, CRC32, header,  writer.rs inserts;
+//!                                       records (frame.rs)              space.rs, reader.rs delete
+//!               [0]                  -> log totals (state.rs), in the   every batch that
+//!                                       same batches as the frames      changes frames
+//!                                       (1-byte key, sorts first)
+//! cursors       sink name            -> u64 BE: last frame the sink     mod.rs (ack);
+//!                                       fully delivered                 space.rs (after a drop)
+//! meta          owner/key            -> small facts: format version     recovery.rs, meta.rs
+//!                                       (wal/format_version), the       (used by db/timescale)
+//!                                       Timescale sink's facts
+//!                                       (timescale/...)
+//! dead_letters  sink 0x00 ts id      -> record + reason + attempts      dead_letter.rs
+//!               0xFF "totals"        -> per-sink count, bytes, dropped
+//!                                       (same batches as the entries)
+//! quarantine    u64 BE seq           -> u32 LE reason length, reason,   reader.rs
+//!                                       raw bytes of the frame
+//! frame_kinds   u64 BE seq           -> u16 LE mask of the record       writer.rs inserts;
+//!                                       kinds in the frame              space.rs prunes;
+//!                                                                       reader.rs reads
+//! ```
+//!
+//! ## Write path
+//!
+//! 1. `append` encodes the records on the caller's thread and notes their
+//!    kinds (a `RecordKind::bit` mask).
+//! 2. It refuses at once if the log has failed ([`WalError::Failed`],
+//!    `durability.rs`) or the disk has less than `min_free_bytes` free
+//!    ([`WalError::DiskFull`], `disk.rs`).
+//! 3. It reserves space (`space.rs`): under `block` it waits up to
+//!    `block_timeout_ms` and then fails with [`WalError::Full`]; an append
+//!    larger than `max_bytes` fails with [`WalError::TooLarge`].
+//! 4. It hands the bytes to the writer thread (`writer.rs`), which takes
+//!    everything waiting (until about 16 MiB), packs it record by record
+//!    into frames within `max_frame_records` and `max_frame_bytes` (one
+//!    append may span several frames of the same group), and writes all
+//!    frames and the new totals in one atomic sled batch. Under
+//!    `drop_oldest`, the deletes of the oldest frames that make room go into
+//!    the same batch.
+//! 5. The writer then writes the kinds of the new frames to `frame_kinds` in a
+//!    second batch and settles the reservations.
+//! 6. `durability.rs` decides when the group is durable: under `sync` it
+//!    flushes once for the group, on the syncer thread so that the writer
+//!    applies the next group meanwhile; under `interval_ms` sled flushes in
+//!    the background. Only then are readers told the new last sequence and
+//!    every producer of the group answered with its [`AppendOutcome`]. A
+//!    failed write or flush answers the whole group with an error and fails
+//!    the log.
+//!
+//! ## Read path
+//!
+//! A drainer calls [`Wal::read_after`] (or [`Wal::read_for`], which skips
+//! frames whose kinds index says they hold nothing it wants) with its cursor
+//! (`reader.rs`), delivers, then [`Wal::ack`]s the last frame. A frame that
+//! fails its CRC or does not decode is moved to `quarantine` with its reason
+//! and reading continues; `walrelay wal verify` ([`Wal::verify`]) checks
+//! every frame offline.
+//!
+//! ## Delete path
+//!
+//! Frames leave the log in three ways, each a sled batch that deletes frames
+//! and updates the totals together (`space.rs`, `reader.rs`):
+//!
+//! - Truncation: [`Wal::ack`] advances the sink's cursor (not flushed, see
+//!   the crash rules), then deletes every frame up to the lowest cursor of the
+//!   configured sinks, except frames younger than `retain_ms` while the log is
+//!   at most half full (the ingest gate rebuilds its identity window from
+//!   them). Cursors of sinks no longer configured do not hold truncation
+//!   back; with no sink configured nothing is truncated.
+//! - `drop_oldest`: a commit that would overshoot `max_bytes` deletes the
+//!   oldest frames in its own batch, counts their records in the totals
+//!   (`dropped_records`), then moves lagging cursors past them and logs a
+//!   warning.
+//! - Quarantine: an unreadable frame is copied to `quarantine`, then removed
+//!   from `frames`.
+//!
+//! After truncation and `drop_oldest`, the kinds-index entries up to the last
+//! deleted frame are pruned in a separate batch. Every path that frees space
+//! wakes appends waiting under `block`.
+//!
+//! ## Crash rules
+//!
+//! sled recovers a prefix of its operations and discards a torn tail; that is
+//! sled's contract, tested once as such (`tests/crash.rs`). On top of it:
+//!
+//! - Frames and totals change in one batch, so the totals never drift from
+//!   the frames and opening needs no scan. Opening reconciles the next
+//!   sequence with the last frame key; if they disagree the frames win.
+//! - Nothing is acknowledged before the flush that covers it, so every
+//!   acknowledged append is in the prefix sled recovers (under `sync`; see
+//!   what is not promised for `interval_ms`).
+//! - Cursor advances are not flushed: a crash may bring back an older cursor,
+//!   and the sink sees those frames again (both sinks write idempotently).
+//!   Because sled recovers a prefix, a cursor is never durable while the
+//!   frames it passes are not.
+//! - Dead letters are flushed before the drainer advances its cursor past
+//!   them, so a dead letter is never what a crash loses.
+//! - **The frame-kinds index rule.** The index is written after the frames, in
+//!   its own batch, and flushed with them. A crash between the two leaves
+//!   frames without an entry; a reader treats a missing entry as "load the
+//!   frame", never as "skip it", and never jumps past the first frame present
+//!   when seeking (those frames can only be the newest). So a missing entry
+//!   never hides a frame. Entries are pruned only after their frames were
+//!   deleted; an entry left behind by a crash points at nothing, is skipped,
+//!   and is pruned by the next truncation.
+//! - Quarantine copies before it deletes: a crash between leaves the frame in
+//!   both trees, and the next reader quarantines it again (same key).
+//! - After a `drop_oldest` commit, a crash before the cursors moved leaves
+//!   cursors pointing at deleted frames; readers find nothing there and go on.
+//! - After a failed flush or sled write the process acknowledges nothing more
+//!   (fail-stop, `durability.rs`); a restart recovers what reached the disk.
+//!
+//! ## What the log does not promise
+//!
+//! - Exactly-once delivery: a sink may see a frame again after a crash or a
+//!   failed delivery. Delivery is at least once; the sinks deduplicate.
+//! - Durability against power loss under `interval_ms`: the appends of the
+//!   last interval may be lost (a process crash alone loses nothing).
+//! - Keeping undelivered records under `when_full = "drop_oldest"`: the oldest
+//!   are deleted to make room, counted and logged, never silently.
+//! - Delivering quarantined frames: they are kept with their reason for
+//!   inspection, not replayed.
+//! - Keeping every dead letter: past `dead_letter_max_bytes` the oldest go,
+//!   counted.
+//! - Keeping delivered frames for `retain_ms` once the log is half full.
+//! - Exact backlog bytes: [`Backlog::bytes`] is proportional to records.
+//! - Repairing sled's own files: damage inside them beyond a torn tail is
+//!   sled's to detect; the log checks only its own frame encoding.
 
 mod config;
 mod dead_letter;
@@ -50,7 +187,9 @@ mod durability;
 mod error;
 mod frame;
 mod meta;
+mod reader;
 mod recovery;
+mod space;
 mod state;
 mod writer;
 
@@ -61,36 +200,19 @@ pub use frame::{Frame, FrameError, FrameHeader};
 pub use meta::Meta;
 pub use writer::AppendOutcome;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+pub(crate) use space::Reservation;
+
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::Instant;
 
 use crossbeam_channel::{bounded, Sender};
 
 use crate::record::{encode_record, Record};
 use durability::Persist;
 use frame::{key_seq, peek_header, seq_key};
-use state::{LogState, STATE_KEY};
-
-/// Per-frame overhead counted against `max_bytes` when reserving space. An
-/// append reserves one overhead per frame it may span (see
-/// [`reservation_bytes`]), so its reservation bounds what its commit adds.
-const FRAME_OVERHEAD: u64 = 8 + frame::HEADER_LEN as u64;
-
-/// Bytes an append of `count` records and `payload` bytes reserves: its
-/// payload plus one frame overhead per frame the writer's record-by-record
-/// packing can give it. Frames closed by the record limit number at most
-/// `count / max_frame_records` (+1 for the frame it joins); a frame closed by
-/// the byte limit plus the next record exceed `max_frame_bytes`, so those
-/// number at most `2 * payload / max_frame_bytes` (+1). Over-reserving a few
-/// dozen bytes per frame is harmless; under-reserving would let a commit
-/// overshoot `max_bytes`.
-fn reservation_bytes(config: &WalConfig, count: u64, payload: u64) -> u64 {
-    let by_records = count / (config.max_frame_records.max(1) as u64);
-    let by_bytes = 2 * payload / (config.max_frame_bytes.max(1) as u64);
-    payload + FRAME_OVERHEAD * (2 + by_records + by_bytes)
-}
+use space::reservation_bytes;
+use state::LogState;
 
 /// The write-ahead log. Cheap to clone; all clones share one writer thread,
 /// which stops (after a final flush) when the last clone is dropped.
@@ -124,40 +246,6 @@ pub(crate) struct Guarded {
     log: LogState,
     /// Bytes reserved by appends that the writer has not committed yet.
     pending_bytes: u64,
-}
-
-/// Space one append holds against `max_bytes`, from `reserve` until the
-/// commit that writes it turns it into log bytes ([`Reservation::settle`]).
-/// Whatever was not settled is given back when the reservation is dropped,
-/// so every path (commit failure, flush failure, writer gone, send refused)
-/// returns exactly what was reserved: reservations cannot drift.
-pub(crate) struct Reservation {
-    shared: Arc<Shared>,
-    bytes: AtomicU64,
-}
-
-impl Reservation {
-    /// Moves this reservation into the log totals: called under the state
-    /// lock by the commit that just added the append's frame bytes to
-    /// `g.log.bytes`, so space is never counted twice nor released early.
-    pub(crate) fn settle(&self, g: &mut Guarded) {
-        let bytes = self.bytes.swap(0, Ordering::Relaxed);
-        debug_assert!(g.pending_bytes >= bytes, "reservation released twice");
-        g.pending_bytes -= bytes.min(g.pending_bytes);
-    }
-}
-
-impl Drop for Reservation {
-    fn drop(&mut self) {
-        let bytes = self.bytes.swap(0, Ordering::Relaxed);
-        if bytes > 0 {
-            let mut g = self.shared.lock_state();
-            debug_assert!(g.pending_bytes >= bytes, "reservation released twice");
-            g.pending_bytes -= bytes.min(g.pending_bytes);
-            drop(g);
-            self.shared.space_freed.notify_all();
-        }
-    }
 }
 
 pub(crate) struct Shared {
@@ -338,106 +426,6 @@ impl Wal {
         reply_rx.recv().map_err(|_| WalError::Closed)?
     }
 
-    /// Up to about `max_records` records (whole frames, at least one frame) in
-    /// frames after `cursor`, in log order. Unreadable frames are quarantined
-    /// and skipped.
-    ///
-    /// # Errors
-    /// [`WalError::Sled`] on I/O failure.
-    pub fn read_after(&self, cursor: u64, max_records: usize) -> Result<Vec<Frame>, WalError> {
-        let shared = self.shared();
-        let mut out = Vec::new();
-        let mut n = 0;
-        for kv in shared.frames.range(seq_key(cursor.saturating_add(1))..) {
-            let (k, v) = kv.map_err(WalError::sled("read frames"))?;
-            let Some(seq) = key_seq(&k) else { continue };
-            match frame::decode(seq, &v) {
-                Ok(f) => {
-                    n += f.records.len();
-                    out.push(f);
-                    if n >= max_records {
-                        break;
-                    }
-                }
-                Err(e) => shared.quarantine(seq, &v, &e)?,
-            }
-        }
-        Ok(out)
-    }
-
-    /// Like [`Wal::read_after`], for a sink that only wants some record
-    /// kinds (`wanted`: a mask of `RecordKind::bit`). Frames holding none of
-    /// them are skipped without being loaded (the kinds index answers), so a
-    /// sink with little to do never pulls the other sinks' backlog into
-    /// memory. Returns the frames and the last sequence examined: everything
-    /// up to it that is not among the frames holds nothing the sink wants, so
-    /// the sink may acknowledge up to it once it delivered the frames.
-    ///
-    /// # Errors
-    /// [`WalError::Sled`] on I/O failure.
-    pub fn read_for(
-        &self,
-        cursor: u64,
-        max_records: usize,
-        wanted: u16,
-    ) -> Result<(Vec<Frame>, u64), WalError> {
-        const MAX_EXAMINED: u64 = 20_000;
-        let shared = self.shared();
-        let last = *shared.last_seq.borrow();
-        // Start at the first frame still in the log (a new sink's cursor may
-        // be far behind truncated history).
-        let first_index = shared
-            .index
-            .range(seq_key(cursor.saturating_add(1))..)
-            .keys()
-            .next()
-            .transpose()
-            .map_err(WalError::sled("read frame index"))?;
-        let mut seq = cursor.saturating_add(1);
-        if let Some(k) = first_index.and_then(|k| key_seq(&k)) {
-            // Frames without an index entry (crash between the two writes)
-            // can only be the newest; never jump past them.
-            let first_frame = shared
-                .frames
-                .range(seq_key(seq)..)
-                .keys()
-                .next()
-                .transpose()
-                .map_err(WalError::sled("read frames"))?
-                .and_then(|k| key_seq(&k));
-            seq = seq.max(k.min(first_frame.unwrap_or(k)));
-        }
-        let (mut out, mut n, mut examined) = (Vec::new(), 0usize, 0u64);
-        while seq <= last && n < max_records && examined < MAX_EXAMINED {
-            examined += 1;
-            let mask = shared
-                .index
-                .get(seq_key(seq))
-                .map_err(WalError::sled("read frame index"))?;
-            let skip = mask
-                .and_then(|m| <[u8; 2]>::try_from(&m[..]).ok())
-                .map(|m| u16::from_le_bytes(m) & wanted == 0)
-                .unwrap_or(false);
-            if !skip {
-                if let Some(v) = shared
-                    .frames
-                    .get(seq_key(seq))
-                    .map_err(WalError::sled("read frame"))?
-                {
-                    match frame::decode(seq, &v) {
-                        Ok(f) => {
-                            n += f.records.len();
-                            out.push(f);
-                        }
-                        Err(e) => shared.quarantine(seq, &v, &e)?,
-                    }
-                }
-            }
-            seq += 1;
-        }
-        Ok((out, seq - 1))
-    }
-
     /// The last frame `sink` acknowledged (0 if none).
     ///
     /// # Errors
@@ -560,53 +548,6 @@ impl Wal {
         }
     }
 
-    /// Frames quarantined by readers since this process opened the log.
-    pub fn quarantined_since_open(&self) -> u64 {
-        self.shared().quarantined_now.load(Ordering::Relaxed)
-    }
-
-    /// Every quarantined frame: sequence and reason.
-    ///
-    /// # Errors
-    /// [`WalError::Sled`] on I/O failure.
-    pub fn quarantined(&self) -> Result<Vec<(u64, String)>, WalError> {
-        self.shared()
-            .quarantine
-            .iter()
-            .map(|kv| {
-                let (k, v) = kv.map_err(WalError::sled("read quarantine"))?;
-                let len = v
-                    .get(..4)
-                    .map(|b| u32::from_le_bytes(b.try_into().unwrap()) as usize)
-                    .unwrap_or(0);
-                let reason =
-                    String::from_utf8_lossy(v.get(4..4 + len).unwrap_or_default()).into_owned();
-                Ok((key_seq(&k).unwrap_or(0), reason))
-            })
-            .collect()
-    }
-
-    /// Checks every frame (CRC and decoding) without changing anything: the
-    /// offline `walrelay wal verify`. Returns (good frames, good records, bad frames).
-    ///
-    /// # Errors
-    /// [`WalError::Sled`] on I/O failure.
-    pub fn verify(&self) -> Result<(u64, u64, Vec<(u64, FrameError)>), WalError> {
-        let (mut frames, mut records, mut bad) = (0, 0, Vec::new());
-        for kv in self.shared().frames.range(seq_key(0)..) {
-            let (k, v) = kv.map_err(WalError::sled("read frames"))?;
-            let seq = key_seq(&k).unwrap_or(0);
-            match frame::decode(seq, &v) {
-                Ok(f) => {
-                    frames += 1;
-                    records += f.records.len() as u64;
-                }
-                Err(e) => bad.push((seq, e)),
-            }
-        }
-        Ok((frames, records, bad))
-    }
-
     /// Flushes everything to disk now (the writer thread keeps running).
     ///
     /// # Errors
@@ -676,189 +617,6 @@ impl Shared {
             .map_err(WalError::sled("read cursor"))?
             .and_then(|v| key_seq(&v))
             .unwrap_or(0))
-    }
-
-    /// Reserves room for an append of `bytes`, waiting under `block`.
-    fn reserve(this: &Arc<Shared>, bytes: u64) -> Result<Reservation, WalError> {
-        let max = this.config.max_bytes;
-        if bytes > max {
-            return Err(WalError::TooLarge { bytes, max });
-        }
-        let mut g = this.lock_state();
-        if this.config.when_full == WhenFull::Block {
-            let waited_from = Instant::now();
-            let deadline = waited_from + this.config.block_timeout();
-            while g.log.bytes + g.pending_bytes + bytes > max {
-                let now = Instant::now();
-                if now >= deadline {
-                    return Err(WalError::Full {
-                        used: g.log.bytes,
-                        max,
-                        waited: now - waited_from,
-                    });
-                }
-                g = this
-                    .space_freed
-                    .wait_timeout(g, deadline - now)
-                    .unwrap_or_else(|e| e.into_inner())
-                    .0;
-            }
-        }
-        g.pending_bytes += bytes;
-        Ok(Reservation {
-            shared: Arc::clone(this),
-            bytes: AtomicU64::new(bytes),
-        })
-    }
-
-    /// Under `drop_oldest`: adds deletes of the oldest frames to `batch` until
-    /// `st` fits `max_bytes`. Returns the last dropped seq and dropped records.
-    fn drop_oldest(
-        &self,
-        st: &mut LogState,
-        batch: &mut sled::Batch,
-    ) -> Result<Option<(u64, u64)>, WalError> {
-        let mut last = None;
-        let mut records = 0;
-        for kv in self.frames.range(seq_key(0)..) {
-            if st.bytes <= self.config.max_bytes {
-                break;
-            }
-            let (k, v) = kv.map_err(WalError::sled("read oldest frame"))?;
-            let Some(seq) = key_seq(&k) else { continue };
-            let count = peek_header(&v).map(|h| u64::from(h.count)).unwrap_or(0);
-            batch.remove(k);
-            st.remove_frame(v.len() as u64 + 8, count);
-            st.dropped_records += count;
-            records += count;
-            last = Some(seq);
-        }
-        Ok(last.map(|l| (l, records)))
-    }
-
-    /// After `drop_oldest` committed: move lagging cursors past the dropped
-    /// frames and say what was lost.
-    fn after_drop(&self, last_dropped: u64, records: u64) -> Result<(), WalError> {
-        self.prune_index(last_dropped)?;
-        for sink in &self.config.sinks {
-            let cursor = self.cursor(sink)?;
-            if cursor < last_dropped {
-                self.cursors
-                    .insert(sink.as_bytes(), &seq_key(last_dropped))
-                    .map_err(WalError::sled("advance cursor"))?;
-                tracing::warn!(sink = %sink, from_seq = cursor, to_seq = last_dropped, "cursor moved past dropped frames");
-            }
-        }
-        self.persist.cursor_advanced()?;
-        tracing::warn!(
-            records,
-            last_seq = last_dropped,
-            "log full under drop_oldest: dropped the oldest records"
-        );
-        Ok(())
-    }
-
-    fn truncate(&self) -> Result<(), WalError> {
-        if self.config.sinks.is_empty() {
-            return Ok(());
-        }
-        let mut min = u64::MAX;
-        for sink in &self.config.sinks {
-            min = min.min(self.cursor(sink)?);
-        }
-        if min == 0 {
-            return Ok(());
-        }
-        let mut g = self.lock_state();
-        let mut st = g.log;
-        let mut batch = sled::Batch::default();
-        let mut removed = 0;
-        // Frames younger than `retain_ms` stay (the ingest gate's identity
-        // window is rebuilt from them); commit times only grow with seq.
-        // Best effort: once the log is half full they go like the others,
-        // so retention never costs an append its space.
-        let keep_after_ms = if self.config.retain_ms == 0
-            || st.bytes + g.pending_bytes > self.config.max_bytes / 2
-        {
-            u64::MAX
-        } else {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or(0)
-                .saturating_sub(self.config.retain_ms)
-        };
-        let mut last_removed = 0;
-        for kv in self.frames.range(seq_key(0)..=seq_key(min)) {
-            let (k, v) = kv.map_err(WalError::sled("read frames to truncate"))?;
-            let header = peek_header(&v).ok();
-            if header.is_some_and(|h| h.created_ms > keep_after_ms) {
-                break;
-            }
-            let count = header.map(|h| u64::from(h.count)).unwrap_or(0);
-            last_removed = key_seq(&k).unwrap_or(last_removed);
-            batch.remove(k);
-            st.remove_frame(v.len() as u64 + 8, count);
-            removed += 1;
-        }
-        let min = last_removed;
-        if removed == 0 {
-            return Ok(());
-        }
-        batch.insert(STATE_KEY, &st.encode()[..]);
-        self.frames
-            .apply_batch(batch)
-            .map_err(WalError::sled("truncate"))?;
-        g.log = st;
-        drop(g);
-        self.prune_index(min)?;
-        self.space_freed.notify_all();
-        tracing::debug!(
-            frames = removed,
-            up_to_seq = min,
-            "truncated delivered frames"
-        );
-        Ok(())
-    }
-
-    /// Removes kinds-index entries of frames up to `seq` (already deleted).
-    fn prune_index(&self, seq: u64) -> Result<(), WalError> {
-        let mut batch = sled::Batch::default();
-        for k in self.index.range(..=seq_key(seq)).keys() {
-            batch.remove(k.map_err(WalError::sled("read frame index"))?);
-        }
-        self.index
-            .apply_batch(batch)
-            .map_err(WalError::sled("prune frame index"))
-    }
-
-    /// Moves an unreadable frame aside, with its reason, and keeps going.
-    fn quarantine(&self, seq: u64, raw: &[u8], reason: &FrameError) -> Result<(), WalError> {
-        let reason_text = reason.to_string();
-        let mut value = Vec::with_capacity(4 + reason_text.len() + raw.len());
-        value.extend_from_slice(&(reason_text.len() as u32).to_le_bytes());
-        value.extend_from_slice(reason_text.as_bytes());
-        value.extend_from_slice(raw);
-        self.quarantine
-            .insert(seq_key(seq), value)
-            .map_err(WalError::sled("quarantine frame"))?;
-
-        let mut g = self.lock_state();
-        let mut st = g.log;
-        let count = peek_header(raw).map(|h| u64::from(h.count)).unwrap_or(0);
-        st.remove_frame(raw.len() as u64 + 8, count);
-        let mut batch = sled::Batch::default();
-        batch.remove(&seq_key(seq)[..]);
-        batch.insert(STATE_KEY, &st.encode()[..]);
-        self.frames
-            .apply_batch(batch)
-            .map_err(WalError::sled("remove quarantined frame"))?;
-        g.log = st;
-        drop(g);
-        self.space_freed.notify_all();
-        self.quarantined_now.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(seq, reason = %reason_text, "unreadable frame quarantined; reading continues");
-        Ok(())
     }
 }
 

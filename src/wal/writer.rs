@@ -252,9 +252,8 @@ fn commit_group(
         .frames
         .apply_batch(batch)
         .map_err(WalError::sled("append frames"))?;
-    // The kinds index is written after the frames and flushed with them. A
-    // crash between the two leaves frames without an entry, which readers
-    // then simply load: a missing entry never hides a frame.
+    // The kinds index is written after the frames: see "the frame-kinds
+    // index rule" under Crash rules in the design note (wal/mod.rs).
     let mut index = sled::Batch::default();
     for (seq, mask) in &masks {
         index.insert(&seq_key(*seq)[..], &mask.to_le_bytes()[..]);

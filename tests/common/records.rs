@@ -2,7 +2,7 @@
 //! benches). Every helper is deterministic: the same arguments give the same
 //! record, so tests can count and compare exactly.
 
-use walrelay::record::{Record, Trade};
+use walrelay::record::{Kline, Record, Trade};
 
 /// A fixed timestamp (2025-11-24), ns since the epoch.
 pub const TS: i64 = 1_764_000_000_000_000_000;
@@ -42,6 +42,23 @@ pub fn market_trade(i: u64, symbol: &str, ts: i64, price: f64, quantity: f64) ->
         quantity,
         side: if i % 2 == 0 { "buy" } else { "sell" }.into(),
         trade_id: (5_000_000_000 + i).to_string(),
+    })
+}
+
+/// OKX 1-minute kline number `i` of `symbol`: at 2023-11-14 22:13:20 UTC
+/// plus `i` minutes, OHLC 1 / 2 / 0.5 / 1.5, the given `volume` (the sink
+/// tests vary it to make one kline refusable by an operator's rule).
+pub fn kline_record(symbol: &str, i: i64, volume: f64) -> Record {
+    Record::Kline(Kline {
+        venue: "OKX".into(),
+        symbol: symbol.into(),
+        interval: "1m".into(),
+        ts: 1_700_000_000_000_000_000 + i * 60_000_000_000,
+        open: 1.0,
+        high: 2.0,
+        low: 0.5,
+        close: 1.5,
+        volume,
     })
 }
 

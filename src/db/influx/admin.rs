@@ -80,6 +80,9 @@ pub fn configured_buckets(ic: &InfluxConfig) -> BTreeSet<(String, String, String
 }
 
 /// A management client for `url`/`org` with the config's token and CA file.
+/// influxdb2 0.5 runs on its own reqwest 0.11 (rustls 0.21), so its builder
+/// is that crate's (`reqwest_011` in Cargo.toml); the write path and
+/// everything else use reqwest 0.12.
 fn client(
     ic: &InfluxConfig,
     url: &str,
@@ -87,17 +90,17 @@ fn client(
     timeout: Duration,
 ) -> Result<influxdb2::Client, AdminError> {
     // influxdb2's builder panics on an unparsable URL: check first.
-    reqwest::Url::parse(url).map_err(|_| AdminError::Url(url.to_string()))?;
+    reqwest_011::Url::parse(url).map_err(|_| AdminError::Url(url.to_string()))?;
     let token = ic
         .resolve_token()
         .map_err(AdminError::Client)?
         .map(|s| s.expose().to_string())
         .unwrap_or_default();
-    let mut builder = reqwest::ClientBuilder::new().timeout(timeout);
+    let mut builder = reqwest_011::ClientBuilder::new().timeout(timeout);
     if let Some(ca) = &ic.tls_ca_file {
         let pem = std::fs::read(ca)
             .map_err(|e| AdminError::Client(format!("influx.tls_ca_file {}: {e}", ca.display())))?;
-        let cert = reqwest::Certificate::from_pem(&pem)
+        let cert = reqwest_011::Certificate::from_pem(&pem)
             .map_err(|e| AdminError::Client(format!("influx.tls_ca_file {}: {e}", ca.display())))?;
         builder = builder.add_root_certificate(cert);
     }

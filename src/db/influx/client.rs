@@ -2,8 +2,9 @@
 //!
 //! Transport note: the `influxdb2` crate's `write_line_protocol` drops the
 //! response headers (so `Retry-After` cannot be honoured) and compresses only
-//! its DataPoint stream API; writes therefore go out as one request on the
-//! same reqwest 0.11 stack it uses, and the crate itself is not called.
+//! its DataPoint stream API; writes therefore go out as one request of our
+//! own, on reqwest 0.12 / hyper 1 / rustls 0.23 (ring), the current stack
+//! (influxdb2 keeps its reqwest 0.11 for the management API, `admin.rs`).
 
 use std::io::Write;
 use std::time::Duration;

@@ -1,24 +1,33 @@
 //! Connecting with deadlines, TLS when asked for, and a session
 //! `statement_timeout`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
 use tokio_postgres::Client;
 
 use super::config::TimescaleConfig;
 use super::error::TimescaleError;
 use super::pg_url::{redact_url, tls_mode, Verify};
 
+/// The crypto provider of every TLS connection the sinks make: ring, as
+/// reqwest's `rustls-tls` (Cargo.toml says why). Named here rather than taken
+/// from rustls' process-wide default, which panics when no single provider
+/// is built in.
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
 fn roots(cfg: &TimescaleConfig) -> Result<rustls::RootCertStore, TimescaleError> {
     let mut roots = rustls::RootCertStore::empty();
     let Some(path) = &cfg.tls_ca_file else {
-        roots.add_trust_anchors(webpki_roots::TLS_SERVER_ROOTS.iter().map(|ta| {
-            rustls::OwnedTrustAnchor::from_subject_spki_name_constraints(
-                ta.subject,
-                ta.spki,
-                ta.name_constraints,
-            )
-        }));
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
         return Ok(roots);
     };
     let bad = |detail: String| {
@@ -28,54 +37,77 @@ fn roots(cfg: &TimescaleConfig) -> Result<rustls::RootCertStore, TimescaleError>
         ))
     };
     let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
-    let certs = rustls_pemfile::certs(&mut pem.as_slice()).map_err(|e| bad(e.to_string()))?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(e.to_string()))?;
     if certs.is_empty() {
         return Err(bad("no PEM certificate in the file".into()));
     }
     for der in certs {
         roots
-            .add(&rustls::Certificate(der))
+            .add(der)
             .map_err(|e| bad(format!("unusable certificate: {e}")))?;
     }
     Ok(roots)
 }
 
 /// Checks the server's certificate as `verify` says; the handshake
-/// signatures are always checked by rustls against the presented key.
+/// signatures are always checked against the presented key (the two
+/// `verify_tls1x_signature` methods, whatever `verify` is).
+#[derive(Debug)]
 struct ServerCheck {
     verify: Verify,
-    webpki: rustls::client::WebPkiVerifier,
+    webpki: Arc<WebPkiServerVerifier>,
 }
 
-impl rustls::client::ServerCertVerifier for ServerCheck {
+impl ServerCertVerifier for ServerCheck {
     fn verify_server_cert(
         &self,
-        end_entity: &rustls::Certificate,
-        intermediates: &[rustls::Certificate],
-        server_name: &rustls::ServerName,
-        scts: &mut dyn Iterator<Item = &[u8]>,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
         ocsp_response: &[u8],
-        now: std::time::SystemTime,
-    ) -> Result<rustls::client::ServerCertVerified, rustls::Error> {
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
         if self.verify == Verify::Nothing {
-            return Ok(rustls::client::ServerCertVerified::assertion());
+            return Ok(ServerCertVerified::assertion());
         }
         let checked = self.webpki.verify_server_cert(
             end_entity,
             intermediates,
             server_name,
-            scts,
             ocsp_response,
             now,
         );
         match checked {
-            Err(rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName))
-                if self.verify == Verify::Ca =>
-            {
-                Ok(rustls::client::ServerCertVerified::assertion())
-            }
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::NotValidForName
+                | rustls::CertificateError::NotValidForNameContext { .. },
+            )) if self.verify == Verify::Ca => Ok(ServerCertVerified::assertion()),
             other => other,
         }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.webpki.supported_verify_schemes()
     }
 }
 
@@ -85,13 +117,17 @@ fn tls(cfg: &TimescaleConfig, verify: Verify) -> Result<super::tls::MakeRustls, 
         Verify::Nothing if cfg.tls_ca_file.is_some() => Verify::Ca,
         v => v,
     };
-    let check = ServerCheck {
-        verify,
-        webpki: rustls::client::WebPkiVerifier::new(roots(cfg)?, None),
-    };
-    let config = rustls::ClientConfig::builder()
-        .with_safe_defaults()
-        .with_custom_certificate_verifier(std::sync::Arc::new(check))
+    let provider = provider();
+    let webpki =
+        WebPkiServerVerifier::builder_with_provider(Arc::new(roots(cfg)?), provider.clone())
+            .build()
+            .map_err(|e| TimescaleError::Config(format!("timescale TLS: {e}")))?;
+    let check = ServerCheck { verify, webpki };
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TimescaleError::Config(format!("timescale TLS: {e}")))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(check))
         .with_no_client_auth();
     Ok(super::tls::MakeRustls::new(config))
 }

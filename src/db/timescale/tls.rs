@@ -1,9 +1,10 @@
 //! TLS for the PostgreSQL connection: tokio-postgres's connector traits over
-//! tokio-rustls, on the rustls 0.21 the build already has for HTTP.
+//! tokio-rustls 0.26, on the rustls 0.23 (ring provider) the Influx client
+//! also uses through reqwest 0.12.
 //!
-//! Written here rather than taken from `tokio-postgres-rustls` 0.10, which
-//! pulls the unmaintained ring 0.16 (RUSTSEC-2025-0009) only to hash the
-//! server's certificate. The certificate check itself lives in `conn.rs`.
+//! Written here rather than taken from `tokio-postgres-rustls`: it is a few
+//! lines, and the channel binding below is ours to reason about. The
+//! certificate check itself lives in `conn.rs`.
 //!
 //! Channel binding (`tls-server-end-point`, RFC 5929) uses SHA-256 of the
 //! server's certificate, right for certificates signed with SHA-256 (the
@@ -17,6 +18,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use rustls::pki_types::ServerName;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect};
@@ -44,8 +46,8 @@ where
     type Error = io::Error;
 
     fn make_tls_connect(&mut self, host: &str) -> io::Result<RustlsConnect> {
-        // Host names and IP addresses both parse (rustls 0.21).
-        let name = rustls::ServerName::try_from(host).map_err(|_| {
+        // Host names and IP addresses both parse.
+        let name = ServerName::try_from(host.to_string()).map_err(|_| {
             io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("{host:?} is not a valid TLS server name"),
@@ -61,7 +63,7 @@ where
 /// The handshake for one connection.
 pub(crate) struct RustlsConnect {
     config: Arc<rustls::ClientConfig>,
-    name: rustls::ServerName,
+    name: ServerName<'static>,
 }
 
 impl<S> TlsConnect<S> for RustlsConnect
@@ -91,7 +93,7 @@ where
     fn channel_binding(&self) -> ChannelBinding {
         let (_, session) = self.0.get_ref();
         match session.peer_certificates().and_then(|certs| certs.first()) {
-            Some(cert) => ChannelBinding::tls_server_end_point(Sha256::digest(&cert.0).to_vec()),
+            Some(cert) => ChannelBinding::tls_server_end_point(Sha256::digest(cert).to_vec()),
             None => ChannelBinding::none(),
         }
     }

@@ -1,4 +1,10 @@
-//! In-process tests of the log: write, drop, reopen, assert.
+//! In-process tests of the log: write, drop, reopen, assert. The front
+//! door's tests are here; the reader's (`reader.rs`: reads, quarantine,
+//! verify) and space management's (`space.rs`: reserve, block, drop,
+//! truncate, index pruning) are in the files of the same names beside this one.
+
+mod reader;
+mod space;
 
 use super::*;
 use crate::record::Trade;
@@ -16,7 +22,7 @@ pub(crate) fn trade(id: u64) -> Record {
     })
 }
 
-fn ids(frames: &[Frame]) -> Vec<u64> {
+pub(super) fn ids(frames: &[Frame]) -> Vec<u64> {
     frames
         .iter()
         .flat_map(|f| &f.records)
@@ -27,7 +33,7 @@ fn ids(frames: &[Frame]) -> Vec<u64> {
         .collect()
 }
 
-fn small(dir: &TempDir) -> WalConfig {
+pub(super) fn small(dir: &TempDir) -> WalConfig {
     WalConfig {
         max_frame_records: 4,
         ..WalConfig::new(dir.path()).with_sinks(["a", "b"])
@@ -65,42 +71,6 @@ fn directory_is_private() {
 }
 
 #[test]
-fn cursors_are_independent_and_truncate_at_the_minimum() {
-    let dir = TempDir::new().unwrap();
-    let wal = Wal::open(small(&dir)).unwrap();
-    let mut last = 0;
-    for i in 0..6 {
-        last = wal.append(&[trade(i)]).unwrap().seq;
-    }
-    let a_frames = wal.read_after(0, usize::MAX).unwrap();
-    wal.ack("a", a_frames.last().unwrap().seq).unwrap();
-    assert_eq!(wal.cursor("a").unwrap(), last);
-    assert_eq!(wal.cursor("b").unwrap(), 0);
-    // b has delivered nothing: every frame is still there for it.
-    assert_eq!(
-        ids(&wal
-            .read_after(wal.cursor("b").unwrap(), usize::MAX)
-            .unwrap())
-        .len(),
-        6
-    );
-    assert_eq!(wal.backlog("a").unwrap().records, 0);
-    assert_eq!(wal.backlog("b").unwrap().records, 6);
-    let first_two = &a_frames[..2];
-    wal.ack("b", first_two[1].seq).unwrap();
-    assert_eq!(wal.backlog("b").unwrap().records, 4);
-    // Frames up to min(a, b) are gone, the rest remain.
-    assert_eq!(wal.stats().records, 4);
-    assert_eq!(
-        ids(&wal.read_after(0, usize::MAX).unwrap()),
-        vec![2, 3, 4, 5]
-    );
-    // A cursor never moves back.
-    wal.ack("a", 1).unwrap();
-    assert_eq!(wal.cursor("a").unwrap(), last);
-}
-
-#[test]
 fn totals_persist_without_a_scan() {
     let dir = TempDir::new().unwrap();
     let (bytes, seq) = {
@@ -123,191 +93,6 @@ fn totals_persist_without_a_scan() {
     wal.ack("b", seq).unwrap();
     assert_eq!(wal.stats().records, 0);
     assert_eq!(wal.append(&[trade(9)]).unwrap().seq, seq + 1);
-}
-
-#[test]
-fn block_fails_with_full_after_the_deadline_and_resumes_after_truncation() {
-    let dir = TempDir::new().unwrap();
-    let cfg = WalConfig {
-        max_bytes: 600,
-        block_timeout_ms: 1500,
-        ..small(&dir)
-    };
-    let wal = Wal::open(cfg).unwrap();
-    let mut n = 0;
-    let err = loop {
-        match wal.append(&[trade(n)]) {
-            Ok(_) => n += 1,
-            Err(e) => break e,
-        }
-        assert!(n < 100, "log never filled");
-    };
-    assert!(matches!(err, WalError::Full { .. }), "{err}");
-    assert!(err.is_retriable());
-    assert_eq!(wal.stats().records, n, "every acknowledged record is kept");
-    // A producer blocked on a full log proceeds as soon as drainers free space.
-    let w2 = wal.clone();
-    let blocked = std::thread::spawn(move || w2.append(&[trade(1000)]));
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    assert!(
-        !blocked.is_finished(),
-        "append must wait while the log is full"
-    );
-    let last = wal.stats().last_seq;
-    wal.ack("a", last).unwrap();
-    wal.ack("b", last).unwrap();
-    blocked
-        .join()
-        .unwrap()
-        .expect("append proceeds after truncation");
-    assert_eq!(ids(&wal.read_after(0, usize::MAX).unwrap()), vec![1000]);
-    let too_big: Vec<_> = (0..50).map(trade).collect();
-    assert!(matches!(
-        wal.append(&too_big),
-        Err(WalError::TooLarge { .. })
-    ));
-}
-
-/// A small log that drains as fast as it fills must accept appends forever:
-/// what an append reserves is exactly what its commit settles, so the
-/// reservation cannot creep up to `max_bytes` (it used to leak the frame
-/// overhead of every append and refuse writes after about 6,000 of them).
-#[test]
-fn small_log_draining_as_it_fills_never_refuses_tens_of_thousands_of_appends() {
-    const APPENDS: u64 = 30_000;
-    let dir = TempDir::new().unwrap();
-    let cfg = WalConfig {
-        max_bytes: 200_000,
-        block_timeout_ms: 2_000,
-        // The accounting does not depend on the policy; `interval` keeps
-        // 30,000 appends from costing 30,000 fdatasyncs.
-        durability: Durability::Interval { interval_ms: 50 },
-        ..small(&dir)
-    };
-    let wal = Wal::open(cfg).unwrap();
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let drainer = {
-        let (wal, stop) = (wal.clone(), stop.clone());
-        std::thread::spawn(move || {
-            let mut delivered = 0u64;
-            loop {
-                let done = stop.load(Ordering::Acquire);
-                for sink in ["a", "b"] {
-                    // `read_for` stops at the last durable frame, as drainers do.
-                    let cursor = wal.cursor(sink).unwrap();
-                    let (frames, last) = wal.read_for(cursor, 500, u16::MAX).unwrap();
-                    if last > cursor {
-                        if sink == "a" {
-                            delivered += frames.iter().map(|f| f.records.len() as u64).sum::<u64>();
-                        }
-                        wal.ack(sink, last).unwrap();
-                    }
-                }
-                if done && wal.stats().records == 0 {
-                    return delivered;
-                }
-                std::thread::yield_now();
-            }
-        })
-    };
-    for i in 0..APPENDS {
-        if let Err(e) = wal.append(&[trade(i)]) {
-            panic!("append {i} refused by a log that drains as it fills: {e} ({:?}, {} bytes reserved)", wal.stats(), wal.reserved_bytes());
-        }
-    }
-    stop.store(true, Ordering::Release);
-    assert_eq!(
-        drainer.join().unwrap(),
-        APPENDS,
-        "every record delivered once"
-    );
-    let s = wal.stats();
-    assert_eq!((s.records, s.frames, s.bytes), (0, 0, 0), "{s:?}");
-    assert_eq!(wal.reserved_bytes(), 0, "idle and empty: nothing reserved");
-}
-
-#[test]
-fn drop_oldest_counts_exactly_and_moves_cursors() {
-    let dir = TempDir::new().unwrap();
-    let cfg = WalConfig {
-        max_bytes: 1000,
-        when_full: WhenFull::DropOldest,
-        ..small(&dir)
-    };
-    let wal = Wal::open(cfg).unwrap();
-    for i in 0..100 {
-        wal.append(&[trade(i)]).unwrap();
-    }
-    let s = wal.stats();
-    assert!(s.bytes <= 1000, "{s:?}");
-    assert_eq!(s.records + s.dropped_records, 100, "{s:?}");
-    assert!(s.dropped_records > 0);
-    let remaining = ids(&wal.read_after(0, usize::MAX).unwrap());
-    assert_eq!(remaining.len() as u64, s.records);
-    // The survivors are exactly the newest records.
-    assert_eq!(remaining, (s.dropped_records..100).collect::<Vec<_>>());
-    let first_seq = wal.read_after(0, 1).unwrap()[0].seq;
-    assert_eq!(
-        wal.cursor("a").unwrap(),
-        first_seq - 1,
-        "lagging cursor moved past dropped frames"
-    );
-    assert_eq!(wal.backlog("a").unwrap().records, s.records);
-}
-
-#[test]
-fn corrupt_frames_are_quarantined_and_reading_continues() {
-    let dir = TempDir::new().unwrap();
-    let wal = Wal::open(small(&dir)).unwrap();
-    let s1 = wal.append(&[trade(1)]).unwrap().seq;
-    let s2 = wal.append(&[trade(2)]).unwrap().seq;
-    let s3 = wal.append(&[trade(3)]).unwrap().seq;
-    // Flip one byte of frame s2's payload.
-    let mut raw = wal
-        .inner
-        .shared
-        .frames
-        .get(seq_key(s2))
-        .unwrap()
-        .unwrap()
-        .to_vec();
-    let last = raw.len() - 1;
-    raw[last] ^= 0xFF;
-    wal.debug_put_raw_frame(s2, &raw).unwrap();
-    let frames = wal.read_after(0, usize::MAX).unwrap();
-    assert_eq!(
-        frames.iter().map(|f| f.seq).collect::<Vec<_>>(),
-        vec![s1, s3]
-    );
-    assert_eq!(ids(&frames), vec![1, 3]);
-    let q = wal.quarantined().unwrap();
-    assert_eq!(q.len(), 1);
-    assert_eq!(q[0].0, s2);
-    assert!(q[0].1.contains("crc"), "{}", q[0].1);
-    assert_eq!(wal.quarantined_since_open(), 1);
-    assert_eq!(wal.stats().records, 2);
-    // A zeroed header and a truncated frame are handled the same way.
-    wal.debug_put_raw_frame(s3 + 10, &[0u8; 40]).unwrap();
-    wal.debug_put_raw_frame(s3 + 11, &[1u8; 3]).unwrap();
-    assert_eq!(ids(&wal.read_after(0, usize::MAX).unwrap()), vec![1, 3]);
-    assert_eq!(wal.quarantined().unwrap().len(), 3);
-}
-
-#[test]
-fn verify_reports_bad_frames_without_changing_them() {
-    let dir = TempDir::new().unwrap();
-    let wal = Wal::open(small(&dir)).unwrap();
-    wal.append(&[trade(1), trade(2)]).unwrap();
-    wal.debug_put_raw_frame(99, b"garbage-frame-bytes-garbage-frame-bytes")
-        .unwrap();
-    let (frames, records, bad) = wal.verify().unwrap();
-    assert_eq!((frames, records, bad.len()), (1, 2, 1));
-    assert_eq!(bad[0].0, 99);
-    assert_eq!(
-        wal.verify().unwrap().2.len(),
-        1,
-        "verify does not quarantine"
-    );
 }
 
 /// A poison stream cannot grow the dead letters past their bound: the oldest
@@ -519,49 +304,6 @@ fn watch_reports_committed_frames() {
     let rx = wal.watch_last_seq();
     let seq = wal.append(&[trade(1)]).unwrap().seq;
     assert_eq!(*rx.borrow(), seq);
-}
-
-#[test]
-fn read_for_skips_unwanted_frames_and_never_hides_unindexed_ones() {
-    use crate::record::RecordKind;
-    let dir = TempDir::new().unwrap();
-    let wal = Wal::open(small(&dir)).unwrap();
-    let bar = crate::record::codec_samples()[7].clone();
-    let s1 = wal.append(&[trade(1)]).unwrap().seq;
-    let s2 = wal.append(std::slice::from_ref(&bar)).unwrap().seq;
-    let s3 = wal.append(&[trade(3)]).unwrap().seq;
-    let s4 = wal.append(&[trade(4), bar.clone()]).unwrap().seq;
-    let s5 = wal.append(&[trade(5)]).unwrap().seq;
-    let bars = RecordKind::Bar.bit() | RecordKind::Kline.bit();
-    let (frames, last) = wal.read_for(0, usize::MAX, bars).unwrap();
-    assert_eq!(
-        frames.iter().map(|f| f.seq).collect::<Vec<_>>(),
-        vec![s2, s4]
-    );
-    assert_eq!(last, s5, "everything examined may be acknowledged");
-    let (frames, last) = wal.read_for(s4, usize::MAX, bars).unwrap();
-    assert!(frames.is_empty());
-    assert_eq!(last, s5);
-    // A frame whose index entry is missing (crash between the two writes) is loaded.
-    wal.inner.shared.index.remove(seq_key(s3)).unwrap();
-    let (frames, _) = wal.read_for(0, usize::MAX, bars).unwrap();
-    assert_eq!(
-        frames.iter().map(|f| f.seq).collect::<Vec<_>>(),
-        vec![s2, s3, s4]
-    );
-    // Trades wanted: every frame with a trade.
-    let (frames, _) = wal
-        .read_for(0, usize::MAX, RecordKind::Trade.bit())
-        .unwrap();
-    assert_eq!(
-        frames.iter().map(|f| f.seq).collect::<Vec<_>>(),
-        vec![s1, s3, s4, s5]
-    );
-    // Truncation prunes the index.
-    let last = wal.stats().last_seq;
-    wal.ack("a", last).unwrap();
-    wal.ack("b", last).unwrap();
-    assert_eq!(wal.inner.shared.index.len(), 0);
 }
 
 #[test]
