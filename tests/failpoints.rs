@@ -13,7 +13,6 @@
 mod common;
 
 use std::process::Command;
-use std::time::Duration;
 
 use walrelay::config::{Config, Secret};
 use walrelay::wal::{Durability, Wal, WalConfig, WalError};
