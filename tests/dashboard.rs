@@ -129,35 +129,10 @@ async fn every_metric_the_dashboard_queries_is_exposed_by_a_running_relay() {
     )
     .unwrap();
     let config = walrelay::config::Config::load(&conf).unwrap();
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let relay = tokio::spawn(walrelay::relay::serve(config, listener, async move {
-        let _ = stopped.await;
-    }));
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap();
-    let metrics = || async {
-        client
-            .get(format!("{url}/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    };
-    let mut up = false;
-    for _ in 0..200 {
-        if client.get(format!("{url}/ready")).send().await.is_ok() {
-            up = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    assert!(up, "relay did not start");
+    let relay = common::relay::ServedRelay::start(config).await;
+    let url = relay.url.clone();
+    let client = common::http::client();
+    let metrics = || common::http::get_text(&client, format!("{url}/metrics"));
 
     // Three requests of four trades; the poison record is in the second.
     for req in 0..3 {
@@ -228,6 +203,5 @@ async fn every_metric_the_dashboard_queries_is_exposed_by_a_running_relay() {
     // Graceful shutdown waits for open connections: close the client's
     // keep-alive ones first.
     drop(client);
-    let _ = stop.send(());
-    relay.await.unwrap().unwrap();
+    relay.stop().await.unwrap();
 }

@@ -88,6 +88,7 @@ impl Drop for Tmpfs {
     }
 }
 
+use common::http::{get_json, trade_line};
 use common::records::{trade, trade_ids as ids};
 
 #[test]
@@ -163,27 +164,22 @@ fn a_full_disk_is_503_with_retry_after_and_ready_says_why() {
         config.ingest.token = Some(Secret::new("s3cret"));
         let relay = common::relay::ServedRelay::start(config).await;
         let url = relay.url.clone();
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .unwrap();
-        let write = |i: u64| {
-            client
-                .post(format!("{url}/api/v2/write?org=o&bucket=b&precision=ns"))
-                .header("Authorization", "Token s3cret")
-                .body(format!(
-                    "trades,symbol=BTCUSDT,exchange=BINANCE,side=buy price=97000.5,quantity=0.1 {}\n",
-                    1_764_000_000_000_000_000u64 + i
-                ))
-                .send()
-        };
+        let client = common::http::client();
+        let write = |i: u64| common::http::write(&client, &url, "s3cret", trade_line(i));
         assert_eq!(write(1).await.unwrap().status(), 204);
         let ballast = fs.fill_leaving(MIN_FREE / 2);
         // The log trusts an ample reading of the free space for 50 ms.
         tokio::time::sleep(Duration::from_millis(60)).await;
         let r = write(2).await.unwrap();
-        assert_eq!(r.status(), 503, "a full disk is 'try later', not a server bug");
-        let retry = r.headers().get("retry-after").map(|v| v.to_str().unwrap().to_string());
+        assert_eq!(
+            r.status(),
+            503,
+            "a full disk is 'try later', not a server bug"
+        );
+        let retry = r
+            .headers()
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap().to_string());
         assert_eq!(retry.as_deref(), Some("5"));
         assert!(r.text().await.unwrap().contains("min_free_bytes"));
         let ready = client.get(format!("{url}/ready")).send().await.unwrap();
@@ -196,7 +192,13 @@ fn a_full_disk_is_503_with_retry_after_and_ready_says_why() {
         let h: serde_json::Value = health.json().await.unwrap();
         assert_eq!(h["status"], "fail", "{h}");
         assert_eq!(h["checks"][0]["name"], "log", "{h}");
-        assert!(h["checks"][0]["message"].as_str().unwrap().contains("nearly full"), "{h}");
+        assert!(
+            h["checks"][0]["message"]
+                .as_str()
+                .unwrap()
+                .contains("nearly full"),
+            "{h}"
+        );
 
         std::fs::remove_file(&ballast).unwrap();
         assert_eq!(write(3).await.unwrap().status(), 204, "recovers by itself");
@@ -204,15 +206,11 @@ fn a_full_disk_is_503_with_retry_after_and_ready_says_why() {
         assert_eq!(ready.status(), 200);
         let health = client.get(format!("{url}/health")).send().await.unwrap();
         assert_eq!(health.status(), 200);
-        let v: serde_json::Value = client
-            .get(format!("{url}/status"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        assert_eq!(v["log"]["appended_records"], 2, "the refused write appended nothing");
+        let v = get_json(&client, format!("{url}/status")).await;
+        assert_eq!(
+            v["log"]["appended_records"], 2,
+            "the refused write appended nothing"
+        );
         drop(client);
         relay.stop().await.unwrap();
     });

@@ -13,11 +13,11 @@
 mod common;
 
 use std::process::Command;
-use std::time::Duration;
 
 use walrelay::config::{Config, Secret};
 use walrelay::wal::{Durability, Wal, WalConfig, WalError};
 
+use common::http::{get_json, get_text, trade_line};
 use common::records::{trade, trade_ids as ids};
 
 #[test]
@@ -124,29 +124,14 @@ fn a_failed_log_answers_503_and_says_why_on_ready_status_and_the_cli() {
         config.ingest.token = Some(Secret::new("s3cret"));
         let relay = common::relay::ServedRelay::start(config).await;
         let url = relay.url.clone();
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .unwrap();
-        let write = |line: String| {
-            client
-                .post(format!("{url}/api/v2/write?org=o&bucket=b&precision=ns"))
-                .header("Authorization", "Token s3cret")
-                .body(line)
-                .send()
-        };
-        let line = |i: u64| {
-            format!(
-                "trades,symbol=BTCUSDT,exchange=BINANCE,side=buy price=97000.5,quantity=0.1 {}\n",
-                1_764_000_000_000_000_000u64 + i
-            )
-        };
-        assert_eq!(write(line(1)).await.unwrap().status(), 204);
+        let client = common::http::client();
+        let write = |i: u64| common::http::write(&client, &url, "s3cret", trade_line(i));
+        assert_eq!(write(1).await.unwrap().status(), 204);
         let ready = client.get(format!("{url}/ready")).send().await.unwrap();
         assert_eq!(ready.status(), 200);
 
         fail::cfg("wal::fdatasync", "return").unwrap();
-        let r = write(line(2)).await.unwrap();
+        let r = write(2).await.unwrap();
         assert_eq!(
             r.status(),
             503,
@@ -157,7 +142,7 @@ fn a_failed_log_answers_503_and_says_why_on_ready_status_and_the_cli() {
             "503 carries Retry-After"
         );
         fail::remove("wal::fdatasync");
-        let r = write(line(3)).await.unwrap();
+        let r = write(3).await.unwrap();
         assert_eq!(
             r.status(),
             503,
@@ -172,14 +157,7 @@ fn a_failed_log_answers_503_and_says_why_on_ready_status_and_the_cli() {
         assert_eq!(v["ready"], false);
         assert_eq!(v["status"], "unready", "{v}");
         assert!(v["reason"].as_str().unwrap().contains("fdatasync"), "{v}");
-        let v: serde_json::Value = client
-            .get(format!("{url}/status"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v = get_json(&client, format!("{url}/status")).await;
         assert!(
             v["log"]["unavailable"]
                 .as_str()
@@ -191,14 +169,7 @@ fn a_failed_log_answers_503_and_says_why_on_ready_status_and_the_cli() {
         // but its sync failed, so it was refused (never acknowledged); the
         // third was refused before it reached the log.
         assert_eq!(v["log"]["appended_records"], 2, "{v}");
-        let metrics = client
-            .get(format!("{url}/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = get_text(&client, format!("{url}/metrics")).await;
         assert!(metrics.contains("walrelay_log_accepting 0"), "{metrics}");
 
         let out = tokio::task::spawn_blocking({

@@ -7,18 +7,20 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::collector::{script_by_type, Behaviour, Collector};
+use common::http::{get_json, wait_status};
 use common::pg::Pg;
 use common::proxy::{Mode, Proxy};
+use common::relay::ServedRelay;
 use common::vm::Vm;
 use walrelay::config::Config;
 use walrelay::db::influx::InfluxConfig;
 use walrelay::db::timescale::TimescaleConfig;
 use walrelay::ingest::grpc::{GrpcConfig, SubscriptionConfig};
 
+/// A relay served in-process over a log in its own temporary directory.
 struct Running {
+    relay: ServedRelay,
     url: String,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<Result<(), walrelay::relay::RelayError>>>,
     _dir: tempfile::TempDir,
 }
 
@@ -30,32 +32,27 @@ impl Running {
         c.drain.retry_initial_ms = 50;
         c.drain.retry_max_ms = 500;
         config(&mut c);
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(walrelay::relay::serve(c, listener, async move {
-            let _ = rx.await;
-        }));
+        let relay = ServedRelay::start(c).await;
         Running {
-            url,
-            stop: Some(tx),
-            task: Some(task),
+            url: relay.url.clone(),
+            relay,
             _dir: dir,
         }
     }
 
+    /// `/status`, read over a connection of its own (none stays open to
+    /// delay the stop).
     async fn status(&self) -> serde_json::Value {
-        reqwest::get(format!("{}/status", self.url))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        get_json(&reqwest::Client::new(), format!("{}/status", self.url)).await
     }
 
-    async fn stop(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        self.task.take().unwrap().await.unwrap().unwrap();
+    /// Polls `/status` until `cond` holds; panics naming `what` after `secs`.
+    async fn wait_status(&self, what: &str, secs: u64, cond: impl Fn(&serde_json::Value) -> bool) {
+        wait_status(&reqwest::Client::new(), &self.url, what, secs, cond).await;
+    }
+
+    async fn stop(self) {
+        self.relay.stop().await.unwrap();
     }
 }
 
@@ -76,20 +73,6 @@ fn grpc(default: Option<String>, subs: Vec<SubscriptionConfig>) -> GrpcConfig {
         connect_timeout_ms: 2000,
         ..Default::default()
     }
-}
-
-async fn wait_for(
-    what: &str,
-    secs: u64,
-    mut cond: impl FnMut() -> std::pin::Pin<Box<dyn std::future::Future<Output = bool>>>,
-) {
-    for _ in 0..secs * 10 {
-        if cond().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("timed out: {what}");
 }
 
 const TOTAL: u64 = 120;
@@ -132,15 +115,8 @@ async fn every_sent_message_arrives_through_refusals_drops_and_wildcards() {
         c.grpc = Some(grpc(Some(collector.url()), subs));
     })
     .await;
-    wait_for("every message received and delivered", 60, || {
-        let url = relay.url.clone();
-        Box::pin(async move {
-            let s: serde_json::Value = reqwest::get(format!("{url}/status"))
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+    relay
+        .wait_status("every message received and delivered", 60, |s| {
             let subs = s["subscriptions"].as_array().unwrap();
             subs.len() == 11
                 && subs.iter().all(|r| r["records_appended"] == TOTAL)
@@ -150,8 +126,7 @@ async fn every_sent_message_arrives_through_refusals_drops_and_wildcards() {
                     .iter()
                     .all(|k| k["backlog_records"] == 0)
         })
-    })
-    .await;
+        .await;
     let status = relay.status().await;
     for r in status["subscriptions"].as_array().unwrap() {
         assert!(
@@ -202,12 +177,7 @@ async fn every_sent_message_arrives_through_refusals_drops_and_wildcards() {
     );
     assert_eq!(values(trades).len() as u64, TOTAL, "trades");
     let want: BTreeSet<u64> = (0..TOTAL).map(|i| (100.0 + i as f64).to_bits()).collect();
-    let got: BTreeSet<u64> = vm
-        .export("trades_price")
-        .await
-        .iter()
-        .flat_map(|s| s.samples.iter().map(|(_, v)| v.to_bits()))
-        .collect();
+    let got: BTreeSet<u64> = vm.value_set("trades_price").await;
     assert_eq!(got, want, "trade prices exactly as sent");
     for (metric, n) in [
         ("orderbook_bid_price", TOTAL),
@@ -231,12 +201,7 @@ async fn every_sent_message_arrives_through_refusals_drops_and_wildcards() {
         BTreeSet::from(["ALL0USDT".to_string(), "ALL1USDT".into(), "ALL2USDT".into()])
     );
     // Orderbook tops come from the best levels.
-    let spread: BTreeSet<u64> = vm
-        .export("orderbook_spread")
-        .await
-        .iter()
-        .flat_map(|s| s.samples.iter().map(|(_, v)| v.to_bits()))
-        .collect();
+    let spread: BTreeSet<u64> = vm.value_set("orderbook_spread").await;
     assert_eq!(spread, BTreeSet::from([2.0f64.to_bits()]));
 
     // Warehouse side: candles by producer, one row each.
@@ -289,23 +254,15 @@ async fn upstream_routing_prefers_composite_then_venue_then_default() {
         c.grpc = Some(g);
     })
     .await;
-    wait_for("all three subscribed", 20, || {
-        let url = relay.url.clone();
-        Box::pin(async move {
-            let s: serde_json::Value = reqwest::get(format!("{url}/status"))
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+    relay
+        .wait_status("all three subscribed", 20, |s| {
             s["subscriptions"]
                 .as_array()
                 .unwrap()
                 .iter()
                 .all(|r| r["records_appended"] == 10)
         })
-    })
-    .await;
+        .await;
     let accepted = |c: &Collector| {
         c.log
             .lock()
@@ -386,19 +343,11 @@ async fn a_full_log_pauses_reading_without_loss() {
         ));
     })
     .await;
-    wait_for("subscription paused on a full log", 30, || {
-        let url = relay.url.clone();
-        Box::pin(async move {
-            let s: serde_json::Value = reqwest::get(format!("{url}/status"))
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+    relay
+        .wait_status("subscription paused on a full log", 30, |s| {
             s["subscriptions"][0]["state"] == "paused"
         })
-    })
-    .await;
+        .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let sent_a = collector.sent().len();
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -417,26 +366,13 @@ async fn a_full_log_pauses_reading_without_loss() {
     assert!(appended < total, "{appended}");
     // The sink comes back: everything flows, nothing was dropped.
     proxy.set(Mode::Pass);
-    wait_for("all delivered", 90, || {
-        let url = relay.url.clone();
-        Box::pin(async move {
-            let s: serde_json::Value = reqwest::get(format!("{url}/status"))
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+    relay
+        .wait_status("all delivered", 90, |s| {
             s["subscriptions"][0]["records_appended"] == total
                 && s["sinks"][0]["backlog_records"] == 0
         })
-    })
-    .await;
-    let got: BTreeSet<u64> = vm
-        .export("trades_price")
-        .await
-        .iter()
-        .flat_map(|s| s.samples.iter().map(|(_, v)| v.to_bits()))
-        .collect();
+        .await;
+    let got: BTreeSet<u64> = vm.value_set("trades_price").await;
     assert_eq!(got.len() as u64, total, "every trade arrived");
     assert_eq!(relay.status().await["log"]["dropped_records"], 0);
     relay.stop().await;

@@ -13,6 +13,8 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use common::http::appended;
+use common::relay::ServedRelay;
 use common::vm::Vm;
 
 const TOKEN: &str = "s3cret-ingest";
@@ -65,9 +67,8 @@ print(json.dumps(out))
 "#;
 
 struct Relay {
+    relay: ServedRelay,
     url: String,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<Result<(), walrelay::relay::RelayError>>,
     _dir: tempfile::TempDir,
 }
 
@@ -85,34 +86,12 @@ async fn start_relay(vm_url: &str) -> Relay {
     )
     .unwrap();
     let config = walrelay::config::Config::load(&conf).unwrap();
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(walrelay::relay::serve(config, listener, async move {
-        let _ = rx.await;
-    }));
-    for _ in 0..200 {
-        if reqwest::get(format!("{url}/ping")).await.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    let relay = ServedRelay::start(config).await;
     Relay {
-        url,
-        stop: Some(tx),
-        task,
+        url: relay.url.clone(),
+        relay,
         _dir: dir,
     }
-}
-
-async fn appended(url: &str) -> u64 {
-    let v: serde_json::Value = reqwest::get(format!("{url}/status"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    v["log"]["appended_records"].as_u64().unwrap()
 }
 
 /// (variant, value, ms timestamp) samples of `name` in VictoriaMetrics,
@@ -319,9 +298,7 @@ async fn the_official_client_and_a_1x_writer_work_against_the_relay() {
         BTreeSet::from([("python".to_string(), 42, 1_764_000_000_500)])
     );
 
-    let Relay { stop, task, .. } = relay;
-    let _ = stop.unwrap().send(());
-    task.await.unwrap().unwrap();
+    relay.relay.stop().await.unwrap();
     vm.stop();
 }
 

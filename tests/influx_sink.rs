@@ -4,18 +4,15 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 use std::time::Duration;
 
+use common::drain::{self, wait_until, Drain};
 use common::proxy::{Mode, Proxy};
 use common::vm::Vm;
 use walrelay::db::influx::{InfluxConfig, InfluxSink};
-use walrelay::drain::drainer::{self, DrainerSettings};
-use walrelay::drain::retry::RetryPolicy;
 use walrelay::drain::Sink;
-use walrelay::drain::{SinkHealth, SinkState};
+use walrelay::drain::SinkState;
 use walrelay::ingest::identity::assign_identity_timestamps;
-use walrelay::metrics::Metrics;
 use walrelay::record::{FieldValue, Record, Trade};
 use walrelay::{Wal, WalConfig};
 
@@ -231,43 +228,8 @@ async fn same_millisecond_trades_all_arrive() {
     assert!(series[0].samples.iter().all(|(t, _)| *t == ms / 1_000_000));
 }
 
-struct Drain {
-    health: Arc<SinkHealth>,
-    stop: tokio::sync::watch::Sender<bool>,
-    task: tokio::task::JoinHandle<()>,
-}
-
 fn start_drainer(wal: &Wal, sink: InfluxSink) -> Drain {
-    let health = Arc::new(SinkHealth::new("influx"));
-    let (stop, rx) = tokio::sync::watch::channel(false);
-    let settings = DrainerSettings {
-        batch_records: 100,
-        pipeline: walrelay::config::DrainConfig::default().pipeline,
-        retry: RetryPolicy {
-            initial: Duration::from_millis(50),
-            max: Duration::from_millis(500),
-            config_interval: Duration::from_millis(300),
-        },
-    };
-    let task = tokio::spawn(drainer::run(
-        wal.clone(),
-        sink,
-        settings,
-        health.clone(),
-        Arc::new(Metrics::default()),
-        rx,
-    ));
-    Drain { health, stop, task }
-}
-
-async fn wait_until(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
-    for _ in 0..secs * 20 {
-        if cond() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for: {what}");
+    drain::start(wal, sink, "influx", drain::settings(100, 500, 300))
 }
 
 #[tokio::test]
@@ -345,8 +307,7 @@ async fn faults_lose_nothing_and_duplicate_nothing() {
         "exactly the sent points: nothing lost, nothing extra"
     );
     assert_eq!(wal.dead_letters().count(None).unwrap(), 0);
-    let _ = drain.stop.send(true);
-    drain.task.await.unwrap();
+    drain.stop().await;
 }
 
 #[tokio::test]
@@ -434,8 +395,7 @@ async fn unauthorized_marks_the_sink_unhealthy_without_dead_letters() {
     })
     .await;
     assert_eq!(vm.sample_set("trades_price").await.len(), 10);
-    let _ = drain.stop.send(true);
-    drain.task.await.unwrap();
+    drain.stop().await;
 }
 
 #[tokio::test]

@@ -7,10 +7,16 @@ use std::time::Duration;
 
 use walrelay::config::{Config, Secret};
 
+mod common;
+
+use common::http::get_json;
+use common::relay::ServedRelay;
+
+/// A relay served in-process over a log in its own temporary directory,
+/// with the token `s3cret` and a 64 KiB body limit unless `edit` changes them.
 struct Relay {
+    relay: ServedRelay,
     url: String,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<Result<(), walrelay::relay::RelayError>>>,
     _dir: tempfile::TempDir,
 }
 
@@ -22,40 +28,20 @@ impl Relay {
         config.ingest.token = Some(Secret::new("s3cret"));
         config.ingest.max_body_bytes = 64 * 1024;
         edit(&mut config);
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(walrelay::relay::serve(config, listener, async move {
-            let _ = rx.await;
-        }));
-        let client = reqwest::Client::new();
-        for _ in 0..100 {
-            if client.get(format!("{url}/health")).send().await.is_ok() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let relay = ServedRelay::start(config).await;
         Relay {
-            url,
-            stop: Some(tx),
-            task: Some(task),
+            url: relay.url.clone(),
+            relay,
             _dir: dir,
         }
     }
 
     async fn appended(&self) -> u64 {
-        let v: serde_json::Value = reqwest::get(format!("{}/status", self.url))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        v["log"]["appended_records"].as_u64().unwrap()
+        common::http::appended(&self.url).await
     }
 
-    async fn stop(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        self.task.take().unwrap().await.unwrap().unwrap();
+    async fn stop(self) {
+        self.relay.stop().await.unwrap();
     }
 }
 
@@ -65,6 +51,8 @@ fn gzip(data: &[u8]) -> Vec<u8> {
     e.finish().unwrap()
 }
 
+/// Posts `body` to `path` with `Authorization: Token <token>` and returns the
+/// status, the body and `Retry-After`.
 async fn post(
     url: &str,
     path: &str,
@@ -72,11 +60,25 @@ async fn post(
     gz: bool,
     body: Vec<u8>,
 ) -> (u16, String, Option<String>) {
+    let auth = token.map(|t| format!("Token {t}"));
+    post_raw(url, path, auth.as_deref(), gz, body).await
+}
+
+/// Posts `body` to `path` with `Authorization: <auth>` (and gzip's
+/// `Content-Encoding` when `gz`) and returns the status, the body and
+/// `Retry-After`.
+async fn post_raw(
+    url: &str,
+    path: &str,
+    auth: Option<&str>,
+    gz: bool,
+    body: Vec<u8>,
+) -> (u16, String, Option<String>) {
     let mut req = reqwest::Client::new()
         .post(format!("{url}{path}"))
         .body(body);
-    if let Some(t) = token {
-        req = req.header("Authorization", format!("Token {t}"));
+    if let Some(a) = auth {
+        req = req.header("Authorization", a);
     }
     if gz {
         req = req.header("Content-Encoding", "gzip");
@@ -87,6 +89,27 @@ async fn post(
         .get("retry-after")
         .map(|v| v.to_str().unwrap().to_string());
     (r.status().as_u16(), r.text().await.unwrap(), retry_after)
+}
+
+/// Posts five good lines at a time to `path` until the log refuses (503);
+/// returns the records acknowledged before, the refusal's body and its
+/// `Retry-After`. Panics on any other status, or when 200 posts never fill it.
+async fn fill_until_refused(
+    url: &str,
+    path: &str,
+    token: Option<&str>,
+) -> (u64, String, Option<String>) {
+    let mut acked = 0;
+    for _ in 0..200 {
+        let (status, text, retry_after) =
+            post(url, path, token, false, GOOD.repeat(5).into_bytes()).await;
+        match status {
+            204 => acked += 5,
+            503 => return (acked, text, retry_after),
+            other => panic!("unexpected {other}: {text}"),
+        }
+    }
+    panic!("the log never filled");
 }
 
 const WRITE: &str = "/api/v2/write?org=o&bucket=b&precision=ns";
@@ -207,27 +230,7 @@ async fn full_log_under_block_answers_503_with_retry_after() {
         c.wal.block_timeout_ms = 200;
     })
     .await;
-    let mut acked = 0;
-    let mut refused = None;
-    for _ in 0..200 {
-        let (status, text, retry_after) = post(
-            &relay.url,
-            WRITE,
-            Some("s3cret"),
-            false,
-            GOOD.repeat(5).into_bytes(),
-        )
-        .await;
-        match status {
-            204 => acked += 5,
-            503 => {
-                refused = Some((text, retry_after));
-                break;
-            }
-            other => panic!("unexpected {other}: {text}"),
-        }
-    }
-    let (text, retry_after) = refused.expect("the log never filled");
+    let (acked, text, retry_after) = fill_until_refused(&relay.url, WRITE, Some("s3cret")).await;
     assert!(text.contains("full"), "{text}");
     assert!(retry_after.is_some(), "503 without Retry-After");
     assert_eq!(
@@ -510,7 +513,7 @@ async fn a_stalled_client_does_not_delay_shutdown_past_the_grace() {
     let base = tempfile::TempDir::new().unwrap();
     let wal_dir = base.path().join("wal");
     let d = wal_dir.clone();
-    let mut relay = Relay::start(move |c| {
+    let relay = Relay::start(move |c| {
         c.wal.dir = d;
         c.drain.shutdown_grace_ms = 1000;
     })
@@ -541,15 +544,13 @@ async fn a_stalled_client_does_not_delay_shutdown_past_the_grace() {
         .unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     let started = std::time::Instant::now();
-    let _ = relay.stop.take().unwrap().send(());
-    let task = relay.task.take().unwrap();
-    let finished = tokio::time::timeout(Duration::from_secs(10), task).await;
+    let finished = tokio::time::timeout(Duration::from_secs(10), relay.relay.stop()).await;
     let took = started.elapsed();
     assert!(
         finished.is_ok(),
         "shutdown still waiting on stalled clients after 10 s"
     );
-    finished.unwrap().unwrap().unwrap();
+    finished.unwrap().unwrap();
     assert!(
         took <= Duration::from_millis(1000 + 1000),
         "shutdown took {took:?}, over the grace of 1 s plus 1 s"
@@ -679,28 +680,17 @@ async fn post_v1(
     gz: bool,
     body: Vec<u8>,
 ) -> (u16, serde_json::Value, Option<String>) {
-    let mut req = reqwest::Client::new()
-        .post(format!("{url}{path}"))
-        .body(body);
-    if let Some(a) = auth {
-        req = req.header("Authorization", a);
-    }
-    if gz {
-        req = req.header("Content-Encoding", "gzip");
-    }
-    let r = req.send().await.unwrap();
-    let status = r.status().as_u16();
-    let retry_after = r
-        .headers()
-        .get("retry-after")
-        .map(|v| v.to_str().unwrap().to_string());
-    let text = r.text().await.unwrap();
-    let json = if text.is_empty() {
+    let (status, text, retry_after) = post_raw(url, path, auth, gz, body).await;
+    (status, v1_json(&text), retry_after)
+}
+
+/// A 1.x answer's body as JSON (`Null` when empty).
+fn v1_json(text: &str) -> serde_json::Value {
+    if text.is_empty() {
         serde_json::Value::Null
     } else {
-        serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text:?}"))
-    };
-    (status, json, retry_after)
+        serde_json::from_str(text).unwrap_or_else(|_| panic!("not JSON: {text:?}"))
+    }
 }
 
 #[tokio::test]
@@ -822,34 +812,30 @@ async fn the_1x_write_api_refuses_as_v2_does_in_1x_error_shape_and_appends_nothi
         "a refused request appended records"
     );
     // Accepted through each way of presenting the token; gzip too.
-    let (s, _, _) = post_v1(
-        &relay.url,
-        "/write?db=d&u=w&p=s3cret",
-        None,
-        false,
-        GOOD.as_bytes().to_vec(),
-    )
-    .await;
-    assert_eq!(s, 204);
-    // "w:s3cret"
-    let (s, _, _) = post_v1(
-        &relay.url,
-        "/write?db=d",
-        Some("Basic dzpzM2NyZXQ="),
-        false,
-        GOOD.as_bytes().to_vec(),
-    )
-    .await;
-    assert_eq!(s, 204);
-    let (s, _, _) = post_v1(
-        &relay.url,
-        "/write?db=d&precision=s",
-        Some("Token s3cret"),
-        true,
-        gzip(b"m f=1 1764000000\n"),
-    )
-    .await;
-    assert_eq!(s, 204);
+    for (path, auth, gz, body) in [
+        (
+            "/write?db=d&u=w&p=s3cret",
+            None,
+            false,
+            GOOD.as_bytes().to_vec(),
+        ),
+        // "w:s3cret"
+        (
+            "/write?db=d",
+            Some("Basic dzpzM2NyZXQ="),
+            false,
+            GOOD.as_bytes().to_vec(),
+        ),
+        (
+            "/write?db=d&precision=s",
+            Some("Token s3cret"),
+            true,
+            gzip(b"m f=1 1764000000\n"),
+        ),
+    ] {
+        let (s, v1, _) = post_v1(&relay.url, path, auth, gz, body).await;
+        assert_eq!(s, 204, "{path} {auth:?}: {v1}");
+    }
     assert_eq!(relay.appended().await, 3);
     relay.stop().await;
 }
@@ -868,27 +854,9 @@ async fn a_full_log_refuses_1x_writes_with_retry_after_and_health_fails() {
     };
     let (code, h) = health().await;
     assert_eq!((code, h["status"].as_str()), (200, Some("pass")), "{h}");
-    let mut acked = 0;
-    let mut refused = None;
-    for _ in 0..200 {
-        let (status, v1, retry_after) = post_v1(
-            &relay.url,
-            "/write?db=d&p=s3cret",
-            None,
-            false,
-            GOOD.repeat(5).into_bytes(),
-        )
-        .await;
-        match status {
-            204 => acked += 5,
-            503 => {
-                refused = Some((v1, retry_after));
-                break;
-            }
-            other => panic!("unexpected {other}: {v1}"),
-        }
-    }
-    let (v1, retry_after) = refused.expect("the log never filled");
+    let (acked, text, retry_after) =
+        fill_until_refused(&relay.url, "/write?db=d&p=s3cret", None).await;
+    let v1 = v1_json(&text);
     assert!(v1["error"].as_str().unwrap().contains("full"), "{v1}");
     assert_eq!(retry_after.as_deref(), Some("1"));
     assert_eq!(relay.appended().await, acked);
@@ -933,14 +901,7 @@ async fn ping_health_and_ready_answer_in_influxdbs_shapes() {
         .unwrap();
     assert_eq!(r.status().as_u16(), 204);
     // No sink configured: the log is the only check.
-    let h: serde_json::Value = c
-        .get(format!("{}/health", relay.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let h = get_json(&c, format!("{}/health", relay.url)).await;
     let mut keys: Vec<_> = h.as_object().unwrap().keys().cloned().collect();
     keys.sort();
     assert_eq!(
@@ -950,14 +911,7 @@ async fn ping_health_and_ready_answer_in_influxdbs_shapes() {
     assert_eq!(h["status"], "pass");
     assert_eq!(h["version"], version);
     assert_eq!(h["checks"].as_array().unwrap().len(), 1, "{h}");
-    let r: serde_json::Value = c
-        .get(format!("{}/ready", relay.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let r = get_json(&c, format!("{}/ready", relay.url)).await;
     assert_eq!(r["status"], "ready", "{r}");
     let started = r["started"].as_str().unwrap();
     assert!(

@@ -5,8 +5,10 @@
 //!
 //! Run with `--nocapture` to see the figures (docs/PERFORMANCE.md quotes them).
 
+mod common;
+
 use std::io::Write;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::Duration;
 
 const MIB: u64 = 1024 * 1024;
@@ -21,28 +23,9 @@ struct Relay {
 impl Relay {
     async fn start() -> Relay {
         let dir = tempfile::TempDir::new().unwrap();
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().port()
-        };
-        let conf = dir.path().join("c.toml");
         // All ingest settings at their defaults (max_body_bytes 32 MiB,
         // memory_budget_bytes 256 MiB, the default limits).
-        std::fs::write(
-            &conf,
-            format!(
-                "[wal]\ndir = \"{}\"\n[ingest]\nlisten = \"127.0.0.1:{port}\"\n",
-                dir.path().join("wal").display()
-            ),
-        )
-        .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_walrelay"))
-            .args(["run", "--config", conf.to_str().unwrap()])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let (child, port) = common::relay::spawn_binary(dir.path(), "");
         let url = format!("http://127.0.0.1:{port}");
         for _ in 0..200 {
             if reqwest::get(format!("{url}/health")).await.is_ok() {
@@ -70,13 +53,7 @@ impl Relay {
     }
 
     async fn appended(&self) -> u64 {
-        let v: serde_json::Value = reqwest::get(format!("{}/status", self.url))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        v["log"]["appended_records"].as_u64().unwrap()
+        common::http::appended(&self.url).await
     }
 }
 

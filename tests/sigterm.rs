@@ -2,9 +2,10 @@
 //! within `drain.shutdown_grace_ms` plus a second, with exit code 0, and
 //! every acknowledged record is in the log.
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const GRACE_MS: u64 = 1500;
@@ -21,26 +22,10 @@ fn request(port: u16, raw: &str) -> String {
 #[test]
 fn sigterm_finishes_within_the_grace_whatever_clients_do() {
     let dir = tempfile::TempDir::new().unwrap();
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let conf = dir.path().join("c.toml");
-    std::fs::write(
-        &conf,
-        format!(
-            "[wal]\ndir = \"{}\"\n[ingest]\nlisten = \"127.0.0.1:{port}\"\n[drain]\nshutdown_grace_ms = {GRACE_MS}\n",
-            dir.path().join("wal").display()
-        ),
-    )
-    .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_walrelay"))
-        .args(["run", "--config", conf.to_str().unwrap()])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let (mut child, port) = common::relay::spawn_binary(
+        dir.path(),
+        &format!("[drain]\nshutdown_grace_ms = {GRACE_MS}\n"),
+    );
     let started = Instant::now();
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(

@@ -8,19 +8,16 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 use std::time::Duration;
 
+use common::drain::{self, wait_until};
 use common::pg::Pg;
 use common::proxy::{Mode, Proxy};
 use common::vm::Vm;
 use walrelay::db::influx::{InfluxConfig, InfluxSink};
 use walrelay::db::timescale::{TimescaleConfig, TimescaleSink};
-use walrelay::drain::drainer::{self, DrainerSettings};
-use walrelay::drain::retry::RetryPolicy;
+use walrelay::drain::SinkState;
 use walrelay::drain::{ErrorClass, Sink};
-use walrelay::drain::{SinkHealth, SinkState};
-use walrelay::metrics::Metrics;
 use walrelay::record::Record;
 use walrelay::{Wal, WalConfig};
 
@@ -50,52 +47,6 @@ fn huge_symbol() -> String {
             (b'A' + (x % 26) as u8) as char
         })
         .collect()
-}
-
-struct Drain {
-    health: Arc<SinkHealth>,
-    stop: tokio::sync::watch::Sender<bool>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-fn start_drainer<S: Sink + 'static>(wal: &Wal, sink: S, name: &'static str) -> Drain {
-    let health = Arc::new(SinkHealth::new(name));
-    let (stop, rx) = tokio::sync::watch::channel(false);
-    let settings = DrainerSettings {
-        batch_records: 50,
-        pipeline: walrelay::config::DrainConfig::default().pipeline,
-        retry: RetryPolicy {
-            initial: Duration::from_millis(50),
-            max: Duration::from_millis(300),
-            config_interval: Duration::from_millis(300),
-        },
-    };
-    let task = tokio::spawn(drainer::run(
-        wal.clone(),
-        sink,
-        settings,
-        health.clone(),
-        Arc::new(Metrics::default()),
-        rx,
-    ));
-    Drain { health, stop, task }
-}
-
-impl Drain {
-    async fn stop(self) {
-        self.stop.send(true).unwrap();
-        self.task.await.unwrap();
-    }
-}
-
-async fn wait_until(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
-    for _ in 0..secs * 20 {
-        if cond() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for: {what}");
 }
 
 async fn klines_in(pg: &Pg, db: &str) -> i64 {
@@ -135,7 +86,7 @@ async fn a_long_dimension_value_is_dead_lettered_and_the_records_behind_it_land(
         wal.append(&recs).unwrap();
         sent += recs.len();
     }
-    let drain = start_drainer(&wal, sink, "timescale");
+    let drain = drain::start(&wal, sink, "timescale", drain::settings(50, 300, 300));
     wait_until("the backlog is delivered", 60, || {
         wal.backlog("timescale").unwrap().records == 0
     })
@@ -308,7 +259,12 @@ async fn an_influx_413_or_unknown_status_line_is_dead_lettered_and_the_lines_beh
             wal.append(&recs).unwrap();
             all.extend(recs);
         }
-        let drain = start_drainer(&wal, influx_sink(&proxy.url(), &wal, 5000), "influx");
+        let drain = drain::start(
+            &wal,
+            influx_sink(&proxy.url(), &wal, 5000),
+            "influx",
+            drain::settings(50, 300, 300),
+        );
         wait_until(&format!("{status}: the backlog is delivered"), 60, || {
             wal.backlog("influx").unwrap().records == 0
         })
@@ -414,10 +370,7 @@ async fn a_dead_letter_flood_through_the_relay_stays_within_its_bound_and_is_cou
     config.influx = Some(InfluxConfig::new(proxy.url(), "org", "bucket"));
     let relay = common::relay::ServedRelay::start(config).await;
     let url = relay.url.clone();
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap();
+    let client = common::http::client();
     // 5 requests of 100 lines: 80 poison and 20 good lines each.
     let (mut poison, mut good) = (0u64, 0u64);
     for r in 0..5u64 {
@@ -437,30 +390,15 @@ async fn a_dead_letter_flood_through_the_relay_stays_within_its_bound_and_is_cou
                 1_700_000_100_000_000_000u64 + i * 1_000_000
             ));
         }
-        let resp = client
-            .post(format!("{url}/api/v2/write?org=o&bucket=b&precision=ns"))
-            .header("Authorization", "Token s3cret")
-            .body(body)
-            .send()
+        let resp = common::http::write(&client, &url, "s3cret", body)
             .await
             .unwrap();
         assert_eq!(resp.status(), 204);
     }
-    let mut status = serde_json::Value::Null;
-    for _ in 0..1200 {
-        status = client
-            .get(format!("{url}/status"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if status["sinks"][0]["backlog_records"] == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let status = common::http::wait_status(&client, &url, "the backlog is delivered", 60, |s| {
+        s["sinks"][0]["backlog_records"] == 0
+    })
+    .await;
     let sink = &status["sinks"][0];
     assert_eq!(sink["backlog_records"], 0, "{status}");
     let (kept, dropped) = (
@@ -477,14 +415,7 @@ async fn a_dead_letter_flood_through_the_relay_stays_within_its_bound_and_is_cou
         status["log"]["dead_letter_bytes"].as_u64().unwrap() <= BUDGET,
         "{status}"
     );
-    let text = client
-        .get(format!("{url}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = common::http::get_text(&client, format!("{url}/metrics")).await;
     assert_eq!(
         metric(&text, "walrelay_dead_letters", Some("influx")),
         kept as f64

@@ -10,13 +10,10 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::drain;
 use common::pg::Pg;
 use walrelay::db::timescale::{init::init, schema, TimescaleConfig, TimescaleSink};
-use walrelay::drain::drainer::{self, DrainerSettings};
-use walrelay::drain::retry::RetryPolicy;
 use walrelay::drain::Sink;
-use walrelay::drain::SinkHealth;
-use walrelay::metrics::Metrics;
 use walrelay::record::{Bar, BarKind, Record};
 use walrelay::{Wal, WalConfig};
 
@@ -722,25 +719,7 @@ async fn database_killed_mid_batch_and_restarted_loses_nothing() {
     cfg.batch_size = 2000;
     cfg.connect_timeout_ms = 1000;
     let sink = TimescaleSink::new(cfg, wal.meta(), wal.dead_letters()).unwrap();
-    let health = Arc::new(SinkHealth::new("timescale"));
-    let (stop, rx) = tokio::sync::watch::channel(false);
-    let settings = DrainerSettings {
-        batch_records: 5000,
-        pipeline: walrelay::config::DrainConfig::default().pipeline,
-        retry: RetryPolicy {
-            initial: Duration::from_millis(50),
-            max: Duration::from_millis(500),
-            config_interval: Duration::from_millis(500),
-        },
-    };
-    let task = tokio::spawn(drainer::run(
-        wal.clone(),
-        sink,
-        settings,
-        health.clone(),
-        Arc::new(Metrics::default()),
-        rx,
-    ));
+    let drain = drain::start(&wal, sink, "timescale", drain::settings(5000, 500, 500));
     // Kill the database while batches are in flight.
     for _ in 0..400 {
         if wal.backlog("timescale").unwrap().records < n as u64 {
@@ -756,7 +735,7 @@ async fn database_killed_mid_batch_and_restarted_loses_nothing() {
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(
-        health.snapshot().consecutive_failures > 0,
+        drain.health.snapshot().consecutive_failures > 0,
         "the sink noticed the outage"
     );
     pg.restart();
@@ -784,8 +763,7 @@ async fn database_killed_mid_batch_and_restarted_loses_nothing() {
             common::pg::timescaledb_missing().unwrap_or_default()
         );
     }
-    let _ = stop.send(true);
-    task.await.unwrap();
+    drain.stop().await;
 }
 
 #[tokio::test]

@@ -3,6 +3,8 @@
 //! `q`. The relay runs in-process with its Influx sink pointed at a closed
 //! port, so the sink is retrying with a known backlog and a known last error.
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -119,12 +121,8 @@ async fn top_shows_a_running_relay_refreshes_and_quits_on_q() {
     )
     .unwrap();
     let config = walrelay::config::Config::load(&conf).unwrap();
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let relay = tokio::spawn(walrelay::relay::serve(config, listener, async move {
-        let _ = stopped.await;
-    }));
+    let relay = common::relay::ServedRelay::start(config).await;
+    let url = relay.url.clone();
     let post = |body: String| {
         let url = url.clone();
         async move {
@@ -205,6 +203,5 @@ async fn top_shows_a_running_relay_refreshes_and_quits_on_q() {
     tmux.keys("q");
     assert_eq!(wait_exit(&exit), "exit=0");
 
-    let _ = stop.send(());
-    relay.await.unwrap().unwrap();
+    relay.stop().await.unwrap();
 }

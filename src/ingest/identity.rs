@@ -59,24 +59,27 @@ fn identity_hash(r: &Record) -> Option<u64> {
             t.symbol.as_bytes(),
             t.trade_id.as_bytes(),
         ])),
-        Record::Trade(t) => Some(fnv1a(&[
-            t.venue.as_bytes(),
-            t.symbol.as_bytes(),
-            t.side.as_bytes(),
-            &t.price.to_bits().to_le_bytes(),
-            &t.quantity.to_bits().to_le_bytes(),
-            &t.ts.to_le_bytes(),
-        ])),
-        Record::Liquidation(t) => Some(fnv1a(&[
-            t.venue.as_bytes(),
-            t.symbol.as_bytes(),
-            t.side.as_bytes(),
-            &t.price.to_bits().to_le_bytes(),
-            &t.quantity.to_bits().to_le_bytes(),
-            &t.ts.to_le_bytes(),
-        ])),
+        Record::Trade(t) => Some(content_hash(
+            &t.venue, &t.symbol, &t.side, t.price, t.quantity, t.ts,
+        )),
+        Record::Liquidation(t) => Some(content_hash(
+            &t.venue, &t.symbol, &t.side, t.price, t.quantity, t.ts,
+        )),
         _ => None,
     }
+}
+
+/// The identity of a trade without an id, or of a liquidation: every field
+/// that tells two of them apart.
+fn content_hash(venue: &str, symbol: &str, side: &str, price: f64, quantity: f64, ts: i64) -> u64 {
+    fnv1a(&[
+        venue.as_bytes(),
+        symbol.as_bytes(),
+        side.as_bytes(),
+        &price.to_bits().to_le_bytes(),
+        &quantity.to_bits().to_le_bytes(),
+        &ts.to_le_bytes(),
+    ])
 }
 
 fn ts_mut(r: &mut Record) -> Option<&mut i64> {

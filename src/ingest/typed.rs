@@ -198,6 +198,39 @@ mod tests {
 
     const NOW: i64 = 1_764_000_000_000_000_000;
 
+    /// An orderbook top whose levels are consistent; only `spread` varies.
+    fn orderbook(spread: f64) -> Point {
+        point(
+            "orderbook",
+            &[("symbol", "S"), ("exchange", "E")],
+            &[
+                ("bid_price", Float(1.0)),
+                ("bid_qty", Float(1.0)),
+                ("ask_price", Float(2.0)),
+                ("ask_qty", Float(1.0)),
+                ("spread", Float(spread)),
+                ("mid_price", Float(1.5)),
+                ("imbalance", Float(0.5)),
+            ],
+            NOW,
+        )
+    }
+
+    /// A funding rate point; only the type of `next_funding_time` varies.
+    fn funding(next_funding_time: FieldValue) -> Point {
+        point(
+            "funding_rate",
+            &[("symbol", "S"), ("exchange", "E")],
+            &[
+                ("rate", Float(0.1)),
+                ("mark_price", Float(1.0)),
+                ("index_price", Float(1.0)),
+                ("next_funding_time", next_funding_time),
+            ],
+            NOW,
+        )
+    }
+
     #[test]
     fn exact_trades_become_typed() {
         let p = point(
@@ -272,31 +305,10 @@ mod tests {
                 NOW,
             ),
             point("cpu", &[], &[("v", Float(1.0))], NOW),
-            point(
-                "funding_rate",
-                &[("symbol", "S"), ("exchange", "E")],
-                &[
-                    ("rate", Float(0.1)),
-                    ("mark_price", Float(1.0)),
-                    ("index_price", Float(1.0)),
-                    ("next_funding_time", Float(5.0)),
-                ],
-                NOW,
-            ),
-            point(
-                "orderbook",
-                &[("symbol", "S"), ("exchange", "E")],
-                &[
-                    ("bid_price", Float(1.0)),
-                    ("bid_qty", Float(1.0)),
-                    ("ask_price", Float(2.0)),
-                    ("ask_qty", Float(1.0)),
-                    ("spread", Float(9.0)),
-                    ("mid_price", Float(1.5)),
-                    ("imbalance", Float(0.5)),
-                ],
-                NOW,
-            ),
+            // A float funding time.
+            funding(Float(5.0)),
+            // The spread is not ask - bid.
+            orderbook(9.0),
         ];
         for p in cases {
             let r = classify(p.clone(), NOW);
@@ -306,32 +318,9 @@ mod tests {
 
     #[test]
     fn consistent_orderbook_and_funding_become_typed() {
-        let ob = point(
-            "orderbook",
-            &[("symbol", "S"), ("exchange", "E")],
-            &[
-                ("bid_price", Float(1.0)),
-                ("bid_qty", Float(1.0)),
-                ("ask_price", Float(2.0)),
-                ("ask_qty", Float(1.0)),
-                ("spread", Float(1.0)),
-                ("mid_price", Float(1.5)),
-                ("imbalance", Float(0.5)),
-            ],
-            NOW,
-        );
+        let ob = orderbook(1.0);
         assert!(matches!(classify(ob, NOW), Record::OrderBookTop(_)));
-        let f = point(
-            "funding_rate",
-            &[("symbol", "S"), ("exchange", "E")],
-            &[
-                ("rate", Float(0.1)),
-                ("mark_price", Float(1.0)),
-                ("index_price", Float(1.0)),
-                ("next_funding_time", Integer(5)),
-            ],
-            NOW,
-        );
+        let f = funding(Integer(5));
         assert!(matches!(classify(f, NOW), Record::Funding(_)));
     }
 }

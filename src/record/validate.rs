@@ -210,6 +210,7 @@ impl Check<'_> {
     fn id(&self, field: &str, v: &str) -> Result<(), RecordError> {
         self.len(field, v)?;
         if v.contains('\0') {
+            // PostgreSQL text cannot hold NUL.
             return Err(RecordError::Unrepresentable {
                 field: field.into(),
                 reason: "contains a NUL byte",
@@ -218,21 +219,14 @@ impl Check<'_> {
         Ok(())
     }
 
+    /// A required text: not empty, then what [`Check::id`] checks.
     fn text(&self, field: &str, v: &str) -> Result<(), RecordError> {
         if v.is_empty() {
             return Err(RecordError::Empty {
                 field: field.into(),
             });
         }
-        self.len(field, v)?;
-        if v.contains('\0') {
-            // PostgreSQL text cannot hold NUL.
-            return Err(RecordError::Unrepresentable {
-                field: field.into(),
-                reason: "contains a NUL byte",
-            });
-        }
-        Ok(())
+        self.id(field, v)
     }
 
     /// A value that becomes a tag value, measurement, tag key or field key.
@@ -300,6 +294,31 @@ impl Check<'_> {
     fn venue_symbol(&self, venue: &str, symbol: &str) -> Result<(), RecordError> {
         self.lp_text("venue", venue, false)?;
         self.lp_text("symbol", symbol, false)
+    }
+
+    /// The fields bars and klines share, in the order they are reported:
+    /// venue, symbol, interval, ts, open/high/low/close, volume.
+    fn candle(
+        &self,
+        venue: &str,
+        symbol: &str,
+        interval: &str,
+        ts: i64,
+        [open, high, low, close]: [f64; 4],
+        volume: f64,
+    ) -> Result<(), RecordError> {
+        self.venue_symbol(venue, symbol)?;
+        self.text("interval", interval)?;
+        self.ts(ts)?;
+        for (name, v) in [
+            ("open", open),
+            ("high", high),
+            ("low", low),
+            ("close", close),
+        ] {
+            self.finite(name, v)?;
+        }
+        self.qty("volume", volume)
     }
 }
 
@@ -394,37 +413,27 @@ impl Record {
                 c.finite("price", r.price)
             }
             Record::Bar(r) => {
-                c.venue_symbol(&r.venue, &r.symbol)?;
-                c.text("interval", &r.interval)?;
-                c.ts(r.ts)?;
-                for (name, v) in [
-                    ("open", r.open),
-                    ("high", r.high),
-                    ("low", r.low),
-                    ("close", r.close),
-                ] {
-                    c.finite(name, v)?;
-                }
-                c.qty("volume", r.volume)?;
+                c.candle(
+                    &r.venue,
+                    &r.symbol,
+                    &r.interval,
+                    r.ts,
+                    [r.open, r.high, r.low, r.close],
+                    r.volume,
+                )?;
                 c.counter("buy_ticks", r.buy_ticks)?;
                 c.counter("sell_ticks", r.sell_ticks)?;
                 c.counter("total_ticks", r.total_ticks)?;
                 c.finite("theta", r.theta)
             }
-            Record::Kline(r) => {
-                c.venue_symbol(&r.venue, &r.symbol)?;
-                c.text("interval", &r.interval)?;
-                c.ts(r.ts)?;
-                for (name, v) in [
-                    ("open", r.open),
-                    ("high", r.high),
-                    ("low", r.low),
-                    ("close", r.close),
-                ] {
-                    c.finite(name, v)?;
-                }
-                c.qty("volume", r.volume)
-            }
+            Record::Kline(r) => c.candle(
+                &r.venue,
+                &r.symbol,
+                &r.interval,
+                r.ts,
+                [r.open, r.high, r.low, r.close],
+                r.volume,
+            ),
             Record::Point(p) => {
                 c.lp_text("measurement", &p.measurement, true)?;
                 c.ts(p.ts)?;

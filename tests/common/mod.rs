@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 
 pub mod collector;
+pub mod drain;
+pub mod http;
 pub mod pg;
 pub mod proxy;
 pub mod records;

@@ -42,3 +42,31 @@ impl ServedRelay {
         self.task.await.unwrap()
     }
 }
+
+/// `walrelay run` as a child process: writes `dir/c.toml` with the log in
+/// `dir/wal`, ingest listening on a free loopback port, then `extra` (more
+/// TOML tables), and spawns the binary with its output discarded. Returns
+/// the child and its port; the caller waits for it to answer.
+pub fn spawn_binary(dir: &std::path::Path, extra: &str) -> (std::process::Child, u16) {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let conf = dir.join("c.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "[wal]\ndir = \"{}\"\n[ingest]\nlisten = \"127.0.0.1:{port}\"\n{extra}",
+            dir.join("wal").display()
+        ),
+    )
+    .unwrap();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_walrelay"))
+        .args(["run", "--config", conf.to_str().unwrap()])
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    (child, port)
+}

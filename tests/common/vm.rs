@@ -200,6 +200,16 @@ impl Vm {
         }
         set
     }
+
+    /// Distinct values (as bits) of the matching series, whatever their
+    /// labels and timestamps.
+    pub async fn value_set(&self, name_regex: &str) -> BTreeSet<u64> {
+        self.export(name_regex)
+            .await
+            .iter()
+            .flat_map(|s| s.samples.iter().map(|(_, v)| v.to_bits()))
+            .collect()
+    }
 }
 
 impl Drop for Vm {
