@@ -190,32 +190,44 @@ async fn repeated_timeouts_shrink_the_transaction_until_the_batch_lands() {
         .await
         .unwrap();
     let batch: Vec<Record> = (0..100).map(|i| kline("BTCUSDT", i)).collect();
-    let mut timeouts = 0;
-    let delivered = loop {
-        match sink.deliver(&batch, timeouts + 1).await {
-            Ok(d) => break d,
-            Err(f) => {
-                assert_eq!(f.class, ErrorClass::Transient, "{}", f.message);
-                assert!(
-                    f.message.contains("timed out") || f.message.contains("57014"),
-                    "{}",
-                    f.message
-                );
-                timeouts += 1;
-                assert!(
-                    timeouts < 8,
-                    "still timing out after {timeouts} attempts: {}",
-                    f.message
-                );
-            }
-        }
-    };
+    let (delivered, timeouts) = deliver_through_timeouts(&mut sink, &batch, 8, |m| {
+        m.contains("timed out") || m.contains("57014")
+    })
+    .await;
     assert_eq!((delivered.written, delivered.dead_lettered), (100, 0));
     assert!(
         timeouts >= 1,
         "the full batch (2 s of trigger work) cannot fit 600 ms"
     );
     assert_eq!(klines_in(&pg, "slow").await, 101, "every row once");
+}
+
+/// Delivers `batch` as the drainer would, attempt after attempt, until it is
+/// confirmed; every failure must be transient and match `is_timeout`, and
+/// fewer than `max` of them are allowed. Returns the delivery and how many
+/// attempts timed out.
+async fn deliver_through_timeouts<S: Sink>(
+    sink: &mut S,
+    batch: &[Record],
+    max: u32,
+    is_timeout: impl Fn(&str) -> bool,
+) -> (walrelay::drain::Delivery, u32) {
+    let mut timeouts = 0;
+    loop {
+        match sink.deliver(batch, timeouts + 1).await {
+            Ok(d) => return (d, timeouts),
+            Err(f) => {
+                assert_eq!(f.class, ErrorClass::Transient, "{}", f.message);
+                assert!(is_timeout(&f.message), "{}", f.message);
+                timeouts += 1;
+                assert!(
+                    timeouts < max,
+                    "still timing out after {timeouts} attempts: {}",
+                    f.message
+                );
+            }
+        }
+    }
 }
 
 fn influx_sink(url: &str, wal: &Wal, timeout_ms: u64) -> InfluxSink {
@@ -313,21 +325,7 @@ async fn repeated_influx_timeouts_shrink_the_requests_until_the_batch_lands() {
     let wal = Wal::open(WalConfig::new(dir.path())).unwrap();
     let mut sink = influx_sink(&proxy.url(), &wal, 1000);
     let batch: Vec<Record> = (0..200).map(|i| trade(i, "BTCUSDT")).collect();
-    let mut timeouts = 0;
-    let delivered = loop {
-        match sink.deliver(&batch, timeouts + 1).await {
-            Ok(d) => break d,
-            Err(f) => {
-                assert_eq!(f.class, ErrorClass::Transient, "{}", f.message);
-                timeouts += 1;
-                assert!(
-                    timeouts < 10,
-                    "still timing out after {timeouts} attempts: {}",
-                    f.message
-                );
-            }
-        }
-    };
+    let (delivered, timeouts) = deliver_through_timeouts(&mut sink, &batch, 10, |_| true).await;
     assert_eq!((delivered.written, delivered.dead_lettered), (200, 0));
     assert!(timeouts >= 1, "a 200-line request is over 3 kB");
     let want: BTreeSet<u64> = (0..200).map(|i| 1000 + i).collect();
