@@ -132,7 +132,6 @@ fn limit(c: &mut Criterion) {
         let id = format!("{mode}_fdatasync");
         g.bench_function(&id, |b| {
             use std::os::unix::fs::FileExt;
-            use std::os::unix::io::AsRawFd;
             let dir = tempfile::TempDir::new().unwrap();
             let mut f = std::fs::OpenOptions::new()
                 .create(true)
@@ -143,20 +142,12 @@ fn limit(c: &mut Criterion) {
                 .unwrap();
             match mode {
                 "set_len" => f.set_len(AHEAD).unwrap(),
-                "fallocate" => {
-                    // SAFETY: a valid descriptor; mode 0 allocates and extends.
-                    let r = unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, AHEAD as i64) };
-                    assert_eq!(r, 0, "fallocate: {}", std::io::Error::last_os_error());
-                }
-                "keep_size" => {
-                    // SAFETY: a valid descriptor; KEEP_SIZE allocates blocks
-                    // past the end without changing the file's size, so the
-                    // writes below still grow it (what sled's file would see).
-                    let r = unsafe {
-                        libc::fallocate(f.as_raw_fd(), libc::FALLOC_FL_KEEP_SIZE, 0, AHEAD as i64)
-                    };
-                    assert_eq!(r, 0, "fallocate: {}", std::io::Error::last_os_error());
-                }
+                // Mode 0 allocates and extends the file.
+                "fallocate" => allocate(&f, 0, AHEAD),
+                // KEEP_SIZE allocates blocks past the end without changing
+                // the file's size, so the writes below still grow it (what
+                // sled's file would see).
+                "keep_size" => allocate(&f, libc::FALLOC_FL_KEEP_SIZE, AHEAD),
                 _ => {
                     let zeros = vec![0u8; 1 << 20];
                     for _ in 0..AHEAD >> 20 {
@@ -175,16 +166,7 @@ fn limit(c: &mut Criterion) {
                             // Start growing again: an overwrite would not
                             // measure what a growing file costs.
                             f.set_len(0).unwrap();
-                            // SAFETY: as above.
-                            let r = unsafe {
-                                libc::fallocate(
-                                    f.as_raw_fd(),
-                                    libc::FALLOC_FL_KEEP_SIZE,
-                                    0,
-                                    AHEAD as i64,
-                                )
-                            };
-                            assert_eq!(r, 0, "fallocate: {}", std::io::Error::last_os_error());
+                            allocate(&f, libc::FALLOC_FL_KEEP_SIZE, AHEAD);
                         }
                     }
                     f.write_all_at(&chunk, at).unwrap();
@@ -198,6 +180,14 @@ fn limit(c: &mut Criterion) {
         });
     }
     g.finish();
+}
+
+/// `fallocate(2)` of `len` bytes from offset 0 with `mode`.
+fn allocate(f: &std::fs::File, mode: i32, len: u64) {
+    use std::os::unix::io::AsRawFd;
+    // SAFETY: `f` is an open file, so its descriptor is valid for the call.
+    let r = unsafe { libc::fallocate(f.as_raw_fd(), mode, 0, len as i64) };
+    assert_eq!(r, 0, "fallocate: {}", std::io::Error::last_os_error());
 }
 
 static LATENCIES: Mutex<Vec<Duration>> = Mutex::new(Vec::new());
