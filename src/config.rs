@@ -221,16 +221,13 @@ mod tests {
         let r = Routes::new(t, "default-bucket");
         assert_eq!(
             r.resolve("BINANCE_FUTURES", "FUNDING"),
-            (&"funding-bucket", "BINANCE_FUTURES:FUNDING".to_string())
+            (&"funding-bucket", "BINANCE_FUTURES:FUNDING")
         );
         assert_eq!(
             r.resolve("BINANCE_FUTURES", "TRADE"),
-            (&"binance-bucket", "BINANCE_FUTURES".to_string())
+            (&"binance-bucket", "BINANCE_FUTURES")
         );
-        assert_eq!(
-            r.resolve("OKX", "TRADE"),
-            (&"default-bucket", String::new())
-        );
+        assert_eq!(r.resolve("OKX", "TRADE"), (&"default-bucket", ""));
     }
 
     #[test]

@@ -135,21 +135,11 @@ impl InfluxSink {
         // Group by destination, keeping log order within each; every line is
         // encoded once, and requests and bisection halves are slices of it.
         let mut groups: Vec<(Dest<'_>, Lines)> = Vec::new();
-        // The route of the previous record: a batch is mostly runs of one
-        // venue and kind, and resolving builds a composite key each time.
-        let mut last: Option<(&str, RecordKind, Dest<'_>)> = None;
         for (i, r) in batch.iter().enumerate() {
             if !self.accepts(r.kind()) {
                 continue;
             }
-            let d = match (last, r.venue()) {
-                (Some((v, k, d)), Some(venue)) if v == venue && k == r.kind() => d,
-                (_, venue) => {
-                    let d = self.destination(r);
-                    last = venue.map(|v| (v, r.kind(), d));
-                    d
-                }
-            };
+            let d = self.destination(r);
             let at = match groups.iter().position(|(k, _)| *k == d) {
                 Some(at) => at,
                 None => {

@@ -96,7 +96,8 @@ impl GrpcConfig {
                     "grpc.subscriptions[{i}].symbols must list symbols or \"*\""
                 ));
             }
-            let (_, key) = self.routes().resolve(&s.venue, &s.data_type);
+            let routes = self.routes();
+            let (_, key) = routes.resolve(&s.venue, &s.data_type);
             if key.is_empty() && self.default_upstream.is_none() {
                 return Err(format!("grpc.subscriptions[{i}]: no upstream for {}:{} (tried \"{}:{}\", \"{}\") and no grpc.default_upstream", s.venue, s.data_type, s.venue, s.data_type, s.venue));
             }

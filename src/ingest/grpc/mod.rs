@@ -34,7 +34,7 @@ pub fn plan(cfg: &GrpcConfig) -> Vec<Subscription> {
                 data_type: s.data_type.clone(),
                 symbol: sym.clone(),
                 upstream: upstream.clone(),
-                route_key: key.clone(),
+                route_key: key.to_string(),
             });
         }
     }
