@@ -7,8 +7,8 @@
 //! idempotently (Influx overwrites the identical point, Timescale inserts with
 //! `ON CONFLICT DO NOTHING`).
 //!
-//! Pipelining: a drainer keeps up to `drain.pipeline` batches read and not
-//! yet confirmed; sinks that can [`fork`](Sink::fork) deliver them
+//! Pipelining: a drainer keeps up to `drain.pipeline` batches started and not
+//! yet passed by its cursor, plus one read ahead; sinks that can [`fork`](Sink::fork) deliver them
 //! concurrently and they may be confirmed in any order, but the cursor moves
 //! only over a prefix of batches that are all confirmed, in log order.
 

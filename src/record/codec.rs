@@ -277,6 +277,21 @@ mod tests {
     }
 
     #[test]
+    fn kind_index_and_bit_follow_the_order_of_all() {
+        for (i, kind) in crate::record::RecordKind::ALL.into_iter().enumerate() {
+            assert_eq!(kind.index(), i, "{kind:?}");
+            assert_eq!(kind.bit(), 1 << i, "{kind:?}");
+        }
+        for (record, tag) in one_of_each().iter().zip(RecordTag::ALL) {
+            assert_eq!(
+                record.kind().index(),
+                tag as usize - RecordTag::ALL[0] as usize,
+                "{record:?}"
+            );
+        }
+    }
+
+    #[test]
     fn truncated_records_fail_to_decode() {
         for record in one_of_each() {
             let mut buf = Vec::new();

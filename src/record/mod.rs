@@ -90,13 +90,17 @@ impl RecordKind {
         }
     }
 
+    /// This kind's position in [`RecordKind::ALL`] (tag order), for tables
+    /// indexed by kind.
+    pub fn index(self) -> usize {
+        // The variants are declared in the order of `ALL`; a unit test
+        // checks the two agree.
+        self as usize
+    }
+
     /// This kind's bit in a kinds mask (see the WAL's frame index).
     pub fn bit(self) -> u16 {
-        let i = RecordKind::ALL
-            .iter()
-            .position(|k| *k == self)
-            .unwrap_or(15);
-        1 << i
+        1 << self.index()
     }
 
     /// The collector data-type name used in routing keys (`"VENUE:DATA_TYPE"`).

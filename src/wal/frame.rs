@@ -139,26 +139,56 @@ pub(crate) fn peek_header(bytes: &[u8]) -> Result<FrameHeader, FrameError> {
 
 /// Checks and decodes a whole frame.
 pub(crate) fn decode(seq: u64, bytes: &[u8]) -> Result<Frame, FrameError> {
-    let header = check(bytes)?;
-    let mut records = Vec::with_capacity(header.count as usize);
-    let mut rest = &bytes[HEADER_LEN..];
-    for index in 0..header.count {
-        let (record, used) = decode_record(rest).map_err(|e| FrameError::Record {
-            index,
-            count: header.count,
-            detail: e.to_string(),
-        })?;
-        records.push(record);
-        rest = &rest[used..];
-    }
-    if !rest.is_empty() {
-        return Err(FrameError::Trailing(rest.len()));
-    }
+    let mut records = Vec::new();
+    let header = decode_into(bytes, |_| true, &mut records)?;
     Ok(Frame {
         seq,
         header,
         records,
     })
+}
+
+/// Checks a whole frame and appends the records `keep` accepts to `out`, in
+/// frame order, without an intermediate frame. All or nothing: on an error
+/// `out` is left as it was.
+pub(crate) fn decode_into(
+    bytes: &[u8],
+    keep: impl Fn(&Record) -> bool,
+    out: &mut Vec<Record>,
+) -> Result<FrameHeader, FrameError> {
+    let header = check(bytes)?;
+    let before = out.len();
+    out.reserve(header.count as usize);
+    let mut rest = &bytes[HEADER_LEN..];
+    let mut failed = None;
+    for index in 0..header.count {
+        match decode_record(rest) {
+            Ok((record, used)) => {
+                if keep(&record) {
+                    out.push(record);
+                }
+                rest = &rest[used..];
+            }
+            Err(e) => {
+                failed = Some(FrameError::Record {
+                    index,
+                    count: header.count,
+                    detail: e.to_string(),
+                });
+                break;
+            }
+        }
+    }
+    if failed.is_none() && !rest.is_empty() {
+        failed = Some(FrameError::Trailing(rest.len()));
+    }
+    match failed {
+        Some(e) => {
+            out.truncate(before);
+            Err(e)
+        }
+        None => Ok(header),
+    }
 }
 
 #[cfg(test)]
@@ -216,6 +246,45 @@ mod tests {
         let (_, mut bytes) = sample();
         bytes[..HEADER_LEN].fill(0);
         assert_eq!(decode(1, &bytes).unwrap_err(), FrameError::Version(0));
+    }
+
+    #[test]
+    fn decode_into_keeps_what_is_asked_and_is_all_or_nothing() {
+        let (records, bytes) = sample();
+        let marker = records[0].clone();
+        // Only bars, appended after what the vector held already.
+        let mut out = vec![marker.clone()];
+        let header = decode_into(
+            &bytes,
+            |r| r.kind() == crate::record::RecordKind::Bar,
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!(header.count as usize, records.len());
+        let bars: Vec<Record> = records
+            .iter()
+            .filter(|r| r.kind() == crate::record::RecordKind::Bar)
+            .cloned()
+            .collect();
+        assert!(!bars.is_empty());
+        assert_eq!(out[1..], bars[..]);
+        // A frame whose CRC holds but whose last record does not decode adds
+        // nothing, though the records before it decoded.
+        let mut b = FrameBuilder::new();
+        for r in &records {
+            let mut enc = Vec::new();
+            encode_record(r, &mut enc).unwrap();
+            b.push_encoded(&enc, 1);
+        }
+        b.push_encoded(&[0xEE, 1, 2, 3], 1);
+        let bad = b.seal(1, 1);
+        let mut out = vec![marker.clone()];
+        let e = decode_into(&bad, |_| true, &mut out).unwrap_err();
+        assert!(
+            matches!(e, FrameError::Record { index, .. } if index as usize == records.len()),
+            "{e:?}"
+        );
+        assert_eq!(out, vec![marker]);
     }
 
     #[test]

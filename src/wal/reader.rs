@@ -21,6 +21,7 @@ use std::sync::atomic::Ordering;
 use super::frame::{self, key_seq, peek_header, seq_key};
 use super::state::STATE_KEY;
 use super::{Frame, FrameError, Shared, Wal, WalError};
+use crate::record::Record;
 
 impl Wal {
     /// Up to about `max_records` records (whole frames, at least one frame) in
@@ -66,6 +67,50 @@ impl Wal {
         max_records: usize,
         wanted: u16,
     ) -> Result<(Vec<Frame>, u64), WalError> {
+        let mut out = Vec::new();
+        let last = self.scan_for(cursor, max_records, wanted, |seq, bytes| {
+            let f = frame::decode(seq, bytes)?;
+            let n = f.records.len();
+            out.push(f);
+            Ok(n)
+        })?;
+        Ok((out, last))
+    }
+
+    /// What a drainer reads: like [`Wal::read_for`], but appends only the
+    /// records of the `wanted` kinds, decoded straight into `out` (one
+    /// vector for the whole batch, no frame in between). Returns the last
+    /// sequence examined, as `read_for` does. A frame that does not decode
+    /// adds nothing to `out` and is quarantined.
+    ///
+    /// # Errors
+    /// [`WalError::Sled`] on I/O failure.
+    pub fn read_records_for(
+        &self,
+        cursor: u64,
+        max_records: usize,
+        wanted: u16,
+        out: &mut Vec<Record>,
+    ) -> Result<u64, WalError> {
+        self.scan_for(cursor, max_records, wanted, |_, bytes| {
+            let before = out.len();
+            frame::decode_into(bytes, |r| r.kind().bit() & wanted != 0, out)?;
+            Ok(out.len() - before)
+        })
+    }
+
+    /// The walk behind `read_for` and `read_records_for`: frames after
+    /// `cursor` whose kinds (by the index) meet `wanted`, handed to `take`
+    /// until it has counted `max_records` records (whole frames, at least
+    /// one) or 20,000 frames were examined; a frame `take` cannot decode is
+    /// quarantined. Returns the last sequence examined.
+    fn scan_for(
+        &self,
+        cursor: u64,
+        max_records: usize,
+        wanted: u16,
+        mut take: impl FnMut(u64, &[u8]) -> Result<usize, FrameError>,
+    ) -> Result<u64, WalError> {
         const MAX_EXAMINED: u64 = 20_000;
         let shared = self.shared();
         let last = *shared.last_seq.borrow();
@@ -92,7 +137,7 @@ impl Wal {
                 .and_then(|k| key_seq(&k));
             seq = seq.max(k.min(first_frame.unwrap_or(k)));
         }
-        let (mut out, mut n, mut examined) = (Vec::new(), 0usize, 0u64);
+        let (mut n, mut examined) = (0usize, 0u64);
         while seq <= last && n < max_records && examined < MAX_EXAMINED {
             examined += 1;
             let mask = shared
@@ -109,18 +154,15 @@ impl Wal {
                     .get(seq_key(seq))
                     .map_err(WalError::sled("read frame"))?
                 {
-                    match frame::decode(seq, &v) {
-                        Ok(f) => {
-                            n += f.records.len();
-                            out.push(f);
-                        }
+                    match take(seq, &v) {
+                        Ok(records) => n += records,
                         Err(e) => shared.quarantine(seq, &v, &e)?,
                     }
                 }
             }
             seq += 1;
         }
-        Ok((out, seq - 1))
+        Ok(seq - 1)
     }
 
     /// Frames quarantined by readers since this process opened the log.

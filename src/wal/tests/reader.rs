@@ -94,6 +94,23 @@ fn read_for_skips_unwanted_frames_and_never_hides_unindexed_ones() {
         frames.iter().map(|f| f.seq).collect::<Vec<_>>(),
         vec![s1, s3, s4, s5]
     );
+    // What drainers read: the same frames, only the wanted records, in log
+    // order, in one vector; the same last sequence.
+    let mut out = Vec::new();
+    let last = wal
+        .read_records_for(0, usize::MAX, RecordKind::Trade.bit(), &mut out)
+        .unwrap();
+    assert_eq!(last, s5);
+    assert_eq!(out, vec![trade(1), trade(3), trade(4), trade(5)]);
+    let mut out = Vec::new();
+    wal.read_records_for(0, usize::MAX, bars, &mut out).unwrap();
+    assert_eq!(out, vec![bar.clone(), bar.clone()]);
+    // `max_records` counts wanted records, whole frames at a time.
+    let mut out = Vec::new();
+    let last = wal
+        .read_records_for(0, 2, RecordKind::Trade.bit(), &mut out)
+        .unwrap();
+    assert_eq!((out.len(), last), (2, s3));
     // Truncation prunes the index.
     let last = wal.stats().last_seq;
     wal.ack("a", last).unwrap();
