@@ -221,7 +221,12 @@ async fn influx_checks(ic: &crate::db::influx::InfluxConfig) -> Vec<Check> {
     // A comment-only body: the server checks the token and the bucket before
     // parsing, and nothing is stored.
     let probe = client
-        .write(&ic.url, &ic.org, &ic.bucket, b"# walrelay check\n")
+        .write(
+            &ic.url,
+            &ic.org,
+            &ic.bucket,
+            bytes::Bytes::from_static(b"# walrelay check\n"),
+        )
         .await;
     let (verdict, detail) = match probe {
         Ok(()) => (

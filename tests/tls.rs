@@ -213,11 +213,14 @@ async fn influx_over_https_with_a_private_ca() {
     .await;
     assert!(vm.url().starts_with("https://localhost:"), "{}", vm.url());
     let timeout = std::time::Duration::from_secs(5);
-    let line = b"tls_probe,exchange=X price=42.5 1700000000000000000\n";
+    let line = bytes::Bytes::from_static(b"tls_probe,exchange=X price=42.5 1700000000000000000\n");
 
     // With the CA file the write goes through and the point is stored.
     let client = Client::new(None, timeout, false, Some(&certs.path().join("ca.crt"))).unwrap();
-    client.write(&vm.url(), "o", "b", line).await.unwrap();
+    client
+        .write(&vm.url(), "o", "b", line.clone())
+        .await
+        .unwrap();
     let stored = vm.sample_set("tls_probe_price").await;
     assert_eq!(stored.len(), 1, "{stored:?}");
     assert!(stored

@@ -60,12 +60,13 @@ impl Client {
     ///
     /// # Errors
     /// [`InfluxError`], classified for the drainer.
+    /// `body` is sent as it is (no copy); gzip, when on, compresses it.
     pub async fn write(
         &self,
         url: &str,
         org: &str,
         bucket: &str,
-        body: &[u8],
+        body: bytes::Bytes,
     ) -> Result<(), InfluxError> {
         let endpoint = format!("{}/api/v2/write", url.trim_end_matches('/'));
         let mut req = self.http.post(&endpoint).query(&[
@@ -81,11 +82,11 @@ impl Client {
                 Vec::with_capacity(body.len() / 4),
                 flate2::Compression::fast(),
             );
-            let _ = e.write_all(body);
+            let _ = e.write_all(&body);
             req.header("Content-Encoding", "gzip")
                 .body(e.finish().unwrap_or_default())
         } else {
-            req.body(body.to_vec())
+            req.body(body)
         };
         let sent =
             tokio::time::timeout(self.timeout + Duration::from_millis(500), req.send()).await;

@@ -26,13 +26,37 @@ pub fn measurement(r: &Record) -> &str {
     }
 }
 
-fn escape(buf: &mut Vec<u8>, s: &str, specials: &[u8]) {
-    if !s.bytes().any(|b| specials.contains(&b)) {
-        buf.extend_from_slice(s.as_bytes());
+/// Which bytes get a backslash, as a table indexed by byte (one lookup per
+/// byte instead of a scan of the specials).
+struct Specials([bool; 256]);
+
+impl Specials {
+    const fn of(bytes: &[u8]) -> Specials {
+        let mut t = [false; 256];
+        let mut i = 0;
+        while i < bytes.len() {
+            t[bytes[i] as usize] = true;
+            i += 1;
+        }
+        Specials(t)
+    }
+}
+
+/// Measurements: commas and spaces.
+const MEASUREMENT: Specials = Specials::of(b", ");
+/// Tag keys, tag values and field keys: commas, equals signs and spaces.
+const NAME: Specials = Specials::of(b", =");
+/// String field values: double quotes and backslashes.
+const STRING: Specials = Specials::of(b"\"\\");
+
+fn escape(buf: &mut Vec<u8>, s: &str, specials: &Specials) {
+    let bytes = s.as_bytes();
+    if !bytes.iter().any(|b| specials.0[*b as usize]) {
+        buf.extend_from_slice(bytes);
         return;
     }
-    for b in s.bytes() {
-        if specials.contains(&b) {
+    for &b in bytes {
+        if specials.0[b as usize] {
             buf.push(b'\\');
         }
         buf.push(b);
@@ -40,7 +64,7 @@ fn escape(buf: &mut Vec<u8>, s: &str, specials: &[u8]) {
 }
 
 fn name(buf: &mut Vec<u8>, s: &str) {
-    escape(buf, s, b", =");
+    escape(buf, s, &NAME);
 }
 
 fn tag(buf: &mut Vec<u8>, k: &str, v: &str) {
@@ -96,7 +120,7 @@ impl Fields<'_> {
             FieldValue::String(s) => {
                 self.key(k);
                 self.buf.push(b'"');
-                escape(self.buf, s, b"\"\\");
+                escape(self.buf, s, &STRING);
                 self.buf.push(b'"');
             }
         }
@@ -111,7 +135,7 @@ pub fn encode(r: &Record, buf: &mut Vec<u8>) -> bool {
         Record::Bar(_) | Record::Kline(_) => return false,
         _ => {}
     }
-    escape(buf, m, b", ");
+    escape(buf, m, &MEASUREMENT);
     // Tags in key order.
     match r {
         Record::Trade(t) => {

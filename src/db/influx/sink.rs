@@ -23,6 +23,8 @@ use std::ops::Range;
 use std::pin::Pin;
 use std::time::Duration;
 
+use bytes::Bytes;
+
 use super::client::Client;
 use super::config::{Destination, InfluxConfig};
 use super::encode::encode;
@@ -44,7 +46,17 @@ pub struct InfluxSink {
     shrink: Shrink,
     /// Most lines the last delivery put in one request.
     attempted: usize,
+    /// Encoding buffers of earlier deliveries, cleared, kept for the next
+    /// (at most [`SPARE_LINES`]); growing a fresh buffer for every batch
+    /// cost a page fault per 4 KiB and copies as it grew.
+    spare: Vec<Lines>,
 }
+
+/// Encoding buffers one sink instance keeps between deliveries: one per
+/// destination of a typical batch. Each holds about one batch of encoded
+/// lines (the drainer's `batch_records`), so an idle instance keeps at most
+/// this many batches' worth of bytes.
+const SPARE_LINES: usize = 4;
 
 impl InfluxSink {
     /// # Errors
@@ -65,6 +77,7 @@ impl InfluxSink {
             dead,
             shrink: Shrink::default(),
             attempted: 0,
+            spare: Vec::new(),
         })
     }
 
@@ -125,16 +138,39 @@ impl InfluxSink {
         })
     }
 
-    /// `attempted` is set to the most lines put in one request.
+    /// `attempted` is set to the most lines put in one request; `spare`
+    /// lends encoding buffers and gets back those the requests released.
     async fn deliver_inner(
         &self,
         batch: &[Record],
         attempt: u32,
         attempted: &mut usize,
+        spare: &mut Vec<Lines>,
     ) -> Result<Delivery, InfluxError> {
         // Group by destination, keeping log order within each; every line is
         // encoded once, and requests and bisection halves are slices of it.
         let mut groups: Vec<(Dest<'_>, Lines)> = Vec::new();
+        let result = self
+            .deliver_groups(batch, attempt, attempted, spare, &mut groups)
+            .await;
+        for (_, lines) in groups {
+            if spare.len() < SPARE_LINES {
+                if let Some(l) = lines.recycle() {
+                    spare.push(l);
+                }
+            }
+        }
+        result
+    }
+
+    async fn deliver_groups<'a>(
+        &'a self,
+        batch: &[Record],
+        attempt: u32,
+        attempted: &mut usize,
+        spare: &mut Vec<Lines>,
+        groups: &mut Vec<(Dest<'a>, Lines)>,
+    ) -> Result<Delivery, InfluxError> {
         for (i, r) in batch.iter().enumerate() {
             if !self.accepts(r.kind()) {
                 continue;
@@ -143,17 +179,20 @@ impl InfluxSink {
             let at = match groups.iter().position(|(k, _)| *k == d) {
                 Some(at) => at,
                 None => {
-                    groups.push((d, Lines::default()));
+                    groups.push((d, spare.pop().unwrap_or_default()));
                     groups.len() - 1
                 }
             };
             groups[at].1.push(i, r);
         }
+        for (_, lines) in groups.iter_mut() {
+            lines.freeze();
+        }
         let mut found = Found::default();
         let max_lines = self.shrink.limit(self.config.batch_max_lines);
         *attempted = 0;
         let mut total = 0;
-        for (dest, lines) in &groups {
+        for (dest, lines) in groups.iter() {
             total += lines.record.len();
             for range in lines.requests(max_lines, self.config.batch_max_bytes) {
                 *attempted = (*attempted).max(range.len());
@@ -172,10 +211,14 @@ impl InfluxSink {
 type Dest<'a> = (&'a str, &'a str, &'a str);
 
 /// The lines of one destination, encoded once: line `k` is record
-/// `record[k]` of the batch and ends at `end[k]` in `buf`.
+/// `record[k]` of the batch and ends at `end[k]` in the encoded bytes.
+/// Encoded into `buf`, then frozen into `sent`, whose slices are the request
+/// bodies (shared, not copied); once the requests let go of them the buffer
+/// is taken back for the next batch.
 #[derive(Default)]
 struct Lines {
     buf: Vec<u8>,
+    sent: Bytes,
     end: Vec<usize>,
     record: Vec<usize>,
 }
@@ -187,13 +230,40 @@ impl Lines {
         self.record.push(i);
     }
 
-    /// The bytes of lines `range`, contiguous in `buf`.
-    fn body(&self, range: Range<usize>) -> &[u8] {
+    /// Ends encoding: from here on [`Lines::body`] hands out slices.
+    fn freeze(&mut self) {
+        self.sent = Bytes::from(std::mem::take(&mut self.buf));
+    }
+
+    /// The bytes of lines `range`, contiguous, sharing the frozen buffer.
+    fn body(&self, range: Range<usize>) -> Bytes {
         let from = match range.start {
             0 => 0,
             k => self.end[k - 1],
         };
-        &self.buf[from..self.end[range.end - 1]]
+        self.sent.slice(from..self.end[range.end - 1])
+    }
+
+    /// Empty lines keeping their buffers' capacity, if no request still
+    /// holds a slice of the encoded bytes (otherwise the buffer is left to
+    /// the request and dropped with it).
+    fn recycle(self) -> Option<Lines> {
+        let Lines {
+            sent,
+            mut end,
+            mut record,
+            ..
+        } = self;
+        let mut buf = Vec::from(sent.try_into_mut().ok()?);
+        buf.clear();
+        end.clear();
+        record.clear();
+        Some(Lines {
+            buf,
+            sent: Bytes::new(),
+            end,
+            record,
+        })
     }
 
     /// Consecutive requests of at most `max_lines` lines and `max_bytes`
@@ -224,37 +294,70 @@ mod tests {
     use super::*;
     use crate::record::{Record, Trade};
 
+    fn trade(i: usize) -> Record {
+        Record::Trade(Trade {
+            venue: "binance".into(),
+            symbol: format!("S{i}"),
+            side: "buy".into(),
+            price: 1.5,
+            quantity: 2.0,
+            trade_id: format!("{i}"),
+            ts: 1_700_000_000_000_000_000 + i as i64,
+        })
+    }
+
     fn lines(n: usize) -> Lines {
         let mut l = Lines::default();
         for i in 0..n {
-            l.push(
-                i * 2,
-                &Record::Trade(Trade {
-                    venue: "binance".into(),
-                    symbol: format!("S{i}"),
-                    side: "buy".into(),
-                    price: 1.5,
-                    quantity: 2.0,
-                    trade_id: format!("{i}"),
-                    ts: 1_700_000_000_000_000_000 + i as i64,
-                }),
-            );
+            l.push(i * 2, &trade(i));
         }
+        l.freeze();
         l
     }
 
     #[test]
     fn each_line_is_its_own_slice_and_ranges_are_contiguous() {
         let l = lines(5);
-        let all = std::str::from_utf8(l.body(0..5)).unwrap();
+        let all = l.body(0..5);
+        let all = std::str::from_utf8(&all).unwrap();
         assert_eq!(all.lines().count(), 5);
         for k in 0..5 {
-            let one = std::str::from_utf8(l.body(k..k + 1)).unwrap();
+            let one = l.body(k..k + 1);
+            let one = std::str::from_utf8(&one).unwrap();
             assert_eq!(one.matches('\n').count(), 1, "{one}");
             assert!(one.contains(&format!("symbol=S{k}")), "{one}");
         }
         assert_eq!(l.body(1..3).len(), l.body(1..2).len() + l.body(2..3).len());
         assert_eq!(l.record, vec![0, 2, 4, 6, 8]);
+    }
+
+    #[test]
+    fn a_buffer_is_taken_back_only_when_no_request_holds_it() {
+        let l = lines(100);
+        let held = l.body(10..20);
+        assert!(l.recycle().is_none(), "a body slice is still alive");
+        drop(held);
+
+        let l = lines(100);
+        let (ptr_before, encoded) = (l.sent.as_ptr(), l.sent.len());
+        let body = l.body(0..100);
+        drop(body);
+        let back = l.recycle().expect("nothing holds the bytes");
+        assert!(back.buf.is_empty() && back.end.is_empty() && back.record.is_empty());
+        assert_eq!(
+            back.buf.as_ptr(),
+            ptr_before,
+            "the same allocation, not a copy"
+        );
+        assert!(back.buf.capacity() >= encoded);
+        // Reused: the next batch encodes into it without reallocating.
+        let mut again = back;
+        let cap_before = again.buf.capacity();
+        for i in 0..10 {
+            again.push(i, &trade(i));
+        }
+        assert_eq!(again.buf.as_ptr(), ptr_before);
+        assert_eq!(again.buf.capacity(), cap_before);
     }
 
     #[test]
@@ -300,12 +403,17 @@ impl Sink for InfluxSink {
             dead: self.dead.clone(),
             shrink: Shrink::default(),
             attempted: 0,
+            spare: Vec::new(),
         })
     }
 
     async fn deliver(&mut self, batch: &[Record], attempt: u32) -> Result<Delivery, SinkFailure> {
         let mut attempted = 0;
-        let result = self.deliver_inner(batch, attempt, &mut attempted).await;
+        let mut spare = std::mem::take(&mut self.spare);
+        let result = self
+            .deliver_inner(batch, attempt, &mut attempted, &mut spare)
+            .await;
+        self.spare = spare;
         self.attempted = attempted;
         match result {
             Ok(d) => {
