@@ -24,7 +24,7 @@ mod records;
 
 use std::time::{Duration, Instant};
 
-use common::note;
+use common::{note, CpuMark};
 use criterion::{criterion_group, Criterion, Throughput};
 use std::sync::Arc;
 use walrelay::db::influx::{encode, InfluxConfig, InfluxSink};
@@ -84,6 +84,7 @@ fn drain(c: &mut Criterion) {
     g.sample_size(10).measurement_time(Duration::from_secs(8));
     g.throughput(Throughput::Elements((BATCH * BATCHES) as u64));
     let mut round = 0i64;
+    let server_pid = server.pid().expect("the server runs");
 
     let mut sink = InfluxSink::new(
         InfluxConfig::new(server.url(), "bench", "bench"),
@@ -98,6 +99,7 @@ fn drain(c: &mut Criterion) {
                 let batches: Vec<Vec<Record>> = (0..BATCHES)
                     .map(|k| trades(BATCH, round * 1_000_000_000_000 + k as i64 * 10_000_000_000))
                     .collect();
+                let cpu = CpuMark::now(server_pid);
                 let t = Instant::now();
                 rt.block_on(async {
                     for b in &batches {
@@ -105,6 +107,7 @@ fn drain(c: &mut Criterion) {
                     }
                 });
                 total += t.elapsed();
+                cpu.noted("drain/sink");
             }
             note("drain/sink", iters * (BATCH * BATCHES) as u64, total);
             total
@@ -137,6 +140,7 @@ fn drain(c: &mut Criterion) {
                         retry: RetryPolicy::default(),
                     };
                     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+                    let cpu = CpuMark::now(server_pid);
                     let t = Instant::now();
                     rt.block_on(async {
                         let task = tokio::spawn(drainer::run(
@@ -151,6 +155,7 @@ fn drain(c: &mut Criterion) {
                             tokio::time::sleep(Duration::from_micros(500)).await;
                         }
                         total += t.elapsed();
+                        cpu.noted(&format!("drain/{id}"));
                         stop_tx.send(true).unwrap();
                         task.await.unwrap();
                     });
@@ -186,6 +191,7 @@ fn drain(c: &mut Criterion) {
                         body
                     })
                     .collect();
+                let cpu = CpuMark::now(server_pid);
                 let t = Instant::now();
                 rt.block_on(async {
                     for body in bodies {
@@ -194,6 +200,7 @@ fn drain(c: &mut Criterion) {
                     }
                 });
                 total += t.elapsed();
+                cpu.noted("drain/limit_plain_http");
             }
             note(
                 "drain/limit_plain_http",
@@ -220,6 +227,7 @@ fn report() {
             println!("{id} is {pct:.1}% of the server's limit (includes log read and decode)");
         }
     }
+    s.print_cpu(28, "lines");
 }
 
 criterion_group!(benches, encoding, drain);

@@ -34,6 +34,106 @@ pub fn remark(line: String) {
     REMARKS.lock().unwrap().push(line);
 }
 
+/// CPU time (user + system) a process has used so far, from
+/// `/proc/<pid>/stat` (clock ticks, 100 per second here); `None` off Linux.
+/// Sampled at the start and end of a timed region, the difference is the CPU
+/// that process spent on it, so a bench can say which side used the cores.
+pub fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces), 1-based from
+    // field 3: utime is field 14, stime field 15.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split(' ').collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Some(Duration::from_nanos(ticks * 1_000_000_000 / hz))
+}
+
+/// CPU time per thread name of this process (threads of one name summed;
+/// threads that ended are not counted).
+pub fn cpu_by_thread() -> BTreeMap<String, Duration> {
+    let mut out = BTreeMap::new();
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+        return out;
+    };
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    for e in dir.flatten() {
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let name = stat[open + 1..close]
+            .trim_end_matches(|c: char| c.is_ascii_digit())
+            .to_string();
+        let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
+        let ticks = fields
+            .get(11)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+            + fields
+                .get(12)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+        *out.entry(name).or_insert(Duration::ZERO) +=
+            Duration::from_nanos(ticks * 1_000_000_000 / hz);
+    }
+    out
+}
+
+static THREADS: Mutex<BTreeMap<String, BTreeMap<String, Duration>>> = Mutex::new(BTreeMap::new());
+
+/// CPU per benchmark id: (this process, the server's process) over the
+/// timed regions noted with [`note_cpu`].
+static CPU: Mutex<BTreeMap<String, (Duration, Duration)>> = Mutex::new(BTreeMap::new());
+
+/// Adds CPU spent during `id`'s timed regions by this process and the server.
+pub fn note_cpu(id: &str, own: Duration, server: Duration) {
+    let mut m = CPU.lock().unwrap();
+    let e = m
+        .entry(id.to_string())
+        .or_insert((Duration::ZERO, Duration::ZERO));
+    e.0 += own;
+    e.1 += server;
+}
+
+/// Samples this process's and `server`'s CPU time; [`CpuMark::noted`] adds
+/// the difference since the mark to an id.
+pub struct CpuMark {
+    server: u32,
+    own: Duration,
+    theirs: Duration,
+    threads: BTreeMap<String, Duration>,
+}
+
+impl CpuMark {
+    pub fn now(server: u32) -> CpuMark {
+        CpuMark {
+            server,
+            own: cpu_time(std::process::id()).unwrap_or_default(),
+            theirs: cpu_time(server).unwrap_or_default(),
+            threads: cpu_by_thread(),
+        }
+    }
+
+    pub fn noted(self, id: &str) {
+        let own = cpu_time(std::process::id()).unwrap_or_default();
+        let theirs = cpu_time(self.server).unwrap_or_default();
+        note_cpu(
+            id,
+            own.saturating_sub(self.own),
+            theirs.saturating_sub(self.theirs),
+        );
+        let mut all = THREADS.lock().unwrap();
+        let per = all.entry(id.to_string()).or_default();
+        for (name, t) in cpu_by_thread() {
+            let before = self.threads.get(&name).copied().unwrap_or_default();
+            *per.entry(name).or_default() += t.saturating_sub(before);
+        }
+    }
+}
+
 /// Elements per second.
 pub fn rate((elements, elapsed): (u64, Duration)) -> f64 {
     elements as f64 / elapsed.as_secs_f64()
@@ -96,6 +196,46 @@ impl Summary {
         self.print_heading(title);
         for (id, v) in self.iter() {
             self.print_rate(id, width, v, unit);
+        }
+    }
+
+    /// Per id with CPU noted: cores busy on average during its timed
+    /// regions (this process, the server, both) and CPU microseconds per
+    /// 1000 elements on each side.
+    pub fn print_cpu(&self, width: usize, unit: &str) {
+        let cpu = CPU.lock().unwrap().clone();
+        if cpu.is_empty() {
+            return;
+        }
+        println!(
+            "CPU during the timed regions (cores busy of this machine's {}; µs per 1000 {unit}):",
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        );
+        for (id, (own, server)) in cpu {
+            let Some((elements, elapsed)) = self.get(&id) else {
+                continue;
+            };
+            let wall = elapsed.as_secs_f64();
+            let per = |d: Duration| d.as_secs_f64() * 1e9 / elements as f64;
+            println!(
+                "{id:<width$} relay {:.2} + server {:.2} = {:.2} cores; relay {:.0} µs, server {:.0} µs",
+                own.as_secs_f64() / wall,
+                server.as_secs_f64() / wall,
+                (own + server).as_secs_f64() / wall,
+                per(own),
+                per(server),
+            );
+            if let Some(threads) = THREADS.lock().unwrap().get(&id) {
+                let mut v: Vec<_> = threads.iter().filter(|(_, t)| !t.is_zero()).collect();
+                v.sort_by(|a, b| b.1.cmp(a.1));
+                let parts: Vec<String> = v
+                    .iter()
+                    .map(|(n, t)| format!("{n} {:.0} µs", per(**t)))
+                    .collect();
+                println!("{:<width$}   relay threads: {}", "", parts.join(", "));
+            }
         }
     }
 

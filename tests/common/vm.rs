@@ -136,6 +136,11 @@ impl Vm {
         }
     }
 
+    /// The server's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn url(&self) -> String {
         match self.tls {
             None => format!("http://127.0.0.1:{}", self.port),
