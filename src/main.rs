@@ -185,6 +185,10 @@ fn main() -> ExitCode {
             .unwrap_or_default()
     });
     walrelay::logging::init(format);
+    // Fail points from the FAILPOINTS environment variable, only in a build
+    // with the `failpoints` feature (tests/failpoints.rs drives the binary).
+    #[cfg(feature = "failpoints")]
+    let _fail_points = fail::FailScenario::setup();
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

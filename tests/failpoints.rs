@@ -207,3 +207,191 @@ fn a_failed_log_answers_503_and_says_why_on_ready_status_and_the_cli() {
     });
     scenario.teardown();
 }
+
+/// The stall watchdog (`wal/durability.rs`): a group's sled write that does
+/// not return (here it sleeps 1.5 s through the `wal::commit` fail point,
+/// standing in for sled 0.34.7's truncation deadlock) fails the log within
+/// `stall_ms` plus one check, before the write returns; new appends are then
+/// refused at once instead of queueing behind it; the stalled append is never
+/// acknowledged; a restart recovers every acknowledged record.
+#[test]
+fn a_write_that_does_not_return_fails_the_log_through_the_stall_watchdog() {
+    use std::time::{Duration, Instant};
+    let scenario = fail::FailScenario::setup();
+    let dir = tempfile::TempDir::new().unwrap();
+    let config = WalConfig {
+        durability: Durability::Sync,
+        stall_ms: 300,
+        ..WalConfig::new(dir.path()).with_sinks(["a"])
+    };
+    let wal = Wal::open(config.clone()).unwrap();
+    let acknowledged: Vec<u64> = (0..5).collect();
+    for &i in &acknowledged {
+        wal.append(&[trade(i)]).unwrap();
+    }
+    // Healthy appends, however many, never trip it.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!wal.stalled());
+    assert_eq!(wal.failure(), None);
+
+    fail::cfg("wal::commit", "sleep(1500)").unwrap();
+    let started = Instant::now();
+    let stuck = {
+        let wal = wal.clone();
+        std::thread::spawn(move || wal.append(&[trade(5)]))
+    };
+    while !wal.stalled() {
+        assert!(
+            started.elapsed() < Duration::from_millis(1200),
+            "the watchdog did not fire within stall_ms + a check"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let fired = started.elapsed();
+    assert!(fired >= Duration::from_millis(300), "fired after {fired:?}");
+    let why = wal.failure().expect("a stalled log says why");
+    assert!(
+        why.contains("group write to sled") && why.contains("has not returned"),
+        "{why}"
+    );
+    assert!(
+        why.contains("Appends that hang") && why.contains("restart"),
+        "{why}"
+    );
+    // A new append is refused at once, not queued behind the stalled write.
+    let t = Instant::now();
+    let err = wal.append(&[trade(6)]).unwrap_err();
+    assert!(matches!(err, WalError::Failed { .. }), "{err}");
+    assert!(
+        t.elapsed() < Duration::from_millis(200),
+        "{:?}",
+        t.elapsed()
+    );
+    assert!(!stuck.is_finished(), "the write is still stalled");
+    fail::remove("wal::commit");
+    // The stalled append finishes its write, but its flush is refused: it
+    // is not acknowledged.
+    let late = stuck.join().unwrap();
+    assert!(late.is_err(), "{late:?}");
+    assert_eq!(wal.watch_last_seq().borrow().to_owned(), 5);
+    drop(wal);
+
+    let wal = Wal::open(config).unwrap();
+    assert_eq!(wal.failure(), None, "a restart recovers");
+    assert!(!wal.stalled());
+    let found = ids(&wal);
+    assert_eq!(&found[..5], &acknowledged[..]);
+    assert!(found[5..].iter().all(|&i| i == 5), "{found:?}");
+    wal.append(&[trade(7)]).unwrap();
+    scenario.teardown();
+}
+
+/// The same stall in `walrelay run` (the binary, fail point set through
+/// `FAILPOINTS`): three appends are acknowledged, the fourth group's write
+/// does not return, the watchdog fails the log and the relay exits with
+/// status 75 and says why, without waiting for the stalled write; started
+/// again on the same log it serves, with the three acknowledged records.
+#[test]
+fn walrelay_run_exits_75_on_a_stalled_log_and_recovers_on_restart() {
+    use std::time::{Duration, Instant};
+    let dir = tempfile::TempDir::new().unwrap();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let conf = dir.path().join("c.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "[wal]\ndir = \"{}\"\nstall_ms = 500\n[ingest]\nlisten = \"127.0.0.1:{port}\"\ntoken = \"s3cret\"\n",
+            dir.path().join("wal").display()
+        ),
+    )
+    .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    let spawn = |fail_points: Option<&str>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_walrelay"));
+        cmd.args(["run", "--config", conf.to_str().unwrap()])
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        match fail_points {
+            Some(f) => cmd.env("FAILPOINTS", f),
+            None => cmd.env_remove("FAILPOINTS"),
+        };
+        cmd.spawn().unwrap()
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let client = common::http::client();
+    let wait_ready = |child: &mut std::process::Child| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            assert!(child.try_wait().unwrap().is_none(), "the relay exited");
+            let ok = rt.block_on(async {
+                client
+                    .get(format!("{url}/ready"))
+                    .timeout(Duration::from_millis(500))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status() == 200)
+            });
+            if ok {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the relay did not get ready");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+
+    let mut child = spawn(Some("wal::commit=3*off->sleep(30000)"));
+    wait_ready(&mut child);
+    for i in 0..3 {
+        let r = rt
+            .block_on(common::http::write(&client, &url, "s3cret", trade_line(i)))
+            .unwrap();
+        assert_eq!(r.status(), 204, "append {i}");
+    }
+    // The fourth never gets an answer: its group's write sleeps 30 s.
+    let stuck = {
+        let (client, url) = (client.clone(), url.clone());
+        rt.spawn(async move { common::http::write(&client, &url, "s3cret", trade_line(3)).await })
+    };
+    let started = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the relay did not exit on a stalled log"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(75), "{status:?}");
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(stderr.contains("write-ahead log stalled"), "{stderr}");
+    assert!(stderr.contains("has not returned"), "{stderr}");
+    // The stuck request got no acknowledgement (the connection dropped).
+    let answer = rt.block_on(stuck).unwrap();
+    assert!(
+        answer.as_ref().map_or(true, |r| r.status() != 204),
+        "{answer:?}"
+    );
+
+    let mut child = spawn(None);
+    wait_ready(&mut child);
+    let v = rt.block_on(get_json(&client, format!("{url}/status")));
+    assert!(v["log"]["unavailable"].is_null(), "{v}");
+    let records = v["log"]["records"].as_u64().unwrap();
+    assert!(
+        (3..=4).contains(&records),
+        "the 3 acknowledged, maybe the 4th: {v}"
+    );
+    let r = rt
+        .block_on(common::http::write(&client, &url, "s3cret", trade_line(9)))
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -253,6 +253,19 @@ pub async fn serve(
     let served = tokio::select! {
         _ = shutdown => Ok(()),
         r = &mut http => r.map_err(RelayError::Server),
+        _ = stalled(&relay.wal) => {
+            // Fail-stop (wal/durability.rs, stall watchdog): a sled write or
+            // flush does not return, so no graceful path can finish (closing
+            // the log would wait for it). Everything acknowledged is on disk;
+            // exit now for the service manager to restart the relay, which
+            // re-opens and recovers the log.
+            tracing::error!(
+                reason = relay.wal.failure().unwrap_or_default(),
+                exit_code = EXIT_STALLED,
+                "write-ahead log stalled; exiting so that the service manager restarts walrelay"
+            );
+            std::process::exit(EXIT_STALLED);
+        }
     };
     // One deadline for everything that stops: in-flight requests finish
     // their appends, subscriptions their append in progress, drainers the
@@ -294,6 +307,17 @@ pub async fn serve(
         "log flushed; relay stopped"
     );
     served
+}
+
+/// Exit status of `walrelay run` when the log's write path stalled
+/// (`EX_TEMPFAIL`: try again, a restart recovers).
+pub const EXIT_STALLED: i32 = 75;
+
+/// Resolves once the log's stall watchdog fired (checked every 250 ms).
+async fn stalled(wal: &Wal) {
+    while !wal.stalled() {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 fn spawn_drainer<S: Sink + 'static>(

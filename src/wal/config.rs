@@ -97,6 +97,13 @@ pub struct WalConfig {
     /// sled segment size (fixed when the log is created; items over a quarter
     /// of it are stored as separate blob files). Default 8 MiB.
     pub segment_bytes: usize,
+    /// A group's sled write or its flush that has not returned after this
+    /// many ms puts the log in the failed state (appends refused, HTTP 503)
+    /// and makes the relay exit for its service manager to restart it
+    /// (`durability.rs`, stall watchdog). 0 turns the watchdog off.
+    /// Default 60000 (a healthy flush takes milliseconds; a disk that needs
+    /// a minute for one is itself a failure to look at).
+    pub stall_ms: u64,
     /// Sinks whose cursors hold frames back from truncation. Filled from the
     /// configured sinks by the relay; a frame is deleted once every one of them
     /// has acknowledged it.
@@ -125,6 +132,7 @@ impl Default for WalConfig {
             max_frame_records: 1024,
             max_frame_bytes: 256 * 1024,
             segment_bytes: 8 * 1024 * 1024,
+            stall_ms: 60_000,
             sinks: Vec::new(),
             retain_ms: 0,
         }

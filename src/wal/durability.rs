@@ -48,11 +48,63 @@
 //! acknowledged without a successful flush. Drainers keep delivering what was
 //! acknowledged before the failure (reads and cursor advances stay allowed).
 //!
+//! Stall watchdog: a group's sled write (writer.rs) and the flush that
+//! acknowledges it are timed ([`Persist::busy`]); a thread of the log checks
+//! them ([`Persist::check_stall`]) and, once one has not returned for
+//! `wal.stall_ms` (default 60 s), puts the log in the failed state with
+//! [`WalError::Stalled`] and logs why. Why: sled 0.34.7 can deadlock (its
+//! writer waits, holding the segment lock, for a file truncation queued
+//! behind I/O tasks that wait for that lock); nothing in-process recovers
+//! from that, so new appends are refused at once instead of hanging, and the
+//! relay exits for its service manager to restart it (relay/mod.rs). Nothing
+//! acknowledged is at risk: the stalled groups were never acknowledged.
+//!
 //! Fail points (feature `failpoints`, tests/failpoints.rs): `wal::fdatasync`
 //! makes the `fdatasync` after sled's flush fail; `wal::commit` (writer.rs)
-//! makes a group's sled write fail before anything is applied.
+//! makes a group's sled write fail before anything is applied (or, with
+//! `sleep(ms)`, take that long, which the stall test uses).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::{config::Durability, WalError};
+
+/// The timed operations of the write path, each with its own slot.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Work {
+    /// A group's sled write (the writer thread).
+    Apply = 0,
+    /// The flush that acknowledges applied groups (the syncer thread).
+    Flush = 1,
+}
+
+impl Work {
+    fn name(i: usize) -> &'static str {
+        match i {
+            0 => "group write to sled",
+            _ => "flush",
+        }
+    }
+}
+
+/// While alive, its slot holds the time the operation began.
+pub(crate) struct Busy<'a> {
+    slot: &'a AtomicU64,
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.slot.store(0, Ordering::Release);
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+        .max(1)
+}
 
 pub(crate) struct Persist {
     db: sled::Db,
@@ -67,6 +119,11 @@ pub(crate) struct Persist {
     policy: Durability,
     /// Set once, by the first failed flush or write: why the log stopped.
     failed: std::sync::OnceLock<String>,
+    /// Start (ms since the epoch) of the operation in progress per [`Work`]
+    /// slot, 0 when none.
+    busy_since_ms: [AtomicU64; 2],
+    /// Set once the watchdog found a stalled operation.
+    stalled: AtomicBool,
 }
 
 impl Persist {
@@ -90,6 +147,8 @@ impl Persist {
             blobs_synced: std::sync::Mutex::new(std::collections::HashMap::new()),
             policy,
             failed: std::sync::OnceLock::new(),
+            busy_since_ms: [AtomicU64::new(0), AtomicU64::new(0)],
+            stalled: AtomicBool::new(false),
         })
     }
 
@@ -111,7 +170,10 @@ impl Persist {
     /// acknowledging their producers (by the syncer thread under `sync`).
     pub(crate) fn frames_inserted(&self) -> Result<(), WalError> {
         match self.policy {
-            Durability::Sync => self.flush("flush after append"),
+            Durability::Sync => {
+                let _timed = self.busy(Work::Flush);
+                self.flush("flush after append")
+            }
             Durability::Interval { .. } => Ok(()),
         }
     }
@@ -134,6 +196,43 @@ impl Persist {
     /// Called when the log closes.
     pub(crate) fn closing(&self) -> Result<(), WalError> {
         self.flush("flush on close")
+    }
+
+    /// Times `work` until the returned guard is dropped (the watchdog reads
+    /// it). One operation per slot at a time: the writer applies, the syncer
+    /// flushes.
+    pub(crate) fn busy(&self, work: Work) -> Busy<'_> {
+        let slot = &self.busy_since_ms[work as usize];
+        slot.store(now_ms(), Ordering::Release);
+        Busy { slot }
+    }
+
+    /// The watchdog's check: if a timed operation has run longer than
+    /// `limit`, fails the log with [`WalError::Stalled`] (once) and returns
+    /// true; later calls keep returning true.
+    pub(crate) fn check_stall(&self, limit: Duration) -> bool {
+        if self.stalled.load(Ordering::Acquire) {
+            return true;
+        }
+        let now = now_ms();
+        for (i, slot) in self.busy_since_ms.iter().enumerate() {
+            let since = slot.load(Ordering::Acquire);
+            let running = Duration::from_millis(now.saturating_sub(since));
+            if since != 0 && running > limit {
+                self.stalled.store(true, Ordering::Release);
+                self.fail(&WalError::Stalled {
+                    what: Work::name(i),
+                    secs: running.as_secs(),
+                });
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Whether the watchdog found the write path stalled.
+    pub(crate) fn stalled(&self) -> bool {
+        self.stalled.load(Ordering::Acquire)
     }
 
     /// Why the log stopped accepting appends, once a flush or write failed.

@@ -62,6 +62,11 @@ pub enum WalError {
     /// Callers answer 503: the writer should retry later, an operator must act.
     #[error("write-ahead log has failed and refuses appends: {reason}")]
     Failed { reason: String },
+    /// A sled write or flush has not returned for `wal.stall_ms` (the
+    /// watchdog in `durability.rs`): the log is put in the failed state and
+    /// the relay exits so that its service manager restarts it.
+    #[error("the log's {what} has not returned for {secs} s (sled 0.34.7 can deadlock under heavy writes: docs/OPERATIONS.md, \"Appends that hang\")")]
+    Stalled { what: &'static str, secs: u64 },
     /// The log is closed (shutdown in progress, or the writer thread died).
     #[error("write-ahead log is closed")]
     Closed,

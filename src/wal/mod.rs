@@ -31,10 +31,11 @@
 //!
 //! ```text
 //! mod.rs         Wal, the front door: open, append, cursors (cursor, ack,
-//!                backlog), stats, handles to meta and dead letters
+//!                backlog), stats, handles to meta and dead letters; the
+//!                stall watchdog's thread
 //! writer.rs      group commit on the writer thread (and the syncer thread)
-//! durability.rs  every flush decision; fail-stop
-//! reader.rs      read_after, read_for, quarantine, verify
+//! durability.rs  every flush decision; fail-stop; what the watchdog times
+//! reader.rs      read_after, read_for, read_records_for, quarantine, verify
 //! space.rs       reserve, drop_oldest, truncate, index pruning
 //! recovery.rs    opening: directory, sled, format version, totals
 //! frame.rs       the frame encoding (version, CRC32, header, records)
@@ -214,6 +215,28 @@ use frame::{key_seq, peek_header, seq_key};
 use space::reservation_bytes;
 use state::LogState;
 
+/// The stall watchdog's loop: checks the timed write path four times per
+/// `stall_ms` (at least every second) until stopped; stops checking once it
+/// found a stall (the log has failed for good).
+fn watch_for_stalls(shared: &Shared, stop: &std::sync::atomic::AtomicBool, stall_ms: u64) {
+    let limit = std::time::Duration::from_millis(stall_ms);
+    let every = (limit / 4).clamp(
+        std::time::Duration::from_millis(10),
+        std::time::Duration::from_secs(1),
+    );
+    while !stop.load(std::sync::atomic::Ordering::Acquire) {
+        std::thread::park_timeout(every);
+        if shared.persist.check_stall(limit) {
+            tracing::error!(
+                stall_ms,
+                reason = shared.persist.failed().unwrap_or_default(),
+                "write-ahead log stalled: appends are refused; the relay exits to be restarted"
+            );
+            return;
+        }
+    }
+}
+
 /// The write-ahead log. Cheap to clone; all clones share one writer thread,
 /// which stops (after a final flush) when the last clone is dropped.
 #[derive(Clone)]
@@ -225,10 +248,19 @@ struct Inner {
     shared: Arc<Shared>,
     tx: Option<Sender<writer::Request>>,
     writer: Option<JoinHandle<()>>,
+    /// The stall watchdog (`durability.rs`) and its stop flag.
+    watchdog: Option<(Arc<std::sync::atomic::AtomicBool>, JoinHandle<()>)>,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
+        // The watchdog first: it holds the shared state, which must be gone
+        // (sled closed) once the log is dropped.
+        if let Some((stop, handle)) = self.watchdog.take() {
+            stop.store(true, std::sync::atomic::Ordering::Release);
+            handle.thread().unpark();
+            let _ = handle.join();
+        }
         drop(self.tx.take());
         if let Some(w) = self.writer.take() {
             let _ = w.join();
@@ -347,13 +379,36 @@ impl Wal {
                 path: shared.config.dir.clone(),
                 source,
             })?;
+        let watchdog = match shared.config.stall_ms {
+            0 => None,
+            ms => {
+                let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let (watched, stopped) = (shared.clone(), stop.clone());
+                let handle = std::thread::Builder::new()
+                    .name("walrelay-wal-watch".into())
+                    .spawn(move || watch_for_stalls(&watched, &stopped, ms))
+                    .map_err(|source| WalError::Dir {
+                        path: shared.config.dir.clone(),
+                        source,
+                    })?;
+                Some((stop, handle))
+            }
+        };
         Ok(Wal {
             inner: Arc::new(Inner {
                 shared,
                 tx: Some(tx),
                 writer: Some(writer),
+                watchdog,
             }),
         })
+    }
+
+    /// Whether the stall watchdog found a sled write or flush that does not
+    /// return (the log has then failed, [`Wal::failure`] says why): nothing
+    /// in this process can finish it, the relay exits to be restarted.
+    pub fn stalled(&self) -> bool {
+        self.shared().persist.stalled()
     }
 
     fn shared(&self) -> &Shared {

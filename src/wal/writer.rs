@@ -87,14 +87,18 @@ pub(crate) fn run(shared: Arc<Shared>, rx: Receiver<Request>) {
                 Err(_) => break,
             }
         }
+        // Timed for the stall watchdog (durability.rs).
+        let timed = shared.persist.busy(super::durability::Work::Apply);
         let committed = (|| {
-            // Fail point (feature `failpoints`): the group's sled write fails.
+            // Fail point (feature `failpoints`): the group's sled write fails
+            // (`return`) or takes long (`sleep(ms)`).
             fail::fail_point!("wal::commit", |_| Err(WalError::Corrupt {
                 what: "group commit",
                 detail: "injected by fail point wal::commit".into(),
             }));
             commit_group(&shared, &mut builder, &group)
         })();
+        drop(timed);
         match committed {
             Ok(outcomes) => {
                 let applied = Applied {
