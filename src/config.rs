@@ -57,11 +57,13 @@ pub const MAX_PIPELINE: usize = 16;
 pub struct DrainConfig {
     /// Records read from the log per delivery. Default 5000.
     pub batch_records: usize,
-    /// Batches a drainer keeps read and not yet confirmed, at most (1..=16).
-    /// The Influx sink delivers that many concurrently; the Timescale sink
-    /// writes one at a time (log order decides conflicts) and reads the rest
-    /// ahead. Each batch in flight holds its records in memory (about
-    /// `batch_records` × 300 bytes decoded). Default 3.
+    /// Batches a drainer keeps started and not yet passed by its cursor, at
+    /// most (1..=16), plus one read ahead. The Influx sink delivers that many
+    /// concurrently; the Timescale sink writes one at a time (log order
+    /// decides conflicts) and reads the rest ahead. Each batch in flight
+    /// holds its records in memory (about `batch_records` × 300 bytes
+    /// decoded). Default 4 (`cargo bench --bench influx`: 4 in flight drain
+    /// ~4 points of the server's limit more than 3; docs/PERFORMANCE.md).
     pub pipeline: usize,
     /// First retry wait after a transient failure, ms. Default 100.
     pub retry_initial_ms: u64,
@@ -77,7 +79,7 @@ impl Default for DrainConfig {
     fn default() -> Self {
         DrainConfig {
             batch_records: 5000,
-            pipeline: 3,
+            pipeline: 4,
             retry_initial_ms: 100,
             retry_max_ms: 10_000,
             retry_config_ms: 30_000,
@@ -244,7 +246,7 @@ mod tests {
         let c = Config::parse("[drain]\npipeline = 4\n").unwrap();
         assert_eq!(c.drain.pipeline, 4);
         c.drain.validate().unwrap();
-        assert_eq!(DrainConfig::default().pipeline, 3);
+        assert_eq!(DrainConfig::default().pipeline, 4);
         for bad in [0, MAX_PIPELINE + 1] {
             let c = Config::parse(&format!("[drain]\npipeline = {bad}\n")).unwrap();
             let e = c.drain.validate().unwrap_err();
