@@ -60,7 +60,7 @@ pub struct DrainConfig {
     /// Batches a drainer keeps started and not yet passed by its cursor, at
     /// most (1..=16), plus one read ahead. The Influx sink delivers that many
     /// concurrently; the Timescale sink writes one at a time (log order
-    /// decides conflicts) and reads the rest ahead. Each batch in flight
+    /// decides conflicts) and reads one batch ahead. Each batch in flight
     /// holds its records in memory (about `batch_records` × 300 bytes
     /// decoded). Default 4 (`cargo bench --bench influx`: 4 in flight drain
     /// ~4 points of the server's limit more than 3; docs/PERFORMANCE.md).

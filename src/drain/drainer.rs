@@ -4,7 +4,8 @@
 //!
 //! Pipelining: up to `pipeline` batches are being delivered or confirmed and
 //! not yet passed by the cursor, and one more is read ahead; a sink that
-//! forks delivers them concurrently. Invariants:
+//! forks delivers them concurrently, one that does not has one batch in
+//! delivery and one read ahead. Invariants:
 //! - the cursor moves only to the end of the longest run of batches, from the
 //!   oldest in flight, that are all confirmed (never over an unconfirmed one);
 //! - a batch stays with one sink instance and one retry loop until confirmed
@@ -40,7 +41,7 @@ pub struct DrainerSettings {
     /// Batches started and not yet passed by the cursor, at most (at least
     /// one); one more batch is read ahead. Deliveries run concurrently up to
     /// this many when the sink can [`fork`](Sink::fork); otherwise one at a
-    /// time with the rest read ahead.
+    /// time, with one batch read ahead.
     pub pipeline: usize,
     pub retry: RetryPolicy,
 }
@@ -150,15 +151,19 @@ pub async fn run<S: Sink + 'static>(
         .iter()
         .filter(|k| sink.accepts(**k))
         .fold(0u16, |m, k| m | k.bit());
-    let depth = settings.pipeline.max(1);
-    // Idle sink instances: the given one plus forks, up to the depth.
+    // Idle sink instances: the given one plus forks, up to the pipeline.
     let mut idle = vec![sink];
-    while idle.len() < depth {
+    while idle.len() < settings.pipeline.max(1) {
         match idle[0].fork() {
             Some(s) => idle.push(s),
             None => break,
         }
     }
+    // Batches started and not yet passed by the cursor: as many as there are
+    // instances to deliver them. A sink that does not fork delivers one at a
+    // time, so more batches read for it would only wait in memory; it gets
+    // the one read ahead like every sink.
+    let depth = idle.len();
     let mut new_frames = wal.watch_last_seq();
     let mut read_pos = match wal.cursor(name) {
         Ok(c) => c,

@@ -34,7 +34,7 @@
 //! Pipelining: this sink does not [`fork`](Sink::fork). The conflict
 //! policies are defined in log order (which record of a key is first or
 //! last), and two transactions in flight could apply a later batch first;
-//! the drainer still reads the next batches ahead while one is written.
+//! the drainer still reads the next batch ahead while one is written.
 
 use std::future::Future;
 use std::pin::Pin;
