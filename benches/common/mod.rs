@@ -34,50 +34,44 @@ pub fn remark(line: String) {
     REMARKS.lock().unwrap().push(line);
 }
 
-/// CPU time (user + system) a process has used so far, from
-/// `/proc/<pid>/stat` (clock ticks, 100 per second here); `None` off Linux.
-/// Sampled at the start and end of a timed region, the difference is the CPU
-/// that process spent on it, so a bench can say which side used the cores.
-pub fn cpu_time(pid: u32) -> Option<Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name (which may hold spaces), 1-based from
-    // field 3: utime is field 14, stime field 15.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split(' ').collect();
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+/// The command name and CPU time (user + system) in one `/proc/.../stat`
+/// line: the name is between the first `(` and the last `)` (it may hold
+/// spaces), utime and stime are fields 14 and 15, counted in clock ticks.
+fn parse_stat(stat: &str) -> Option<(&str, Duration)> {
+    let (open, close) = (stat.find('(')?, stat.rfind(')')?);
+    let fields: Vec<&str> = stat.get(close + 2..)?.split(' ').collect();
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    Some(Duration::from_nanos(ticks * 1_000_000_000 / hz))
+    Some((
+        &stat[open + 1..close],
+        Duration::from_nanos(ticks * 1_000_000_000 / hz),
+    ))
 }
 
-/// CPU time per thread name of this process (threads of one name summed;
-/// threads that ended are not counted).
+/// CPU time (user + system) a process has used so far, from
+/// `/proc/<pid>/stat`; `None` off Linux. Sampled at the start and end of a
+/// timed region, the difference is the CPU that process spent on it, so a
+/// bench can say which side used the cores.
+pub fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_stat(&stat).map(|(_, t)| t)
+}
+
+/// CPU time per thread name of this process (threads of one name, digits
+/// at its end dropped, summed; threads that ended are not counted).
 pub fn cpu_by_thread() -> BTreeMap<String, Duration> {
     let mut out = BTreeMap::new();
     let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
         return out;
     };
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
     for e in dir.flatten() {
         let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
             continue;
         };
-        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
-            continue;
-        };
-        let name = stat[open + 1..close]
-            .trim_end_matches(|c: char| c.is_ascii_digit())
-            .to_string();
-        let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
-        let ticks = fields
-            .get(11)
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-            + fields
-                .get(12)
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(0);
-        *out.entry(name).or_insert(Duration::ZERO) +=
-            Duration::from_nanos(ticks * 1_000_000_000 / hz);
+        if let Some((name, t)) = parse_stat(&stat) {
+            let name = name.trim_end_matches(|c: char| c.is_ascii_digit());
+            *out.entry(name.to_string()).or_insert(Duration::ZERO) += t;
+        }
     }
     out
 }

@@ -65,7 +65,7 @@
 //! `sleep(ms)`, take that long, which the stall test uses).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use super::{config::Durability, WalError};
 
@@ -98,14 +98,6 @@ impl Drop for Busy<'_> {
     }
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-        .max(1)
-}
-
 pub(crate) struct Persist {
     db: sled::Db,
     /// sled's data file, opened by us only to `fdatasync` it.
@@ -119,9 +111,11 @@ pub(crate) struct Persist {
     policy: Durability,
     /// Set once, by the first failed flush or write: why the log stopped.
     failed: std::sync::OnceLock<String>,
-    /// Start (ms since the epoch) of the operation in progress per [`Work`]
-    /// slot, 0 when none.
+    /// Start of the operation in progress per [`Work`] slot, in ms since
+    /// `opened` plus one, 0 when none. Monotonic: a wall-clock step (NTP)
+    /// neither fakes a stall nor hides one.
     busy_since_ms: [AtomicU64; 2],
+    opened: Instant,
     /// Set once the watchdog found a stalled operation.
     stalled: AtomicBool,
 }
@@ -148,6 +142,7 @@ impl Persist {
             policy,
             failed: std::sync::OnceLock::new(),
             busy_since_ms: [AtomicU64::new(0), AtomicU64::new(0)],
+            opened: Instant::now(),
             stalled: AtomicBool::new(false),
         })
     }
@@ -203,7 +198,7 @@ impl Persist {
     /// flushes.
     pub(crate) fn busy(&self, work: Work) -> Busy<'_> {
         let slot = &self.busy_since_ms[work as usize];
-        slot.store(now_ms(), Ordering::Release);
+        slot.store(self.now_ms(), Ordering::Release);
         Busy { slot }
     }
 
@@ -214,7 +209,7 @@ impl Persist {
         if self.stalled.load(Ordering::Acquire) {
             return true;
         }
-        let now = now_ms();
+        let now = self.now_ms();
         for (i, slot) in self.busy_since_ms.iter().enumerate() {
             let since = slot.load(Ordering::Acquire);
             let running = Duration::from_millis(now.saturating_sub(since));
@@ -228,6 +223,11 @@ impl Persist {
             }
         }
         false
+    }
+
+    /// Milliseconds since the log was opened, plus one (0 means idle).
+    fn now_ms(&self) -> u64 {
+        self.opened.elapsed().as_millis() as u64 + 1
     }
 
     /// Whether the watchdog found the write path stalled.
