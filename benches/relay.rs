@@ -287,7 +287,7 @@ fn startup(c: &mut Criterion) {
                             price: 37000.5,
                             quantity: 0.01,
                             side: "buy".into(),
-                            trade_id: n.to_string(),
+                            trade_id: n.to_string().into(),
                         })
                     }
                 })

@@ -57,7 +57,7 @@ fn batch(round: i64) -> Vec<Record> {
             match i % 4 {
                 3 => Record::Kline(Kline {
                     venue: "BINANCE_FUTURES".into(),
-                    symbol,
+                    symbol: symbol.into(),
                     interval: "1m".into(),
                     ts,
                     open: 1.0,
@@ -69,7 +69,7 @@ fn batch(round: i64) -> Vec<Record> {
                 k => Record::Bar(Bar {
                     kind: BarKind::ALL[k],
                     venue: "BINANCE_FUTURES".into(),
-                    symbol,
+                    symbol: symbol.into(),
                     interval: "tick_100".into(),
                     ts,
                     open: 1.0,

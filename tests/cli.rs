@@ -89,7 +89,7 @@ fn dlq_list_show_replay_purge() {
         .into_iter()
         .flat_map(|f| f.records)
         .map(|r| match r {
-            Record::Trade(t) => t.trade_id,
+            Record::Trade(t) => t.trade_id.into(),
             _ => unreachable!(),
         })
         .collect();

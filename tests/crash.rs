@@ -117,7 +117,7 @@ fn present(dir: &Path) -> HashMap<String, u32> {
             let Record::Trade(t) = r else {
                 panic!("unexpected record")
             };
-            *seen.entry(t.trade_id).or_insert(0) += 1;
+            *seen.entry(t.trade_id.into()).or_insert(0) += 1;
         }
     }
     seen

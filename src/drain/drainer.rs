@@ -389,7 +389,7 @@ mod tests {
             let mut got = self.got.lock().unwrap();
             for r in batch {
                 if let Record::Trade(t) = r {
-                    got.push(t.trade_id.clone());
+                    got.push(t.trade_id.to_string());
                 }
             }
             Ok(Delivery {
@@ -427,7 +427,7 @@ mod tests {
             let ids: Vec<String> = batch
                 .iter()
                 .filter_map(|r| match r {
-                    Record::Trade(t) => Some(t.trade_id.clone()),
+                    Record::Trade(t) => Some(t.trade_id.to_string()),
                     _ => None,
                 })
                 .collect();

@@ -84,18 +84,18 @@ impl Synthetic {
             0..=69 => {
                 self.next_trade_id += 1;
                 Record::Trade(Trade {
-                    venue,
-                    symbol,
+                    venue: venue.into(),
+                    symbol: symbol.into(),
                     ts,
                     price,
                     quantity: qty,
-                    side,
-                    trade_id: self.next_trade_id.to_string(),
+                    side: side.into(),
+                    trade_id: self.next_trade_id.to_string().into(),
                 })
             }
             70..=81 => Record::OrderBookTop(OrderBookTop {
-                venue,
-                symbol,
+                venue: venue.into(),
+                symbol: symbol.into(),
                 ts,
                 bid_price: price - 0.01,
                 bid_qty: qty,
@@ -103,8 +103,8 @@ impl Synthetic {
                 ask_qty: qty * 1.3,
             }),
             82..=83 => Record::Funding(Funding {
-                venue,
-                symbol,
+                venue: venue.into(),
+                symbol: symbol.into(),
                 ts,
                 rate: self.rng.gen_range(-0.0005..0.0005),
                 mark_price: price,
@@ -112,23 +112,23 @@ impl Synthetic {
                 next_funding_time: (ts / 1_000_000 / 28_800_000 + 1) * 28_800_000,
             }),
             84..=85 => Record::Liquidation(Liquidation {
-                venue,
-                symbol,
+                venue: venue.into(),
+                symbol: symbol.into(),
                 ts,
-                side,
+                side: side.into(),
                 price,
                 quantity: qty * 10.0,
             }),
             86..=87 => Record::OpenInterest(OpenInterest {
-                venue,
-                symbol,
+                venue: venue.into(),
+                symbol: symbol.into(),
                 ts,
                 open_interest: 50_000.0 + qty,
                 open_interest_value: (50_000.0 + qty) * price,
             }),
             88..=89 => Record::OptionsTicker(OptionsTicker {
                 venue: "DERIBIT".into(),
-                symbol: format!("{}-27DEC26-{}-C", &symbol[..3], (price * 1.1).round()),
+                symbol: format!("{}-27DEC26-{}-C", &symbol[..3], (price * 1.1).round()).into(),
                 ts,
                 open_interest: qty * 100.0,
                 mark_iv: 55.0,
@@ -142,7 +142,7 @@ impl Synthetic {
             }),
             90..=91 => Record::PriceIndex(PriceIndex {
                 venue: "DERIBIT".into(),
-                index_name: format!("{}_usd", symbol[..3].to_lowercase()),
+                index_name: format!("{}_usd", symbol[..3].to_lowercase()).into(),
                 ts,
                 price,
             }),
@@ -151,8 +151,8 @@ impl Synthetic {
                 let sell = self.rng.gen_range(0..100u64);
                 Record::Bar(Bar {
                     kind: BarKind::ALL[(self.step % 3) as usize],
-                    venue,
-                    symbol,
+                    venue: venue.into(),
+                    symbol: symbol.into(),
                     interval: "tick_100".into(),
                     ts,
                     open: price,
@@ -167,8 +167,8 @@ impl Synthetic {
                 })
             }
             _ => Record::Kline(Kline {
-                venue,
-                symbol,
+                venue: venue.into(),
+                symbol: symbol.into(),
                 interval: "1m".into(),
                 ts: (ts / 60_000_000_000 - 1) * 60_000_000_000, // the minute just closed
                 open: price,

@@ -27,8 +27,8 @@ fn floats(p: &Point, keys: &[&str]) -> Option<Vec<f64>> {
         .collect()
 }
 
-fn tag(p: &Point, k: &str) -> String {
-    p.tags[k].clone()
+fn tag(p: &Point, k: &str) -> Text {
+    p.tags[k].as_str().into()
 }
 
 /// The typed record for `p`, or `p` itself as a generic point.
@@ -43,7 +43,7 @@ pub fn classify(p: Point, now_ns: i64) -> Record {
                     price: f[0],
                     quantity: f[1],
                     side: tag(&p, "side"),
-                    trade_id: String::new(),
+                    trade_id: Text::new(),
                 })
             })
         }

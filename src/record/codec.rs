@@ -165,8 +165,8 @@ pub(crate) fn one_of_each() -> Vec<Record> {
         point.fields.insert("b".into(), FieldValue::Boolean(true));
         vec![
             Record::Trade(Trade {
-                venue: v.clone(),
-                symbol: s.clone(),
+                venue: v.clone().into(),
+                symbol: s.clone().into(),
                 ts,
                 price: 97_000.5,
                 quantity: 0.012,
@@ -174,8 +174,8 @@ pub(crate) fn one_of_each() -> Vec<Record> {
                 trade_id: "5521".into(),
             }),
             Record::OrderBookTop(OrderBookTop {
-                venue: v.clone(),
-                symbol: s.clone(),
+                venue: v.clone().into(),
+                symbol: s.clone().into(),
                 ts,
                 bid_price: 1.0,
                 bid_qty: 2.0,
@@ -183,8 +183,8 @@ pub(crate) fn one_of_each() -> Vec<Record> {
                 ask_qty: 3.0,
             }),
             Record::Funding(Funding {
-                venue: v.clone(),
-                symbol: s.clone(),
+                venue: v.clone().into(),
+                symbol: s.clone().into(),
                 ts,
                 rate: -0.0001,
                 mark_price: 1.0,
@@ -192,16 +192,16 @@ pub(crate) fn one_of_each() -> Vec<Record> {
                 next_funding_time: 1_764_028_800_000,
             }),
             Record::Liquidation(Liquidation {
-                venue: v.clone(),
-                symbol: s.clone(),
+                venue: v.clone().into(),
+                symbol: s.clone().into(),
                 ts,
                 side: "sell".into(),
                 price: 9.0,
                 quantity: 1.0,
             }),
             Record::OpenInterest(OpenInterest {
-                venue: v.clone(),
-                symbol: s.clone(),
+                venue: v.clone().into(),
+                symbol: s.clone().into(),
                 ts,
                 open_interest: 10.0,
                 open_interest_value: 1e9,
@@ -228,8 +228,8 @@ pub(crate) fn one_of_each() -> Vec<Record> {
             }),
             Record::Bar(Bar {
                 kind: BarKind::VolumeImbalance,
-                venue: v.clone(),
-                symbol: s.clone(),
+                venue: v.clone().into(),
+                symbol: s.clone().into(),
                 interval: "tib_100".into(),
                 ts,
                 open: 1.0,
@@ -243,8 +243,8 @@ pub(crate) fn one_of_each() -> Vec<Record> {
                 theta: 0.25,
             }),
             Record::Kline(Kline {
-                venue: v,
-                symbol: s,
+                venue: v.into(),
+                symbol: s.into(),
                 interval: "1m".into(),
                 ts,
                 open: 1.0,

@@ -13,11 +13,13 @@
 //! tag byte followed by a bincode 2 body.
 
 mod codec;
+mod text;
 mod validate;
 
 #[cfg(test)]
 pub(crate) use codec::one_of_each as codec_samples;
 pub use codec::{decode_record, encode_record, CodecError, RecordTag};
+pub use text::Text;
 pub use validate::now_ns;
 pub use validate::{Limits, RecordError};
 
@@ -135,24 +137,24 @@ impl std::fmt::Display for RecordKind {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Encode, Decode)]
 #[serde(deny_unknown_fields)]
 pub struct Trade {
-    pub venue: String,
-    pub symbol: String,
+    pub venue: Text,
+    pub symbol: Text,
     pub ts: i64,
     pub price: f64,
     pub quantity: f64,
     /// As the venue reports it (usually `buy` / `sell`); carried verbatim.
-    pub side: String,
+    pub side: Text,
     /// The venue's trade identifier; empty when the venue gives none.
     #[serde(default)]
-    pub trade_id: String,
+    pub trade_id: Text,
 }
 
 /// Best bid and ask of an order book.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Encode, Decode)]
 #[serde(deny_unknown_fields)]
 pub struct OrderBookTop {
-    pub venue: String,
-    pub symbol: String,
+    pub venue: Text,
+    pub symbol: Text,
     pub ts: i64,
     pub bid_price: f64,
     pub bid_qty: f64,
@@ -184,8 +186,8 @@ impl OrderBookTop {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Encode, Decode)]
 #[serde(deny_unknown_fields)]
 pub struct Funding {
-    pub venue: String,
-    pub symbol: String,
+    pub venue: Text,
+    pub symbol: Text,
     pub ts: i64,
     pub rate: f64,
     pub mark_price: f64,
@@ -198,10 +200,10 @@ pub struct Funding {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Encode, Decode)]
 #[serde(deny_unknown_fields)]
 pub struct Liquidation {
-    pub venue: String,
-    pub symbol: String,
+    pub venue: Text,
+    pub symbol: Text,
     pub ts: i64,
-    pub side: String,
+    pub side: Text,
     pub price: f64,
     pub quantity: f64,
 }
@@ -210,8 +212,8 @@ pub struct Liquidation {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Encode, Decode)]
 #[serde(deny_unknown_fields)]
 pub struct OpenInterest {
-    pub venue: String,
-    pub symbol: String,
+    pub venue: Text,
+    pub symbol: Text,
     pub ts: i64,
     pub open_interest: f64,
     pub open_interest_value: f64,
@@ -221,8 +223,8 @@ pub struct OpenInterest {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Encode, Decode)]
 #[serde(deny_unknown_fields)]
 pub struct OptionsTicker {
-    pub venue: String,
-    pub symbol: String,
+    pub venue: Text,
+    pub symbol: Text,
     pub ts: i64,
     pub open_interest: f64,
     pub mark_iv: f64,
@@ -239,8 +241,8 @@ pub struct OptionsTicker {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Encode, Decode)]
 #[serde(deny_unknown_fields)]
 pub struct PriceIndex {
-    pub venue: String,
-    pub index_name: String,
+    pub venue: Text,
+    pub index_name: Text,
     pub ts: i64,
     pub price: f64,
 }
@@ -277,9 +279,9 @@ impl BarKind {
 #[serde(deny_unknown_fields)]
 pub struct Bar {
     pub kind: BarKind,
-    pub venue: String,
-    pub symbol: String,
-    pub interval: String,
+    pub venue: Text,
+    pub symbol: Text,
+    pub interval: Text,
     pub ts: i64,
     pub open: f64,
     pub high: f64,
@@ -300,9 +302,9 @@ pub struct Bar {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Encode, Decode)]
 #[serde(deny_unknown_fields)]
 pub struct Kline {
-    pub venue: String,
-    pub symbol: String,
-    pub interval: String,
+    pub venue: Text,
+    pub symbol: Text,
+    pub interval: Text,
     pub ts: i64,
     pub open: f64,
     pub high: f64,

@@ -515,10 +515,10 @@ mod tests {
     #[test]
     fn each_rule_names_its_field() {
         let mut t = trade();
-        t.symbol.clear();
+        t.symbol = crate::record::Text::new();
         assert_eq!(field_of(Record::Trade(t)), "symbol");
         let mut t = trade();
-        t.venue.clear();
+        t.venue = crate::record::Text::new();
         assert_eq!(field_of(Record::Trade(t)), "venue");
         let mut t = trade();
         t.price = f64::NAN;

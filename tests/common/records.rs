@@ -22,7 +22,7 @@ pub fn trade_record(
         price,
         quantity,
         side: "buy".into(),
-        trade_id: id.into(),
+        trade_id: id.into().into(),
     })
 }
 
@@ -41,7 +41,7 @@ pub fn market_trade(i: u64, symbol: &str, ts: i64, price: f64, quantity: f64) ->
         price,
         quantity,
         side: if i % 2 == 0 { "buy" } else { "sell" }.into(),
-        trade_id: (5_000_000_000 + i).to_string(),
+        trade_id: (5_000_000_000 + i).to_string().into(),
     })
 }
 

@@ -359,7 +359,7 @@ mod tests {
             match (&r, &back) {
                 (Record::Trade(a), Record::Trade(b)) => assert_eq!(
                     Trade {
-                        trade_id: String::new(),
+                        trade_id: String::new().into(),
                         ..a.clone()
                     },
                     *b

@@ -297,11 +297,11 @@ mod tests {
     fn trade(i: usize) -> Record {
         Record::Trade(Trade {
             venue: "binance".into(),
-            symbol: format!("S{i}"),
+            symbol: format!("S{i}").into(),
             side: "buy".into(),
             price: 1.5,
             quantity: 2.0,
-            trade_id: format!("{i}"),
+            trade_id: format!("{i}").into(),
             ts: 1_700_000_000_000_000_000 + i as i64,
         })
     }

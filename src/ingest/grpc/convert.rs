@@ -41,8 +41,8 @@ pub fn convert(
                 return Converted::Skipped("order book without a bid or an ask");
             };
             Record::OrderBookTop(OrderBookTop {
-                venue,
-                symbol: b.symbol,
+                venue: venue.into(),
+                symbol: b.symbol.into(),
                 ts: ms(b.timestamp),
                 bid_price: bid.price,
                 bid_qty: bid.quantity,
@@ -51,13 +51,13 @@ pub fn convert(
             })
         }
         Data::Trade(t) => Record::Trade(Trade {
-            venue,
-            symbol: t.symbol,
+            venue: venue.into(),
+            symbol: t.symbol.into(),
             ts: ms(t.timestamp),
             price: t.price,
             quantity: t.quantity,
-            side: t.side,
-            trade_id: t.trade_id,
+            side: t.side.into(),
+            trade_id: t.trade_id.into(),
         }),
         Data::Candle(c) => {
             let Some(target) = producers
@@ -71,9 +71,9 @@ pub fn convert(
             };
             match target {
                 CandleTarget::Kline => Record::Kline(Kline {
-                    venue,
-                    symbol: c.symbol,
-                    interval: c.interval,
+                    venue: venue.into(),
+                    symbol: c.symbol.into(),
+                    interval: c.interval.into(),
                     ts: ms(c.timestamp),
                     open: c.open,
                     high: c.high,
@@ -83,9 +83,9 @@ pub fn convert(
                 }),
                 CandleTarget::Bar(kind) => Record::Bar(Bar {
                     kind,
-                    venue,
-                    symbol: c.symbol,
-                    interval: c.interval,
+                    venue: venue.into(),
+                    symbol: c.symbol.into(),
+                    interval: c.interval.into(),
                     ts: ms(c.timestamp),
                     open: c.open,
                     high: c.high,
@@ -100,8 +100,8 @@ pub fn convert(
             }
         }
         Data::Funding(f) => Record::Funding(Funding {
-            venue,
-            symbol: f.symbol,
+            venue: venue.into(),
+            symbol: f.symbol.into(),
             ts: ms(f.timestamp),
             rate: f.rate,
             mark_price: f.mark_price,
@@ -110,8 +110,8 @@ pub fn convert(
         }),
         Data::Wallet(_) => return Converted::Skipped("wallet update (not market data)"),
         Data::OptionsTicker(o) => Record::OptionsTicker(OptionsTicker {
-            venue,
-            symbol: o.symbol,
+            venue: venue.into(),
+            symbol: o.symbol.into(),
             ts: ms(o.timestamp),
             open_interest: o.open_interest,
             mark_iv: o.mark_iv,
@@ -124,22 +124,22 @@ pub fn convert(
             ask_iv: o.ask_iv,
         }),
         Data::PriceIndex(p) => Record::PriceIndex(PriceIndex {
-            venue,
-            index_name: p.index_name,
+            venue: venue.into(),
+            index_name: p.index_name.into(),
             ts: ms(p.timestamp),
             price: p.price,
         }),
         Data::Liquidation(l) => Record::Liquidation(Liquidation {
-            venue,
-            symbol: l.symbol,
+            venue: venue.into(),
+            symbol: l.symbol.into(),
             ts: ms(l.timestamp),
-            side: l.side,
+            side: l.side.into(),
             price: l.price,
             quantity: l.quantity,
         }),
         Data::OpenInterest(o) => Record::OpenInterest(OpenInterest {
-            venue,
-            symbol: o.symbol,
+            venue: venue.into(),
+            symbol: o.symbol.into(),
             ts: ms(o.timestamp),
             open_interest: o.open_interest,
             open_interest_value: o.open_interest_value,

@@ -18,7 +18,7 @@ pub(crate) fn trade(id: u64) -> Record {
         price: 97_000.0 + id as f64,
         quantity: 0.5,
         side: "buy".into(),
-        trade_id: id.to_string(),
+        trade_id: id.to_string().into(),
     })
 }
 
