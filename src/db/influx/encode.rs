@@ -94,17 +94,20 @@ fn short_decimal(buf: &mut Vec<u8>, v: f64) -> bool {
     // and ulp(2^33) = 2^-19 < 10^-4, and both scaled bounds stay below 2^53.
     const TIERS: [(f64, u32, f64); 2] = [(524_288.0, 9, 1e9), (8_589_934_592.0, 4, 1e4)];
     let a = v.abs();
-    if !(a >= 1e-4) {
+    if a.is_nan() || a < 1e-4 {
         return false; // zero, tiny, NaN: ryu
     }
     let Some(&(_, digits, scale)) = TIERS.iter().find(|t| a < t.0) else {
         return false;
     };
-    let n = (a * scale).round();
-    if n / scale != a {
+    // Round half up by truncation (one instruction; `f64::round` is a libm
+    // call on baseline x86-64). A near-tie rounded the other way only fails
+    // the check below and goes to ryu; nothing wrong is ever written.
+    let n = (a * scale + 0.5) as u64;
+    if n as f64 / scale != a {
         return false;
     }
-    let (mut n, mut d) = (n as u64, digits);
+    let (mut n, mut d) = (n, digits);
     while d > 0 && n % 10 == 0 {
         n /= 10;
         d -= 1;
