@@ -167,7 +167,14 @@ impl Parser<'_> {
     }
 
     /// Reads an escaped identifier up to an unescaped delimiter in `stops`.
-    fn ident(&mut self, stops: &[u8], escapable: &[u8], what: &str) -> Result<String, String> {
+    /// `what` names the identifier in an error; it is a closure so that the
+    /// success path (every line) formats nothing.
+    fn ident<W: std::fmt::Display>(
+        &mut self,
+        stops: &[u8],
+        escapable: &[u8],
+        what: impl Fn() -> W,
+    ) -> Result<String, String> {
         let mut out = Vec::new();
         while let Some(c) = self.peek() {
             if c == b'\\' {
@@ -191,28 +198,28 @@ impl Parser<'_> {
             self.pos += 1;
         }
         if out.is_empty() {
-            return Err(format!("missing {what}"));
+            return Err(format!("missing {}", what()));
         }
-        String::from_utf8(out).map_err(|_| format!("{what} is not valid UTF-8"))
+        String::from_utf8(out).map_err(|_| format!("{} is not valid UTF-8", what()))
     }
 
-    fn expect(&mut self, c: u8, what: &str) -> Result<(), String> {
+    fn expect<W: std::fmt::Display>(&mut self, c: u8, what: impl Fn() -> W) -> Result<(), String> {
         if self.peek() == Some(c) {
             self.pos += 1;
             Ok(())
         } else {
-            Err(format!("expected {what}"))
+            Err(format!("expected {}", what()))
         }
     }
 
     fn point(&mut self, default_ts: i64, precision: Precision) -> Result<Point, String> {
-        let measurement = self.ident(b", ", b", ", "measurement")?;
+        let measurement = self.ident(b", ", b", ", || "measurement")?;
         let mut tags = BTreeMap::new();
         while self.peek() == Some(b',') {
             self.pos += 1;
-            let k = self.ident(b",= ", b",= ", "tag key")?;
-            self.expect(b'=', &format!("'=' after tag key {k:?}"))?;
-            let v = self.ident(b", ", b",= ", &format!("value of tag {k:?}"))?;
+            let k = self.ident(b",= ", b",= ", || "tag key")?;
+            self.expect(b'=', || format!("'=' after tag key {k:?}"))?;
+            let v = self.ident(b", ", b",= ", || format!("value of tag {k:?}"))?;
             tags.insert(k, v);
         }
         if self.peek() != Some(b' ') {
@@ -221,8 +228,8 @@ impl Parser<'_> {
         self.pos += 1;
         let mut fields = BTreeMap::new();
         loop {
-            let k = self.ident(b",= ", b",= ", "field key")?;
-            self.expect(b'=', &format!("'=' after field key {k:?}"))?;
+            let k = self.ident(b",= ", b",= ", || "field key")?;
+            self.expect(b'=', || format!("'=' after field key {k:?}"))?;
             let v = self.field_value(&k)?;
             fields.insert(k, v);
             if self.peek() == Some(b',') {
