@@ -175,7 +175,27 @@ impl Parser<'_> {
         escapable: &[u8],
         what: impl Fn() -> W,
     ) -> Result<String, String> {
-        let mut out = Vec::new();
+        // Most identifiers have no backslash: find the end first and copy
+        // the slice once, at its size (the byte loop below grew a vector
+        // from empty, reallocating on every identifier).
+        let start = self.pos;
+        let mut end = start;
+        while let Some(&c) = self.s.get(end) {
+            if c == b'\\' || c == b'\r' || c == b'\n' || stops.contains(&c) {
+                break;
+            }
+            end += 1;
+        }
+        if self.s.get(end) != Some(&b'\\') && self.s.get(end) != Some(&b'\r') {
+            self.pos = end;
+            if end == start {
+                return Err(format!("missing {}", what()));
+            }
+            return std::str::from_utf8(&self.s[start..end])
+                .map(str::to_owned)
+                .map_err(|_| format!("{} is not valid UTF-8", what()));
+        }
+        let mut out = Vec::with_capacity(end - start + 8);
         while let Some(c) = self.peek() {
             if c == b'\\' {
                 match self.s.get(self.pos + 1) {
