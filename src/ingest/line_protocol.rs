@@ -101,8 +101,28 @@ pub fn parse_numbered(
     precision: Precision,
     now_ns: i64,
 ) -> Result<Vec<(usize, Point)>, LineError> {
-    let default_ts = now_ns / precision.factor() * precision.factor();
     let mut out = Vec::new();
+    parse_each(body, precision, now_ns, |line, point| {
+        out.push((line, point))
+    })?;
+    Ok(out)
+}
+
+/// Like [`parse_numbered`], handing each point to `each` with its line as
+/// soon as it is parsed, so that a caller that turns points into something
+/// smaller (ingest: typed records) never holds a whole body of points. On an
+/// error, `each` has seen the points before the bad line; the caller drops
+/// what it built from them (a rejected request appends nothing).
+///
+/// # Errors
+/// The first malformed line.
+pub fn parse_each(
+    body: &str,
+    precision: Precision,
+    now_ns: i64,
+    mut each: impl FnMut(usize, Point),
+) -> Result<(), LineError> {
+    let default_ts = now_ns / precision.factor() * precision.factor();
     let mut p = Parser {
         s: body.as_bytes(),
         pos: 0,
@@ -131,9 +151,9 @@ pub fn parse_numbered(
             p.pos += 1;
         }
         let point = p.point(default_ts, precision).map_err(err)?;
-        out.push((start_line, point));
+        each(start_line, point);
     }
-    Ok(out)
+    Ok(())
 }
 
 fn trim_ascii(b: &[u8]) -> &[u8] {
