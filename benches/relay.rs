@@ -14,9 +14,15 @@
 //! and the machine-level context. Targets: RSS < 150 MiB, startup < 2 s.
 
 mod common;
+#[path = "../tests/common/http.rs"]
+#[allow(dead_code)]
+mod http;
 #[path = "../tests/common/pg.rs"]
 #[allow(dead_code)]
 mod pg;
+#[path = "../tests/common/records.rs"]
+#[allow(dead_code)]
+mod records;
 #[path = "../tests/common/vm.rs"]
 #[allow(dead_code)]
 mod vm;
@@ -114,20 +120,7 @@ fn config(dir: &Path, port: u16, influx: &str, pg: &str) -> std::path::PathBuf {
 /// Returns once every sink's backlog is zero (polled from `/status`).
 async fn drained(client: &reqwest::Client, url: &str) {
     loop {
-        let s: serde_json::Value = client
-            .get(format!("{url}/status"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if s["sinks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|k| k["backlog_records"] == 0)
-        {
+        if http::drained(&http::get_json(client, format!("{url}/status")).await) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;

@@ -149,12 +149,7 @@ async fn writer(id: u32, url: String, ledger: Arc<Ledger>, stop: Arc<AtomicBool>
 async fn wait_drained(url: &str, secs: u64) {
     for _ in 0..secs * 10 {
         if let Some(s) = status(url).await {
-            if s["sinks"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .all(|k| k["backlog_records"] == 0)
-            {
+            if common::http::drained(&s) {
                 return;
             }
         }

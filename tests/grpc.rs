@@ -120,11 +120,7 @@ async fn every_sent_message_arrives_through_refusals_drops_and_wildcards() {
             let subs = s["subscriptions"].as_array().unwrap();
             subs.len() == 11
                 && subs.iter().all(|r| r["records_appended"] == TOTAL)
-                && s["sinks"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .all(|k| k["backlog_records"] == 0)
+                && common::http::drained(s)
         })
         .await;
     let status = relay.status().await;

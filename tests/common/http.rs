@@ -57,6 +57,15 @@ pub async fn appended(relay_url: &str) -> u64 {
     v["log"]["appended_records"].as_u64().unwrap()
 }
 
+/// Whether a `/status` document shows every sink with an empty backlog.
+pub fn drained(status: &serde_json::Value) -> bool {
+    status["sinks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|k| k["backlog_records"] == 0)
+}
+
 /// Polls `{relay_url}/status` every 100 ms until `cond` holds and returns
 /// that status; panics naming `what` (with the last status) after `secs`.
 pub async fn wait_status(

@@ -90,7 +90,7 @@ fn tag(buf: &mut Vec<u8>, k: &str, v: &str) {
 /// writes plain decimals, not exponents. A unit test compares the two on
 /// hundreds of thousands of values.
 fn short_decimal(buf: &mut Vec<u8>, v: f64) -> bool {
-    // (upper bound of |v|, fraction digits tried); ulp(2^19) = 2^-33 < 10^-9
+    // (upper bound of |v|, fraction digits tried, 10^digits); ulp(2^19) = 2^-33 < 10^-9
     // and ulp(2^33) = 2^-19 < 10^-4, and both scaled bounds stay below 2^53.
     const TIERS: [(f64, u32, f64); 2] = [(524_288.0, 9, 1e9), (8_589_934_592.0, 4, 1e4)];
     let a = v.abs();
