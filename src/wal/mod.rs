@@ -32,7 +32,7 @@
 //! ```text
 //! mod.rs         Wal, the front door: open, append, cursors (cursor, ack,
 //!                backlog), stats, handles to meta and dead letters; the
-//!                stall watchdog's thread
+//!                stall watchdog's thread and interval mode's flush thread
 //! writer.rs      group commit on the writer thread (and the syncer thread)
 //! durability.rs  every flush decision; fail-stop; what the watchdog times
 //! reader.rs      read_after, read_for, read_records_for, quarantine, verify
@@ -93,10 +93,11 @@
 //!    the same batch.
 //! 5. The writer then writes the kinds of the new frames to `frame_kinds` in a
 //!    second batch and settles the reservations.
-//! 6. `durability.rs` decides when the group is durable: under `sync` it
-//!    flushes once for the group, on the syncer thread so that the writer
-//!    applies the next group meanwhile; under `interval_ms` sled flushes in
-//!    the background. Only then are readers told the new last sequence and
+//! 6. `durability.rs` decides when the group is durable: the syncer thread
+//!    flushes once for the group (so that the writer applies the next group
+//!    meanwhile): sled's flush and `fdatasync` under `sync`, sled's flush
+//!    alone (out of the process) under `interval_ms`, whose `fdatasync` runs
+//!    every `interval_ms` on a thread of its own. Only then are readers told the new last sequence and
 //!    every producer of the group answered with its [`AppendOutcome`]. A
 //!    failed write or flush answers the whole group with an error and fails
 //!    the log.
@@ -215,6 +216,18 @@ use frame::{key_seq, peek_header, seq_key};
 use space::reservation_bytes;
 use state::LogState;
 
+/// Interval mode's flush thread: every `every`, the full flush
+/// (`Persist::interval_elapsed`) until stopped. A failed flush has put the
+/// log in the failed state (logged there); the thread then stops.
+fn flush_every(shared: &Shared, stop: &std::sync::atomic::AtomicBool, every: std::time::Duration) {
+    while !stop.load(std::sync::atomic::Ordering::Acquire) {
+        std::thread::park_timeout(every);
+        if shared.persist.interval_elapsed().is_err() {
+            return;
+        }
+    }
+}
+
 /// The stall watchdog's loop: checks the timed write path four times per
 /// `stall_ms` (at least every second) until stopped; stops checking once it
 /// found a stall (the log has failed for good).
@@ -248,15 +261,16 @@ struct Inner {
     shared: Arc<Shared>,
     tx: Option<Sender<writer::Request>>,
     writer: Option<JoinHandle<()>>,
-    /// The stall watchdog (`durability.rs`) and its stop flag.
-    watchdog: Option<(Arc<std::sync::atomic::AtomicBool>, JoinHandle<()>)>,
+    /// The stall watchdog and interval mode's flush thread
+    /// (`durability.rs`), each with its stop flag.
+    background: Vec<(Arc<std::sync::atomic::AtomicBool>, JoinHandle<()>)>,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        // The watchdog first: it holds the shared state, which must be gone
-        // (sled closed) once the log is dropped.
-        if let Some((stop, handle)) = self.watchdog.take() {
+        // The background threads first: they hold the shared state, which
+        // must be gone (sled closed) once the log is dropped.
+        for (stop, handle) in self.background.drain(..) {
             stop.store(true, std::sync::atomic::Ordering::Release);
             handle.thread().unpark();
             let _ = handle.join();
@@ -379,27 +393,38 @@ impl Wal {
                 path: shared.config.dir.clone(),
                 source,
             })?;
-        let watchdog = match shared.config.stall_ms {
-            0 => None,
-            ms => {
-                let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-                let (watched, stopped) = (shared.clone(), stop.clone());
-                let handle = std::thread::Builder::new()
-                    .name("walrelay-wal-watch".into())
-                    .spawn(move || watch_for_stalls(&watched, &stopped, ms))
-                    .map_err(|source| WalError::Dir {
-                        path: shared.config.dir.clone(),
-                        source,
-                    })?;
-                Some((stop, handle))
-            }
+        let mut background = Vec::new();
+        let spawn = |name: &str, run: Box<dyn FnOnce(&Shared, &std::sync::atomic::AtomicBool) + Send>| {
+            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let (shared_, stop_) = (shared.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn(move || run(&shared_, &stop_))
+                .map(|handle| (stop, handle))
+                .map_err(|source| WalError::Dir {
+                    path: shared.config.dir.clone(),
+                    source,
+                })
         };
+        if shared.config.stall_ms > 0 {
+            let ms = shared.config.stall_ms;
+            background.push(spawn(
+                "walrelay-wal-watch",
+                Box::new(move |sh, stop| watch_for_stalls(sh, stop, ms)),
+            )?);
+        }
+        if let Some(every) = shared.persist.interval() {
+            background.push(spawn(
+                "walrelay-wal-fsync",
+                Box::new(move |sh, stop| flush_every(sh, stop, every)),
+            )?);
+        }
         Ok(Wal {
             inner: Arc::new(Inner {
                 shared,
                 tx: Some(tx),
                 writer: Some(writer),
-                watchdog,
+                background,
             }),
         })
     }

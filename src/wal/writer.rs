@@ -5,9 +5,10 @@
 //! new totals in one atomic sled batch, lets `durability` flush once, and only
 //! then answers every producer of the group with its outcome.
 //!
-//! Under `sync` the flush runs on a second thread (the syncer) so the writer
-//! can apply the next group while the disk works; a producer is answered only
-//! by a flush that started after its group was applied. Readers are told about
+//! The flush (`durability.rs` says what it is under each policy) runs on a
+//! second thread (the syncer) so the writer can apply the next group while
+//! the disk works; a producer is answered only by a flush that started after
+//! its group was applied. Readers are told about
 //! new frames only once they are durable.
 
 use std::sync::Arc;
@@ -55,24 +56,20 @@ struct Applied {
 }
 
 pub(crate) fn run(shared: Arc<Shared>, rx: Receiver<Request>) {
-    // Pipelined group commit: when acknowledgements wait for a flush, a
+    // Pipelined group commit: acknowledgements wait for a flush, so a
     // second thread does the flushing while this one already applies the
-    // next group, so encoding and sled's CPU work overlap the disk's wait.
+    // next group, and encoding and sled's CPU work overlap the disk's wait.
     let (applied_tx, applied_rx) = crossbeam_channel::unbounded::<Applied>();
-    let syncer = if shared.persist.acks_wait_for_flush() {
-        let syncer_shared = Arc::clone(&shared);
-        match std::thread::Builder::new()
-            .name("walrelay-wal-sync".into())
-            .spawn(move || sync_loop(&syncer_shared, applied_rx))
-        {
-            Ok(handle) => Some(handle),
-            Err(e) => {
-                tracing::warn!(error = %e, "no syncer thread; flushing inline");
-                None
-            }
+    let syncer_shared = Arc::clone(&shared);
+    let syncer = match std::thread::Builder::new()
+        .name("walrelay-wal-sync".into())
+        .spawn(move || sync_loop(&syncer_shared, applied_rx))
+    {
+        Ok(handle) => Some(handle),
+        Err(e) => {
+            tracing::warn!(error = %e, "no syncer thread; flushing inline");
+            None
         }
-    } else {
-        None
     };
     let mut builder = FrameBuilder::new();
     while let Ok(first) = rx.recv() {
