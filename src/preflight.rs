@@ -55,16 +55,9 @@ fn nearest_existing(path: &Path) -> Option<std::path::PathBuf> {
     Some(std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf()))
 }
 
-/// Free bytes on the filesystem holding `path` (or its nearest existing parent).
-fn free_bytes(path: &Path) -> Option<u64> {
-    let p = nearest_existing(path)?;
-    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).ok()?;
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `c` is a valid NUL-terminated path and `st` a valid out-pointer.
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return None;
-    }
-    Some(st.f_bavail as u64 * st.f_frsize as u64)
+/// Free space on the filesystem holding `path` (or its nearest existing parent).
+fn free_space(path: &Path) -> Option<crate::wal::disk::Free> {
+    crate::wal::disk::free_space(&nearest_existing(path)?).ok()
 }
 
 /// Whether the relay could write its log in `dir`, leaving nothing behind:
@@ -121,9 +114,23 @@ pub fn local_checks(config: &Config) -> Vec<Check> {
             format!("{}: {e}", dir.display()),
         ),
     });
-    out.push(match free_bytes(dir) {
-        Some(free) if free >= config.wal.max_bytes => check("wal free space", Verdict::Ok, format!("{} MiB free, max_bytes {} MiB", free >> 20, config.wal.max_bytes >> 20)),
-        Some(free) => check(
+    out.push(check(
+        "wal durability",
+        Verdict::Ok,
+        config.wal.durability.promise(),
+    ));
+    use crate::wal::disk::Free;
+    out.push(match free_space(dir) {
+        Some(Free::Unmeasurable) => check(
+            "wal free space",
+            Verdict::Warn,
+            format!(
+                "the filesystem reports no size (statvfs: 0 blocks; FUSE or network?): wal.min_free_bytes ({} MiB) cannot be enforced; appends are accepted and sled's ENOSPC fail-stop still protects the log",
+                config.wal.min_free_bytes >> 20
+            ),
+        ),
+        Some(Free::Bytes(free)) if free >= config.wal.max_bytes => check("wal free space", Verdict::Ok, format!("{} MiB free, max_bytes {} MiB", free >> 20, config.wal.max_bytes >> 20)),
+        Some(Free::Bytes(free)) => check(
             "wal free space",
             Verdict::Warn,
             format!("{} MiB free is less than wal.max_bytes ({} MiB): the disk fills before the log limit applies", free >> 20, config.wal.max_bytes >> 20),

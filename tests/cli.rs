@@ -255,6 +255,36 @@ fn check_prints_each_cause_once_and_leaves_nothing_behind() {
     );
 }
 
+/// `walrelay check` states the durability policy's promise exactly as
+/// `tests/crash_durability.rs` holds it, for both policies.
+#[test]
+fn check_states_the_durability_promise() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let conf = dir.path().join("c.toml");
+    for (toml, expect) in [
+        ("", "[ok  ] wal durability               sync: an acknowledged record survives a crash of the relay and a power loss"),
+        (
+            "durability = { interval_ms = 50 }\n",
+            "[ok  ] wal durability               interval_ms = 50: an acknowledged record survives a crash of the relay; \
+             a power loss or kernel crash may lose the records acknowledged in the last 50 ms",
+        ),
+    ] {
+        std::fs::write(
+            &conf,
+            format!(
+                "[wal]\ndir = \"{}\"\n{toml}[ingest]\nlisten = \"127.0.0.1:0\"\n",
+                dir.path().join("wal").display()
+            ),
+        )
+        .unwrap();
+        let (_, out) = run(&["check", "--config", conf.to_str().unwrap()]);
+        assert!(
+            out.lines().any(|l| l.starts_with(expect)),
+            "no line starting {expect:?} in:\n{out}"
+        );
+    }
+}
+
 /// A relay started by its binary with stderr captured; lines are collected
 /// by a thread until the process exits.
 struct Running {

@@ -12,11 +12,27 @@ pub enum Durability {
     /// Default. The writer flushes sled (fsync) before acknowledging a group:
     /// an acknowledged record survives a process crash *and* power loss.
     Sync,
-    /// Acknowledge after the in-memory insert, flush at most every `interval_ms`.
-    /// An acknowledged record survives a process crash (sled's buffers are in
-    /// the process, and the kernel keeps written pages), but **power loss or a
-    /// kernel crash may lose the last `interval_ms` milliseconds** of appends.
+    /// Acknowledge once sled has written the group out of the process (its
+    /// flush, without `fdatasync`); `fdatasync` every `interval_ms`. An
+    /// acknowledged record survives a crash of the relay (the kernel keeps
+    /// written pages; `tests/crash_durability.rs`), but **power loss or a
+    /// kernel crash may lose the appends acknowledged in the last
+    /// `interval_ms` milliseconds** (plus the group being written then).
     Interval { interval_ms: u64 },
+}
+
+impl Durability {
+    /// The promise this policy makes, in one sentence (`walrelay check`
+    /// prints it; `tests/crash_durability.rs` holds it).
+    pub fn promise(&self) -> String {
+        match self {
+            Durability::Sync => "sync: an acknowledged record survives a crash of the relay and a power loss (fdatasync before every acknowledgement)".into(),
+            Durability::Interval { interval_ms } => format!(
+                "interval_ms = {interval_ms}: an acknowledged record survives a crash of the relay; \
+                 a power loss or kernel crash may lose the records acknowledged in the last {interval_ms} ms"
+            ),
+        }
+    }
 }
 
 impl Default for Durability {

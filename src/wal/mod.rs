@@ -184,7 +184,7 @@
 
 mod config;
 mod dead_letter;
-mod disk;
+pub(crate) mod disk;
 mod durability;
 mod error;
 mod frame;
@@ -384,6 +384,7 @@ impl Wal {
             quarantined_now: AtomicU64::new(0),
             disk: disk::FreeSpace::new(),
         });
+        shared.disk.startup(&shared.config);
         let (tx, rx) = bounded(1024);
         let writer_shared = shared.clone();
         let writer = std::thread::Builder::new()
