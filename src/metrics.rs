@@ -200,6 +200,14 @@ impl Metrics {
         *g.counters.entry((name, labels(l))).or_insert(0) += n;
     }
 
+    /// Exposes a counter's label set at 0 if it has no sample yet, so that
+    /// dashboards and `rate()`/`increase()` rules see a series from start
+    /// (Prometheus' advice for labelled counters).
+    pub fn declare(&self, name: &'static str, l: &[(&'static str, &str)]) {
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        g.counters.entry((name, labels(l))).or_insert(0);
+    }
+
     /// The current value of a counter (0 if never incremented).
     pub fn get(&self, name: &'static str, l: &[(&'static str, &str)]) -> u64 {
         let g = self.inner.lock().unwrap_or_else(|e| e.into_inner());

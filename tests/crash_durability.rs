@@ -32,7 +32,14 @@ fn ts(trial: u64, w: u64, req: u64, i: u64) -> i64 {
 
 /// Posts requests until the relay stops answering; returns the timestamps
 /// of every line of every acknowledged request.
-async fn writer(url: String, trial: u64, w: u64, stop: Arc<AtomicBool>, acked: Arc<Mutex<Vec<i64>>>, first: Arc<tokio::sync::Notify>) {
+async fn writer(
+    url: String,
+    trial: u64,
+    w: u64,
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<Vec<i64>>>,
+    first: Arc<tokio::sync::Notify>,
+) {
     let client = common::http::client();
     for req in 0u64.. {
         if stop.load(Ordering::Relaxed) {

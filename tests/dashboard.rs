@@ -2,7 +2,9 @@
 //! metric it queries must be exposed by a real relay's `/metrics`. The relay
 //! runs in-process, delivering to a real VictoriaMetrics behind the
 //! fault-injecting proxy, which first refuses (retries) and then rejects one
-//! record (a dead letter), so every family the dashboard charts has samples.
+//! record (a dead letter), so every family the dashboard charts has samples;
+//! and a relay that has had no failure at all exposes every queried family
+//! too (failure counters at 0), so no panel says "No data" on a healthy relay.
 
 mod common;
 
@@ -59,6 +61,26 @@ fn sampled(text: &str) -> BTreeSet<String> {
         .filter(|l| !l.starts_with('#') && !l.is_empty())
         .map(|l| l.split(['{', ' ']).next().unwrap().to_string())
         .collect()
+}
+
+/// The value of the sample `series` (name with labels) in an exposition.
+fn value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// The dashboard's queried names missing from an exposition.
+fn missing_from(text: &str) -> Vec<String> {
+    let exposed = sampled(text);
+    let mut missing = Vec::new();
+    for expr in expressions(&dashboard()) {
+        for name in metric_names(&expr) {
+            if !exposed.contains(&name) {
+                missing.push(format!("{name} (in {expr})"));
+            }
+        }
+    }
+    missing
 }
 
 #[test]
@@ -154,17 +176,18 @@ async fn every_metric_the_dashboard_queries_is_exposed_by_a_running_relay() {
         assert_eq!(r.status().as_u16(), 204);
     }
     // Refused: transient retries are counted.
-    let wait_for = |needle: &'static str| {
+    // Waits until the sample `series` is at least 1.
+    let wait_for = |series: &'static str| {
         let metrics = &metrics;
         async move {
             for _ in 0..400 {
                 let m = metrics().await;
-                if m.contains(needle) {
+                if value(&m, series).is_some_and(|v| v >= 1.0) {
                     return m;
                 }
                 tokio::time::sleep(Duration::from_millis(25)).await;
             }
-            panic!("{needle} never appeared in /metrics:\n{}", metrics().await);
+            panic!("{series} never reached 1 in /metrics:\n{}", metrics().await);
         }
     };
     wait_for("walrelay_sink_retries_total{sink=\"influx\",class=\"transient\"}").await;
@@ -172,19 +195,16 @@ async fn every_metric_the_dashboard_queries_is_exposed_by_a_running_relay() {
     proxy.set(Mode::RejectLineWith {
         marker: "POISONUSDT".into(),
     });
-    wait_for("walrelay_dead_lettered_records_total").await;
-    let text = wait_for("walrelay_backlog_records{sink=\"influx\"} 0").await;
-
-    let exposed = sampled(&text);
-    let d = dashboard();
-    let mut missing = Vec::new();
-    for expr in expressions(&d) {
-        for name in metric_names(&expr) {
-            if !exposed.contains(&name) {
-                missing.push(format!("{name} (in {expr})"));
-            }
+    wait_for("walrelay_dead_lettered_records_total{sink=\"influx\"}").await;
+    let mut text = String::new();
+    for _ in 0..400 {
+        text = metrics().await;
+        if value(&text, "walrelay_backlog_records{sink=\"influx\"}") == Some(0.0) {
+            break;
         }
+        tokio::time::sleep(Duration::from_millis(25)).await;
     }
+    let missing = missing_from(&text);
     assert!(
         missing.is_empty(),
         "queried by the dashboard but not in /metrics:\n{}\n\n/metrics:\n{text}",
@@ -202,6 +222,91 @@ async fn every_metric_the_dashboard_queries_is_exposed_by_a_running_relay() {
 
     // Graceful shutdown waits for open connections: close the client's
     // keep-alive ones first.
+    drop(client);
+    relay.stop().await.unwrap();
+}
+
+/// A relay that has had no failure at all: both sinks' failure counters are
+/// exposed at 0 for every class from start, and every family the dashboard
+/// queries has a sample once records have been delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_without_failures_leaves_no_panel_without_data() {
+    let vm = Vm::start().await;
+    let pg = common::pg::Pg::start();
+    let pg_url = pg.create_db("dash").await;
+    let dir = tempfile::TempDir::new().unwrap();
+    let conf = dir.path().join("relay.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "[wal]\ndir = \"{}\"\n[influx]\nurl = \"{}\"\norg = \"o\"\nbucket = \"b\"\n\
+             [timescale]\nurl = \"{pg_url}\"\n",
+            dir.path().join("wal").display(),
+            vm.url()
+        ),
+    )
+    .unwrap();
+    let config = walrelay::config::Config::load(&conf).unwrap();
+    let relay = common::relay::ServedRelay::start(config).await;
+    let url = relay.url.clone();
+    let client = common::http::client();
+    let metrics = || common::http::get_text(&client, format!("{url}/metrics"));
+
+    // Before any record: the failure counters are there, at 0.
+    let text = metrics().await;
+    for sink in ["influx", "timescale"] {
+        for class in ["transient", "data", "config"] {
+            let series =
+                format!("walrelay_sink_retries_total{{sink=\"{sink}\",class=\"{class}\"}}");
+            assert_eq!(
+                value(&text, &series),
+                Some(0.0),
+                "{series} at 0 from start:\n{text}"
+            );
+        }
+        let series = format!("walrelay_dead_lettered_records_total{{sink=\"{sink}\"}}");
+        assert_eq!(
+            value(&text, &series),
+            Some(0.0),
+            "{series} at 0 from start:\n{text}"
+        );
+    }
+
+    let r = common::http::write(
+        &client,
+        &url,
+        "",
+        (0..10).map(common::http::trade_line).collect(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status().as_u16(), 204);
+    let mut text = String::new();
+    for _ in 0..400 {
+        text = metrics().await;
+        if value(&text, "walrelay_backlog_records{sink=\"influx\"}") == Some(0.0)
+            && value(
+                &text,
+                "walrelay_delivered_records_total{sink=\"influx\",kind=\"trade\"}",
+            ) == Some(10.0)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let missing = missing_from(&text);
+    assert!(
+        missing.is_empty(),
+        "a healthy relay leaves these dashboard queries without data:\n{}\n\n/metrics:\n{text}",
+        missing.join("\n")
+    );
+    // Still no failure: every failure counter is 0.
+    for l in text.lines().filter(|l| {
+        l.starts_with("walrelay_sink_retries_total{")
+            || l.starts_with("walrelay_dead_lettered_records_total{")
+    }) {
+        assert!(l.ends_with(" 0"), "a healthy relay counted a failure: {l}");
+    }
     drop(client);
     relay.stop().await.unwrap();
 }

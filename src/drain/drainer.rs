@@ -147,6 +147,14 @@ pub async fn run<S: Sink + 'static>(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let name = sink.name();
+    // The sink's failure counters exist at 0 from start (docs/grafana).
+    for class in super::ErrorClass::ALL {
+        metrics.declare(
+            metrics::SINK_RETRIES,
+            &[("sink", name), ("class", class.as_str())],
+        );
+    }
+    metrics.declare(metrics::DEAD_LETTERED_RECORDS, &[("sink", name)]);
     let wanted = crate::record::RecordKind::ALL
         .iter()
         .filter(|k| sink.accepts(**k))

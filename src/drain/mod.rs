@@ -39,6 +39,9 @@ pub enum ErrorClass {
 }
 
 impl ErrorClass {
+    /// Every class, in the order of the docs' class table.
+    pub const ALL: [ErrorClass; 3] = [ErrorClass::Transient, ErrorClass::Data, ErrorClass::Config];
+
     /// The class in lower case, as the `class` label of
     /// `walrelay_sink_retries_total` and in log lines.
     pub fn as_str(self) -> &'static str {

@@ -395,18 +395,19 @@ impl Wal {
                 source,
             })?;
         let mut background = Vec::new();
-        let spawn = |name: &str, run: Box<dyn FnOnce(&Shared, &std::sync::atomic::AtomicBool) + Send>| {
-            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-            let (shared_, stop_) = (shared.clone(), stop.clone());
-            std::thread::Builder::new()
-                .name(name.into())
-                .spawn(move || run(&shared_, &stop_))
-                .map(|handle| (stop, handle))
-                .map_err(|source| WalError::Dir {
-                    path: shared.config.dir.clone(),
-                    source,
-                })
-        };
+        let spawn =
+            |name: &str, run: Box<dyn FnOnce(&Shared, &std::sync::atomic::AtomicBool) + Send>| {
+                let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let (shared_, stop_) = (shared.clone(), stop.clone());
+                std::thread::Builder::new()
+                    .name(name.into())
+                    .spawn(move || run(&shared_, &stop_))
+                    .map(|handle| (stop, handle))
+                    .map_err(|source| WalError::Dir {
+                        path: shared.config.dir.clone(),
+                        source,
+                    })
+            };
         if shared.config.stall_ms > 0 {
             let ms = shared.config.stall_ms;
             background.push(spawn(
