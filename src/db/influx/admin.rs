@@ -125,17 +125,19 @@ async fn call<T>(
 }
 
 /// Whether an error means "this is not an InfluxDB 2 management API": a 404
-/// or 400 on an `/api/v2` path, or a body that is not InfluxDB's JSON.
+/// or 400 on an `/api/v2` path, or a body that is not InfluxDB's JSON. The
+/// text completes a sentence whose subject is the path ("/health did not
+/// answer InfluxDB 2 JSON (…)").
 fn not_influx(e: &RequestError) -> Option<String> {
     match e {
         RequestError::Http { status, text } if status.as_u16() == 404 || status.as_u16() == 400 => {
-            Some(format!("HTTP {status}: {}", text.trim()))
+            Some(format!("answered HTTP {status}: {}", text.trim()))
         }
         RequestError::ReqwestProcessing { source } if source.is_decode() => {
-            Some(format!("an answer that is not InfluxDB 2 JSON ({source})"))
+            Some(format!("did not answer InfluxDB 2 JSON ({source})"))
         }
         RequestError::Serializing { source } => {
-            Some(format!("an answer that is not InfluxDB 2 JSON ({source})"))
+            Some(format!("did not answer InfluxDB 2 JSON ({source})"))
         }
         _ => None,
     }
@@ -163,7 +165,7 @@ pub async fn health(ic: &InfluxConfig, timeout: Duration) -> Result<Admin<String
             h.version.unwrap_or_else(|| "unknown".into())
         ))),
         Err(e) => match not_influx(&e) {
-            Some(why) => Ok(Admin::NotInflux(format!("/health answered {why}"))),
+            Some(why) => Ok(Admin::NotInflux(format!("/health {why}"))),
             None => Err(request_error("health", &ic.url, e)),
         },
     }
@@ -205,7 +207,7 @@ pub async fn find_bucket(
             })
         }
         Err(e) => match not_influx(&e) {
-            Some(why) => Ok(Admin::NotInflux(format!("/api/v2/buckets answered {why}"))),
+            Some(why) => Ok(Admin::NotInflux(format!("/api/v2/buckets {why}"))),
             None => Err(request_error("bucket lookup", url, e)),
         },
     }
