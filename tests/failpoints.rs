@@ -72,6 +72,49 @@ fn a_failed_fdatasync_stops_acknowledgements_until_restart() {
     scenario.teardown();
 }
 
+/// Under `interval_ms`, the `fdatasync` runs every interval on a thread of
+/// the log: when it fails, the log fails stop like under `sync` (appends
+/// refused from then on, the reason names the periodic flush), and a restart
+/// finds every acknowledged record.
+#[test]
+fn a_failed_periodic_fdatasync_under_interval_fails_the_log() {
+    let scenario = fail::FailScenario::setup();
+    let dir = tempfile::TempDir::new().unwrap();
+    let config = WalConfig {
+        durability: Durability::Interval { interval_ms: 20 },
+        ..WalConfig::new(dir.path()).with_sinks(["a"])
+    };
+    let wal = Wal::open(config.clone()).unwrap();
+    let mut acknowledged = Vec::new();
+    for i in 0..10 {
+        wal.append(&[trade(i)]).unwrap();
+        acknowledged.push(i);
+    }
+    // Several intervals pass without failure.
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert_eq!(wal.failure(), None);
+    fail::cfg("wal::fdatasync", "return").unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while wal.failure().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the periodic fdatasync never ran"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    fail::remove("wal::fdatasync");
+    let why = wal.failure().unwrap();
+    assert!(why.contains("periodic flush"), "{why}");
+    let err = wal.append(&[trade(10)]).unwrap_err();
+    assert!(matches!(err, WalError::Failed { .. }), "{err}");
+    assert_eq!(wal.reserved_bytes(), 0, "refused appends hold no space");
+    drop(wal);
+    let wal = Wal::open(config).unwrap();
+    assert_eq!(wal.failure(), None, "a restart recovers");
+    assert_eq!(ids(&wal), acknowledged);
+    scenario.teardown();
+}
+
 /// A group commit that fails before anything is applied gives back every
 /// byte its appends reserved (the reservation's drop path), and fails stop
 /// like a failed sync.

@@ -98,7 +98,10 @@ pub struct WalConfig {
     /// bytes free, so that sled never runs into ENOSPC itself (sled keeps an
     /// I/O error for good, which makes the log fail-stop until a restart).
     /// Draining, acknowledging and dead-lettering go on; appends resume by
-    /// themselves once space is freed. 0 turns the check off. Default 64 MiB.
+    /// themselves once space is freed. 0 turns the check off. On a
+    /// filesystem that reports no size (FUSE, some network filesystems) it
+    /// cannot be enforced: a warning at open, appends accepted (`disk.rs`).
+    /// Default 64 MiB.
     pub min_free_bytes: u64,
     /// See [`WhenFull`]. Default `"block"`.
     pub when_full: WhenFull,
