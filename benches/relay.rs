@@ -12,6 +12,22 @@
 //! The summary also prints the relay's resident memory (VmRSS and peak VmHWM)
 //! while those 10 million records are backlogged and both sinks are down,
 //! and the machine-level context. Targets: RSS < 150 MiB, startup < 2 s.
+//!
+//! Memory in the shapes users hit (issue 23; a fresh relay at the example
+//! config's defaults for each, both sinks live unless said otherwise; peak
+//! and resident RSS printed per phase, sampled every 50 ms):
+//! - `burst then steady`: 4 writers post 1,000-line requests as fast as
+//!   they are acknowledged for 20 s, then everything is delivered, then 4
+//!   writers post 100-line requests at a fixed 100 k records/s for 15 s.
+//!   Goal: peak ≤ 128 MiB.
+//! - `steady`: 100 k records/s in 100-line requests from a fresh start for
+//!   60 s. Goal: ≤ 48 MiB.
+//! - `outage then drain`: 10 M records written while VictoriaMetrics is
+//!   stopped, then it comes back and the backlog drains, then 50 k
+//!   records/s for 60 s. Goal: RSS within 60 s of the drain ≤ 1.25 × steady.
+//!
+//! `WALRELAY_BENCH_MEMORY_ONLY=1` runs only these; `WALRELAY_BENCH_SKIP_MEMORY=1`
+//! skips them.
 
 mod common;
 #[path = "../tests/common/http.rs"]
@@ -375,10 +391,222 @@ fn report() {
     s.print_remarks();
 }
 
+/// The relay's RSS sampled every 50 ms by a thread, with the maximum of the
+/// current phase.
+struct RssWatch {
+    pid: u32,
+    phase_max: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl RssWatch {
+    fn start(pid: u32) -> RssWatch {
+        use std::sync::atomic::Ordering;
+        let phase_max = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (m, st) = (phase_max.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !st.load(Ordering::Relaxed) {
+                m.fetch_max(rss_kib(pid).0, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        RssWatch {
+            pid,
+            phase_max,
+            stop,
+        }
+    }
+
+    /// Ends a phase: its maximum RSS, the RSS now and the peak (VmHWM) so
+    /// far, in MiB; remarks them under `label`.
+    fn phase(&self, label: &str) -> (u64, u64, u64) {
+        let max = self
+            .phase_max
+            .swap(0, std::sync::atomic::Ordering::Relaxed)
+            .max(rss_kib(self.pid).0);
+        let (now, hwm) = rss_kib(self.pid);
+        let mib = |k: u64| k / 1024;
+        remark(format!(
+            "memory {label}: RSS max {} MiB, now {} MiB, peak (VmHWM) {} MiB",
+            mib(max),
+            mib(now),
+            mib(hwm)
+        ));
+        (mib(max), mib(now), mib(hwm))
+    }
+}
+
+impl Drop for RssWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Line protocol: `lines` trades with unique timestamps from `base`.
+fn trades_body(base: i64, lines: usize) -> String {
+    (0..lines)
+        .map(|i| {
+            format!(
+                "trades,exchange=BINANCE,side=buy,symbol=S{} price={}.5,quantity=0.01 {}\n",
+                i % 16,
+                30000 + i,
+                base + i as i64 * 1000
+            )
+        })
+        .collect()
+}
+
+/// `writers` writers post `lines`-line requests for `secs`, as fast as they
+/// are acknowledged (`rate` None) or at `rate` records/s in all; returns the
+/// records acknowledged. Refusals (503) are retried after 10 ms.
+async fn load(url: &str, writers: usize, lines: usize, rate: Option<u64>, secs: f64, epoch: i64) -> u64 {
+    let client = reqwest::Client::new();
+    let until = Instant::now() + Duration::from_secs_f64(secs);
+    let tasks: Vec<_> = (0..writers)
+        .map(|w| {
+            let (client, url) = (client.clone(), url.to_string());
+            tokio::spawn(async move {
+                let mut tick = rate.map(|r| {
+                    let per_writer = (r as f64 / writers as f64 / lines as f64).max(1.0);
+                    let mut t = tokio::time::interval(Duration::from_secs_f64(1.0 / per_writer));
+                    t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    t
+                });
+                let mut sent = 0u64;
+                let mut req = 0i64;
+                while Instant::now() < until {
+                    if let Some(t) = tick.as_mut() {
+                        t.tick().await;
+                    }
+                    let base = epoch + (w as i64) * 1_000_000_000_000_000 + req * lines as i64 * 1000;
+                    req += 1;
+                    let body = trades_body(base, lines);
+                    loop {
+                        let r = client
+                            .post(format!("{url}/api/v2/write?bucket=b&org=b"))
+                            .body(body.clone())
+                            .send()
+                            .await
+                            .unwrap();
+                        if r.status().as_u16() == 204 {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    sent += lines as u64;
+                }
+                sent
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.unwrap();
+    }
+    total
+}
+
+/// A fresh relay (its own log) at the defaults, with both sinks.
+fn fresh_relay(dir: &Path, influx: &str, pg: &str) -> (Child, String) {
+    let port = vm::free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let conf = config(dir, port, influx, pg);
+    let relay = spawn(&conf, true);
+    wait_health(&url);
+    (relay, url)
+}
+
+fn memory(_c: &mut Criterion) {
+    if std::env::var_os("WALRELAY_BENCH_SKIP_MEMORY").is_some() {
+        return;
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let server = pg::Pg::start();
+    let mut vmserver = rt.block_on(vm::Vm::start());
+    let client = reqwest::Client::new();
+    let epoch = 1_700_000_000_000_000_000i64;
+    let only = |name: &str| {
+        std::env::var("WALRELAY_BENCH_MEMORY_SCENARIO").map_or(true, |s| s == name)
+    };
+    let mut steady_mib = None;
+
+    if only("steady") {
+        let pg_url = rt.block_on(server.create_db("mem_steady"));
+        let dir = tempfile::TempDir::new().unwrap();
+        let (mut relay, url) = fresh_relay(dir.path(), &vmserver.url(), &pg_url);
+        let watch = RssWatch::start(relay.id());
+        let n = rt.block_on(load(&url, 4, 100, Some(100_000), 60.0, epoch));
+        let (max, _, _) = watch.phase(&format!("steady 100k records/s, 60 s ({n} records)"));
+        remark(format!("memory goal steady ≤ 48 MiB: {max} MiB ({})", if max <= 48 { "met" } else { "NOT met" }));
+        steady_mib = Some(max);
+        let _ = relay.kill();
+        let _ = relay.wait();
+    }
+
+    if only("burst") {
+        let pg_url = rt.block_on(server.create_db("mem_burst"));
+        let dir = tempfile::TempDir::new().unwrap();
+        let (mut relay, url) = fresh_relay(dir.path(), &vmserver.url(), &pg_url);
+        let watch = RssWatch::start(relay.id());
+        let t = Instant::now();
+        let n = rt.block_on(load(&url, 4, 1000, None, 20.0, epoch + 10_000_000_000_000_000));
+        watch.phase(&format!(
+            "burst: 4 writers x 1000-line requests for 20 s ({} k records/s acknowledged)",
+            n as f64 / t.elapsed().as_secs_f64() / 1000.0
+        ));
+        let t = Instant::now();
+        rt.block_on(drained(&client, &url));
+        watch.phase(&format!("burst: until delivered ({:.1} s)", t.elapsed().as_secs_f64()));
+        rt.block_on(load(&url, 4, 100, Some(100_000), 15.0, epoch + 20_000_000_000_000_000));
+        let (_, _, hwm) = watch.phase("burst: then steady 100k records/s for 15 s");
+        remark(format!("memory goal burst-then-steady peak ≤ 128 MiB: {hwm} MiB ({})", if hwm <= 128 { "met" } else { "NOT met" }));
+        let _ = relay.kill();
+        let _ = relay.wait();
+    }
+
+    if only("outage") {
+        let pg_url = rt.block_on(server.create_db("mem_outage"));
+        let dir = tempfile::TempDir::new().unwrap();
+        let (mut relay, url) = fresh_relay(dir.path(), &vmserver.url(), &pg_url);
+        let watch = RssWatch::start(relay.id());
+        vmserver.stop();
+        let t = Instant::now();
+        let mut n = 0;
+        while n < 10_000_000 {
+            n += rt.block_on(load(&url, 4, 1000, None, 5.0, epoch + 30_000_000_000_000_000 + n as i64 * 1000));
+        }
+        watch.phase(&format!("outage: {n} records written with the Influx sink down ({:.0} s)", t.elapsed().as_secs_f64()));
+        rt.block_on(vmserver.resume());
+        let t = Instant::now();
+        rt.block_on(drained(&client, &url));
+        watch.phase(&format!("outage: backlog drained ({:.0} s)", t.elapsed().as_secs_f64()));
+        let mut after = 0;
+        for i in 0..6 {
+            rt.block_on(load(&url, 4, 100, Some(50_000), 10.0, epoch + 40_000_000_000_000_000 + i * 10_000_000_000_000));
+            let (max, now, _) = watch.phase(&format!("outage: {} s after the drain at 50k records/s", (i + 1) * 10));
+            let _ = max;
+            after = now;
+        }
+        if let Some(steady) = steady_mib {
+            let limit = steady as f64 * 1.25;
+            remark(format!(
+                "memory goal after a drained outage ≤ 1.25 x steady ({limit:.0} MiB) within 60 s: {after} MiB ({})",
+                if after as f64 <= limit { "met" } else { "NOT met" }
+            ));
+        }
+        let _ = relay.kill();
+        let _ = relay.wait();
+    }
+}
+
 criterion_group!(benches, ingest, startup);
 
 fn main() {
-    benches();
+    if std::env::var_os("WALRELAY_BENCH_MEMORY_ONLY").is_none() {
+        benches();
+    }
+    memory(&mut Criterion::default());
     Criterion::default().configure_from_args().final_summary();
     report();
 }
