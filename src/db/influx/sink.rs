@@ -60,14 +60,14 @@ const SPARE_LINES: usize = 4;
 
 impl InfluxSink {
     /// # Errors
-    /// When the token file cannot be read or the HTTP client cannot be built.
+    /// When the config is inconsistent (`InfluxConfig::validate`), the token
+    /// file cannot be read or the HTTP client cannot be built.
     pub fn new(config: InfluxConfig, dead: DeadLetters) -> Result<InfluxSink, InfluxError> {
-        let token = config.resolve_token().map_err(InfluxError::Setup)?;
-        let client = Client::new(
-            token,
+        config.validate().map_err(InfluxError::Setup)?;
+        let client = Client::from_config(
+            &config,
             Duration::from_millis(config.timeout_ms),
             config.gzip,
-            config.tls_ca_file.as_deref(),
         )
         .map_err(InfluxError::Setup)?;
         Ok(InfluxSink {
