@@ -629,3 +629,108 @@ async fn a_missing_retention_policy_is_configuration_until_it_exists() {
     assert_eq!(ix.count(DB, Some("forever"), "trades").await, 30);
     d.stop().await;
 }
+
+/// `walrelay check` and `walrelay init` with `api = "v1"`, on a server with
+/// authentication: check pings and names the missing database and retention
+/// policy; init creates the databases (default and routed) and reports the
+/// policy it does not create; afterwards check passes. Wrong credentials
+/// fail check by name, without the password.
+#[tokio::test]
+async fn check_and_init_ping_find_and_create_databases() {
+    use walrelay::preflight::Verdict;
+    let ix = Influx1::start_auth("admin", "right-password").await;
+    let dir = tempfile::TempDir::new().unwrap();
+    let conf = dir.path().join("walrelay.toml");
+    let write_conf = |password: &str| {
+        std::fs::write(
+            &conf,
+            format!(
+                "[wal]\ndir = \"{}\"\n\n[influx]\nurl = \"{}\"\napi = \"v1\"\ndatabase = \"{DB}\"\nretention_policy = \"hour\"\nusername = \"admin\"\npassword = \"{password}\"\n\n[influx.routes.OKX]\nbucket = \"okx\"\n",
+                dir.path().join("wal").display(),
+                ix.url()
+            ),
+        )
+        .unwrap();
+    };
+    let checks = |conf: &std::path::Path| {
+        let config = walrelay::config::Config::load(conf).unwrap();
+        async move { walrelay::preflight::run_checks(&config).await }
+    };
+    write_conf("right-password");
+    let got = checks(&conf).await;
+    let find = |got: &[walrelay::preflight::Check], name: &str, detail: &str| {
+        got.iter()
+            .find(|c| c.name == name && c.detail.contains(detail))
+            .unwrap_or_else(|| panic!("no {name} naming {detail}: {got:?}"))
+            .clone()
+    };
+    let ping = find(&got, "influx ping", "InfluxDB 1.6");
+    assert_eq!(ping.verdict, Verdict::Ok);
+    assert_eq!(
+        find(&got, "influx database exists", "no database \"market\"").verdict,
+        Verdict::Fail
+    );
+    assert_eq!(
+        find(&got, "influx database exists", "no database \"okx\"").verdict,
+        Verdict::Fail
+    );
+    assert_eq!(
+        find(&got, "influx bucket writable", "database not found").verdict,
+        Verdict::Fail
+    );
+
+    let init = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_walrelay"))
+            .args(["init", "--config", conf.to_str().unwrap()])
+            .output()
+            .unwrap()
+    };
+    let out = init();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        text.contains("influx database market") && text.contains("created"),
+        "{text}"
+    );
+    assert!(text.contains("influx database okx"), "{text}");
+    assert!(
+        text.contains("retention policy hour on market") && text.contains("no retention policy"),
+        "{text}"
+    );
+    assert!(!out.status.success(), "a missing policy fails init: {text}");
+    let v = ix.query("", "SHOW DATABASES").await;
+    let dbs = v["results"][0]["series"][0]["values"].to_string();
+    assert!(
+        dbs.contains("\"market\"") && dbs.contains("\"okx\""),
+        "{dbs}"
+    );
+
+    ix.query(
+        DB,
+        &format!("CREATE RETENTION POLICY \"hour\" ON \"{DB}\" DURATION 1h REPLICATION 1"),
+    )
+    .await;
+    let out = init();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("influx database market (") && text.contains("): exists"),
+        "{text}"
+    );
+    let got = checks(&conf).await;
+    for c in got.iter().filter(|c| c.name.starts_with("influx")) {
+        assert_eq!(c.verdict, Verdict::Ok, "{c:?}");
+    }
+
+    write_conf("wrong-password-x9");
+    let got = checks(&conf).await;
+    let w = find(&got, "influx bucket writable", "401");
+    assert_eq!(w.verdict, Verdict::Fail);
+    assert!(
+        format!("{got:?}").contains("authorization failed"),
+        "{got:?}"
+    );
+    assert!(
+        !format!("{got:?}").contains("wrong-password-x9"),
+        "the password leaked"
+    );
+}
