@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::drain::{self, wait_until, Drain};
-use common::influx1::Influx1;
+use common::influx1::{Columns, Influx1};
 use walrelay::config::Secret;
 use walrelay::db::influx::{InfluxConfig, InfluxSink};
 use walrelay::drain::{Sink, SinkState};
@@ -370,7 +370,7 @@ async fn a_dropped_database_is_configuration_until_it_exists_again() {
 
 /// What InfluxDB must hold for `r`: (measurement, ts, column → value),
 /// derived from the record's fields independently of the encoder.
-fn expected(r: &Record) -> (String, i64, BTreeMap<String, serde_json::Value>) {
+fn expected(r: &Record) -> (String, i64, Columns) {
     use serde_json::json;
     let s = |v: &str| json!(v);
     let (m, cols): (&str, Vec<(&str, serde_json::Value)>) = match r {
@@ -453,8 +453,7 @@ fn expected(r: &Record) -> (String, i64, BTreeMap<String, serde_json::Value>) {
             ],
         ),
         Record::Point(p) => {
-            let mut cols: BTreeMap<String, serde_json::Value> =
-                p.tags.iter().map(|(k, v)| (k.clone(), s(v))).collect();
+            let mut cols: Columns = p.tags.iter().map(|(k, v)| (k.clone(), s(v))).collect();
             for (k, v) in &p.fields {
                 cols.insert(
                     k.clone(),
@@ -513,8 +512,7 @@ async fn every_measurement_and_escaping_round_trip_and_a_replay_overwrites() {
     let mut sink = InfluxSink::new(v1(&ix.url(), DB), wal.dead_letters()).unwrap();
     let d = sink.deliver(&records, 1).await.unwrap();
     assert_eq!((d.written, d.dead_lettered), (records.len(), 0));
-    let mut by_measurement: BTreeMap<String, Vec<(i64, BTreeMap<String, serde_json::Value>)>> =
-        BTreeMap::new();
+    let mut by_measurement: BTreeMap<String, Vec<(i64, Columns)>> = BTreeMap::new();
     for r in &records {
         let (m, ts, cols) = expected(r);
         by_measurement.entry(m).or_default().push((ts, cols));

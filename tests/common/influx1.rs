@@ -13,6 +13,9 @@ use std::time::Duration;
 
 use super::vm::free_port;
 
+/// One point's columns (tags and fields) by name, as InfluxQL returns them.
+pub type Columns = std::collections::BTreeMap<String, serde_json::Value>;
+
 pub struct Influx1 {
     pub port: u16,
     rpc_port: u16,
@@ -214,11 +217,7 @@ bind-address = "127.0.0.1:{rpc}"
 
     /// Every point of `measurement` as (time ns, column → value), by
     /// `SELECT * FROM …`, tags and fields alike as columns.
-    pub async fn rows(
-        &self,
-        db: &str,
-        measurement: &str,
-    ) -> Vec<(i64, std::collections::BTreeMap<String, serde_json::Value>)> {
+    pub async fn rows(&self, db: &str, measurement: &str) -> Vec<(i64, Columns)> {
         let v = self
             .query(db, &format!("SELECT * FROM \"{measurement}\""))
             .await;

@@ -6,7 +6,11 @@
 //! down to the line, which is dead-lettered; so is a status the table does
 //! not know, which is dead-lettered only if it refuses single lines while
 //! others of the delivery are written (it hitting everything makes it
-//! configuration). Repeated timeouts halve the lines per request
+//! configuration). InfluxDB 1.x's partial write (400 `partial write: …
+//! dropped=N`, the other points already stored) is a data error like any
+//! other: bisection finds exactly the refused lines, and the stored lines it
+//! re-sends overwrite themselves (identity timestamps), so no parsing of the
+//! server's message is needed. Repeated timeouts halve the lines per request
 //! (`drain::retry::Shrink`) before a batch is retried at full size.
 //!
 //! Pipelining: [`Sink::fork`] gives the drainer further instances sharing
