@@ -732,3 +732,44 @@ async fn check_and_init_ping_find_and_create_databases() {
         "the password leaked"
     );
 }
+
+/// A user without the write privilege: 403 (`… not authorized to write to
+/// database …`), configuration class, nothing dead-lettered; once the
+/// privilege is granted the running relay delivers everything by itself.
+#[tokio::test]
+async fn a_user_without_write_privilege_is_configuration_until_granted() {
+    let ix = Influx1::start_auth("admin", "right-password").await;
+    ix.create_database(DB).await;
+    ix.query("", "CREATE USER \"writer\" WITH PASSWORD 'writer-password'")
+        .await;
+    let dir = tempfile::TempDir::new().unwrap();
+    let wal = open_wal(&dir);
+    let records: Vec<Record> = (0..25)
+        .map(|i| trade(i, 1_700_000_000_000_000_000 + i as i64 * 1_000_000))
+        .collect();
+    wal.append(&records).unwrap();
+    let mut c = v1(&ix.url(), DB);
+    c.username = Some("writer".into());
+    c.password = Some(Secret::new("writer-password"));
+    let d = start_drainer(&wal, InfluxSink::new(c, wal.dead_letters()).unwrap());
+    wait_until("sink unhealthy", 10, || {
+        d.health.snapshot().state == SinkState::Unhealthy
+    })
+    .await;
+    let err = d.health.snapshot().last_error.unwrap();
+    assert!(
+        err.contains("403") && err.contains("not authorized"),
+        "{err}"
+    );
+    println!("influxdb 1.6 answer: {err}");
+    assert_eq!(wal.dead_letters().count(None).unwrap(), 0);
+    assert_eq!(wal.backlog("influx").unwrap().records, 25);
+    ix.query("", &format!("GRANT WRITE ON \"{DB}\" TO \"writer\""))
+        .await;
+    wait_until("delivered after the grant", 20, || {
+        wal.backlog("influx").unwrap().records == 0
+    })
+    .await;
+    assert_eq!(ix.count(DB, None, "trades").await, 25);
+    d.stop().await;
+}
