@@ -45,9 +45,17 @@ if ! command -v influxd >/dev/null 2>&1; then
   restore_policy
   trap - EXIT
 fi
-# Nothing of the system service is left running or enabled (tests never use it).
-if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
-  $SUDO systemctl disable --now influxdb >/dev/null 2>&1 || true
+# Nothing of the system service is left running or enabled (tests never use
+# it): the package enables influxdb.service and its SysV links on install.
+if command -v systemctl >/dev/null 2>&1; then
+  if [ -d /run/systemd/system ]; then
+    $SUDO systemctl disable --now influxdb >/dev/null 2>&1 || true
+  else
+    $SUDO systemctl disable influxdb >/dev/null 2>&1 || true   # offline: removes the links
+  fi
+fi
+if command -v update-rc.d >/dev/null 2>&1 && [ -e /etc/init.d/influxdb ]; then
+  $SUDO update-rc.d influxdb disable >/dev/null 2>&1 || true
 fi
 if pgrep -x -u influxdb influxd >/dev/null 2>&1; then
   echo "setup: stopping the system influxd (pid $(pgrep -x -u influxdb influxd | tr '\n' ' '))" >&2
