@@ -537,6 +537,18 @@ async fn every_measurement_and_escaping_round_trip_and_a_replay_overwrites() {
             }
         }
     }
+    let shown = ix.query(DB, "SHOW MEASUREMENTS").await;
+    let names: BTreeSet<String> = shown["results"][0]["series"][0]["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r[0].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        names,
+        by_measurement.keys().cloned().collect::<BTreeSet<_>>(),
+        "no other measurement"
+    );
     // Forced redelivery: the same batch three more times.
     for _ in 0..3 {
         sink.deliver(&records, 2).await.unwrap();
@@ -551,9 +563,10 @@ async fn every_measurement_and_escaping_round_trip_and_a_replay_overwrites() {
 }
 
 /// Fifty trades of one millisecond get distinct identity timestamps, all
-/// fifty are stored, and a replay through the pipelined drainer (the same
-/// log entries delivered again from a reset cursor) leaves `count(*)` at
-/// fifty: overwritten, not duplicated.
+/// fifty are stored (with 1000 more), and a full redelivery of the same
+/// records through the pipelined drainer (`drain.pipeline` 4), compressed
+/// this time, leaves `count(*)` at the number of records: overwritten, not
+/// duplicated.
 #[tokio::test]
 async fn identity_timestamps_make_a_pipelined_redelivery_overwrite() {
     let ix = Influx1::start().await;
@@ -567,16 +580,16 @@ async fn identity_timestamps_make_a_pipelined_redelivery_overwrite() {
     assign_identity_timestamps(&mut more);
     records.extend(more);
     for round in 0..2 {
-        // A fresh log each round: the second round is a full redelivery.
+        // A fresh log each round: the second round is a full redelivery,
+        // gzip-compressed (InfluxDB 1.x takes Content-Encoding: gzip).
         let dir = tempfile::TempDir::new().unwrap();
         let wal = open_wal(&dir);
         for chunk in records.chunks(100) {
             wal.append(chunk).unwrap();
         }
-        let d = start_drainer(
-            &wal,
-            InfluxSink::new(v1(&ix.url(), DB), wal.dead_letters()).unwrap(),
-        );
+        let mut c = v1(&ix.url(), DB);
+        c.gzip = round == 1;
+        let d = start_drainer(&wal, InfluxSink::new(c, wal.dead_letters()).unwrap());
         wait_until("drained", 30, || {
             wal.backlog("influx").unwrap().records == 0
         })
@@ -586,6 +599,11 @@ async fn identity_timestamps_make_a_pipelined_redelivery_overwrite() {
             ix.count(DB, None, "trades").await,
             records.len() as u64,
             "round {round}: every record once"
+        );
+        assert_eq!(
+            wal.dead_letters().count(None).unwrap(),
+            0,
+            "round {round}: every record written"
         );
     }
 }
