@@ -486,7 +486,7 @@ fn same(a: &serde_json::Value, b: &serde_json::Value) -> bool {
 }
 
 /// The seven measurements and a generic point (tags with a space and a
-/// comma, a string field with quotes and backslashes, a measurement name
+/// comma, a string field with quotes and backslashes (one at its end), a measurement name
 /// with a space and a comma) read back column by column through InfluxQL;
 /// a replay of the same records (a forced redelivery) overwrites the points:
 /// `count(*)` stays the number of records sent.
@@ -503,7 +503,7 @@ async fn every_measurement_and_escaping_round_trip_and_a_replay_overwrites() {
         fields: BTreeMap::from([
             (
                 "s".to_string(),
-                FieldValue::String(r#"say "hi" \ back"#.into()),
+                FieldValue::String(r#"say "hi" \ back \\ and end\"#.into()),
             ),
             ("f x".to_string(), FieldValue::Float(-0.25)),
         ]),
