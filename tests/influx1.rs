@@ -791,3 +791,54 @@ async fn a_user_without_write_privilege_is_configuration_until_granted() {
     assert_eq!(ix.count(DB, None, "trades").await, 25);
     d.stop().await;
 }
+
+/// Under `api = "v1"` a route's bucket is `"database"` or
+/// `"database/retention_policy"`: OKX trades go to database `okx`, policy
+/// `long`; other OKX records to `okx`'s default policy; the rest to the
+/// default database.
+#[tokio::test]
+async fn routes_name_a_database_and_a_retention_policy() {
+    let ix = Influx1::start().await;
+    for db in [DB, "okx"] {
+        ix.create_database(db).await;
+    }
+    ix.query(
+        "okx",
+        "CREATE RETENTION POLICY \"long\" ON \"okx\" DURATION 100000h REPLICATION 1",
+    )
+    .await;
+    let dir = tempfile::TempDir::new().unwrap();
+    let wal = open_wal(&dir);
+    let mut c = v1(&ix.url(), DB);
+    let dest = |bucket: &str| walrelay::db::influx::Destination {
+        bucket: bucket.into(),
+        org: None,
+        url: None,
+    };
+    c.routes.insert("OKX".into(), dest("okx"));
+    c.routes.insert("OKX:TRADE".into(), dest("okx/long"));
+    let ts = 1_700_000_000_000_000_000;
+    let mut okx_trade = trade(1, ts);
+    let mut okx_liquidation: Record = serde_json::from_str(&format!(
+        r#"{{"type":"liquidation","venue":"OKX","symbol":"SOLUSDT","ts":{ts},"side":"sell","price":55.125,"quantity":120.0}}"#
+    ))
+    .unwrap();
+    if let Record::Trade(t) = &mut okx_trade {
+        t.venue = "OKX".into();
+    }
+    if let Record::Liquidation(l) = &mut okx_liquidation {
+        l.ts = ts + 1;
+    }
+    let binance_trade = trade(2, ts + 2);
+    let mut sink = InfluxSink::new(c, wal.dead_letters()).unwrap();
+    let d = sink
+        .deliver(&[okx_trade, okx_liquidation, binance_trade], 1)
+        .await
+        .unwrap();
+    assert_eq!((d.written, d.dead_lettered), (3, 0));
+    assert_eq!(ix.count("okx", Some("long"), "trades").await, 1);
+    assert_eq!(ix.count("okx", Some("autogen"), "trades").await, 0);
+    assert_eq!(ix.count("okx", Some("autogen"), "liquidation").await, 1);
+    assert_eq!(ix.count(DB, None, "trades").await, 1);
+    assert_eq!(ix.count(DB, None, "liquidation").await, 0);
+}
