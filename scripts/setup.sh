@@ -23,6 +23,44 @@ if [ ${#need[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
+# InfluxDB 1.x (Debian's `influxdb`, the server only): tests/common/influx1.rs
+# starts a throwaway `influxd run -config` per test on free loopback ports.
+# Installed without starting or enabling its system service: a policy-rc.d
+# that refuses every service action for the duration of the install (any
+# existing one is put back afterwards, also on failure), then the unit is
+# stopped and disabled in case a service manager started it anyway.
+if ! command -v influxd >/dev/null 2>&1; then
+  echo "setup: installing influxdb (service not started)" >&2
+  POLICY=/usr/sbin/policy-rc.d
+  POLICY_SAVED=""
+  if [ -e "$POLICY" ]; then POLICY_SAVED=$(mktemp /tmp/walrelay-policy-rc.XXXXXX); $SUDO cp -p "$POLICY" "$POLICY_SAVED"; fi
+  restore_policy() {
+    if [ -n "$POLICY_SAVED" ]; then $SUDO cp -p "$POLICY_SAVED" "$POLICY"; $SUDO rm -f "$POLICY_SAVED"; else $SUDO rm -f "$POLICY"; fi
+  }
+  trap restore_policy EXIT
+  printf '#!/bin/sh\nexit 101\n' | $SUDO tee "$POLICY" >/dev/null
+  $SUDO chmod 755 "$POLICY"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends influxdb >/dev/null
+  restore_policy
+  trap - EXIT
+fi
+# Nothing of the system service is left running or enabled (tests never use
+# it): the package enables influxdb.service and its SysV links on install.
+if command -v systemctl >/dev/null 2>&1; then
+  if [ -d /run/systemd/system ]; then
+    $SUDO systemctl disable --now influxdb >/dev/null 2>&1 || true
+  else
+    $SUDO systemctl disable influxdb >/dev/null 2>&1 || true   # offline: removes the links
+  fi
+fi
+if command -v update-rc.d >/dev/null 2>&1 && [ -e /etc/init.d/influxdb ]; then
+  $SUDO update-rc.d influxdb disable >/dev/null 2>&1 || true
+fi
+if pgrep -x -u influxdb influxd >/dev/null 2>&1; then
+  echo "setup: stopping the system influxd (pid $(pgrep -x -u influxdb influxd | tr '\n' ' '))" >&2
+  $SUDO kill $(pgrep -x -u influxdb influxd) 2>/dev/null || true
+fi
 # The InfluxDB client compatibility test (tests/influx_compat.rs) drives the
 # relay with the official Python client, pinned, from its own venv under
 # target/ (the test finds it there, or at WALRELAY_TEST_VENV). Skipped when
@@ -40,10 +78,8 @@ if ! "$VENV/bin/python" -c "import influxdb_client, sys; sys.exit(influxdb_clien
   }
   "$VENV/bin/pip" install -q --disable-pip-version-check "influxdb-client==$INFLUX_CLIENT_VERSION"
 fi
-# The Debian package may start a system instance; tests start their own on
-# free loopback ports, so a running system service is harmless but unneeded.
 command -v cargo >/dev/null 2>&1 || { echo "setup: cargo not found; install a Rust toolchain" >&2; exit 1; }
-echo "setup: postgresql 15, victoria-metrics and the influxdb-client venv present" >&2
+echo "setup: postgresql 15, victoria-metrics, influxdb 1.x and the influxdb-client venv present" >&2
 
 # TimescaleDB: the tests and the demo preload it whenever it is installed into
 # PostgreSQL 15 (tests/common/pg.rs, scripts/services.sh); without it they run

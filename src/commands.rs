@@ -425,11 +425,51 @@ pub async fn init(config: Option<PathBuf>) -> Result<ExitCode, String> {
     Ok(code)
 }
 
+/// InfluxDB 1.x: creates the configured databases that are missing
+/// (`CREATE DATABASE`); a missing retention policy is reported, not created.
+async fn init_influx_v1(ic: &crate::db::influx::InfluxConfig, timeout: Duration) -> bool {
+    use crate::db::influx::admin::{configured_databases, v1_ensure_database, v1_find, BucketInit};
+    let mut ok = true;
+    for (url, db, rp) in configured_databases(ic) {
+        match v1_ensure_database(ic, &url, &db, timeout).await {
+            Ok(BucketInit::Exists) => println!("influx database {db} ({url}): exists"),
+            Ok(BucketInit::Created) => println!("influx database {db} ({url}): created"),
+            Ok(BucketInit::Refused(why)) => {
+                ok = false;
+                println!("influx database {db} ({url}): missing, and these credentials may not create it: {why}");
+                continue;
+            }
+            Err(e) => {
+                ok = false;
+                println!("influx database {db} ({url}): {e}");
+                continue;
+            }
+        }
+        if let Some(rp) = rp {
+            match v1_find(ic, &url, &db, Some(&rp), timeout).await {
+                Ok(None) => println!("influx retention policy {rp} on {db} ({url}): exists"),
+                Ok(Some(missing)) => {
+                    ok = false;
+                    println!("influx retention policy {rp} on {db} ({url}): {missing}; create it with CREATE RETENTION POLICY (its duration is yours to choose)");
+                }
+                Err(e) => {
+                    ok = false;
+                    println!("influx retention policy {rp} on {db} ({url}): {e}");
+                }
+            }
+        }
+    }
+    ok
+}
+
 /// Creates the configured buckets that are missing; one line each. Returns
 /// false when one is missing and could not be created.
 async fn init_influx(ic: &crate::db::influx::InfluxConfig) -> bool {
     use crate::db::influx::admin::{configured_buckets, ensure_bucket, Admin, BucketInit};
     let timeout = Duration::from_millis(ic.timeout_ms.min(10_000));
+    if ic.api == crate::db::influx::Api::V1 {
+        return init_influx_v1(ic, timeout).await;
+    }
     let mut ok = true;
     for (url, org, bucket) in configured_buckets(ic) {
         match ensure_bucket(ic, &url, &org, &bucket, timeout).await {

@@ -182,6 +182,12 @@ impl Config {
                 message,
             })?;
         }
+        if let Some(i) = &c.influx {
+            i.validate().map_err(|message| ConfigError::Parse {
+                path: path.into(),
+                message,
+            })?;
+        }
         if let Some(g) = &c.grpc {
             g.validate().map_err(|message| ConfigError::Parse {
                 path: path.into(),

@@ -212,15 +212,14 @@ async fn timescale_checks(tc: &crate::db::timescale::TimescaleConfig) -> Vec<Che
 
 async fn influx_checks(ic: &crate::db::influx::InfluxConfig) -> Vec<Check> {
     use crate::db::influx::InfluxError;
-    let token = match ic.resolve_token() {
-        Ok(t) => t,
-        Err(e) => return vec![check("influx token", Verdict::Fail, e)],
-    };
-    let client = match crate::db::influx::Client::new(
-        token,
+    if let Err(e) = ic.resolve_token() {
+        return vec![check("influx token", Verdict::Fail, e)];
+    }
+    let v1 = ic.api == crate::db::influx::Api::V1;
+    let client = match crate::db::influx::Client::from_config(
+        ic,
         std::time::Duration::from_millis(ic.timeout_ms.min(5000)),
         false,
-        ic.tls_ca_file.as_deref(),
     ) {
         Ok(c) => c,
         Err(e) => return vec![check("influx reachable", Verdict::Fail, e)],
@@ -231,14 +230,14 @@ async fn influx_checks(ic: &crate::db::influx::InfluxConfig) -> Vec<Check> {
         .write(
             &ic.url,
             &ic.org,
-            &ic.bucket,
+            &ic.default_bucket(),
             bytes::Bytes::from_static(b"# walrelay check\n"),
         )
         .await;
     let (verdict, detail) = match probe {
         Ok(()) => (
             Verdict::Ok,
-            format!("{} org={} bucket={}", ic.url, ic.org, ic.bucket),
+            format!("{} org={} bucket={}", ic.url, ic.org, ic.default_bucket()),
         ),
         Err(e @ InfluxError::Http { status: 400, .. }) => (
             Verdict::Ok,
@@ -254,6 +253,10 @@ async fn influx_checks(ic: &crate::db::influx::InfluxConfig) -> Vec<Check> {
             Verdict::Fail,
             format!("{e} (check influx.token or WALRELAY_INFLUX_TOKEN)"),
         ),
+        Err(e @ InfluxError::Http { status: 404, .. }) if v1 => (
+            Verdict::Fail,
+            format!("{e} (check influx.database, or run `walrelay init`)"),
+        ),
         Err(e @ InfluxError::Http { status: 404, .. }) => (
             Verdict::Fail,
             format!("{e} (check influx.org and influx.bucket)"),
@@ -261,7 +264,35 @@ async fn influx_checks(ic: &crate::db::influx::InfluxConfig) -> Vec<Check> {
         Err(e) => (Verdict::Fail, e.to_string()),
     };
     let mut out = vec![check("influx bucket writable", verdict, detail)];
-    out.extend(influx_admin_checks(ic).await);
+    if v1 {
+        out.extend(influx_v1_checks(ic).await);
+    } else {
+        out.extend(influx_admin_checks(ic).await);
+    }
+    out
+}
+
+/// InfluxDB 1.x: `/ping`, then every configured database (and retention
+/// policy) by `SHOW DATABASES` / `SHOW RETENTION POLICIES`.
+async fn influx_v1_checks(ic: &crate::db::influx::InfluxConfig) -> Vec<Check> {
+    use crate::db::influx::admin::{configured_databases, v1_find, v1_ping};
+    let timeout = std::time::Duration::from_millis(ic.timeout_ms.min(5000));
+    let mut out = match v1_ping(ic, timeout).await {
+        Ok(v) => vec![check("influx ping", Verdict::Ok, v)],
+        Err(e) => return vec![check("influx ping", Verdict::Fail, e.to_string())],
+    };
+    for (url, db, rp) in configured_databases(ic) {
+        let name = "influx database exists";
+        let at = match &rp {
+            Some(rp) => format!("{url} database={db} retention_policy={rp}"),
+            None => format!("{url} database={db}"),
+        };
+        out.push(match v1_find(ic, &url, &db, rp.as_deref(), timeout).await {
+            Ok(None) => check(name, Verdict::Ok, at),
+            Ok(Some(missing)) => check(name, Verdict::Fail, format!("{url}: {missing} (`walrelay init` creates a missing database; a retention policy is the operator's: CREATE RETENTION POLICY)")),
+            Err(e) => check(name, Verdict::Fail, e.to_string()),
+        });
+    }
     out
 }
 

@@ -1,5 +1,7 @@
 //! End-to-end: the real `walrelay run` binary with both real sinks
-//! (PostgreSQL 15 and VictoriaMetrics), fed over HTTP by concurrent writers.
+//! (PostgreSQL 15, and VictoriaMetrics through `api = "v2"` or InfluxDB 1.6
+//! through `api = "v1"`), fed over HTTP by concurrent writers. Each scenario
+//! runs against both Influx servers.
 //! PostgreSQL preloads TimescaleDB where it is installed, so the bars go into
 //! hypertables there (checked in `verify`).
 //!
@@ -11,6 +13,9 @@
 //! re-sent identical samples (InfluxDB overwrites them), so Influx points are
 //! counted as distinct (series, timestamp, value) samples; a sample that was
 //! never sent, or a value under the wrong timestamp, counts as duplicated.
+//! InfluxDB 1.6 is read back with InfluxQL (`SELECT seq, writer FROM e2e`),
+//! and its own `count(*)` must equal the acknowledged lines: a duplicate
+//! there would be a point under another timestamp.
 
 mod common;
 
@@ -21,6 +26,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::influx1::Influx1;
 use common::pg::Pg;
 use common::proxy::{Mode, Proxy};
 use common::vm::Vm;
@@ -28,12 +34,96 @@ use rand::Rng;
 
 const BASE_MS: i64 = 1_700_000_000_000;
 
-fn write_config(dir: &Path, port: u16, vm_url: &str, pg_url: &str) -> PathBuf {
+/// The Influx sink's server: VictoriaMetrics (`api = "v2"`) or InfluxDB 1.6
+/// (`api = "v1"`, database `e2e`).
+enum Target {
+    Vm(Vm),
+    V1(Influx1),
+}
+
+impl Target {
+    async fn start(v1: bool) -> Target {
+        if v1 {
+            let ix = Influx1::start().await;
+            ix.create_database("e2e").await;
+            Target::V1(ix)
+        } else {
+            Target::Vm(Vm::start().await)
+        }
+    }
+
+    /// The `[influx]` keys that name the server.
+    fn keys(&self) -> String {
+        match self {
+            Target::Vm(vm) => format!("url = \"{}\"\norg = \"e2e\"\nbucket = \"e2e\"", vm.url()),
+            Target::V1(ix) => format!("url = \"{}\"\napi = \"v1\"\ndatabase = \"e2e\"", ix.url()),
+        }
+    }
+
+    fn stop(&mut self) {
+        match self {
+            Target::Vm(vm) => vm.stop(),
+            Target::V1(ix) => ix.stop(),
+        }
+    }
+
+    async fn resume(&mut self) {
+        match self {
+            Target::Vm(vm) => vm.resume().await,
+            Target::V1(ix) => ix.resume().await,
+        }
+    }
+
+    /// Distinct (writer, seq) stored, and how many stored points sit under
+    /// a timestamp other than their seq's (or, on InfluxDB, beyond the
+    /// distinct ones by the server's own count).
+    async fn lines(&self) -> (BTreeSet<(u32, i64)>, u64) {
+        let mut found = BTreeSet::new();
+        let mut bad = 0u64;
+        match self {
+            Target::Vm(vm) => {
+                for s in vm.export("e2e_seq").await {
+                    let w: u32 = s.labels["writer"][1..].parse().unwrap();
+                    for (ms, v) in s.samples {
+                        let seq = v as i64;
+                        if ms != BASE_MS + seq {
+                            bad += 1;
+                        }
+                        found.insert((w, seq));
+                    }
+                }
+            }
+            Target::V1(ix) => {
+                let v = ix
+                    .query("e2e", "SELECT \"seq\", \"writer\" FROM \"e2e\"")
+                    .await;
+                let rows = v["results"][0]["series"][0]["values"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
+                for row in &rows {
+                    let ns = row[0].as_i64().unwrap();
+                    let seq = row[1].as_i64().unwrap();
+                    let w: u32 = row[2].as_str().unwrap()[1..].parse().unwrap();
+                    if ns != (BASE_MS + seq) * 1_000_000 {
+                        bad += 1;
+                    }
+                    found.insert((w, seq));
+                }
+                let counted = ix.count("e2e", None, "e2e").await;
+                bad += counted.saturating_sub(found.len() as u64);
+            }
+        }
+        (found, bad)
+    }
+}
+
+fn write_config(dir: &Path, port: u16, influx_keys: &str, pg_url: &str) -> PathBuf {
     let conf = dir.join("walrelay.toml");
     std::fs::write(
         &conf,
         format!(
-            "[wal]\ndir = \"{}\"\n\n[ingest]\nlisten = \"127.0.0.1:{port}\"\n\n[drain]\nretry_initial_ms = 50\nretry_max_ms = 1000\nretry_config_ms = 1000\nshutdown_grace_ms = 3000\n\n[influx]\nurl = \"{vm_url}\"\norg = \"e2e\"\nbucket = \"e2e\"\ntimeout_ms = 2000\n\n[timescale]\nurl = \"{pg_url}\"\nconnect_timeout_ms = 1000\nstatement_timeout_ms = 5000\n",
+            "[wal]\ndir = \"{}\"\n\n[ingest]\nlisten = \"127.0.0.1:{port}\"\n\n[drain]\nretry_initial_ms = 50\nretry_max_ms = 1000\nretry_config_ms = 1000\nshutdown_grace_ms = 3000\n\n[influx]\n{influx_keys}\ntimeout_ms = 2000\n\n[timescale]\nurl = \"{pg_url}\"\nconnect_timeout_ms = 1000\nstatement_timeout_ms = 5000\n",
             dir.join("wal").display()
         ),
     )
@@ -159,22 +249,11 @@ async fn wait_drained(url: &str, secs: u64) {
 }
 
 /// Counts what reached both databases and prints the verdict line.
-async fn verify(vm: &Vm, pg: &Pg, ledger: &Ledger) -> String {
+async fn verify(influx: &Target, pg: &Pg, ledger: &Ledger) -> String {
     let acked_lines = ledger.acked_lines.lock().unwrap().clone();
     let acked_bars = ledger.acked_bars.lock().unwrap().clone();
-    // VictoriaMetrics: distinct (writer, ms, seq) samples.
-    let mut found_lines = BTreeSet::new();
-    let mut bad_lines = 0u64;
-    for s in vm.export("e2e_seq").await {
-        let w: u32 = s.labels["writer"][1..].parse().unwrap();
-        for (ms, v) in s.samples {
-            let seq = v as i64;
-            if ms != BASE_MS + seq {
-                bad_lines += 1;
-            }
-            found_lines.insert((w, seq));
-        }
-    }
+    // Distinct (writer, seq) points under their own timestamp.
+    let (found_lines, bad_lines) = influx.lines().await;
     // PostgreSQL: rows per (symbol, second).
     let c = pg.client("e2e").await;
     let rows = c
@@ -210,7 +289,11 @@ async fn verify(vm: &Vm, pg: &Pg, ledger: &Ledger) -> String {
         );
         // Tells a relay-side loss from VictoriaMetrics dropping rows it
         // answered 204 for (it ignores rows it cannot take, silently).
-        if let Ok(r) = reqwest::get(format!("{}/metrics", vm.url())).await {
+        let metrics = match influx {
+            Target::Vm(vm) => reqwest::get(format!("{}/metrics", vm.url())).await.ok(),
+            Target::V1(_) => None,
+        };
+        if let Some(r) = metrics {
             let text = r.text().await.unwrap_or_default();
             for l in text.lines().filter(|l| {
                 !l.starts_with('#')
@@ -269,13 +352,22 @@ async fn verify(vm: &Vm, pg: &Pg, ledger: &Ledger) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_cycles_lose_and_duplicate_nothing() {
+    sigkill_cycles(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_cycles_lose_and_duplicate_nothing_influxdb_1x() {
+    sigkill_cycles(true).await;
+}
+
+async fn sigkill_cycles(v1: bool) {
     let pg = Pg::start();
     let pg_url = pg.create_db("e2e").await;
-    let vm = Vm::start().await;
+    let influx = Target::start(v1).await;
     let dir = tempfile::TempDir::new().unwrap();
     let port = common::vm::free_port();
     let url = format!("http://127.0.0.1:{port}");
-    let conf = write_config(dir.path(), port, &vm.url(), &pg_url);
+    let conf = write_config(dir.path(), port, &influx.keys(), &pg_url);
     let log = dir.path().join("relay.log");
     let mut relay = spawn_relay(&conf, &log);
     wait_health(&url).await;
@@ -303,19 +395,35 @@ async fn sigkill_cycles_lose_and_duplicate_nothing() {
     unsafe { libc::kill(relay.id() as i32, libc::SIGTERM) };
     let code = relay.wait().unwrap();
     assert!(code.success(), "relay exit after SIGTERM: {code:?}");
-    let line = verify(&vm, &pg, &ledger).await;
-    println!("crash e2e: cycles={cycles} {line}");
+    let line = verify(&influx, &pg, &ledger).await;
+    println!(
+        "crash e2e ({}): cycles={cycles} {line}",
+        if v1 {
+            "influxdb 1.6, api v1"
+        } else {
+            "victoria-metrics, api v2"
+        }
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overlapping_database_outages_lose_nothing() {
+    overlapping_outages(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlapping_database_outages_lose_nothing_influxdb_1x() {
+    overlapping_outages(true).await;
+}
+
+async fn overlapping_outages(v1: bool) {
     let mut pg = Pg::start();
     let pg_url = pg.create_db("e2e").await;
-    let mut vm = Vm::start().await;
+    let mut vm = Target::start(v1).await;
     let dir = tempfile::TempDir::new().unwrap();
     let port = common::vm::free_port();
     let url = format!("http://127.0.0.1:{port}");
-    let conf = write_config(dir.path(), port, &vm.url(), &pg_url);
+    let conf = write_config(dir.path(), port, &vm.keys(), &pg_url);
     let mut relay = spawn_relay(&conf, &dir.path().join("relay.log"));
     wait_health(&url).await;
     let ledger = Arc::new(Ledger::default());
@@ -351,7 +459,7 @@ async fn overlapping_database_outages_lose_nothing() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     pg.stop_immediate(); // t=2: PostgreSQL down for 20 s
     tokio::time::sleep(Duration::from_secs(5)).await;
-    vm.stop(); // t=7: VictoriaMetrics down for 20 s (overlapping)
+    vm.stop(); // t=7: the Influx server down for 20 s (overlapping)
     tokio::time::sleep(Duration::from_secs(15)).await;
     pg.restart(); // t=22
     tokio::time::sleep(Duration::from_secs(5)).await;

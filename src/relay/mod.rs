@@ -356,7 +356,7 @@ async fn spawn_sinks(
                 sink: "influx",
                 source: e.into(),
             })?;
-        tracing::info!(url = %ic.url, org = %ic.org, bucket = %ic.bucket, routes = ic.routes.len(), "influx sink configured");
+        tracing::info!(url = %ic.url, api = ?ic.api, org = %ic.org, bucket = %ic.default_bucket(), routes = ic.routes.len(), "influx sink configured");
         spawn_drainer(relay, sink, cfg.drain.batch_records, stop, set);
     }
     if let Some(tc) = &cfg.timescale {

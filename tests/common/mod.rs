@@ -5,6 +5,7 @@
 pub mod collector;
 pub mod drain;
 pub mod http;
+pub mod influx1;
 pub mod pg;
 pub mod proxy;
 pub mod records;

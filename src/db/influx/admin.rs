@@ -7,6 +7,12 @@
 //! `/api/v2/buckets`) are reported as [`Admin::NotInflux`] with the reason:
 //! check and init say so and go on, they do not fail on it.
 //!
+//! InfluxDB 1.x (`api = "v1"`) has no management API: `GET /ping` (204, the
+//! version in `X-Influxdb-Version`) and InfluxQL over `POST /query`
+//! (`SHOW DATABASES`, `SHOW RETENTION POLICIES`, `CREATE DATABASE`) stand in
+//! for it, with the write path's credentials (Basic or `Token`) in the
+//! `Authorization` header.
+//!
 //! Every call has the deadline `timeout` (at most 5 s in check).
 
 use std::collections::BTreeSet;
@@ -17,7 +23,7 @@ use influxdb2::api::organization::ListOrganizationRequest;
 use influxdb2::models::PostBucketRequest;
 use influxdb2::RequestError;
 
-use super::config::InfluxConfig;
+use super::config::{split_bucket, InfluxConfig};
 
 /// What the management API answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,7 +74,7 @@ pub enum AdminError {
 /// The (url, org, bucket) of the default destination and of every route.
 pub fn configured_buckets(ic: &InfluxConfig) -> BTreeSet<(String, String, String)> {
     let mut out = BTreeSet::new();
-    out.insert((ic.url.clone(), ic.org.clone(), ic.bucket.clone()));
+    out.insert((ic.url.clone(), ic.org.clone(), ic.default_bucket()));
     for d in ic.routes.values() {
         out.insert((
             d.url.clone().unwrap_or_else(|| ic.url.clone()),
@@ -268,6 +274,224 @@ pub async fn ensure_bucket(
     }
 }
 
+/// One configured v1 destination: (url, database, retention policy).
+pub type V1Destination = (String, String, Option<String>);
+
+/// The (url, database, retention policy) of the default destination and of
+/// every route, under `api = "v1"`.
+pub fn configured_databases(ic: &InfluxConfig) -> BTreeSet<V1Destination> {
+    configured_buckets(ic)
+        .into_iter()
+        .filter_map(|(url, _, bucket)| {
+            split_bucket(&bucket)
+                .map(|(db, rp)| (url.clone(), db.to_string(), rp.map(str::to_string)))
+        })
+        .collect()
+}
+
+/// A reqwest client for the 1.x endpoints with the config's CA file.
+fn v1_http(ic: &InfluxConfig, timeout: Duration) -> Result<reqwest::Client, AdminError> {
+    let mut b = reqwest::Client::builder().timeout(timeout);
+    if let Some(ca) = &ic.tls_ca_file {
+        let bad =
+            |e: String| AdminError::Client(format!("influx.tls_ca_file {}: {e}", ca.display()));
+        let pem = std::fs::read(ca).map_err(|e| bad(e.to_string()))?;
+        for cert in reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| bad(e.to_string()))? {
+            b = b.add_root_certificate(cert);
+        }
+    }
+    b.build().map_err(|e| AdminError::Client(e.to_string()))
+}
+
+/// The write path's credentials on a 1.x request.
+fn v1_auth(
+    ic: &InfluxConfig,
+    req: reqwest::RequestBuilder,
+) -> Result<reqwest::RequestBuilder, AdminError> {
+    if let (Some(user), Some(password)) = (&ic.username, ic.resolve_password()) {
+        return Ok(req.basic_auth(user, Some(password.expose())));
+    }
+    Ok(match ic.resolve_token().map_err(AdminError::Client)? {
+        Some(t) => req.header("Authorization", format!("Token {}", t.expose())),
+        None => req,
+    })
+}
+
+/// Sends `req` within `timeout`; the status and body.
+async fn v1_send(
+    what: &'static str,
+    url: &str,
+    timeout: Duration,
+    req: reqwest::RequestBuilder,
+) -> Result<(u16, reqwest::header::HeaderMap, String), AdminError> {
+    let fail = |detail: String| AdminError::Request {
+        what,
+        url: url.to_string(),
+        detail,
+    };
+    let resp = tokio::time::timeout(timeout, req.send())
+        .await
+        .map_err(|_| AdminError::Timeout {
+            what,
+            url: url.to_string(),
+            ms: timeout.as_millis() as u64,
+        })?
+        .map_err(|e| fail(crate::report::causes(&e)))?;
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = tokio::time::timeout(timeout, resp.text())
+        .await
+        .map_err(|_| AdminError::Timeout {
+            what,
+            url: url.to_string(),
+            ms: timeout.as_millis() as u64,
+        })?
+        .unwrap_or_default();
+    Ok((status, headers, body))
+}
+
+/// One InfluxQL statement over `POST /query`: the first result, or the
+/// server's refusal as (status, message).
+async fn v1_query(
+    ic: &InfluxConfig,
+    what: &'static str,
+    url: &str,
+    q: &str,
+    timeout: Duration,
+) -> Result<Result<serde_json::Value, (u16, String)>, AdminError> {
+    let http = v1_http(ic, timeout)?;
+    let req = v1_auth(
+        ic,
+        http.post(format!("{}/query", url.trim_end_matches('/')))
+            .form(&[("q", q)]),
+    )?;
+    let (status, _, body) = v1_send(what, url, timeout, req).await?;
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or(serde_json::Value::Null);
+    let message = v["error"]
+        .as_str()
+        .or_else(|| v["results"][0]["error"].as_str())
+        .map(str::to_string);
+    match (status, message) {
+        (200..=299, None) if v["results"][0].is_object() => Ok(Ok(v["results"][0].clone())),
+        (s, Some(m)) => Ok(Err((s, m))),
+        (s, None) => Ok(Err((
+            s,
+            format!(
+                "an answer that is not InfluxDB 1.x JSON: {}",
+                body.trim().chars().take(200).collect::<String>()
+            ),
+        ))),
+    }
+}
+
+/// `GET /ping` on a 1.x server: its version (`X-Influxdb-Version`).
+///
+/// # Errors
+/// [`AdminError`] when the server cannot be reached in time or does not
+/// answer 204.
+pub async fn v1_ping(ic: &InfluxConfig, timeout: Duration) -> Result<String, AdminError> {
+    let http = v1_http(ic, timeout)?;
+    let req = v1_auth(
+        ic,
+        http.get(format!("{}/ping", ic.url.trim_end_matches('/'))),
+    )?;
+    let (status, headers, body) = v1_send("ping", &ic.url, timeout, req).await?;
+    if status != 204 {
+        return Err(AdminError::Request {
+            what: "ping",
+            url: ic.url.clone(),
+            detail: format!("HTTP {status}: {}", body.trim()),
+        });
+    }
+    Ok(headers
+        .get("x-influxdb-version")
+        .and_then(|v| v.to_str().ok())
+        .map(|v| format!("InfluxDB {v}"))
+        .unwrap_or_else(|| "answered /ping without a version".into()))
+}
+
+/// Whether `db` (and `rp`, when given) exists at `url`: `Ok(None)` when both
+/// do, `Ok(Some(what is missing))` otherwise.
+///
+/// # Errors
+/// [`AdminError`] when the server cannot be reached in time or refuses the
+/// credentials.
+pub async fn v1_find(
+    ic: &InfluxConfig,
+    url: &str,
+    db: &str,
+    rp: Option<&str>,
+    timeout: Duration,
+) -> Result<Option<String>, AdminError> {
+    let refused = |what: &'static str, (status, m): (u16, String)| AdminError::Request {
+        what,
+        url: url.to_string(),
+        detail: format!("HTTP {status}: {m}"),
+    };
+    let dbs = v1_query(ic, "SHOW DATABASES", url, "SHOW DATABASES", timeout)
+        .await?
+        .map_err(|e| refused("SHOW DATABASES", e))?;
+    let names = |v: &serde_json::Value| -> BTreeSet<String> {
+        v["series"][0]["values"]
+            .as_array()
+            .map(|rows| {
+                rows.iter()
+                    .filter_map(|r| r[0].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    if !names(&dbs).contains(db) {
+        return Ok(Some(format!("no database {db:?}")));
+    }
+    if let Some(rp) = rp {
+        let q = format!("SHOW RETENTION POLICIES ON {}", quote_ident(db));
+        let rps = v1_query(ic, "SHOW RETENTION POLICIES", url, &q, timeout)
+            .await?
+            .map_err(|e| refused("SHOW RETENTION POLICIES", e))?;
+        if !names(&rps).contains(rp) {
+            return Ok(Some(format!(
+                "no retention policy {rp:?} on database {db:?}"
+            )));
+        }
+    }
+    Ok(None)
+}
+
+/// Creates database `db` at `url` unless it exists (`CREATE DATABASE`, which
+/// InfluxDB makes idempotent; its default policy `autogen` keeps data
+/// forever). A retention policy is never created: its duration is the
+/// operator's decision.
+///
+/// # Errors
+/// [`AdminError`] when the server cannot be reached in time.
+pub async fn v1_ensure_database(
+    ic: &InfluxConfig,
+    url: &str,
+    db: &str,
+    timeout: Duration,
+) -> Result<BucketInit, AdminError> {
+    let shown = v1_query(ic, "SHOW DATABASES", url, "SHOW DATABASES", timeout).await?;
+    if let Ok(v) = &shown {
+        let exists = v["series"][0]["values"]
+            .as_array()
+            .is_some_and(|rows| rows.iter().any(|r| r[0].as_str() == Some(db)));
+        if exists {
+            return Ok(BucketInit::Exists);
+        }
+    }
+    let q = format!("CREATE DATABASE {}", quote_ident(db));
+    match v1_query(ic, "CREATE DATABASE", url, &q, timeout).await? {
+        Ok(_) => Ok(BucketInit::Created),
+        Err((status, m)) => Ok(BucketInit::Refused(format!("HTTP {status}: {m}"))),
+    }
+}
+
+/// An InfluxQL identifier in double quotes.
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -301,6 +525,30 @@ mod tests {
                 t("http://influx2.example:8086", "other", "market"),
             ]
         );
+    }
+
+    #[test]
+    fn v1_destinations_and_identifiers() {
+        let mut ic = InfluxConfig::v1("http://influx.example:8086", "market");
+        ic.retention_policy = Some("hourly".into());
+        ic.routes.insert(
+            "OKX".into(),
+            super::super::Destination {
+                bucket: "okx".into(),
+                org: None,
+                url: None,
+            },
+        );
+        let got: Vec<_> = configured_databases(&ic).into_iter().collect();
+        let u = "http://influx.example:8086".to_string();
+        assert_eq!(
+            got,
+            vec![
+                (u.clone(), "market".to_string(), Some("hourly".to_string())),
+                (u, "okx".to_string(), None),
+            ]
+        );
+        assert_eq!(quote_ident(r#"a"b\c"#), r#""a\"b\\c""#);
     }
 
     #[tokio::test]

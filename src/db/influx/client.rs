@@ -5,18 +5,30 @@
 //! its DataPoint stream API; writes therefore go out as one request of our
 //! own, on reqwest 0.12 / hyper 1 / rustls 0.23 (ring), the current stack
 //! (influxdb2 keeps its reqwest 0.11 for the management API, `admin.rs`).
+//!
+//! Two APIs (`config.rs`): v2 posts to `/api/v2/write?org&bucket`; v1 to
+//! `/write?db&rp`, the bucket split as `database[/retention_policy]`. Both
+//! use `precision=ns`. Credentials always travel in the `Authorization`
+//! header, never in the query string (v1's `u`/`p` parameters would put the
+//! password in every proxy and server access log): `Token <token>` (v2, and
+//! v1 on InfluxDB 1.8+, 2.x and 3), or HTTP Basic for a v1 user name and
+//! password, which InfluxDB 1.x accepts in every version.
 
 use std::io::Write;
 use std::time::Duration;
 
+use super::config::{split_bucket, Api, InfluxConfig};
 use super::error::InfluxError;
 use crate::secret::Secret;
 
-/// Sends line protocol to one InfluxDB v2 endpoint.
+/// Sends line protocol to one InfluxDB endpoint.
 #[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
     token: Option<Secret>,
+    /// v1 user name and password (HTTP Basic); wins over `token`.
+    basic: Option<(String, Secret)>,
+    api: Api,
     timeout: Duration,
     gzip: bool,
 }
@@ -51,12 +63,34 @@ impl Client {
         Ok(Client {
             http,
             token,
+            basic: None,
+            api: Api::V2,
             timeout,
             gzip,
         })
     }
 
-    /// Writes `body` (line protocol, ns precision) to `bucket`/`org` at `url`.
+    /// The client `ic` describes (API, credentials, CA file), with this
+    /// deadline and compression.
+    ///
+    /// # Errors
+    /// When the token file cannot be read or the HTTP client cannot be built.
+    pub fn from_config(ic: &InfluxConfig, timeout: Duration, gzip: bool) -> Result<Client, String> {
+        let mut c = Client::new(
+            ic.resolve_token()?,
+            timeout,
+            gzip,
+            ic.tls_ca_file.as_deref(),
+        )?;
+        c.api = ic.api;
+        if let (Some(user), Some(password)) = (&ic.username, ic.resolve_password()) {
+            c.basic = Some((user.clone(), password));
+        }
+        Ok(c)
+    }
+
+    /// Writes `body` (line protocol, ns precision) to `bucket`/`org` at `url`
+    /// (v1: `bucket` is `database[/retention_policy]`, `org` unused).
     ///
     /// # Errors
     /// [`InfluxError`], classified for the drainer.
@@ -68,13 +102,30 @@ impl Client {
         bucket: &str,
         body: bytes::Bytes,
     ) -> Result<(), InfluxError> {
-        let endpoint = format!("{}/api/v2/write", url.trim_end_matches('/'));
-        let mut req = self.http.post(&endpoint).query(&[
-            ("org", org),
-            ("bucket", bucket),
-            ("precision", "ns"),
-        ]);
-        if let Some(t) = &self.token {
+        let base = url.trim_end_matches('/');
+        let mut req = match self.api {
+            Api::V2 => self.http.post(format!("{base}/api/v2/write")).query(&[
+                ("org", org),
+                ("bucket", bucket),
+                ("precision", "ns"),
+            ]),
+            Api::V1 => {
+                // The config is validated; an unsplittable bucket here is
+                // sent whole and the server names it in its 404.
+                let (db, rp) = split_bucket(bucket).unwrap_or((bucket, None));
+                let req = self
+                    .http
+                    .post(format!("{base}/write"))
+                    .query(&[("db", db), ("precision", "ns")]);
+                match rp {
+                    Some(rp) => req.query(&[("rp", rp)]),
+                    None => req,
+                }
+            }
+        };
+        if let Some((user, password)) = &self.basic {
+            req = req.basic_auth(user, Some(password.expose()));
+        } else if let Some(t) = &self.token {
             req = req.header("Authorization", format!("Token {}", t.expose()));
         }
         req = if self.gzip {
@@ -157,11 +208,17 @@ fn without_url(e: &reqwest::Error) -> String {
     crate::report::causes(e)
 }
 
-/// InfluxDB's JSON `message`, or the raw text, shortened.
+/// InfluxDB's JSON `message` (2.x) or `error` (1.x), or the raw text,
+/// shortened.
 fn server_message(text: &str) -> String {
     let msg = serde_json::from_str::<serde_json::Value>(text)
         .ok()
-        .and_then(|v| v["message"].as_str().map(str::to_string))
+        .and_then(|v| {
+            v["message"]
+                .as_str()
+                .or_else(|| v["error"].as_str())
+                .map(str::to_string)
+        })
         .unwrap_or_else(|| text.trim().to_string());
     msg.chars().take(500).collect()
 }
@@ -170,6 +227,18 @@ fn server_message(text: &str) -> String {
 mod tests {
     use super::*;
     use std::time::{SystemTime, UNIX_EPOCH};
+
+    #[test]
+    fn server_messages_of_both_versions() {
+        assert_eq!(server_message(r#"{"code":"invalid","message":"m2"}"#), "m2");
+        assert_eq!(
+            server_message(
+                r#"{"error":"partial write: points beyond retention policy dropped=1"}"#
+            ),
+            "partial write: points beyond retention policy dropped=1"
+        );
+        assert_eq!(server_message("404 page not found\n"), "404 page not found");
+    }
 
     #[test]
     fn retry_after_seconds_and_http_dates() {

@@ -44,13 +44,22 @@ impl InfluxError {
     /// | no connection, reset, timeout; HTTP 408, 429, 5xx | transient |
     /// | HTTP 400, 422 (a line does not parse or is refused), 413 (too large) | data: bisected to the line, dead-lettered |
     /// | HTTP 401, 403 (token), 404 (org or bucket), rejected TLS certificate | config |
+    /// | any status whose message says the database or retention policy does not exist (1.x: 400/404 "database not found", 500 "retention policy not found") | config |
     /// | any other status | unknown: bisected first (see `is_unclassified`), config if it hits everything |
+    ///
+    /// InfluxDB 1.x answers a partial write (`partial write: … dropped=N`:
+    /// field type conflict, points beyond retention policy, unparsable line)
+    /// with 400 after storing the other points: data, bisected to the refused
+    /// lines; the stored ones are re-sent on the way and overwrite themselves.
     pub fn class(&self) -> ErrorClass {
         match self {
             InfluxError::Connect { .. }
             | InfluxError::Timeout { .. }
             | InfluxError::DeadLetter(_) => ErrorClass::Transient,
             InfluxError::Certificate { .. } | InfluxError::Setup(_) => ErrorClass::Config,
+            InfluxError::Http { message, .. } if names_missing_destination(message) => {
+                ErrorClass::Config
+            }
             InfluxError::Http { status, .. } => {
                 classify_status(*status).unwrap_or(ErrorClass::Config)
             }
@@ -60,7 +69,8 @@ impl InfluxError {
     /// The server answered with a status the table does not know: the sink
     /// bisects it like a data error before it calls it configuration.
     pub fn is_unclassified(&self) -> bool {
-        matches!(self, InfluxError::Http { status, .. } if classify_status(*status).is_none())
+        matches!(self, InfluxError::Http { status, message, .. }
+            if classify_status(*status).is_none() && !names_missing_destination(message))
     }
 
     /// The request ran out of time (our deadline, or HTTP 408/504 from the
@@ -90,6 +100,15 @@ impl InfluxError {
     }
 }
 
+/// InfluxDB 1.x names a missing database or retention policy in its message
+/// whatever the status (404 before the write, 400 when the database vanished
+/// during it, 500 for a retention policy): no line of the batch is to blame.
+/// A partial write's message names the reason of single points and is data.
+fn names_missing_destination(message: &str) -> bool {
+    let m = message.trim_start();
+    m.starts_with("database not found") || m.starts_with("retention policy not found")
+}
+
 /// HTTP status → class; `None` for a status outside the table.
 fn classify_status(status: u16) -> Option<ErrorClass> {
     Some(match status {
@@ -111,6 +130,43 @@ mod tests {
             message: "m".into(),
             retry_after: None,
         }
+    }
+
+    fn http_msg(status: u16, message: &str) -> InfluxError {
+        InfluxError::Http {
+            url: "u".into(),
+            status,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// The answers InfluxDB 1.6 gave in tests/influx1.rs, by class.
+    #[test]
+    fn influxdb_1x_answers() {
+        for (status, m) in [
+            (404, r#"database not found: "nope""#),
+            (400, r#"database not found: "nope""#),
+            (500, "retention policy not found: nope"),
+            (401, "authorization failed"),
+            (
+                403,
+                r#"user "u" is not authorized to write to database "d""#,
+            ),
+        ] {
+            let e = http_msg(status, m);
+            assert_eq!(e.class(), ErrorClass::Config, "{status} {m}");
+            assert!(!e.is_unclassified(), "{status} {m}");
+        }
+        for m in [
+            "field type conflict",
+            r#"partial write: field type conflict: input field "v" on measurement "m" is type integer, already exists as type float dropped=1"#,
+            "partial write: points beyond retention policy dropped=1",
+            "partial write: unable to parse 'm v=x 2': invalid boolean dropped=0",
+        ] {
+            assert_eq!(http_msg(400, m).class(), ErrorClass::Data, "{m}");
+        }
+        assert_eq!(http_msg(500, "timeout").class(), ErrorClass::Transient);
     }
 
     #[test]

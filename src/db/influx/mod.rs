@@ -1,4 +1,6 @@
-//! InfluxDB v2 sink: raw ticks and generic points as line protocol.
+//! InfluxDB sink: raw ticks and generic points as line protocol, through
+//! the v2 write API (`/api/v2/write`) or the 1.x one (`/write`), chosen by
+//! `[influx] api` (`config.rs`; docs/INFLUX.md compares the servers).
 //!
 //! Three parts: `encode` (pure, byte-exact line protocol), `client` (one
 //! request with a deadline, classified), `sink` (routing, request limits,
@@ -15,7 +17,7 @@ mod error;
 mod sink;
 
 pub use client::Client;
-pub use config::{Destination, InfluxConfig};
+pub use config::{Api, Destination, InfluxConfig};
 pub use encode::{encode, measurement};
 pub use error::InfluxError;
 pub use sink::InfluxSink;

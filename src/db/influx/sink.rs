@@ -6,7 +6,11 @@
 //! down to the line, which is dead-lettered; so is a status the table does
 //! not know, which is dead-lettered only if it refuses single lines while
 //! others of the delivery are written (it hitting everything makes it
-//! configuration). Repeated timeouts halve the lines per request
+//! configuration). InfluxDB 1.x's partial write (400 `partial write: …
+//! dropped=N`, the other points already stored) is a data error like any
+//! other: bisection finds exactly the refused lines, and the stored lines it
+//! re-sends overwrite themselves (identity timestamps), so no parsing of the
+//! server's message is needed. Repeated timeouts halve the lines per request
 //! (`drain::retry::Shrink`) before a batch is retried at full size.
 //!
 //! Pipelining: [`Sink::fork`] gives the drainer further instances sharing
@@ -60,14 +64,14 @@ const SPARE_LINES: usize = 4;
 
 impl InfluxSink {
     /// # Errors
-    /// When the token file cannot be read or the HTTP client cannot be built.
+    /// When the config is inconsistent (`InfluxConfig::validate`), the token
+    /// file cannot be read or the HTTP client cannot be built.
     pub fn new(config: InfluxConfig, dead: DeadLetters) -> Result<InfluxSink, InfluxError> {
-        let token = config.resolve_token().map_err(InfluxError::Setup)?;
-        let client = Client::new(
-            token,
+        config.validate().map_err(InfluxError::Setup)?;
+        let client = Client::from_config(
+            &config,
             Duration::from_millis(config.timeout_ms),
             config.gzip,
-            config.tls_ca_file.as_deref(),
         )
         .map_err(InfluxError::Setup)?;
         Ok(InfluxSink {
