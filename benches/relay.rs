@@ -460,7 +460,14 @@ fn trades_body(base: i64, lines: usize) -> String {
 /// `writers` writers post `lines`-line requests for `secs`, as fast as they
 /// are acknowledged (`rate` None) or at `rate` records/s in all; returns the
 /// records acknowledged. Refusals (503) are retried after 10 ms.
-async fn load(url: &str, writers: usize, lines: usize, rate: Option<u64>, secs: f64, epoch: i64) -> u64 {
+async fn load(
+    url: &str,
+    writers: usize,
+    lines: usize,
+    rate: Option<u64>,
+    secs: f64,
+    epoch: i64,
+) -> u64 {
     let client = reqwest::Client::new();
     let until = Instant::now() + Duration::from_secs_f64(secs);
     let tasks: Vec<_> = (0..writers)
@@ -479,7 +486,8 @@ async fn load(url: &str, writers: usize, lines: usize, rate: Option<u64>, secs: 
                     if let Some(t) = tick.as_mut() {
                         t.tick().await;
                     }
-                    let base = epoch + (w as i64) * 1_000_000_000_000_000 + req * lines as i64 * 1000;
+                    let base =
+                        epoch + (w as i64) * 1_000_000_000_000_000 + req * lines as i64 * 1000;
                     req += 1;
                     let body = trades_body(base, lines);
                     loop {
@@ -526,9 +534,8 @@ fn memory(_c: &mut Criterion) {
     let mut vmserver = rt.block_on(vm::Vm::start());
     let client = reqwest::Client::new();
     let epoch = 1_700_000_000_000_000_000i64;
-    let only = |name: &str| {
-        std::env::var("WALRELAY_BENCH_MEMORY_SCENARIO").map_or(true, |s| s == name)
-    };
+    let only =
+        |name: &str| std::env::var("WALRELAY_BENCH_MEMORY_SCENARIO").map_or(true, |s| s == name);
     let mut steady_mib = None;
 
     if only("steady") {
@@ -538,7 +545,10 @@ fn memory(_c: &mut Criterion) {
         let watch = RssWatch::start(relay.id());
         let n = rt.block_on(load(&url, 4, 100, Some(100_000), 60.0, epoch));
         let (max, _, _) = watch.phase(&format!("steady 100k records/s, 60 s ({n} records)"));
-        remark(format!("memory goal steady ≤ 48 MiB: {max} MiB ({})", if max <= 48 { "met" } else { "NOT met" }));
+        remark(format!(
+            "memory goal steady ≤ 48 MiB: {max} MiB ({})",
+            if max <= 48 { "met" } else { "NOT met" }
+        ));
         steady_mib = Some(max);
         let _ = relay.kill();
         let _ = relay.wait();
@@ -550,17 +560,37 @@ fn memory(_c: &mut Criterion) {
         let (mut relay, url) = fresh_relay(dir.path(), &vmserver.url(), &pg_url);
         let watch = RssWatch::start(relay.id());
         let t = Instant::now();
-        let n = rt.block_on(load(&url, 4, 1000, None, 20.0, epoch + 10_000_000_000_000_000));
+        let n = rt.block_on(load(
+            &url,
+            4,
+            1000,
+            None,
+            20.0,
+            epoch + 10_000_000_000_000_000,
+        ));
         watch.phase(&format!(
             "burst: 4 writers x 1000-line requests for 20 s ({} k records/s acknowledged)",
             n as f64 / t.elapsed().as_secs_f64() / 1000.0
         ));
         let t = Instant::now();
         rt.block_on(drained(&client, &url));
-        watch.phase(&format!("burst: until delivered ({:.1} s)", t.elapsed().as_secs_f64()));
-        rt.block_on(load(&url, 4, 100, Some(100_000), 15.0, epoch + 20_000_000_000_000_000));
+        watch.phase(&format!(
+            "burst: until delivered ({:.1} s)",
+            t.elapsed().as_secs_f64()
+        ));
+        rt.block_on(load(
+            &url,
+            4,
+            100,
+            Some(100_000),
+            15.0,
+            epoch + 20_000_000_000_000_000,
+        ));
         let (_, _, hwm) = watch.phase("burst: then steady 100k records/s for 15 s");
-        remark(format!("memory goal burst-then-steady peak ≤ 128 MiB: {hwm} MiB ({})", if hwm <= 128 { "met" } else { "NOT met" }));
+        remark(format!(
+            "memory goal burst-then-steady peak ≤ 128 MiB: {hwm} MiB ({})",
+            if hwm <= 128 { "met" } else { "NOT met" }
+        ));
         let _ = relay.kill();
         let _ = relay.wait();
     }
@@ -574,17 +604,40 @@ fn memory(_c: &mut Criterion) {
         let t = Instant::now();
         let mut n = 0;
         while n < 10_000_000 {
-            n += rt.block_on(load(&url, 4, 1000, None, 5.0, epoch + 30_000_000_000_000_000 + n as i64 * 1000));
+            n += rt.block_on(load(
+                &url,
+                4,
+                1000,
+                None,
+                5.0,
+                epoch + 30_000_000_000_000_000 + n as i64 * 1000,
+            ));
         }
-        watch.phase(&format!("outage: {n} records written with the Influx sink down ({:.0} s)", t.elapsed().as_secs_f64()));
+        watch.phase(&format!(
+            "outage: {n} records written with the Influx sink down ({:.0} s)",
+            t.elapsed().as_secs_f64()
+        ));
         rt.block_on(vmserver.resume());
         let t = Instant::now();
         rt.block_on(drained(&client, &url));
-        watch.phase(&format!("outage: backlog drained ({:.0} s)", t.elapsed().as_secs_f64()));
+        watch.phase(&format!(
+            "outage: backlog drained ({:.0} s)",
+            t.elapsed().as_secs_f64()
+        ));
         let mut after = 0;
         for i in 0..6 {
-            rt.block_on(load(&url, 4, 100, Some(50_000), 10.0, epoch + 40_000_000_000_000_000 + i * 10_000_000_000_000));
-            let (max, now, _) = watch.phase(&format!("outage: {} s after the drain at 50k records/s", (i + 1) * 10));
+            rt.block_on(load(
+                &url,
+                4,
+                100,
+                Some(50_000),
+                10.0,
+                epoch + 40_000_000_000_000_000 + i * 10_000_000_000_000,
+            ));
+            let (max, now, _) = watch.phase(&format!(
+                "outage: {} s after the drain at 50k records/s",
+                (i + 1) * 10
+            ));
             let _ = max;
             after = now;
         }

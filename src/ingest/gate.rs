@@ -38,6 +38,9 @@ pub enum Origin {
     Replay,
 }
 
+/// Meta key: the first seq whose append stored its identity memo.
+const MEMOS_FROM_SEQ: &[u8] = b"ingest/identity_memos_from_seq";
+
 /// The ingest gate: limits, identity window and the log.
 pub struct Gate {
     wal: Wal,
@@ -54,18 +57,33 @@ fn now_ms() -> u64 {
 
 impl Gate {
     /// A gate in front of `wal`. Rebuilds the identity window from the
-    /// frames committed within the last `identity_window_ms`.
+    /// memos of the appends committed within the last `identity_window_ms`
+    /// (`wal/memo.rs`): the cost is what the window holds, whatever the
+    /// backlog. Frames written before the log had memos (an older walrelay)
+    /// are read back from the log's tail as before, once.
     ///
     /// # Errors
-    /// [`WalError`] if the log's tail cannot be read.
+    /// [`WalError`] if the log's tail or its memos cannot be read.
     pub fn new(wal: Wal, limits: Limits, identity_window_ms: u64) -> Result<Gate, WalError> {
         let mut window = IdentityWindow::new(identity_window_ms);
         let cutoff = now_ms().saturating_sub(identity_window_ms);
+        // The first seq whose append stored its memo: set on the first
+        // start of a log by a walrelay that writes memos.
+        let meta = wal.meta();
+        let memos_from = match meta.get(MEMOS_FROM_SEQ)? {
+            Some(v) if v.len() == 8 => u64::from_le_bytes(v[..].try_into().expect("8 bytes")),
+            _ => {
+                let from = wal.stats().last_seq + 1;
+                meta.insert(MEMOS_FROM_SEQ, &from.to_le_bytes())?;
+                from
+            }
+        };
+        // Frames from before memos: walk back from the newest of them while
+        // they are young enough, reading at most as many records as the
+        // window can hold. Only the slots are kept. Past one window after
+        // the upgrade this stops at the first frame.
         let mut frames = 0u64;
-        let mut seq = wal.stats().last_seq;
-        // Walk back from the newest frame while frames are young enough,
-        // reading at most as many records as the window can hold (so startup
-        // stays quick and small after a burst). Only the slots are kept.
+        let mut seq = memos_from - 1;
         let mut slots = Vec::new();
         let mut examined = 0usize;
         while seq > 0 && examined < super::identity::MAX_SLOTS {
@@ -87,11 +105,16 @@ impl Gate {
         for (key, id, at_ms) in slots.into_iter().rev() {
             window.remember_slot(key, id, at_ms);
         }
-        if frames > 0 {
+        let memos = wal.memos_since(cutoff, super::identity::MAX_SLOTS * 16)?;
+        for (at_ms, memo) in &memos {
+            window.remember_memo(memo, *at_ms);
+        }
+        if frames > 0 || !memos.is_empty() {
             tracing::info!(
                 frames,
+                memos = memos.len(),
                 slots = window.len(),
-                "identity window rebuilt from the log's tail"
+                "identity window rebuilt"
             );
         }
         Ok(Gate {
@@ -173,12 +196,18 @@ impl Gate {
         origin: Origin,
     ) -> Result<AppendOutcome, IngestError> {
         self.check(&records, lines)?;
-        if origin == Origin::Typed {
-            self.identities
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .assign(&mut records, now_ms());
+        // The slots this append holds, stored with it for the rebuild.
+        let memo = match origin {
+            Origin::Typed => Some(
+                self.identities
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .assign(&mut records, now_ms()),
+            ),
+            Origin::Replay => Some(super::identity::memo_of(&records)),
+            Origin::LineProtocol => None,
         }
+        .filter(|m| !m.is_empty());
         let line = |i: usize| lines.and_then(|l| l.get(i).copied()).unwrap_or(i + 1);
         let mut payload = Vec::with_capacity(records.len() * 96);
         let mut ends = Vec::with_capacity(records.len());
@@ -205,7 +234,7 @@ impl Gate {
         }
         drop(records);
         self.wal
-            .append_encoded(payload, ends, mask)
+            .append_encoded_with_memo(payload, ends, mask, memo)
             .map_err(|e| match e {
                 WalError::Full { .. } => IngestError::Full {
                     retry_after: std::time::Duration::from_secs(1),
@@ -269,4 +298,71 @@ pub struct ReplayReport {
     pub replayed: u64,
     /// Dead letters refused by the gate and kept: id and reason.
     pub refused: Vec<(Vec<u8>, String)>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::Trade;
+    use crate::wal::WalConfig;
+
+    fn trade(id: &str) -> Record {
+        Record::Trade(Trade {
+            venue: "BINANCE".into(),
+            symbol: "BTCUSDT".into(),
+            ts: 1_764_000_000_123_000_000,
+            price: 1.5,
+            quantity: 2.0,
+            side: "buy".into(),
+            trade_id: id.into(),
+        })
+    }
+
+    fn slots(gate: &Gate) -> usize {
+        gate.identities.lock().unwrap().len()
+    }
+
+    /// The window comes back from memos after a restart; a log written
+    /// before memos existed (frames only, no meta key) is read from its
+    /// tail instead, and keeps being until its frames leave the window.
+    #[test]
+    fn the_window_is_rebuilt_from_memos_and_from_a_log_without_them() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let cfg = WalConfig::new(dir.path());
+        // An older walrelay's log: stamped trades appended without memos.
+        {
+            let wal = Wal::open(cfg.clone()).unwrap();
+            let mut old = vec![trade("a"), trade("b")];
+            crate::ingest::identity::assign_identity_timestamps(&mut old);
+            wal.append(&old).unwrap();
+        }
+        let wal = Wal::open(cfg.clone()).unwrap();
+        let gate = Gate::new(wal.clone(), Limits::default(), 10_000).unwrap();
+        assert_eq!(slots(&gate), 2, "read from the tail of a log without memos");
+        // New appends store memos; line protocol holds no slot.
+        gate.admit(
+            vec![trade("c"), trade("d"), trade("e")],
+            None,
+            Origin::Typed,
+        )
+        .unwrap();
+        gate.admit(vec![trade("f")], None, Origin::LineProtocol)
+            .unwrap();
+        assert_eq!(slots(&gate), 5);
+        drop(gate);
+        drop(wal);
+        let wal = Wal::open(cfg).unwrap();
+        let gate = Gate::new(wal, Limits::default(), 10_000).unwrap();
+        assert_eq!(
+            slots(&gate),
+            5,
+            "old frames from the tail, new ones from memos"
+        );
+        // A window of 0: nothing is young enough.
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let wal = gate.wal.clone();
+        drop(gate);
+        let gate = Gate::new(wal, Limits::default(), 0).unwrap();
+        assert_eq!(slots(&gate), 0);
+    }
 }

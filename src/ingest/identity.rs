@@ -21,10 +21,13 @@
 //!    arrive within the window of each other. The window holds at most
 //!    500 000 slots; past that the oldest go first.
 //! 4. The decision is made before the append and the result is what the log
-//!    stores, so every replay writes the same line. At startup the window is
-//!    rebuilt from the log's tail (frames committed within the window; the
-//!    log keeps delivered frames that long, `WalConfig::retain_ms`).
-//!    A stored record's identity is recomputed from it: exact for trades
+//!    stores, so every replay writes the same line. Each append stores the
+//!    slots it holds as a memo beside its frames (`wal/memo.rs`, kept for
+//!    the window, `WalConfig::retain_ms`); at startup the window is rebuilt
+//!    from the memos committed within the window, so a restart costs what
+//!    the window holds, whatever the backlog. For frames written before
+//!    memos existed (an older walrelay's log), the window is rebuilt from
+//!    the log's tail, once. There, a stored record's identity is recomputed from it: exact for trades
 //!    with a `trade_id`; for content identities (which hash the original
 //!    timestamp) it is recovered when the original had millisecond
 //!    precision, otherwise the slot is kept as "held by someone", so a
@@ -179,8 +182,10 @@ impl IdentityWindow {
     }
 
     /// Applies the rule to every trade and liquidation of one append, in
-    /// order, against (and into) the window.
-    pub(crate) fn assign(&mut self, records: &mut [Record], now_ms: u64) {
+    /// order, against (and into) the window. Returns the memo of the slots
+    /// the append holds ([`memo_of`] format), which the gate stores with it.
+    pub(crate) fn assign(&mut self, records: &mut [Record], now_ms: u64) -> Vec<u8> {
+        let mut memo = Vec::new();
         self.expire(now_ms);
         for r in records.iter_mut() {
             let Some(h) = identity_hash(r) else { continue };
@@ -198,6 +203,18 @@ impl IdentityWindow {
                 }
             }
             *ts = t;
+            push_slot(&mut memo, slot(s, t), h);
+        }
+        memo
+    }
+
+    /// Rebuilds from a memo stored at `at_ms` (startup); memos must come
+    /// oldest first.
+    pub(crate) fn remember_memo(&mut self, memo: &[u8], at_ms: u64) {
+        for pair in memo.chunks_exact(16) {
+            let key = u64::from_le_bytes(pair[..8].try_into().expect("8 bytes"));
+            let id = u64::from_le_bytes(pair[8..].try_into().expect("8 bytes"));
+            self.hold(key, id, at_ms);
         }
     }
 
@@ -215,6 +232,24 @@ impl IdentityWindow {
     pub(crate) fn remember_slot(&mut self, key: u64, id: u64, at_ms: u64) {
         self.hold(key, id, at_ms);
     }
+}
+
+/// A memo is the slots an append holds: (slot, identity) pairs, 16 bytes
+/// each, little-endian.
+fn push_slot(memo: &mut Vec<u8>, key: u64, id: u64) {
+    memo.extend_from_slice(&key.to_le_bytes());
+    memo.extend_from_slice(&id.to_le_bytes());
+}
+
+/// The memo of records already stamped (a dead-letter replay).
+pub(crate) fn memo_of(records: &[Record]) -> Vec<u8> {
+    let mut memo = Vec::new();
+    for r in records {
+        if let Some((key, id)) = stored_slot(r) {
+            push_slot(&mut memo, key, id);
+        }
+    }
+    memo
 }
 
 /// The slot a stored trade or liquidation holds and the identity holding it
@@ -253,7 +288,7 @@ pub fn base_timestamp(r: &Record) -> Option<i64> {
 /// Applies the rule within one append only (no history): the stateless form
 /// for tools and tests that build logs directly.
 pub fn assign_identity_timestamps(records: &mut [Record]) {
-    IdentityWindow::new(u64::MAX).assign(records, 0);
+    let _ = IdentityWindow::new(u64::MAX).assign(records, 0);
 }
 
 #[cfg(test)]

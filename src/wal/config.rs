@@ -128,11 +128,10 @@ pub struct WalConfig {
     /// has acknowledged it.
     #[serde(skip)]
     pub sinks: Vec<String>,
-    /// Delivered frames younger than this (commit time, ms) are kept a
-    /// little longer: the ingest gate rebuilds its identity window from them
-    /// at startup. Set by the relay from `ingest.identity_window_ms`; 0 keeps
-    /// nothing. Best effort: while the log is over half full, delivered
-    /// frames are deleted regardless.
+    /// Append memos (`memo.rs`) younger than this (commit time, ms) are
+    /// kept: the ingest gate rebuilds its identity window from them at
+    /// startup. Set by the relay from `ingest.identity_window_ms`; 0 keeps
+    /// none past the next group commit.
     #[serde(skip)]
     pub retain_ms: u64,
 }

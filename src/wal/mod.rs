@@ -41,13 +41,14 @@
 //! frame.rs       the frame encoding (version, CRC32, header, records)
 //! state.rs       the log totals record
 //! dead_letter.rs dead letters and their budget
+//! memo.rs        append memos by commit time (the gate's identity slots)
 //! meta.rs        small durable facts of other modules
 //! disk.rs        the min_free_bytes check
 //! ```
 //!
 //! ## The trees
 //!
-//! One sled store (directory mode 0700) with six trees, opened in this order
+//! One sled store (directory mode 0700) with seven trees, opened in this order
 //! by `recovery.rs`. Sequence keys are `u64` big-endian, so sled's key order
 //! is log order.
 //!
@@ -72,6 +73,9 @@
 //! frame_kinds   u64 BE seq           -> u16 LE mask of the record       writer.rs inserts;
 //!                                       kinds in the frame              space.rs prunes;
 //!                                                                       reader.rs reads
+//! memos         u64 BE commit ms     -> an appender's memo (the gate's  writer.rs inserts
+//!               ++ u64 BE last seq      identity slots, 16 B each)      (before the frames);
+//!                                                                       memo.rs prunes, reads
 //! ```
 //!
 //! ## Write path
@@ -118,9 +122,7 @@
 //!
 //! - Truncation: [`Wal::ack`] advances the sink's cursor (not flushed, see
 //!   the crash rules), then deletes every frame up to the lowest cursor of the
-//!   configured sinks, except frames younger than `retain_ms` while the log is
-//!   at most half full (the ingest gate rebuilds its identity window from
-//!   them). Cursors of sinks no longer configured do not hold truncation
+//!   configured sinks. Cursors of sinks no longer configured do not hold truncation
 //!   back; with no sink configured nothing is truncated.
 //! - `drop_oldest`: a commit that would overshoot `max_bytes` deletes the
 //!   oldest frames in its own batch, counts their records in the totals
@@ -177,7 +179,6 @@
 //!   inspection, not replayed.
 //! - Keeping every dead letter: past `dead_letter_max_bytes` the oldest go,
 //!   counted.
-//! - Keeping delivered frames for `retain_ms` once the log is half full.
 //! - Exact backlog bytes: [`Backlog::bytes`] is proportional to records.
 //! - Repairing sled's own files: damage inside them beyond a torn tail is
 //!   sled's to detect; the log checks only its own frame encoding.
@@ -188,6 +189,7 @@ pub(crate) mod disk;
 mod durability;
 mod error;
 mod frame;
+mod memo;
 mod meta;
 mod reader;
 mod recovery;
@@ -305,6 +307,10 @@ pub(crate) struct Shared {
     quarantine: sled::Tree,
     /// seq → u16 mask of the record kinds in the frame (see `read_for`).
     index: sled::Tree,
+    /// Append memos by commit time (`memo.rs`).
+    memos: sled::Tree,
+    /// When memos were last pruned (ms since epoch).
+    memos_pruned_ms: AtomicU64,
     persist: Arc<Persist>,
     config: WalConfig,
     state: Mutex<Guarded>,
@@ -373,6 +379,8 @@ impl Wal {
             dead_book,
             quarantine: store.quarantine,
             index: store.index,
+            memos: store.memos,
+            memos_pruned_ms: AtomicU64::new(0),
             persist,
             config,
             state: Mutex::new(Guarded {
@@ -473,6 +481,18 @@ impl Wal {
         ends: Vec<usize>,
         mask: u16,
     ) -> Result<AppendOutcome, WalError> {
+        self.append_encoded_with_memo(payload, ends, mask, None)
+    }
+
+    /// [`Wal::append_encoded`] with a memo stored beside the append, written
+    /// before its frames and readable by commit time ([`Wal::memos_since`]).
+    pub(crate) fn append_encoded_with_memo(
+        &self,
+        payload: Vec<u8>,
+        ends: Vec<usize>,
+        mask: u16,
+        memo: Option<Vec<u8>>,
+    ) -> Result<AppendOutcome, WalError> {
         let shared = self.shared();
         let count = ends.len() as u32;
         if count == 0 {
@@ -498,6 +518,7 @@ impl Wal {
                 ends,
                 count,
                 mask,
+                memo,
                 reservation,
                 reply: reply_tx,
             })

@@ -37,6 +37,7 @@ pub(crate) struct Store {
     pub dead: sled::Tree,
     pub quarantine: sled::Tree,
     pub index: sled::Tree,
+    pub memos: sled::Tree,
     pub state: LogState,
 }
 
@@ -92,6 +93,7 @@ pub(crate) fn open_store(config: &WalConfig) -> Result<Store, WalError> {
         tree("quarantine")?,
         tree("frame_kinds")?,
     );
+    let memos = tree("memos")?;
 
     match meta
         .get(VERSION_KEY)
@@ -155,6 +157,7 @@ pub(crate) fn open_store(config: &WalConfig) -> Result<Store, WalError> {
         dead,
         quarantine,
         index,
+        memos,
         state,
     })
 }

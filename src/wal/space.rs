@@ -12,8 +12,9 @@
 //!   the totals ([`Shared::drop_oldest`]); after that commit, lagging cursors
 //!   move past them and a warning says what was lost ([`Shared::after_drop`]).
 //! - Truncate: once every configured sink's cursor has passed a frame, it is
-//!   deleted with its share of the totals in one batch ([`Shared::truncate`]),
-//!   except frames younger than `retain_ms` while the log is at most half full.
+//!   deleted with its share of the totals in one batch ([`Shared::truncate`]).
+//!   (The ingest gate's identity window is rebuilt from append memos,
+//!   `memo.rs`, not from delivered frames, so none are kept for it.)
 //! - Index pruning: kinds-index entries of deleted frames are removed after the
 //!   frames ([`Shared::prune_index`]); a leftover entry points at nothing and is
 //!   harmless (see the design note in `mod.rs`).
@@ -179,28 +180,10 @@ impl Shared {
         let mut st = g.log;
         let mut batch = sled::Batch::default();
         let mut removed = 0;
-        // Frames younger than `retain_ms` stay (the ingest gate's identity
-        // window is rebuilt from them); commit times only grow with seq.
-        // Best effort: once the log is half full they go like the others,
-        // so retention never costs an append its space.
-        let keep_after_ms = if self.config.retain_ms == 0
-            || st.bytes + g.pending_bytes > self.config.max_bytes / 2
-        {
-            u64::MAX
-        } else {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or(0)
-                .saturating_sub(self.config.retain_ms)
-        };
         let mut last_removed = 0;
         for kv in self.frames.range(seq_key(0)..=seq_key(min)) {
             let (k, v) = kv.map_err(WalError::sled("read frames to truncate"))?;
             let header = peek_header(&v).ok();
-            if header.is_some_and(|h| h.created_ms > keep_after_ms) {
-                break;
-            }
             let count = header.map(|h| u64::from(h.count)).unwrap_or(0);
             last_removed = key_seq(&k).unwrap_or(last_removed);
             batch.remove(k);

@@ -44,6 +44,8 @@ pub(crate) struct Request {
     pub count: u32,
     /// Kinds present (`RecordKind::bit`), for the frame index.
     pub mask: u16,
+    /// Stored under (commit time, seq) in the memos tree (`memo.rs`).
+    pub memo: Option<Vec<u8>>,
     /// Space held for this append; settled by the commit, released on drop.
     pub reservation: super::Reservation,
     pub reply: Sender<Result<AppendOutcome, WalError>>,
@@ -249,6 +251,18 @@ fn commit_group(
         None
     };
     batch.insert(STATE_KEY, &st.encode()[..]);
+    // Memos before the frames: sled recovers a prefix of its operations, so
+    // an append's frames never survive a crash without its memo.
+    let mut memos = sled::Batch::default();
+    for (req, seq) in group.iter().zip(&seqs) {
+        if let Some(m) = &req.memo {
+            memos.insert(&super::memo::key(created_ms, *seq)[..], &m[..]);
+        }
+    }
+    shared
+        .memos
+        .apply_batch(memos)
+        .map_err(WalError::sled("append memos"))?;
     shared
         .frames
         .apply_batch(batch)
@@ -272,6 +286,7 @@ fn commit_group(
     if let Some((last_dropped, records)) = dropped {
         shared.after_drop(last_dropped, records)?;
     }
+    shared.prune_memos(created_ms)?;
     let last = st.next_seq - 1;
     Ok(group
         .iter()
