@@ -534,8 +534,10 @@ fn memory(_c: &mut Criterion) {
     let mut vmserver = rt.block_on(vm::Vm::start());
     let client = reqwest::Client::new();
     let epoch = 1_700_000_000_000_000_000i64;
-    let only =
-        |name: &str| std::env::var("WALRELAY_BENCH_MEMORY_SCENARIO").map_or(true, |s| s.split(',').any(|x| x == name));
+    let only = |name: &str| {
+        std::env::var("WALRELAY_BENCH_MEMORY_SCENARIO")
+            .map_or(true, |s| s.split(',').any(|x| x == name))
+    };
     let mut steady_mib = None;
 
     if only("steady") {

@@ -38,9 +38,6 @@ pub enum Origin {
     Replay,
 }
 
-/// Meta key: the first seq whose append stored its identity memo.
-const MEMOS_FROM_SEQ: &[u8] = b"ingest/identity_memos_from_seq";
-
 /// The ingest gate: limits, identity window and the log.
 pub struct Gate {
     wal: Wal,
@@ -67,17 +64,7 @@ impl Gate {
     pub fn new(wal: Wal, limits: Limits, identity_window_ms: u64) -> Result<Gate, WalError> {
         let mut window = IdentityWindow::new(identity_window_ms);
         let cutoff = now_ms().saturating_sub(identity_window_ms);
-        // The first seq whose append stored its memo: set on the first
-        // start of a log by a walrelay that writes memos.
-        let meta = wal.meta();
-        let memos_from = match meta.get(MEMOS_FROM_SEQ)? {
-            Some(v) if v.len() == 8 => u64::from_le_bytes(v[..].try_into().expect("8 bytes")),
-            _ => {
-                let from = wal.stats().last_seq + 1;
-                meta.insert(MEMOS_FROM_SEQ, &from.to_le_bytes())?;
-                from
-            }
-        };
+        let memos_from = wal.memos_from_seq();
         // Frames from before memos: walk back from the newest of them while
         // they are young enough, reading at most as many records as the
         // window can hold. Only the slots are kept. Past one window after
@@ -335,6 +322,9 @@ mod tests {
             let mut old = vec![trade("a"), trade("b")];
             crate::ingest::identity::assign_identity_timestamps(&mut old);
             wal.append(&old).unwrap();
+            // What tells an older build's log: no memos-start key.
+            wal.meta().remove(b"wal/memos_from_seq").unwrap();
+            wal.flush().unwrap();
         }
         let wal = Wal::open(cfg.clone()).unwrap();
         let gate = Gate::new(wal.clone(), Limits::default(), 10_000).unwrap();

@@ -62,6 +62,12 @@ impl Shared {
 }
 
 impl Wal {
+    /// The first frame whose append could carry a memo: 1 for a log this
+    /// build created; frames before it were written by an older build.
+    pub(crate) fn memos_from_seq(&self) -> u64 {
+        self.inner.shared.memos_from
+    }
+
     /// The memos committed at or after `cutoff_ms`, oldest first, with their
     /// commit times; read from the newest back, stopping once `max_bytes`
     /// of memos were read (the newest are kept).

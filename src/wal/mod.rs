@@ -311,6 +311,8 @@ pub(crate) struct Shared {
     memos: sled::Tree,
     /// When memos were last pruned (ms since epoch).
     memos_pruned_ms: AtomicU64,
+    /// The first seq whose append could carry a memo.
+    memos_from: u64,
     persist: Arc<Persist>,
     config: WalConfig,
     state: Mutex<Guarded>,
@@ -381,6 +383,7 @@ impl Wal {
             index: store.index,
             memos: store.memos,
             memos_pruned_ms: AtomicU64::new(0),
+            memos_from: store.memos_from,
             persist,
             config,
             state: Mutex::new(Guarded {

@@ -1,8 +1,9 @@
 //! Opening the log. The startup sequence, in order:
 //!
 //! 1. Create the directory with mode 0700 (or tighten an existing one).
-//! 2. Open sled with the page-cache bound, the segment size and the background
-//!    flush period of the durability policy. sled replays its own log and
+//! 2. Open sled with the page-cache bound, the segment size (an existing
+//!    log's own, read from sled's `conf`; `wal.segment_bytes` for a new one)
+//!    and the background flush period. sled replays its own log and
 //!    discards a torn tail: that is sled's contract, tested once as such
 //!    (`tests/crash.rs`), not re-implemented here.
 //! 3. Check the format version in the meta tree: absent means a new log (the
@@ -11,6 +12,9 @@
 //! 5. Reconcile the next sequence number with the last frame key (one O(log n)
 //!    lookup): totals and frames change in one atomic batch, so a mismatch
 //!    means outside interference; the frames win and a warning is logged.
+//! 6. Read since which frame appends carry memos (`memo.rs`); a log without
+//!    the key gets the next sequence number (1 for a new log): frames before
+//!    it were written by a build without memos.
 //!
 //! What opening does **not** do: scan frames. Startup time does not grow with
 //! the backlog. A frame that fails its CRC or does not decode is found by the
@@ -28,6 +32,8 @@ use super::{WalConfig, WalError};
 /// The format version this build writes and reads.
 pub(crate) const FORMAT_VERSION: u32 = 1;
 const VERSION_KEY: &[u8] = b"wal/format_version";
+/// The first seq whose append could carry a memo (`memo.rs`).
+const MEMOS_FROM_KEY: &[u8] = b"wal/memos_from_seq";
 
 pub(crate) struct Store {
     pub db: sled::Db,
@@ -38,6 +44,7 @@ pub(crate) struct Store {
     pub quarantine: sled::Tree,
     pub index: sled::Tree,
     pub memos: sled::Tree,
+    pub memos_from: u64,
     pub state: LogState,
 }
 
@@ -73,12 +80,35 @@ fn open_with_lock_retry(cfg: &sled::Config) -> Result<sled::Db, WalError> {
     }
 }
 
+/// The segment size an existing log was created with, from sled's own
+/// `conf` file (`segment_size: N` on a line of its own); `None` for a new
+/// log or an unreadable file (sled then judges it).
+pub(crate) fn existing_segment_size(dir: &Path) -> Option<usize> {
+    let conf = std::fs::read(dir.join("conf")).ok()?;
+    String::from_utf8_lossy(&conf)
+        .lines()
+        .find_map(|l| l.strip_prefix("segment_size: ")?.trim().parse().ok())
+}
+
 pub(crate) fn open_store(config: &WalConfig) -> Result<Store, WalError> {
     prepare_dir(&config.dir)?;
+    // `segment_bytes` is fixed when a log is created: an existing log keeps
+    // opening with its own, whatever the configured default is now.
+    let segment_bytes = match existing_segment_size(&config.dir) {
+        Some(existing) if existing != config.segment_bytes => {
+            tracing::info!(
+                existing,
+                configured = config.segment_bytes,
+                "the log keeps the segment size it was created with (wal.segment_bytes applies to new logs)"
+            );
+            existing
+        }
+        _ => config.segment_bytes,
+    };
     let sled_config = sled::Config::new()
         .path(&config.dir)
         .cache_capacity(config.cache_bytes)
-        .segment_size(config.segment_bytes)
+        .segment_size(segment_bytes)
         .flush_every_ms(Some(super::durability::Persist::background_flush_ms(
             config.durability,
         )))
@@ -141,6 +171,19 @@ pub(crate) fn open_store(config: &WalConfig) -> Result<Store, WalError> {
             state.next_seq = last + 1;
         }
     }
+    // Step 6: since which frame appends carry memos (`memo.rs`): 1 for a log
+    // created by this build, the next frame for a log an older build wrote.
+    let memos_from = match meta
+        .get(MEMOS_FROM_KEY)
+        .map_err(WalError::sled("read memos start"))?
+    {
+        Some(v) if v.len() == 8 => u64::from_le_bytes(v.as_ref().try_into().expect("8 bytes")),
+        _ => {
+            meta.insert(MEMOS_FROM_KEY, &state.next_seq.to_le_bytes())
+                .map_err(WalError::sled("write memos start"))?;
+            state.next_seq
+        }
+    };
     tracing::info!(
         dir = %config.dir.display(),
         frames = state.frames,
@@ -158,6 +201,7 @@ pub(crate) fn open_store(config: &WalConfig) -> Result<Store, WalError> {
         quarantine,
         index,
         memos,
+        memos_from,
         state,
     })
 }

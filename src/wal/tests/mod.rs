@@ -406,3 +406,26 @@ fn a_large_append_spans_bounded_frames_and_stays_one_unit() {
     }
     assert_eq!(wal.stats().frames, frames.len() as u64);
 }
+
+/// A log keeps the segment size it was created with when the configured
+/// default changes (sled refuses to open it with another): new defaults
+/// apply to new logs only.
+#[test]
+fn an_existing_log_opens_with_its_own_segment_size() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let mut cfg = WalConfig::new(dir.path());
+    cfg.segment_bytes = 4 * 1024 * 1024;
+    {
+        let wal = Wal::open(cfg.clone()).unwrap();
+        wal.append(&[trade(1)]).unwrap();
+    }
+    assert_eq!(
+        super::recovery::existing_segment_size(dir.path()),
+        Some(4 * 1024 * 1024)
+    );
+    cfg.segment_bytes = 1024 * 1024;
+    let wal = Wal::open(cfg).unwrap();
+    assert_eq!(wal.read_after(0, 10).unwrap().len(), 1);
+    let fresh = tempfile::TempDir::new().unwrap();
+    assert_eq!(super::recovery::existing_segment_size(fresh.path()), None);
+}
