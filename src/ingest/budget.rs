@@ -194,6 +194,24 @@ mod tests {
     }
 }
 
+/// Hands memory the allocator keeps but no longer uses back to the
+/// operating system (glibc's `malloc_trim`), every `every` until `stop`:
+/// after a burst or a drained backlog, the heap's freed pages otherwise stay
+/// resident (issue 23: 140 MiB an idle minute after a 10 M record drain).
+/// A trim of a settled heap takes well under a millisecond; it runs on a
+/// blocking thread. A no-op on other C libraries.
+pub async fn hand_back_memory(every: std::time::Duration, mut stop: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.changed() => return,
+        }
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        // SAFETY: malloc_trim only returns free pages of the heap to the OS.
+        let _ = tokio::task::spawn_blocking(|| unsafe { libc::malloc_trim(0) }).await;
+    }
+}
+
 /// Makes freed request buffers go back to the operating system, so the
 /// process's resident set follows the budget instead of its high-water mark.
 /// glibc raises its mmap threshold after each large free (up to 32 MiB), and

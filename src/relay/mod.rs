@@ -204,6 +204,10 @@ pub async fn serve(
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut drainers = tokio::task::JoinSet::new();
     spawn_sinks(&relay, &stop_rx, &mut drainers).await?;
+    let trimmer = tokio::spawn(crate::ingest::budget::hand_back_memory(
+        Duration::from_secs(5),
+        stop_rx.clone(),
+    ));
     let mut pullers = tokio::task::JoinSet::new();
     if let Some(g) = &relay.config.grpc {
         let rules = g.producer_rules();
@@ -278,6 +282,7 @@ pub async fn serve(
         "stopping: ingest closes, drainers finish their current batch"
     );
     let _ = stop_tx.send(true);
+    trimmer.abort();
     if tokio::time::timeout_at(deadline, &mut http).await.is_err() {
         tracing::warn!("ingest connections still open at the shutdown deadline; closing them");
         http.abort();
