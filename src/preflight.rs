@@ -142,7 +142,38 @@ pub fn local_checks(config: &Config) -> Vec<Check> {
             format!("{}: {e} (another relay running?)", config.ingest.listen),
         ),
     });
+    if let Some(tls) = &config.ingest.tls {
+        out.push(ingest_tls_check(tls));
+    }
     out
+}
+
+/// `[ingest.tls]`: the pair loads (readable, key matches the certificate,
+/// valid now, client CA usable); days to expiry, a warning under 14.
+fn ingest_tls_check(tls: &crate::ingest::tls::TlsConfig) -> Check {
+    const NAME: &str = "ingest tls certificate";
+    match crate::ingest::tls::load(tls) {
+        Ok((_, info)) => {
+            let detail = format!(
+                "{}: key matches, {} certificate(s), expires in {} days{}",
+                tls.cert_file.display(),
+                info.chain_len,
+                info.days_left,
+                if info.mutual {
+                    ", client certificates required"
+                } else {
+                    ""
+                }
+            );
+            let verdict = if info.days_left < 14 {
+                Verdict::Warn
+            } else {
+                Verdict::Ok
+            };
+            check(NAME, verdict, detail)
+        }
+        Err(e) => check(NAME, Verdict::Fail, e.to_string()),
+    }
 }
 
 /// Every check, sinks included.

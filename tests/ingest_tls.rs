@@ -426,3 +426,57 @@ fn load_refuses_a_mismatched_key_an_expired_certificate_and_a_missing_file() {
     let e = load("server.key", "server.key").unwrap_err().to_string();
     assert!(e.contains("no PEM certificate"), "{e}");
 }
+
+/// `walrelay check` on a config whose `[ingest.tls]` is `crt`/`key`: exit
+/// code and the TLS line.
+fn check_with(c: &Certs, crt: &str, key: &str) -> (i32, String) {
+    let dir = tempfile::TempDir::new().unwrap();
+    let conf = dir.path().join("c.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "[wal]\ndir = \"{}\"\n[ingest]\nlisten = \"127.0.0.1:0\"\n[ingest.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+            dir.path().join("wal").display(),
+            c.path(crt).display(),
+            c.path(key).display(),
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_walrelay"))
+        .args(["check", "--config", conf.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let line = text
+        .lines()
+        .find(|l| l.contains("ingest tls certificate"))
+        .unwrap_or_else(|| panic!("no TLS line in: {text}"))
+        .to_string();
+    (out.status.code().unwrap(), line)
+}
+
+#[test]
+fn check_validates_the_pair_and_prints_days_to_expiry() {
+    let c = certificates();
+    c.dated_leaf("ca", "old", "20200101000000Z", "20200201000000Z");
+    let (code, line) = check_with(&c, "server.crt", "server.key");
+    assert!(line.starts_with("[ok  ]"), "{line}");
+    assert!(
+        line.contains("key matches")
+            && (line.contains("expires in 29 days") || line.contains("expires in 30 days")),
+        "{line}"
+    );
+    assert_eq!(code, 0, "{line}");
+    let (code, line) = check_with(&c, "old.crt", "old.key");
+    assert!(
+        line.starts_with("[FAIL]") && line.contains("old.crt") && line.contains("expired on"),
+        "{line}"
+    );
+    assert_ne!(code, 0);
+    let (code, line) = check_with(&c, "server.crt", "server2.key");
+    assert!(
+        line.starts_with("[FAIL]") && line.contains("does not match"),
+        "{line}"
+    );
+    assert_ne!(code, 0);
+}
