@@ -57,7 +57,9 @@ pub struct SubscriptionSnapshot {
     pub name: String,
     pub upstream: String,
     pub route_key: String,
-    /// connecting | waiting (refused, retrying) | streaming | paused (log full)
+    /// connecting | waiting (refused, retrying) | config_error (a TLS
+    /// certificate refused or TLS files unusable: fix the config; retried
+    /// slowly) | streaming | paused (log full)
     pub state: &'static str,
     pub messages_received: u64,
     pub records_appended: u64,
@@ -152,7 +154,12 @@ pub async fn run(
         };
         let opened = async {
             let endpoint = Endpoint::from_shared(sub.upstream.clone())
-                .map_err(|e| format!("invalid upstream {}: {e}", sub.upstream))?
+                .map_err(|e| {
+                    (
+                        format!("invalid upstream {}: {e}", sub.upstream),
+                        ErrorClass::Config,
+                    )
+                })?
                 .connect_timeout(connect_timeout)
                 .tcp_keepalive(Some(Duration::from_secs(30)))
                 .http2_keep_alive_interval(Duration::from_secs(10))
@@ -163,20 +170,57 @@ pub async fn run(
                 // burst pile up in this process while the log is full).
                 .initial_stream_window_size(Some(STREAM_WINDOW))
                 .initial_connection_window_size(Some(CONNECTION_WINDOW));
-            let channel = endpoint
-                .connect()
-                .await
-                .map_err(|e| format!("connect {}: {e}", sub.upstream))?;
+            let channel = if endpoint.uri().scheme_str() == Some("https") {
+                let tls = super::tls::client_config(&cfg)
+                    .map_err(|e| (format!("connect {}: {e}", sub.upstream), ErrorClass::Config))?;
+                let connector = super::tls::Connector::new(tls, connect_timeout);
+                endpoint.connect_with_connector(connector).await
+            } else {
+                endpoint.connect().await
+            }
+            .map_err(|e| {
+                let class = if super::tls::is_config(&e) {
+                    ErrorClass::Config
+                } else {
+                    ErrorClass::Transient
+                };
+                (
+                    format!("connect {}: {}", sub.upstream, super::tls::chain(&e)),
+                    class,
+                )
+            })?;
             let mut client = MarketDataClient::new(channel);
             let resp = tokio::time::timeout(connect_timeout, client.subscribe(request))
                 .await
-                .map_err(|_| format!("subscribe to {} timed out", sub.upstream))?;
-            resp.map(|r| r.into_inner())
-                .map_err(|s| format!("subscribe refused: {} {}", s.code(), s.message()))
+                .map_err(|_| {
+                    (
+                        format!("subscribe to {} timed out", sub.upstream),
+                        ErrorClass::Transient,
+                    )
+                })?;
+            resp.map(|r| r.into_inner()).map_err(|s| {
+                (
+                    format!("subscribe refused: {} {}", s.code(), s.message()),
+                    ErrorClass::Transient,
+                )
+            })
         };
         let mut stream = match opened.await {
             Ok(s) => s,
-            Err(e) => {
+            Err((e, class)) if class == ErrorClass::Config => {
+                // A certificate refused, TLS files that do not load, a bad
+                // URL: the operator's to fix. Shown and logged every time,
+                // retried at the configuration cadence (never in clear text).
+                health.update(|s| {
+                    s.state = "config_error";
+                    s.last_error = Some(e.clone());
+                });
+                tracing::error!(subscription = %name, error = %e, "subscription refused by configuration (TLS certificate or files); retrying slowly");
+                let d = backoff.next_delay(ErrorClass::Config, None);
+                tokio::select! { _ = tokio::time::sleep(d) => {}, _ = stop.changed() => {} }
+                continue;
+            }
+            Err((e, _)) => {
                 health.update(|s| {
                     s.state = "waiting";
                     s.last_error = Some(e.clone());
