@@ -480,3 +480,71 @@ fn check_validates_the_pair_and_prints_days_to_expiry() {
     );
     assert_ne!(code, 0);
 }
+
+/// Runs the binary with `args`; (exit code, stdout + stderr).
+async fn walrelay(args: &[&str]) -> (i32, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_walrelay"))
+        .args(args)
+        .output()
+        .await
+        .unwrap();
+    let mut text = String::from_utf8_lossy(&out.stdout).to_string();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    (out.status.code().unwrap_or(-1), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_top_and_feed_work_against_an_https_url_with_ca_file() {
+    let c = certificates();
+    let r = Relay::start(tls_config(&c, false), |_| {}).await;
+    let ca = c.path("ca.crt");
+    let ca = ca.to_str().unwrap();
+    let url = r.url.as_str();
+
+    let (code, out) = walrelay(&["status", "--url", url]).await;
+    assert_ne!(
+        code, 0,
+        "a private CA is not trusted without --ca-file: {out}"
+    );
+    assert!(
+        out.contains("certificate") || out.contains("UnknownIssuer"),
+        "{out}"
+    );
+
+    let (code, out) = walrelay(&["status", "--url", url, "--ca-file", ca]).await;
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = walrelay(&["status", "--url", url, "--ca-file", ca, "--json"]).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("appended_records"), "{out}");
+
+    let (code, out) = walrelay(&[
+        "feed",
+        "--url",
+        url,
+        "--ca-file",
+        ca,
+        "--rate",
+        "200",
+        "--duration",
+        "1",
+    ])
+    .await;
+    assert_eq!(code, 0, "{out}");
+    let client = https_client(&c, None);
+    assert!(appended(&client, url).await > 0);
+
+    let (code, out) = walrelay(&[
+        "top",
+        "--once",
+        "--interval-ms",
+        "200",
+        "--url",
+        url,
+        "--ca-file",
+        ca,
+    ])
+    .await;
+    assert_eq!(code, 0, "{out}");
+    drop(client);
+    r.relay.stop().await.unwrap();
+}
