@@ -548,3 +548,26 @@ async fn status_top_and_feed_work_against_an_https_url_with_ca_file() {
     drop(client);
     r.relay.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_without_tls_is_ignored_not_fatal() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let (mut child, port) = common::relay::spawn_binary(dir.path(), "");
+    let health = format!("http://127.0.0.1:{port}/health");
+    let client = reqwest::Client::new();
+    let t = Instant::now();
+    while client.get(&health).send().await.is_err() {
+        assert!(t.elapsed() < Duration::from_secs(10), "relay did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let pid = child.id() as libc::pid_t;
+    unsafe { libc::kill(pid, libc::SIGHUP) };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "SIGHUP ended the relay"
+    );
+    assert!(client.get(&health).send().await.is_ok());
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+}

@@ -391,6 +391,26 @@ impl Acceptor {
     }
 }
 
+/// Without `[ingest.tls]`: SIGHUP (`systemctl reload`) is logged and
+/// otherwise ignored rather than ending the process, until `stop`.
+pub async fn ignore_hangup(mut stop: tokio::sync::watch::Receiver<bool>) {
+    #[cfg(unix)]
+    {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = hup.recv() => tracing::info!("SIGHUP: nothing to reload (no [ingest.tls])"),
+                _ = stop.changed() => return,
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = stop.changed().await;
+}
+
 /// `notBefore` and `notAfter` of a DER X.509 certificate, seconds since the
 /// epoch: a walk of the outer structure only (Certificate → TBSCertificate
 /// → [0] version?, serialNumber, signature, issuer, validity).
@@ -476,6 +496,32 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_example_files_keys_parse_and_unknown_keys_are_named() {
+        let example = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/docs/walrelay.example.toml"
+        ))
+        .unwrap();
+        // The commented-out [ingest.tls] block, uncommented.
+        let block: String = example
+            .lines()
+            .skip_while(|l| *l != "# [ingest.tls]")
+            .skip(1)
+            .take_while(|l| l.starts_with('#'))
+            .filter_map(|l| l.strip_prefix("# "))
+            .filter(|l| l.contains(" = "))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let c: TlsConfig = toml::from_str(&block).unwrap();
+        assert!(c.client_ca_file.is_some(), "{block}");
+        let e =
+            toml::from_str::<TlsConfig>("cert_file = \"a\"\nkey_file = \"b\"\nca_file = \"c\"\n")
+                .unwrap_err()
+                .to_string();
+        assert!(e.contains("ca_file"), "{e}");
+    }
 
     #[test]
     fn civil_days_match_known_dates() {

@@ -214,7 +214,10 @@ pub async fn serve(
             tokio::spawn(acceptor.clone().watch(TLS_POLL, stop_rx.clone()));
             Some(acceptor)
         }
-        None => None,
+        None => {
+            tokio::spawn(crate::ingest::tls::ignore_hangup(stop_rx.clone()));
+            None
+        }
     };
     let mut drainers = tokio::task::JoinSet::new();
     spawn_sinks(&relay, &stop_rx, &mut drainers).await?;
