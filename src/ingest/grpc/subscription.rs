@@ -207,7 +207,7 @@ pub async fn run(
         };
         let mut stream = match opened.await {
             Ok(s) => s,
-            Err((e, class)) if class == ErrorClass::Config => {
+            Err((e, ErrorClass::Config)) => {
                 // A certificate refused, TLS files that do not load, a bad
                 // URL: the operator's to fix. Shown and logged every time,
                 // retried at the configuration cadence (never in clear text).
