@@ -166,3 +166,35 @@ async fn a_collector_certificate_from_another_ca_or_expired_is_a_visible_config_
     refused(&c, "foreign", "UnknownIssuer").await;
     refused(&c, "expired", "certificate expired").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_that_requires_a_client_certificate_refuses_a_relay_without_one() {
+    let c = Certs::new();
+    c.ca("ca")
+        .leaf("ca", "server", "localhost", false)
+        .ca("clients");
+    let (collector, first_bytes) = Collector::start_tls(
+        behaviour(),
+        script_by_type(),
+        server_config(&c, "server", Some("clients")),
+    )
+    .await;
+    let (relay, _dir) = start(grpc(https(&collector), &c, false)).await;
+    wait_status(
+        &reqwest::Client::new(),
+        &relay.url,
+        "config_error naming the missing client certificate",
+        20,
+        |s| {
+            let sub = &s["subscriptions"][0];
+            sub["state"] == "config_error"
+                && sub["last_error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("asked for a client certificate"))
+        },
+    )
+    .await;
+    assert!(collector.log.lock().unwrap().accepted.is_empty());
+    assert!(first_bytes.lock().unwrap().iter().all(|b| *b == 0x16));
+    relay.stop().await.unwrap();
+}

@@ -13,6 +13,7 @@
 //!   (wallet updates, a book with an empty side, a candle of an unknown
 //!   producer) is counted as skipped with its reason.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -152,6 +153,9 @@ pub async fn run(
             data_type: data_type(&sub.data_type) as i32,
             venue: sub.venue.clone(),
         };
+        // Set when an https:// collector asked for a client certificate
+        // and none is configured: what a refusal after that means.
+        let asked = Arc::new(AtomicBool::new(false));
         let opened = async {
             let endpoint = Endpoint::from_shared(sub.upstream.clone())
                 .map_err(|e| {
@@ -171,7 +175,7 @@ pub async fn run(
                 .initial_stream_window_size(Some(STREAM_WINDOW))
                 .initial_connection_window_size(Some(CONNECTION_WINDOW));
             let channel = if endpoint.uri().scheme_str() == Some("https") {
-                let tls = super::tls::client_config(&cfg)
+                let tls = super::tls::client_config(&cfg, asked.clone())
                     .map_err(|e| (format!("connect {}: {e}", sub.upstream), ErrorClass::Config))?;
                 let connector = super::tls::Connector::new(tls, connect_timeout);
                 endpoint.connect_with_connector(connector).await
@@ -199,13 +203,29 @@ pub async fn run(
                     )
                 })?;
             resp.map(|r| r.into_inner()).map_err(|s| {
-                (
-                    format!("subscribe refused: {} {}", s.code(), s.message()),
-                    ErrorClass::Transient,
-                )
+                // A certificate alert from the collector (TLS 1.3 client
+                // certificate refused) is the operator's to fix.
+                let class = if super::tls::is_config(&s) {
+                    ErrorClass::Config
+                } else {
+                    ErrorClass::Transient
+                };
+                let why = match std::error::Error::source(&s) {
+                    Some(src) => format!("{}: {}", s.message(), super::tls::chain(src)),
+                    None => s.message().to_string(),
+                };
+                (format!("subscribe refused: {} {why}", s.code()), class)
             })
         };
-        let mut stream = match opened.await {
+        let opened = opened.await.map_err(|(e, class)| {
+            if asked.load(Ordering::Relaxed) && cfg.tls_cert_file.is_none() {
+                let hint = "the collector asked for a client certificate and [grpc] has none (tls_cert_file, tls_key_file)";
+                (format!("{e}; {hint}"), ErrorClass::Config)
+            } else {
+                (e, class)
+            }
+        });
+        let mut stream = match opened {
             Ok(s) => s,
             Err((e, ErrorClass::Config)) => {
                 // A certificate refused, TLS files that do not load, a bad

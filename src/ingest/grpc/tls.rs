@@ -18,6 +18,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -68,12 +69,26 @@ impl GrpcTlsError {
     }
 }
 
-/// Whether an error chain holds a configuration-class TLS failure.
+/// Whether an error chain holds a configuration-class TLS failure: ours
+/// from the connector, or a certificate alert the collector sent after the
+/// handshake (under TLS 1.3 a server checks the client's certificate after
+/// the client considers the handshake done, so a refused client certificate
+/// surfaces on the first read, inside hyper's error).
 pub fn is_config(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {
         if let Some(t) = err.downcast_ref::<GrpcTlsError>() {
             return t.is_config();
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if certificate_refused(io) {
+                return true;
+            }
+        }
+        if let Some(r) = err.downcast_ref::<rustls::Error>() {
+            if rustls_certificate_refused(r) {
+                return true;
+            }
         }
         cur = err.source();
     }
@@ -96,12 +111,38 @@ pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     out
 }
 
+/// Without a client certificate configured: answers a collector's
+/// certificate request with none, and notes that it was asked, so that a
+/// refusal that follows (under TLS 1.3 it arrives after the handshake,
+/// often as a bare "connection closed") can be explained.
+#[derive(Debug)]
+struct NoteRequest(Arc<AtomicBool>);
+
+impl rustls::client::ResolvesClientCert for NoteRequest {
+    fn resolve(
+        &self,
+        _: &[&[u8]],
+        _: &[rustls::SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        self.0.store(true, Ordering::Relaxed);
+        None
+    }
+
+    fn has_certs(&self) -> bool {
+        false
+    }
+}
+
 /// The client configuration `[grpc]` asks for: roots, optional client
-/// certificate, ALPN `h2`.
+/// certificate, ALPN `h2`. Without a client certificate, `asked` turns true
+/// when a collector requests one.
 ///
 /// # Errors
 /// [`TlsError`] naming the key and file.
-pub fn client_config(cfg: &GrpcConfig) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+pub fn client_config(
+    cfg: &GrpcConfig,
+    asked: Arc<AtomicBool>,
+) -> Result<Arc<rustls::ClientConfig>, TlsError> {
     let roots = match &cfg.tls_ca_file {
         Some(ca) => root_store("grpc.tls_ca_file", ca)?,
         None => {
@@ -134,7 +175,7 @@ pub fn client_config(cfg: &GrpcConfig) -> Result<Arc<rustls::ClientConfig>, TlsE
                     },
                 })?
         }
-        _ => builder.with_no_client_auth(),
+        _ => builder.with_client_cert_resolver(Arc::new(NoteRequest(asked))),
     };
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Arc::new(config))
@@ -143,10 +184,13 @@ pub fn client_config(cfg: &GrpcConfig) -> Result<Arc<rustls::ClientConfig>, TlsE
 /// Whether a handshake error means a certificate was refused (by us or by
 /// the collector).
 fn certificate_refused(e: &std::io::Error) -> bool {
+    e.get_ref()
+        .and_then(|i| i.downcast_ref::<rustls::Error>())
+        .is_some_and(rustls_certificate_refused)
+}
+
+fn rustls_certificate_refused(r: &rustls::Error) -> bool {
     use rustls::AlertDescription as A;
-    let Some(r) = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) else {
-        return false;
-    };
     match r {
         rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented => true,
         rustls::Error::AlertReceived(a) => matches!(
