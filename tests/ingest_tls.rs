@@ -217,6 +217,45 @@ async fn https_serves_http1_and_http2_and_refuses_plain_http() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_over_tls_keeps_the_token_and_the_body_limit() {
+    let c = certificates();
+    let r = Relay::start(tls_config(&c, false), |c| {
+        c.ingest.token = Some(walrelay::config::Secret::new("s3cret"));
+        c.ingest.max_body_bytes = 64 * 1024;
+    })
+    .await;
+    let tls = handshake(&c, &r.addr, &[b"h2"]).await;
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    let driver = tokio::spawn(conn);
+    let mut post = |token: Option<&str>, body: String| {
+        let mut req = hyper::Request::post(format!("https://localhost{WRITE_PATH}"));
+        if let Some(t) = token {
+            req = req.header("Authorization", format!("Token {t}"));
+        }
+        send.send_request(req.body(axum::body::Body::from(body)).unwrap())
+    };
+    assert_eq!(post(None, trade_line(1)).await.unwrap().status(), 401);
+    let big: String = (0..2000).map(trade_line).collect();
+    assert!(big.len() > 64 * 1024);
+    assert_eq!(post(Some("s3cret"), big).await.unwrap().status(), 413);
+    assert_eq!(
+        post(Some("s3cret"), trade_line(1)).await.unwrap().status(),
+        204
+    );
+    drop(send);
+    let _ = driver.await;
+    let client = https_client(&c, None);
+    assert_eq!(appended(&client, &r.url).await, 1);
+    drop(client);
+    r.relay.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_handshake_is_closed_at_the_header_deadline() {
     let c = certificates();
     let r = Relay::start(tls_config(&c, false), |c| {
@@ -366,8 +405,17 @@ async fn rotation_on_sighup_and_on_change_keeps_the_old_pair_when_the_new_one_is
     assert_eq!(presented(&s), der_of(&c, "server"), "the old pair stays");
     drop(s);
 
-    // A good pair on SIGHUP: the next handshake presents it, and the
-    // connection opened before the rotation still finishes its requests.
+    // A good pair on SIGHUP: the next handshake presents it; a request in
+    // flight across the rotation (headers and half its body sent before)
+    // finishes, and its connection serves the next one.
+    let body = trade_line(2);
+    let head = format!(
+        "POST {WRITE_PATH} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    before.write_all(head.as_bytes()).await.unwrap();
+    before.write_all(&body.as_bytes()[..10]).await.unwrap();
+    before.flush().await.unwrap();
     install(&c, "server2", "server2");
     unsafe { libc::kill(pid, libc::SIGHUP) };
     wait_presented(
@@ -377,10 +425,18 @@ async fn rotation_on_sighup_and_on_change_keeps_the_old_pair_when_the_new_one_is
         "server2 not presented after SIGHUP",
     )
     .await;
+    before.write_all(&body.as_bytes()[10..]).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = before.read(&mut buf).await.unwrap();
+    let text = String::from_utf8_lossy(&buf[..n]);
+    assert!(
+        text.starts_with("HTTP/1.1 204"),
+        "request in flight across the rotation: {text}"
+    );
     assert_eq!(
-        h1_write(&mut before, 2).await,
+        h1_write(&mut before, 3).await,
         204,
-        "in-flight connection after rotation"
+        "its connection after the rotation"
     );
     drop(before);
 
