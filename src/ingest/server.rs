@@ -1,5 +1,5 @@
 //! The HTTP ingest server's connection handling: our own accept loop over
-//! hyper 1's HTTP/1 connection (with hyper-util's tokio I/O, timer and tower
+//! hyper 1's HTTP/1 connection (and HTTP/2 over TLS) (with hyper-util's tokio I/O, timer and tower
 //! adapter), so that every connection has deadlines and shutdown is bounded.
 //! `axum::serve` is not used: it has no header-read or idle deadline.
 //!
@@ -17,7 +17,7 @@
 //! (plain HTTP gets a fixed 400 naming https and is closed unread); the
 //! handshake must finish within `header_timeout_ms`, counted from accept,
 //! or the connection is closed; ALPN then picks HTTP/2 or HTTP/1.1. The
-//! deadlines below, the memory budget and every limit apply unchanged over
+//! deadlines above, the memory budget and every limit apply unchanged over
 //! both (HTTP/2 has no per-request header deadline in hyper: its streams'
 //! headers come in frames of a connection already established, bounded by
 //! the idle deadline and hyper's header-list limit).
