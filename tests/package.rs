@@ -138,7 +138,10 @@ fn verify_installed() {
     );
     // Certificate rotation: `systemctl reload` sends SIGHUP; the conffile
     // shows the TLS keys, commented out.
-    assert!(unit.contains("ExecReload=/bin/kill -HUP $MAINPID"), "{unit}");
+    assert!(
+        unit.contains("ExecReload=/bin/kill -HUP $MAINPID"),
+        "{unit}"
+    );
     let installed = std::fs::read_to_string("/etc/walrelay/walrelay.toml").unwrap();
     assert!(
         installed.contains("# [ingest.tls]") && installed.contains("# tls_ca_file"),
