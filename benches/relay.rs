@@ -9,6 +9,17 @@
 //!   million undelivered records (four trades to one bar, so both sinks have
 //!   a backlog; both sinks down) until `/health` answers.
 //!
+//! - `tls_ingest/{plain,tls}/{100,1000}`: the relay with no sink (log only,
+//!   default `sync` durability), twice in the same run: one plaintext
+//!   listener, one `[ingest.tls]` listener (ECDSA P-256 certificate made with
+//!   openssl, HTTP/1.1 keep-alive through reqwest/rustls); 4 concurrent
+//!   writers post 100- or 1,000-line requests to `/api/v2/write`; time until
+//!   every request got 204. The summary adds the ack latency (p50/p99/max,
+//!   measured from each request's scheduled start, so a stall is not hidden)
+//!   of an open-loop load at 100k records/s against each listener.
+//!   `WALRELAY_BENCH_TLS_ONLY=1` runs only this group (no PostgreSQL,
+//!   VictoriaMetrics or 10 M-record prefill).
+//!
 //! The summary also prints the relay's resident memory (VmRSS and peak VmHWM)
 //! while those 10 million records are backlogged and both sinks are down,
 //! and the machine-level context. Targets: RSS < 150 MiB, startup < 2 s.
@@ -29,6 +40,9 @@
 //! `WALRELAY_BENCH_MEMORY_ONLY=1` runs only these; `WALRELAY_BENCH_SKIP_MEMORY=1`
 //! skips them.
 
+#[path = "../tests/common/certs.rs"]
+#[allow(dead_code)]
+mod certs;
 mod common;
 #[path = "../tests/common/http.rs"]
 #[allow(dead_code)]
@@ -143,7 +157,14 @@ async fn drained(client: &reqwest::Client, url: &str) {
     }
 }
 
+fn tls_only() -> bool {
+    std::env::var_os("WALRELAY_BENCH_TLS_ONLY").is_some()
+}
+
 fn ingest(c: &mut Criterion) {
+    if tls_only() {
+        return;
+    }
     let rt = tokio::runtime::Runtime::new().unwrap();
     let server = pg::Pg::start();
     let pg_url = rt.block_on(server.create_db("bench"));
@@ -262,7 +283,7 @@ fn ingest(c: &mut Criterion) {
 /// Skipped when `WALRELAY_BENCH_INGEST_ONLY` is set (its setup writes a
 /// 10 M record log even when a filter excludes it).
 fn startup(c: &mut Criterion) {
-    if std::env::var_os("WALRELAY_BENCH_INGEST_ONLY").is_some() {
+    if std::env::var_os("WALRELAY_BENCH_INGEST_ONLY").is_some() || tls_only() {
         return;
     }
     let dir = tempfile::TempDir::new().unwrap();
@@ -374,6 +395,203 @@ fn startup(c: &mut Criterion) {
     let _ = relay.wait();
 }
 
+/// `lines` trades of line protocol, timestamps from `base` on.
+fn trades_body(lines: usize, base: i64) -> String {
+    (0..lines)
+        .map(|i| {
+            format!(
+                "trades,exchange=BINANCE,side=buy,symbol=S{} price={}.5,quantity=0.01 {}\n",
+                i % 16,
+                30000 + i,
+                base + i as i64 * 1000
+            )
+        })
+        .collect()
+}
+
+/// Posts every body of `bodies` (one vector per writer, writers concurrent,
+/// each writer's requests in sequence) and asserts 204 for each.
+async fn post_all(client: &reqwest::Client, url: &str, bodies: Vec<Vec<String>>) {
+    let tasks: Vec<_> = bodies
+        .into_iter()
+        .map(|reqs| {
+            let (client, url) = (client.clone(), url.to_string());
+            tokio::spawn(async move {
+                for body in reqs {
+                    let r = client
+                        .post(format!("{url}/api/v2/write?bucket=b&org=b"))
+                        .body(body)
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(r.status().as_u16(), 204);
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+/// Open loop at `rate` records/s in requests of `lines` for `secs`: the ack
+/// latency of each request from its scheduled start; (p50, p99, max, count).
+async fn ack_latency(
+    client: &reqwest::Client,
+    url: &str,
+    lines: usize,
+    rate: u64,
+    secs: u64,
+    base: i64,
+) -> (Duration, Duration, Duration, usize) {
+    // Warm-up, not measured: 64 requests at once, so the client's pool
+    // holds the connections an open loop needs and no handshake (TLS or
+    // TCP) falls in the measured window.
+    let warm: Vec<Vec<String>> = (0..64)
+        .map(|k| vec![trades_body(lines, base - (k + 1) * 1_000_000_000)])
+        .collect();
+    post_all(client, url, warm).await;
+    let per_sec = rate / lines as u64;
+    let interval = Duration::from_nanos(1_000_000_000 / per_sec);
+    let n = (per_sec * secs) as usize;
+    let start = tokio::time::Instant::now() + Duration::from_millis(50);
+    let mut tasks = Vec::with_capacity(n);
+    for k in 0..n {
+        let due = start + interval * k as u32;
+        tokio::time::sleep_until(due).await;
+        let body = trades_body(lines, base + k as i64 * 1_000_000_000);
+        let (client, url) = (client.clone(), url.to_string());
+        tasks.push(tokio::spawn(async move {
+            let r = client
+                .post(format!("{url}/api/v2/write?bucket=b&org=b"))
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status().as_u16(), 204);
+            due.elapsed()
+        }));
+    }
+    let mut lat = Vec::with_capacity(n);
+    for t in tasks {
+        lat.push(t.await.unwrap());
+    }
+    lat.sort();
+    let q = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
+    (q(0.50), q(0.99), *lat.last().unwrap(), lat.len())
+}
+
+fn tls_ingest(c: &mut Criterion) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let certs = certs::Certs::new();
+    certs.ca("ca").leaf("ca", "server", "localhost", false);
+    let dir = tempfile::TempDir::new().unwrap();
+    let mut relays = Vec::new();
+    let mut targets = Vec::new();
+    for (name, tls) in [("plain", false), ("tls", true)] {
+        let d = dir.path().join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        let port = vm::free_port();
+        let tls_section = match tls {
+            true => format!(
+                "[ingest.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+                certs.path("server.crt").display(),
+                certs.path("server.key").display()
+            ),
+            false => String::new(),
+        };
+        let conf = d.join("walrelay.toml");
+        std::fs::write(
+            &conf,
+            format!(
+                "[wal]\ndir = \"{}\"\n[ingest]\nlisten = \"127.0.0.1:{port}\"\n{tls_section}",
+                d.join("wal").display()
+            ),
+        )
+        .unwrap();
+        relays.push(spawn(&conf, false));
+        let plain_url = format!("http://127.0.0.1:{port}");
+        // Up: plain /health, or the TLS listener's 400 to plain HTTP.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(plain_url.trim_start_matches("http://")).is_err() {
+            assert!(Instant::now() < deadline, "relay did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let client = match tls {
+            true => reqwest::Client::builder()
+                .add_root_certificate(
+                    reqwest::Certificate::from_pem(&certs.read("ca.crt")).unwrap(),
+                )
+                .build()
+                .unwrap(),
+            false => reqwest::Client::new(),
+        };
+        let url = match tls {
+            true => format!("https://127.0.0.1:{port}"),
+            false => plain_url,
+        };
+        targets.push((name, url, client));
+    }
+    const WRITERS: usize = 4;
+    let mut round = 0i64;
+    let mut g = c.benchmark_group("tls_ingest");
+    g.sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(4));
+    for lines in [100usize, 1000] {
+        let requests = 20_000 / lines;
+        let per_iter = (WRITERS * requests * lines) as u64;
+        g.throughput(Throughput::Elements(per_iter));
+        for (name, url, client) in &targets {
+            let id = format!("{name}/{lines}");
+            g.bench_function(&id, |b| {
+                b.iter_custom(|iters| {
+                    let mut total = Duration::ZERO;
+                    for _ in 0..iters {
+                        round += 1;
+                        let bodies: Vec<Vec<String>> = (0..WRITERS)
+                            .map(|w| {
+                                (0..requests)
+                                    .map(|r| {
+                                        let base = 1_700_000_000_000_000_000i64
+                                            + round * 10_000_000_000_000
+                                            + ((w * requests + r) as i64) * 1_000_000_000;
+                                        trades_body(lines, base)
+                                    })
+                                    .collect()
+                            })
+                            .collect();
+                        let t = Instant::now();
+                        rt.block_on(post_all(client, url, bodies));
+                        total += t.elapsed();
+                    }
+                    note(&format!("tls_ingest/{id}"), iters * per_iter, total);
+                    total
+                })
+            });
+        }
+    }
+    g.finish();
+    // Ack latency at 100k records/s, each listener in turn, same run.
+    for lines in [100usize, 1000] {
+        for (name, url, client) in &targets {
+            round += 1;
+            let base = 1_800_000_000_000_000_000i64 + round * 10_000_000_000_000;
+            let (p50, p99, max, n) = rt.block_on(ack_latency(client, url, lines, 100_000, 3, base));
+            remark(format!(
+                "ack latency {name:<5} {lines:>4}-line requests at 100k records/s for 3 s ({n} requests): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+                p50.as_secs_f64() * 1e3,
+                p99.as_secs_f64() * 1e3,
+                max.as_secs_f64() * 1e3
+            ));
+        }
+    }
+    for mut r in relays {
+        let _ = r.kill();
+        let _ = r.wait();
+    }
+}
+
 fn report() {
     let s = common::summary();
     s.print_heading("walrelay relay summary (this run)");
@@ -386,6 +604,23 @@ fn report() {
             );
         } else {
             s.print_rate(id, 24, v, "records");
+        }
+    }
+    let rate = |id: &str| {
+        s.iter()
+            .find(|(k, _)| *k == id)
+            .map(|(_, (n, d))| n as f64 / d.as_secs_f64())
+    };
+    for lines in [100, 1000] {
+        let plain = rate(&format!("tls_ingest/plain/{lines}"));
+        let tls = rate(&format!("tls_ingest/tls/{lines}"));
+        if let (Some(p), Some(t)) = (plain, tls) {
+            println!(
+                "tls_ingest {lines:>4}-line requests: TLS {:.0} / plaintext {:.0} records/s = {:.1} %",
+                t,
+                p,
+                100.0 * t / p
+            );
         }
     }
     s.print_remarks();
@@ -443,20 +678,6 @@ impl Drop for RssWatch {
     }
 }
 
-/// Line protocol: `lines` trades with unique timestamps from `base`.
-fn trades_body(base: i64, lines: usize) -> String {
-    (0..lines)
-        .map(|i| {
-            format!(
-                "trades,exchange=BINANCE,side=buy,symbol=S{} price={}.5,quantity=0.01 {}\n",
-                i % 16,
-                30000 + i,
-                base + i as i64 * 1000
-            )
-        })
-        .collect()
-}
-
 /// `writers` writers post `lines`-line requests for `secs`, as fast as they
 /// are acknowledged (`rate` None) or at `rate` records/s in all; returns the
 /// records acknowledged. Refusals (503) are retried after 10 ms.
@@ -489,7 +710,7 @@ async fn load(
                     let base =
                         epoch + (w as i64) * 1_000_000_000_000_000 + req * lines as i64 * 1000;
                     req += 1;
-                    let body = trades_body(base, lines);
+                    let body = trades_body(lines, base);
                     loop {
                         let r = client
                             .post(format!("{url}/api/v2/write?bucket=b&org=b"))
@@ -526,7 +747,7 @@ fn fresh_relay(dir: &Path, influx: &str, pg: &str) -> (Child, String) {
 }
 
 fn memory(_c: &mut Criterion) {
-    if std::env::var_os("WALRELAY_BENCH_SKIP_MEMORY").is_some() {
+    if std::env::var_os("WALRELAY_BENCH_SKIP_MEMORY").is_some() || tls_only() {
         return;
     }
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -655,7 +876,7 @@ fn memory(_c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, ingest, startup);
+criterion_group!(benches, tls_ingest, ingest, startup);
 
 fn main() {
     if std::env::var_os("WALRELAY_BENCH_MEMORY_ONLY").is_none() {

@@ -42,6 +42,8 @@ pub struct FeedOptions {
     pub symbols: usize,
     /// Ingest token.
     pub token: Option<String>,
+    /// PEM CA certificates to trust for an https URL.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// The synthetic collector: posts realistic records at `rate` for
@@ -56,11 +58,9 @@ pub async fn feed(opts: FeedOptions) -> Result<ExitCode, String> {
         duration,
         symbols,
         token,
+        ca_file,
     } = opts;
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .map_err(|e| e.to_string())?;
+    let client = crate::top::http_client(Duration::from_secs(30), ca_file.as_deref())?;
     let mut gen = Synthetic::new(rand_seed(), symbols);
     let started = Instant::now();
     let (mut sent, mut rejected) = (0u64, 0u64);
@@ -120,7 +120,15 @@ fn rand_seed() -> u64 {
 fn relay_url(config: Option<PathBuf>, url: Option<String>) -> Result<String, String> {
     match url {
         Some(u) => Ok(u),
-        None => Ok(format!("http://{}", load(config)?.ingest.listen)),
+        None => {
+            let c = load(config)?;
+            let scheme = if c.ingest.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            Ok(format!("{scheme}://{}", c.ingest.listen))
+        }
     }
 }
 
@@ -131,11 +139,13 @@ fn relay_url(config: Option<PathBuf>, url: Option<String>) -> Result<String, Str
 pub async fn top(
     config: Option<PathBuf>,
     url: Option<String>,
+    ca_file: Option<PathBuf>,
     interval_ms: u64,
     once: bool,
 ) -> Result<ExitCode, String> {
     let opts = crate::top::TopOptions {
         url: relay_url(config, url)?,
+        ca_file,
         interval: Duration::from_millis(interval_ms.max(100)),
         once,
     };
@@ -152,18 +162,21 @@ pub async fn top(
 pub async fn status(
     config: Option<PathBuf>,
     url: Option<String>,
+    ca_file: Option<PathBuf>,
     json: bool,
 ) -> Result<ExitCode, String> {
     let url = relay_url(config, url)?;
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .map_err(|e| e.to_string())?;
+    let client = crate::top::http_client(Duration::from_secs(5), ca_file.as_deref())?;
     let body = client
         .get(format!("{}/status", url.trim_end_matches('/')))
         .send()
         .await
-        .map_err(|e| format!("relay at {url} is not answering: {e}"))?
+        .map_err(|e| {
+            format!(
+                "relay at {url} is not answering: {}",
+                crate::report::chain(&e)
+            )
+        })?
         .text()
         .await
         .map_err(|e| e.to_string())?;

@@ -62,6 +62,9 @@ enum Command {
         /// Ingest token (or WALRELAY_INGEST_TOKEN).
         #[arg(long, env = "WALRELAY_INGEST_TOKEN", hide_env_values = true)]
         token: Option<String>,
+        /// PEM CA certificates to trust for an https URL (a private CA).
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
     },
     /// Show a running relay's status (backlogs, sink health, ETA).
     Status {
@@ -73,6 +76,9 @@ enum Command {
         /// Print the raw JSON.
         #[arg(long)]
         json: bool,
+        /// PEM CA certificates to trust for an https URL (a private CA).
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
     },
     /// Live view of a running relay (log, ingest rate, per-sink backlog, drain
     /// rate, ETA, state, dead letters), refreshed every second; `q` quits.
@@ -88,6 +94,9 @@ enum Command {
         /// Print one screen (rates over one interval) and exit.
         #[arg(long)]
         once: bool,
+        /// PEM CA certificates to trust for an https URL (a private CA).
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
     },
     /// Dead letters: records a sink rejected permanently (relay stopped).
     Dlq {
@@ -204,20 +213,28 @@ fn main() -> ExitCode {
             duration,
             symbols,
             token,
+            ca_file,
         } => rt.block_on(commands::feed(FeedOptions {
             url,
             rate,
             duration,
             symbols,
             token,
+            ca_file,
         })),
-        Command::Status { config, url, json } => rt.block_on(commands::status(config, url, json)),
+        Command::Status {
+            config,
+            url,
+            json,
+            ca_file,
+        } => rt.block_on(commands::status(config, url, ca_file, json)),
         Command::Top {
             config,
             url,
             interval_ms,
             once,
-        } => rt.block_on(commands::top(config, url, interval_ms, once)),
+            ca_file,
+        } => rt.block_on(commands::top(config, url, ca_file, interval_ms, once)),
         Command::Wal {
             command: WalCommand::Verify { config },
         } => commands::verify(config),

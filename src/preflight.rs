@@ -149,7 +149,86 @@ pub fn local_checks(config: &Config) -> Vec<Check> {
             format!("{}: {e} (another relay running?)", config.ingest.listen),
         ),
     });
+    if let Some(tls) = &config.ingest.tls {
+        out.push(ingest_tls_check(tls));
+    }
+    out.extend(exposure_check(&config.ingest));
     out
+}
+
+/// Beyond loopback: a warning for what would travel in clear or
+/// unauthenticated (docs/OPERATIONS.md, "Binding beyond loopback"); nothing
+/// for a loopback listener.
+fn exposure_check(ic: &crate::ingest::config::IngestConfig) -> Option<Check> {
+    const NAME: &str = "ingest exposure";
+    let loopback = match ic.listen.parse::<std::net::SocketAddr>() {
+        Ok(a) => a.ip().is_loopback(),
+        Err(_) => ic.listen.starts_with("localhost:"),
+    };
+    if loopback {
+        return None;
+    }
+    let mut missing = Vec::new();
+    if ic.tls.is_none() {
+        missing.push("[ingest.tls] (the token and every record travel in clear)");
+    }
+    if ic.token.is_none() {
+        missing.push("a token (anyone who reaches the port can write)");
+    }
+    Some(if missing.is_empty() {
+        let mutual = ic.tls.as_ref().is_some_and(|t| t.client_ca_file.is_some());
+        check(
+            NAME,
+            Verdict::Ok,
+            format!(
+                "{}: TLS{}, token",
+                ic.listen,
+                if mutual {
+                    " with client certificates"
+                } else {
+                    ""
+                }
+            ),
+        )
+    } else {
+        check(
+            NAME,
+            Verdict::Warn,
+            format!(
+                "{} is beyond loopback without {}",
+                ic.listen,
+                missing.join(" and ")
+            ),
+        )
+    })
+}
+
+/// `[ingest.tls]`: the pair loads (readable, key matches the certificate,
+/// valid now, client CA usable); days to expiry, a warning under 14.
+fn ingest_tls_check(tls: &crate::ingest::tls::TlsConfig) -> Check {
+    const NAME: &str = "ingest tls certificate";
+    match crate::ingest::tls::load(tls) {
+        Ok((_, info)) => {
+            let detail = format!(
+                "{}: key matches, {} certificate(s), expires in {} days{}",
+                tls.cert_file.display(),
+                info.chain_len,
+                info.days_left,
+                if info.mutual {
+                    ", client certificates required"
+                } else {
+                    ""
+                }
+            );
+            let verdict = if info.days_left < 14 {
+                Verdict::Warn
+            } else {
+                Verdict::Ok
+            };
+            check(NAME, verdict, detail)
+        }
+        Err(e) => check(NAME, Verdict::Fail, e.to_string()),
+    }
 }
 
 /// Every check, sinks included.
@@ -331,6 +410,33 @@ async fn influx_admin_checks(ic: &crate::db::influx::InfluxConfig) -> Vec<Check>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn beyond_loopback_without_tls_or_token_is_a_warning() {
+        let mut ic = crate::ingest::config::IngestConfig::default();
+        assert!(exposure_check(&ic).is_none(), "loopback: no line");
+        ic.listen = "0.0.0.0:8429".into();
+        let c = exposure_check(&ic).unwrap();
+        assert_eq!(c.verdict, Verdict::Warn);
+        assert!(
+            c.detail.contains("[ingest.tls]") && c.detail.contains("a token"),
+            "{c}"
+        );
+        ic.token = Some(crate::secret::Secret::new("t"));
+        ic.tls = Some(crate::ingest::tls::TlsConfig {
+            cert_file: "a.crt".into(),
+            key_file: "a.key".into(),
+            client_ca_file: None,
+        });
+        let c = exposure_check(&ic).unwrap();
+        assert_eq!(c.verdict, Verdict::Ok, "{c}");
+        ic.token = None;
+        let c = exposure_check(&ic).unwrap();
+        assert!(
+            c.verdict == Verdict::Warn && !c.detail.contains("[ingest.tls]"),
+            "{c}"
+        );
+    }
 
     #[test]
     fn busy_port_and_unwritable_dir_fail() {

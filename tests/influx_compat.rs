@@ -323,3 +323,83 @@ fn base64(data: &[u8]) -> String {
     }
     out
 }
+
+/// The official client against an https ingest URL signed by a private CA:
+/// refused without the CA (certificate verification), and with
+/// `ssl_ca_cert` its ping and a v2 write work as against InfluxDB.
+const TLS_CLIENT_SCRIPT: &str = r#"
+import json, os, warnings
+warnings.simplefilter("ignore")
+from influxdb_client import InfluxDBClient
+from influxdb_client.client.write_api import SYNCHRONOUS
+
+url, token, ca = os.environ["RELAY_URL"], os.environ["RELAY_TOKEN"], os.environ["RELAY_CA"]
+out = {}
+try:
+    with InfluxDBClient(url=url, token=token, org="o", timeout=5_000) as c:
+        c.write_api(write_options=SYNCHRONOUS).write(bucket="b", record="compat_tls v=0 1")
+    out["without_ca"] = "accepted"
+except Exception as e:
+    out["without_ca"] = type(e).__name__ + ": " + str(e)
+with InfluxDBClient(url=url, token=token, org="o", timeout=10_000, ssl_ca_cert=ca) as c:
+    out["ping"] = c.ping()
+    c.write_api(write_options=SYNCHRONOUS).write(
+        bucket="b", record="compat_tls,via=python v=7 1764000000500", write_precision="ms")
+    out["v2_write"] = "ok"
+print(json.dumps(out))
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_official_client_writes_over_https_with_a_private_ca() {
+    let python = venv_python();
+    let certs = common::certs::Certs::new();
+    certs.ca("ca").leaf("ca", "server", "localhost", false);
+    let dir = tempfile::TempDir::new().unwrap();
+    let mut config = walrelay::config::Config::default();
+    config.wal.dir = dir.path().join("wal");
+    config.ingest.token = Some(walrelay::config::Secret::new(TOKEN));
+    config.ingest.tls = Some(walrelay::ingest::tls::TlsConfig {
+        cert_file: certs.path("server.crt"),
+        key_file: certs.path("server.key"),
+        client_ca_file: None,
+    });
+    let relay = ServedRelay::start(config).await;
+    let url = relay.url.replace("http://", "https://");
+    let out = tokio::process::Command::new(&python)
+        .arg("-c")
+        .arg(TLS_CLIENT_SCRIPT)
+        .env("RELAY_URL", &url)
+        .env("RELAY_TOKEN", TOKEN)
+        .env("RELAY_CA", certs.path("ca.crt"))
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "client script failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let without = r["without_ca"].as_str().unwrap();
+    assert!(
+        without.contains("CERTIFICATE_VERIFY_FAILED"),
+        "an untrusted certificate is refused: {r}"
+    );
+    assert_eq!(r["ping"], true, "{r}");
+    assert_eq!(r["v2_write"], "ok", "{r}");
+    let client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&certs.read("ca.crt")).unwrap())
+        .build()
+        .unwrap();
+    let status: serde_json::Value = client
+        .get(format!("{url}/status"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["log"]["appended_records"], 1, "{status}");
+    drop(client);
+    relay.stop().await.unwrap();
+}

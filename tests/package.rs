@@ -136,6 +136,17 @@ fn verify_installed() {
         unit.contains("ExecStart=/usr/bin/walrelay run --config /etc/walrelay/walrelay.toml"),
         "{unit}"
     );
+    // Certificate rotation: `systemctl reload` sends SIGHUP; the conffile
+    // shows the TLS keys, commented out.
+    assert!(
+        unit.contains("ExecReload=/bin/kill -HUP $MAINPID"),
+        "{unit}"
+    );
+    let installed = std::fs::read_to_string("/etc/walrelay/walrelay.toml").unwrap();
+    assert!(
+        installed.contains("# [ingest.tls]") && installed.contains("# tls_ca_file"),
+        "{installed}"
+    );
 
     // The user and its directory.
     let pw = text(&sh("getent", &["passwd", "walrelay"]));

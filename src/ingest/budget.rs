@@ -200,7 +200,10 @@ mod tests {
 /// resident (issue 23: 140 MiB an idle minute after a 10 M record drain).
 /// A trim of a settled heap takes well under a millisecond; it runs on a
 /// blocking thread. A no-op on other C libraries.
-pub async fn hand_back_memory(every: std::time::Duration, mut stop: tokio::sync::watch::Receiver<bool>) {
+pub async fn hand_back_memory(
+    every: std::time::Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(every) => {}

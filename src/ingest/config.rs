@@ -45,6 +45,10 @@ pub struct IngestConfig {
     pub identity_window_ms: u64,
     /// `[ingest.limits]`: see [`Limits`](crate::record::Limits).
     pub limits: crate::record::Limits,
+    /// `[ingest.tls]`: serve HTTPS (HTTP/1.1 and HTTP/2 by ALPN) with this
+    /// certificate pair, optionally requiring client certificates; see
+    /// [`TlsConfig`](super::tls::TlsConfig). Absent: plain HTTP/1.1.
+    pub tls: Option<super::tls::TlsConfig>,
 }
 
 impl Default for IngestConfig {
@@ -60,6 +64,7 @@ impl Default for IngestConfig {
             idle_timeout_ms: 60_000,
             identity_window_ms: 10_000,
             limits: crate::record::Limits::default(),
+            tls: None,
         }
     }
 }

@@ -17,6 +17,7 @@ pub mod identity;
 pub mod line_protocol;
 pub mod server;
 pub mod synthetic;
+pub mod tls;
 pub mod typed;
 
 pub use front::Ingest;

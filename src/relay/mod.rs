@@ -202,6 +202,23 @@ pub async fn serve(
 ) -> Result<(), RelayError> {
     let relay = Arc::new(Relay::open(config)?);
     let (stop_tx, stop_rx) = watch::channel(false);
+    // The ingest certificate is checked before anything starts: a bad pair
+    // is a configuration error naming the file.
+    let tls = match &relay.config.ingest.tls {
+        Some(t) => {
+            let acceptor = Arc::new(
+                crate::ingest::tls::Acceptor::new(t.clone())
+                    .map_err(|e| RelayError::Config(e.to_string()))?,
+            );
+            // Rotation without a restart: SIGHUP, or the files changed.
+            tokio::spawn(acceptor.clone().watch(TLS_POLL, stop_rx.clone()));
+            Some(acceptor)
+        }
+        None => {
+            tokio::spawn(crate::ingest::tls::ignore_hangup(stop_rx.clone()));
+            None
+        }
+    };
     let mut drainers = tokio::task::JoinSet::new();
     spawn_sinks(&relay, &stop_rx, &mut drainers).await?;
     let trimmer = tokio::spawn(crate::ingest::budget::hand_back_memory(
@@ -252,6 +269,7 @@ pub async fn serve(
         listener,
         crate::ingest::http::router(relay.ingest.clone()).merge(admin::router(relay.clone())),
         timeouts,
+        tls,
         stop_rx.clone(),
     ));
     let served = tokio::select! {
@@ -317,6 +335,10 @@ pub async fn serve(
 /// Exit status of `walrelay run` when the log's write path stalled
 /// (`EX_TEMPFAIL`: try again, a restart recovers).
 pub const EXIT_STALLED: i32 = 75;
+
+/// How often the ingest certificate files are checked for a change (SIGHUP
+/// reloads at once).
+const TLS_POLL: Duration = Duration::from_secs(2);
 
 /// Resolves once the log's stall watchdog fired (checked every 250 ms).
 async fn stalled(wal: &Wal) {

@@ -20,11 +20,44 @@ use view::{render, Sample};
 /// Longest wait for one of the two requests of a refresh.
 const REQUEST_DEADLINE: Duration = Duration::from_secs(2);
 
+/// An HTTP client for the relay's own endpoints (`top`, `status`, `feed`)
+/// with deadline `timeout`, trusting the PEM certificates of `ca_file` in
+/// addition to the public web CAs (an https ingest URL whose certificate a
+/// private CA signed).
+///
+/// # Errors
+/// The CA file is unreadable or holds no certificate.
+pub fn http_client(
+    timeout: Duration,
+    ca_file: Option<&std::path::Path>,
+) -> Result<reqwest::Client, String> {
+    let mut b = reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout);
+    if let Some(path) = ca_file {
+        let pem = std::fs::read(path).map_err(|e| format!("--ca-file {}: {e}", path.display()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| format!("--ca-file {}: {e}", path.display()))?;
+        if certs.is_empty() {
+            return Err(format!(
+                "--ca-file {}: no PEM certificate in the file",
+                path.display()
+            ));
+        }
+        for c in certs {
+            b = b.add_root_certificate(c);
+        }
+    }
+    b.build().map_err(|e| crate::report::chain(&e))
+}
+
 /// How `top` runs.
 #[derive(Debug, Clone)]
 pub struct TopOptions {
     /// Relay base URL, e.g. `http://127.0.0.1:8429`.
     pub url: String,
+    /// PEM CA certificates to trust for an https URL (`--ca-file`).
+    pub ca_file: Option<std::path::PathBuf>,
     /// Time between refreshes.
     pub interval: Duration,
     /// Print one screen (rates over one interval) and exit.
@@ -86,11 +119,8 @@ fn clock() -> String {
 /// [`TopError`]: the terminal failed, or with `once` the relay did not answer.
 pub async fn run(opts: TopOptions) -> Result<(), TopError> {
     let base = opts.url.trim_end_matches('/').to_string();
-    let client = reqwest::Client::builder()
-        .timeout(REQUEST_DEADLINE)
-        .connect_timeout(REQUEST_DEADLINE)
-        .build()
-        .map_err(|e| TopError::Client(crate::report::chain(&e)))?;
+    let client =
+        http_client(REQUEST_DEADLINE, opts.ca_file.as_deref()).map_err(TopError::Client)?;
     if opts.once {
         let unreachable = |message| TopError::Unreachable {
             url: base.clone(),

@@ -140,6 +140,61 @@ impl Collector {
         Collector { port, log, task }
     }
 
+    /// The same collector serving TLS only (ALPN h2) with `tls`; the first
+    /// byte of every connection is recorded in `first_bytes` (0x16 opens a
+    /// TLS handshake: anything else was a plaintext attempt).
+    pub async fn start_tls(
+        behaviour: Behaviour,
+        script: Script,
+        tls: Arc<rustls::ServerConfig>,
+    ) -> (Collector, Arc<Mutex<Vec<u8>>>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let log = Arc::new(Mutex::new(Log::default()));
+        let svc = Svc {
+            started: Instant::now(),
+            behaviour,
+            script,
+            log: log.clone(),
+        };
+        let first_bytes = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<TlsIo>>(16);
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+        let seen = first_bytes.clone();
+        let accept = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (acceptor, tx, seen) = (acceptor.clone(), tx.clone(), seen.clone());
+                tokio::spawn(async move {
+                    let mut b = [0u8; 1];
+                    if let Ok(1) = tcp.peek(&mut b).await {
+                        seen.lock().unwrap().push(b[0]);
+                    }
+                    // A refused handshake is the client's failure to see.
+                    if let Ok(s) = acceptor.accept(tcp).await {
+                        let _ = tx.send(Ok(TlsIo(s))).await;
+                    }
+                });
+            }
+        });
+        let incoming =
+            futures_util::stream::unfold(
+                rx,
+                |mut rx| async move { rx.recv().await.map(|s| (s, rx)) },
+            );
+        let task = tokio::spawn(async move {
+            let _accept = AbortOnDrop(accept);
+            tonic::transport::Server::builder()
+                .add_service(MarketDataServer::new(svc))
+                .serve_with_incoming(incoming)
+                .await
+                .unwrap();
+        });
+        (Collector { port, log, task }, first_bytes)
+    }
+
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
@@ -297,4 +352,52 @@ pub fn script_by_type() -> Script {
             data: Some(data),
         }
     })
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A server-side TLS stream tonic can serve (it needs `Connected`).
+pub struct TlsIo(tokio_rustls::server::TlsStream<tokio::net::TcpStream>);
+
+impl tonic::transport::server::Connected for TlsIo {
+    type ConnectInfo = ();
+    fn connect_info(&self) {}
+}
+
+impl tokio::io::AsyncRead for TlsIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for TlsIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
 }

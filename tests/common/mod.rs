@@ -2,6 +2,7 @@
 //! machine's own binaries, each on a free loopback port, torn down on drop.
 #![allow(dead_code)]
 
+pub mod certs;
 pub mod collector;
 pub mod drain;
 pub mod http;

@@ -1,6 +1,7 @@
 //! `[grpc]`: subscriptions to gRPC market-data collectors.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 use serde::Deserialize;
 
@@ -29,7 +30,8 @@ pub enum CandleTarget {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GrpcConfig {
-    /// Upstream used when no route matches (`http://host:port`).
+    /// Upstream used when no route matches (`http://host:port`, or
+    /// `https://host:port` for TLS: see `tls_ca_file`).
     #[serde(default)]
     pub default_upstream: Option<String>,
     /// Routes: `"VENUE:DATA_TYPE"` → upstream, then `"VENUE"` → upstream.
@@ -48,9 +50,21 @@ pub struct GrpcConfig {
     /// How long a batch waits for more messages, ms. Default 20.
     #[serde(default = "default_wait")]
     pub batch_wait_ms: u64,
-    /// Connect and subscribe deadline, ms. Default 5000.
+    /// Connect and subscribe deadline, ms. Default 5000. An `https://`
+    /// upstream's TLS handshake has the same deadline.
     #[serde(default = "default_connect")]
     pub connect_timeout_ms: u64,
+    /// PEM file of the CA certificates that sign `https://` collectors'
+    /// certificates. Default: the public web CAs (webpki-roots).
+    #[serde(default)]
+    pub tls_ca_file: Option<PathBuf>,
+    /// PEM client certificate chain for collectors that require mutual TLS
+    /// (with `tls_key_file`).
+    #[serde(default)]
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of `tls_cert_file`.
+    #[serde(default)]
+    pub tls_key_file: Option<PathBuf>,
 }
 
 fn default_batch() -> usize {
@@ -100,6 +114,19 @@ impl GrpcConfig {
             let (_, key) = routes.resolve(&s.venue, &s.data_type);
             if key.is_empty() && self.default_upstream.is_none() {
                 return Err(format!("grpc.subscriptions[{i}]: no upstream for {}:{} (tried \"{}:{}\", \"{}\") and no grpc.default_upstream", s.venue, s.data_type, s.venue, s.data_type, s.venue));
+            }
+        }
+        if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
+            return Err(
+                "grpc.tls_cert_file and grpc.tls_key_file go together: set both or neither".into(),
+            );
+        }
+        let upstreams = self.default_upstream.iter().chain(self.upstreams.values());
+        for u in upstreams {
+            if !(u.starts_with("http://") || u.starts_with("https://")) {
+                return Err(format!(
+                    "grpc upstream {u:?}: expected http://host:port or https://host:port"
+                ));
             }
         }
         for (k, v) in &self.producers {

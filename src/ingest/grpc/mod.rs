@@ -4,11 +4,13 @@
 //! that reconnects forever and appends what it receives to the log in
 //! batches, reading the stream only as fast as the log accepts. The upstream
 //! of a subscription is chosen by `"VENUE:DATA_TYPE"`, then `"VENUE"`, then
-//! the default upstream (with a warning naming the keys tried).
+//! the default upstream (with a warning naming the keys tried). An
+//! `https://` upstream is spoken to over TLS only (`tls.rs`).
 
 pub mod config;
 pub mod convert;
 pub mod subscription;
+pub mod tls;
 
 /// Generated from `raven.proto` (see `src/build.rs`).
 #[allow(clippy::all, missing_docs)]

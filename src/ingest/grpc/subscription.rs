@@ -13,6 +13,7 @@
 //!   (wallet updates, a book with an empty side, a candle of an unknown
 //!   producer) is counted as skipped with its reason.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -57,7 +58,9 @@ pub struct SubscriptionSnapshot {
     pub name: String,
     pub upstream: String,
     pub route_key: String,
-    /// connecting | waiting (refused, retrying) | streaming | paused (log full)
+    /// connecting | waiting (refused, retrying) | config_error (a TLS
+    /// certificate refused or TLS files unusable: fix the config; retried
+    /// slowly) | streaming | paused (log full)
     pub state: &'static str,
     pub messages_received: u64,
     pub records_appended: u64,
@@ -150,9 +153,17 @@ pub async fn run(
             data_type: data_type(&sub.data_type) as i32,
             venue: sub.venue.clone(),
         };
+        // Set when an https:// collector asked for a client certificate
+        // and none is configured: what a refusal after that means.
+        let asked = Arc::new(AtomicBool::new(false));
         let opened = async {
             let endpoint = Endpoint::from_shared(sub.upstream.clone())
-                .map_err(|e| format!("invalid upstream {}: {e}", sub.upstream))?
+                .map_err(|e| {
+                    (
+                        format!("invalid upstream {}: {e}", sub.upstream),
+                        ErrorClass::Config,
+                    )
+                })?
                 .connect_timeout(connect_timeout)
                 .tcp_keepalive(Some(Duration::from_secs(30)))
                 .http2_keep_alive_interval(Duration::from_secs(10))
@@ -163,20 +174,73 @@ pub async fn run(
                 // burst pile up in this process while the log is full).
                 .initial_stream_window_size(Some(STREAM_WINDOW))
                 .initial_connection_window_size(Some(CONNECTION_WINDOW));
-            let channel = endpoint
-                .connect()
-                .await
-                .map_err(|e| format!("connect {}: {e}", sub.upstream))?;
+            let channel = if endpoint.uri().scheme_str() == Some("https") {
+                let tls = super::tls::client_config(&cfg, asked.clone())
+                    .map_err(|e| (format!("connect {}: {e}", sub.upstream), ErrorClass::Config))?;
+                let connector = super::tls::Connector::new(tls, connect_timeout);
+                endpoint.connect_with_connector(connector).await
+            } else {
+                endpoint.connect().await
+            }
+            .map_err(|e| {
+                let class = if super::tls::is_config(&e) {
+                    ErrorClass::Config
+                } else {
+                    ErrorClass::Transient
+                };
+                (
+                    format!("connect {}: {}", sub.upstream, super::tls::chain(&e)),
+                    class,
+                )
+            })?;
             let mut client = MarketDataClient::new(channel);
             let resp = tokio::time::timeout(connect_timeout, client.subscribe(request))
                 .await
-                .map_err(|_| format!("subscribe to {} timed out", sub.upstream))?;
-            resp.map(|r| r.into_inner())
-                .map_err(|s| format!("subscribe refused: {} {}", s.code(), s.message()))
+                .map_err(|_| {
+                    (
+                        format!("subscribe to {} timed out", sub.upstream),
+                        ErrorClass::Transient,
+                    )
+                })?;
+            resp.map(|r| r.into_inner()).map_err(|s| {
+                // A certificate alert from the collector (TLS 1.3 client
+                // certificate refused) is the operator's to fix.
+                let class = if super::tls::is_config(&s) {
+                    ErrorClass::Config
+                } else {
+                    ErrorClass::Transient
+                };
+                let why = match std::error::Error::source(&s) {
+                    Some(src) => format!("{}: {}", s.message(), super::tls::chain(src)),
+                    None => s.message().to_string(),
+                };
+                (format!("subscribe refused: {} {why}", s.code()), class)
+            })
         };
-        let mut stream = match opened.await {
+        let opened = opened.await.map_err(|(e, class)| {
+            if asked.load(Ordering::Relaxed) && cfg.tls_cert_file.is_none() {
+                let hint = "the collector asked for a client certificate and [grpc] has none (tls_cert_file, tls_key_file)";
+                (format!("{e}; {hint}"), ErrorClass::Config)
+            } else {
+                (e, class)
+            }
+        });
+        let mut stream = match opened {
             Ok(s) => s,
-            Err(e) => {
+            Err((e, ErrorClass::Config)) => {
+                // A certificate refused, TLS files that do not load, a bad
+                // URL: the operator's to fix. Shown and logged every time,
+                // retried at the configuration cadence (never in clear text).
+                health.update(|s| {
+                    s.state = "config_error";
+                    s.last_error = Some(e.clone());
+                });
+                tracing::error!(subscription = %name, error = %e, "subscription refused by configuration (TLS certificate or files); retrying slowly");
+                let d = backoff.next_delay(ErrorClass::Config, None);
+                tokio::select! { _ = tokio::time::sleep(d) => {}, _ = stop.changed() => {} }
+                continue;
+            }
+            Err((e, _)) => {
                 health.update(|s| {
                     s.state = "waiting";
                     s.last_error = Some(e.clone());
