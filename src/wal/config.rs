@@ -107,14 +107,20 @@ pub struct WalConfig {
     pub when_full: WhenFull,
     /// How long `append` waits for space under `block`. Default 5000 ms.
     pub block_timeout_ms: u64,
-    /// sled page-cache bound in bytes. Default 64 MiB.
+    /// sled page-cache bound in bytes. Default 16 MiB (64 MiB before issue
+    /// 23: an edge host's relay reads mostly what it just wrote, and a
+    /// quarter of the cache did not slow ingest or delivery in the relay
+    /// bench; docs/PERFORMANCE.md).
     pub cache_bytes: u64,
     /// A frame is sealed once it holds this many records. Default 1024.
     pub max_frame_records: usize,
     /// A frame is sealed once it holds this many payload bytes. Default 256 KiB.
     pub max_frame_bytes: usize,
-    /// sled segment size (fixed when the log is created; items over a quarter
-    /// of it are stored as separate blob files). Default 8 MiB.
+    /// sled segment size, for a log created from now on; an existing log
+    /// keeps the size it was created with (`recovery.rs`). sled keeps up to
+    /// about ten segment-sized I/O buffers alive under saturating writes,
+    /// and stores items over a quarter of a segment as separate blob files.
+    /// Default 2 MiB (8 MiB for logs created before issue 23).
     pub segment_bytes: usize,
     /// A group's sled write or its flush that has not returned after this
     /// many ms puts the log in the failed state (appends refused, HTTP 503)
@@ -146,10 +152,10 @@ impl Default for WalConfig {
             min_free_bytes: 64 * 1024 * 1024,
             when_full: WhenFull::Block,
             block_timeout_ms: 5000,
-            cache_bytes: 64 * 1024 * 1024,
+            cache_bytes: 16 * 1024 * 1024,
             max_frame_records: 1024,
             max_frame_bytes: 256 * 1024,
-            segment_bytes: 8 * 1024 * 1024,
+            segment_bytes: 2 * 1024 * 1024,
             stall_ms: 60_000,
             sinks: Vec::new(),
             retain_ms: 0,
