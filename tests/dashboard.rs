@@ -83,6 +83,18 @@ fn missing_from(text: &str) -> Vec<String> {
     missing
 }
 
+/// A relay served in-process with its log under `dir` and the sink tables
+/// of `sinks` (TOML).
+async fn start(dir: &std::path::Path, sinks: &str) -> common::relay::ServedRelay {
+    let conf = dir.join("relay.toml");
+    std::fs::write(
+        &conf,
+        format!("[wal]\ndir = \"{}\"\n{sinks}", dir.join("wal").display()),
+    )
+    .unwrap();
+    common::relay::ServedRelay::start(walrelay::config::Config::load(&conf).unwrap()).await
+}
+
 #[test]
 fn dashboard_is_well_formed_and_charts_what_the_issue_asks() {
     let d = dashboard();
@@ -139,19 +151,15 @@ async fn every_metric_the_dashboard_queries_is_exposed_by_a_running_relay() {
     let proxy = Proxy::start(&format!("127.0.0.1:{}", vm.port)).await;
     proxy.set(Mode::Refuse);
     let dir = tempfile::TempDir::new().unwrap();
-    let conf = dir.path().join("relay.toml");
-    std::fs::write(
-        &conf,
-        format!(
-            "[wal]\ndir = \"{}\"\n[influx]\nurl = \"{}\"\norg = \"o\"\nbucket = \"b\"\n\
+    let relay = start(
+        dir.path(),
+        &format!(
+            "[influx]\nurl = \"{}\"\norg = \"o\"\nbucket = \"b\"\n\
              [drain]\nretry_initial_ms = 50\nretry_max_ms = 200\n",
-            dir.path().join("wal").display(),
             proxy.url()
         ),
     )
-    .unwrap();
-    let config = walrelay::config::Config::load(&conf).unwrap();
-    let relay = common::relay::ServedRelay::start(config).await;
+    .await;
     let url = relay.url.clone();
     let client = common::http::client();
     let metrics = || common::http::get_text(&client, format!("{url}/metrics"));
@@ -235,19 +243,14 @@ async fn a_relay_without_failures_leaves_no_panel_without_data() {
     let pg = common::pg::Pg::start();
     let pg_url = pg.create_db("dash").await;
     let dir = tempfile::TempDir::new().unwrap();
-    let conf = dir.path().join("relay.toml");
-    std::fs::write(
-        &conf,
-        format!(
-            "[wal]\ndir = \"{}\"\n[influx]\nurl = \"{}\"\norg = \"o\"\nbucket = \"b\"\n\
-             [timescale]\nurl = \"{pg_url}\"\n",
-            dir.path().join("wal").display(),
+    let relay = start(
+        dir.path(),
+        &format!(
+            "[influx]\nurl = \"{}\"\norg = \"o\"\nbucket = \"b\"\n[timescale]\nurl = \"{pg_url}\"\n",
             vm.url()
         ),
     )
-    .unwrap();
-    let config = walrelay::config::Config::load(&conf).unwrap();
-    let relay = common::relay::ServedRelay::start(config).await;
+    .await;
     let url = relay.url.clone();
     let client = common::http::client();
     let metrics = || common::http::get_text(&client, format!("{url}/metrics"));
