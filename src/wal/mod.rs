@@ -191,6 +191,7 @@ mod frame;
 mod meta;
 mod reader;
 mod recovery;
+mod retention;
 mod space;
 mod state;
 mod writer;
@@ -200,6 +201,9 @@ pub use dead_letter::{DeadLetter, DeadLetterTotals, DeadLetters};
 pub use error::WalError;
 pub use frame::{Frame, FrameError, FrameHeader};
 pub use meta::Meta;
+pub use retention::{
+    minute_of, parse_duration_ms, series_label, AcceptedCounts, Retain, Retained, Series,
+};
 pub use writer::AppendOutcome;
 
 pub(crate) use space::Reservation;
@@ -305,6 +309,8 @@ pub(crate) struct Shared {
     quarantine: sled::Tree,
     /// seq → u16 mask of the record kinds in the frame (see `read_for`).
     index: sled::Tree,
+    /// Retention's counts and time index (retention.rs).
+    retention: retention::Retention,
     persist: Arc<Persist>,
     config: WalConfig,
     state: Mutex<Guarded>,
@@ -373,6 +379,7 @@ impl Wal {
             dead_book,
             quarantine: store.quarantine,
             index: store.index,
+            retention: store.retention,
             persist,
             config,
             state: Mutex::new(Guarded {
@@ -490,6 +497,7 @@ impl Wal {
         let reserve = reservation_bytes(&shared.config, u64::from(count), payload.len() as u64);
         shared.disk.check(&shared.config, reserve)?;
         let reservation = Shared::reserve(&self.inner.shared, reserve)?;
+        let marks = shared.marks(&payload, &ends);
         let (reply_tx, reply_rx) = bounded(1);
         let tx = self.inner.tx.as_ref().ok_or(WalError::Closed)?;
         if tx
@@ -498,6 +506,7 @@ impl Wal {
                 ends,
                 count,
                 mask,
+                marks,
                 reservation,
                 reply: reply_tx,
             })

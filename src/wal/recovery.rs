@@ -37,6 +37,7 @@ pub(crate) struct Store {
     pub dead: sled::Tree,
     pub quarantine: sled::Tree,
     pub index: sled::Tree,
+    pub retention: super::retention::Retention,
     pub state: LogState,
 }
 
@@ -147,7 +148,9 @@ pub(crate) fn open_store(config: &WalConfig) -> Result<Store, WalError> {
         next_seq = state.next_seq,
         "write-ahead log opened"
     );
+    let retention = super::retention::Retention::open(&db, &meta, config.retain.on())?;
     Ok(Store {
+        retention,
         db,
         frames,
         cursors,
