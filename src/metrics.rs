@@ -43,6 +43,11 @@ pub const LOG_MAX_BYTES: &str = "walrelay_log_max_bytes";
 pub const LOG_RECORDS: &str = "walrelay_log_records";
 /// Gauge (a count kept by the log): records deleted by `drop_oldest`.
 pub const DROPPED_RECORDS: &str = "walrelay_dropped_records_total";
+/// Gauge (a count kept by the log since it opened): records of retained
+/// (delivered) frames deleted to make room (`[wal] retain`).
+pub const RETAINED_DROPPED: &str = "walrelay_retained_dropped_total";
+/// Gauge: records of delivered frames kept for `[wal] retain`.
+pub const RETAINED_RECORDS: &str = "walrelay_retained_records";
 /// Gauge: unreadable frames moved to quarantine.
 pub const QUARANTINED_FRAMES: &str = "walrelay_quarantined_frames";
 /// Gauge: bytes held by dead letters, all sinks.
@@ -104,6 +109,14 @@ pub const FAMILIES: &[(&str, &str)] = &[
     (
         DROPPED_RECORDS,
         "Records deleted by drop_oldest since the log was created.",
+    ),
+    (
+        RETAINED_DROPPED,
+        "Records of retained (delivered) frames deleted to make room since the log opened.",
+    ),
+    (
+        RETAINED_RECORDS,
+        "Records of delivered frames kept for wal.retain.",
     ),
     (QUARANTINED_FRAMES, "Unreadable frames moved to quarantine."),
     (

@@ -411,8 +411,14 @@ pub(crate) struct Retention {
 
 impl Retention {
     /// Opens the trees; with retention on and no horizon yet, counting
-    /// starts now (earlier events were not counted).
-    pub(crate) fn open(db: &sled::Db, meta: &sled::Tree, on: bool) -> Result<Retention, WalError> {
+    /// starts now: on a log that already held frames, events before now were
+    /// not counted (the horizon is now); on a fresh log nothing was missed.
+    pub(crate) fn open(
+        db: &sled::Db,
+        meta: &sled::Tree,
+        on: bool,
+        fresh: bool,
+    ) -> Result<Retention, WalError> {
         let tree = |name: &'static str| db.open_tree(name).map_err(WalError::sled("open tree"));
         let r = Retention {
             counts: tree("frame_counts")?,
@@ -424,7 +430,8 @@ impl Retention {
             .map_err(WalError::sled("read horizon"))?
             .is_some();
         if on && !has {
-            meta.insert(HORIZON_KEY, &now_ns().to_le_bytes())
+            let start = if fresh { i64::MIN } else { now_ns() };
+            meta.insert(HORIZON_KEY, &start.to_le_bytes())
                 .map_err(WalError::sled("write horizon"))?;
         } else if !on && has {
             // Counting stops: the next time retention is turned on, what
