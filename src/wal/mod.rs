@@ -47,7 +47,7 @@
 //!
 //! ## The trees
 //!
-//! One sled store (directory mode 0700) with six trees, opened in this order
+//! One sled store (directory mode 0700) with eight trees, opened in this order
 //! by `recovery.rs`. Sequence keys are `u64` big-endian, so sled's key order
 //! is log order.
 //!
@@ -72,7 +72,14 @@
 //! frame_kinds   u64 BE seq           -> u16 LE mask of the record       writer.rs inserts;
 //!                                       kinds in the frame              space.rs prunes;
 //!                                                                       reader.rs reads
+//! frame_counts  u64 BE seq           -> per series and event minute:    retention.rs (written
+//!                                       records ([wal] retain only)     by writer.rs, pruned
+//! time_index    u32 BE minute ++ seq -> () ([wal] retain only)          with frame_kinds)
 //! ```
+//!
+//! With `[wal] retain`, delivered frames stay until older than `retain` or
+//! until an append needs their room: `reserve` deletes them first, oldest
+//! first, before `when_full` applies (`retention.rs` states the rules).
 //!
 //! ## Write path
 //!

@@ -797,6 +797,18 @@ mod tests {
     }
 
     #[test]
+    fn wal_section_takes_retain_and_names_a_bad_value() {
+        let c: crate::wal::WalConfig = toml::from_str("retain = \"6h\"").unwrap();
+        assert_eq!(c.retain, Retain { ms: 6 * 3_600_000 });
+        let c: crate::wal::WalConfig = toml::from_str("").unwrap();
+        assert!(!c.retain.on(), "retention is off by default");
+        let e = toml::from_str::<crate::wal::WalConfig>("retain = \"6 hours\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("retain") && e.contains("6 hours"), "{e}");
+    }
+
+    #[test]
     fn counts_round_trip_and_truncations_fail() {
         let marks = Marks::of_records(&[
             crate::wal::test_trade(1),
