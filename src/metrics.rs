@@ -48,6 +48,10 @@ pub const DROPPED_RECORDS: &str = "walrelay_dropped_records_total";
 pub const RETAINED_DROPPED: &str = "walrelay_retained_dropped_total";
 /// Gauge: records of delivered frames kept for `[wal] retain`.
 pub const RETAINED_RECORDS: &str = "walrelay_retained_records";
+/// Gauge, `sink`: records re-delivered by the last rewind (`POST /admin/rewind`).
+pub const REWIND_RECORDS: &str = "walrelay_rewind_records";
+/// Gauge, `sink`: frames the last rewind still has to read.
+pub const REWIND_FRAMES_LEFT: &str = "walrelay_rewind_frames_left";
 /// Gauge: unreadable frames moved to quarantine.
 pub const QUARANTINED_FRAMES: &str = "walrelay_quarantined_frames";
 /// Gauge: bytes held by dead letters, all sinks.
@@ -117,6 +121,14 @@ pub const FAMILIES: &[(&str, &str)] = &[
     (
         RETAINED_RECORDS,
         "Records of delivered frames kept for wal.retain.",
+    ),
+    (
+        REWIND_RECORDS,
+        "Records re-delivered by the sink's last rewind, by sink.",
+    ),
+    (
+        REWIND_FRAMES_LEFT,
+        "Frames the sink's last rewind still has to read, by sink.",
     ),
     (QUARANTINED_FRAMES, "Unreadable frames moved to quarantine."),
     (

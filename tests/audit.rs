@@ -45,12 +45,14 @@ fn trades_json() -> Vec<String> {
     out
 }
 
+const TOKEN: &str = "admin-test-token";
+
 fn write_config(dir: &Path, port: u16, influx_url: &str, pg_url: &str, retain: &str) -> PathBuf {
     let conf = dir.join("walrelay.toml");
     std::fs::write(
         &conf,
         format!(
-            "[wal]\ndir = \"{}\"\nretain = \"{retain}\"\n\n[ingest]\nlisten = \"127.0.0.1:{port}\"\n\n[drain]\nbatch_records = 200\nretry_initial_ms = 50\nretry_max_ms = 500\nretry_config_ms = 500\n\n[influx]\nurl = \"{influx_url}\"\napi = \"v1\"\ndatabase = \"audit\"\ntimeout_ms = 3000\n\n[timescale]\nurl = \"{pg_url}\"\nconnect_timeout_ms = 2000\nstatement_timeout_ms = 5000\n",
+            "[wal]\ndir = \"{}\"\nretain = \"{retain}\"\n\n[ingest]\nlisten = \"127.0.0.1:{port}\"\ntoken = \"{TOKEN}\"\n\n[drain]\nbatch_records = 200\nretry_initial_ms = 50\nretry_max_ms = 500\nretry_config_ms = 500\n\n[influx]\nurl = \"{influx_url}\"\napi = \"v1\"\ndatabase = \"audit\"\ntimeout_ms = 3000\n\n[timescale]\nurl = \"{pg_url}\"\nconnect_timeout_ms = 2000\nstatement_timeout_ms = 5000\n",
             dir.join("wal").display()
         ),
     )
@@ -87,8 +89,15 @@ async fn wait_drained(url: &str) {
 }
 
 async fn deliver_hour(conf: &Path, port: u16) -> serde_json::Value {
+    let (mut relay, status) = start_and_deliver(conf, port).await;
+    unsafe { libc::kill(relay.id() as i32, libc::SIGTERM) };
+    assert!(relay.wait().unwrap().success());
+    status
+}
+
+async fn start_and_deliver(conf: &Path, port: u16) -> (std::process::Child, serde_json::Value) {
     let url = format!("http://127.0.0.1:{port}");
-    let mut relay = Command::new(env!("CARGO_BIN_EXE_walrelay"))
+    let relay = Command::new(env!("CARGO_BIN_EXE_walrelay"))
         .args(["run", "--config", conf.to_str().unwrap()])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
@@ -108,6 +117,7 @@ async fn deliver_hour(conf: &Path, port: u16) -> serde_json::Value {
     for chunk in trades_json().chunks(500) {
         let r = c
             .post(format!("{url}/v1/records"))
+            .header("Authorization", format!("Token {TOKEN}"))
             .body(chunk.join("\n"))
             .send()
             .await
@@ -123,10 +133,7 @@ async fn deliver_hour(conf: &Path, port: u16) -> serde_json::Value {
         .json()
         .await
         .unwrap();
-    drop(c);
-    unsafe { libc::kill(relay.id() as i32, libc::SIGTERM) };
-    assert!(relay.wait().unwrap().success());
-    status
+    (relay, status)
 }
 
 async fn pg_rows(pg: &Pg) -> (i64, i64) {
@@ -389,6 +396,116 @@ async fn audit_names_exactly_the_deleted_minutes_repair_fills_them_and_a_second_
     ]);
     assert_eq!(code, 2, "{out}{err}");
     assert!(err.contains("past retention"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_rewind_refills_a_sink_on_a_running_relay_beside_its_drain_without_moving_the_other()
+{
+    let pg = Pg::start();
+    let pg_url = pg.create_db("audit").await;
+    let ix = Influx1::start().await;
+    ix.create_database("audit").await;
+    let dir = tempfile::TempDir::new().unwrap();
+    let port = common::vm::free_port();
+    let conf = write_config(dir.path(), port, &ix.url(), &pg_url, "6h");
+    let (mut relay, before) = start_and_deliver(&conf, port).await;
+    let url = format!("http://127.0.0.1:{port}");
+    ix.query(
+        "audit",
+        &format!(
+            "DELETE FROM \"trades\" WHERE time >= {} AND time < {}",
+            T0 + 10 * MIN,
+            T0 + 30 * MIN
+        ),
+    )
+    .await;
+    assert_eq!(
+        ix.count("audit", None, "trades").await,
+        ACCEPTED_TRADES - 20 * 2 * 20
+    );
+    let c = reqwest::Client::new();
+    let endpoint = format!(
+        "{url}/admin/rewind?sink=influx&since=2025-11-24T16:10:00Z&until=2025-11-24T16:30:00Z"
+    );
+    // Authenticated: no token, a wrong one: refused, nothing started.
+    let r = c.post(&endpoint).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r = c
+        .post(&endpoint)
+        .header("Authorization", "Token wrong")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = c
+        .post(&endpoint)
+        .header("Authorization", format!("Bearer {TOKEN}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202, "{:?}", r.text().await);
+    // Normal ingest goes on meanwhile.
+    let extra = r#"{"type":"trade","venue":"BINANCE","symbol":"BTCUSDT","ts":1764003600000000007,"price":1.5,"quantity":1.0,"side":"sell","trade_id":"late"}"#;
+    let r = c
+        .post(format!("{url}/v1/records"))
+        .header("Authorization", format!("Token {TOKEN}"))
+        .body(extra)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    let mut done = serde_json::Value::Null;
+    for _ in 0..300 {
+        let s: serde_json::Value = c
+            .get(format!("{url}/status"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if s["rewinds"]["influx"]["done"] == true && common::http::drained(&s) {
+            done = s;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(done["rewinds"]["influx"]["records"], 20 * 2 * 20, "{done}");
+    let delivered = |s: &serde_json::Value, sink: &str| {
+        s["sinks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["name"] == sink)
+            .unwrap()["delivered_records"]
+            .as_u64()
+            .unwrap()
+    };
+    // The other sink delivered nothing more (its cursor only passes the late
+    // trade's frame, which holds nothing for it); influx took the late trade.
+    assert_eq!(
+        delivered(&done, "timescale"),
+        delivered(&before, "timescale")
+    );
+    assert_eq!(pg_rows(&pg).await, (ACCEPTED_KLINES, ACCEPTED_KLINES));
+    assert_eq!(ix.count("audit", None, "trades").await, ACCEPTED_TRADES + 1);
+    let metrics = c
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("walrelay_rewind_records{sink=\"influx\"} 800"),
+        "{metrics}"
+    );
+    let r = c.get(format!("{url}/admin/rewind")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    drop(c);
+    unsafe { libc::kill(relay.id() as i32, libc::SIGTERM) };
+    assert!(relay.wait().unwrap().success());
 }
 
 fn rand_ms() -> u64 {

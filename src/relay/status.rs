@@ -16,6 +16,9 @@ pub struct Status {
     pub sinks: Vec<SinkStatus>,
     /// One row per gRPC subscription (empty without `[grpc]`).
     pub subscriptions: Vec<crate::ingest::grpc::SubscriptionSnapshot>,
+    /// Rewinds started through `POST /admin/rewind`, by sink.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub rewinds: std::collections::BTreeMap<String, crate::drain::rewind::RewindReport>,
 }
 
 /// The log's size and counters.
@@ -329,6 +332,7 @@ impl Relay {
             },
             sinks,
             subscriptions: self.subscriptions.iter().map(|h| h.snapshot()).collect(),
+            rewinds: self.rewinds(),
         }
     }
 
@@ -376,6 +380,14 @@ impl Relay {
         ];
         for s in &st.sinks {
             let l = vec![("sink", s.name.clone())];
+            if let Some(r) = st.rewinds.get(&s.name) {
+                g.push((metrics::REWIND_RECORDS, l.clone(), r.records as f64));
+                g.push((
+                    metrics::REWIND_FRAMES_LEFT,
+                    l.clone(),
+                    r.frames_total.saturating_sub(r.frames) as f64,
+                ));
+            }
             g.push((
                 metrics::BACKLOG_RECORDS,
                 l.clone(),
@@ -468,6 +480,7 @@ mod tests {
                 })
                 .collect(),
             subscriptions: Vec::new(),
+            rewinds: Default::default(),
         }
     }
 
