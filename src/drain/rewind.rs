@@ -224,3 +224,101 @@ async fn deliver<S: Sink>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::drain::{Delivery, SinkFailure};
+    use crate::record::RecordKind;
+    use crate::wal::{Retain, WalConfig};
+    use std::sync::{Arc, Mutex};
+
+    /// Confirms `confirm` batches (recording their trade ids), then never
+    /// answers: the rewind is stuck there, as when it is killed mid-way.
+    struct Stalling {
+        confirm: usize,
+        got: Arc<Mutex<Vec<String>>>,
+    }
+
+    impl Sink for Stalling {
+        fn name(&self) -> &'static str {
+            "influx"
+        }
+        fn accepts(&self, kind: RecordKind) -> bool {
+            kind == RecordKind::Trade
+        }
+        async fn deliver(
+            &mut self,
+            batch: &[Record],
+            _attempt: u32,
+        ) -> Result<Delivery, SinkFailure> {
+            if self.confirm == 0 {
+                std::future::pending::<()>().await;
+            }
+            self.confirm -= 1;
+            let mut got = self.got.lock().unwrap();
+            for r in batch {
+                if let Record::Trade(t) = r {
+                    got.push(t.trade_id.to_string());
+                }
+            }
+            Ok(Delivery {
+                written: batch.len(),
+                dead_lettered: 0,
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn an_interrupted_rewind_resumes_after_its_last_confirmed_batch_and_misses_nothing() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let wal = Wal::open(WalConfig {
+            max_frame_records: 4,
+            retain: Retain { ms: 3_600_000 },
+            ..WalConfig::new(dir.path()).with_sinks(["influx"])
+        })
+        .unwrap();
+        for i in 0..40 {
+            wal.append(&[crate::wal::test_trade(i)]).unwrap();
+        }
+        wal.ack("influx", wal.stats().last_seq).unwrap();
+        let base = crate::wal::test_trade(0).ts();
+        let req = RewindRequest {
+            sink: "influx".into(),
+            since_ns: base,
+            until_ns: base + 1_000,
+            only: None,
+        };
+        let got = Arc::new(Mutex::new(Vec::new()));
+        // Killed after 3 confirmed batches of 5: the future is dropped.
+        let mut stalling = Stalling {
+            confirm: 3,
+            got: got.clone(),
+        };
+        let first = tokio::time::timeout(
+            std::time::Duration::from_millis(300),
+            run(&mut stalling, &wal, &req, 5, &mut |_| {}),
+        )
+        .await;
+        assert!(first.is_err(), "the rewind was meant to be cut off");
+        assert_eq!(got.lock().unwrap().len(), 15);
+        let mut rest = Stalling {
+            confirm: usize::MAX,
+            got: got.clone(),
+        };
+        let r = run(&mut rest, &wal, &req, 5, &mut |_| {}).await.unwrap();
+        assert!(r.resumed_after.is_some(), "{r:?}");
+        assert_eq!(r.records, 25, "resumed from the start or skipped a batch");
+        let mut ids: Vec<u64> = got
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        ids.sort();
+        assert_eq!(ids, (0..40).collect::<Vec<_>>());
+        // Done: the progress is gone, a new rewind starts from the beginning.
+        let again = run(&mut rest, &wal, &req, 5, &mut |_| {}).await.unwrap();
+        assert_eq!((again.resumed_after, again.records), (None, 40));
+    }
+}
