@@ -138,7 +138,11 @@ fn audit(c: &mut Criterion) {
 
 fn report() {
     let s = common::summary();
-    s.print_rates("walrelay retention summary (this run)", 32, "records or frames");
+    s.print_rates(
+        "walrelay retention summary (this run)",
+        32,
+        "records or frames",
+    );
     if let (Some(off), Some(on)) = (s.rate("append/sync/off"), s.rate("append/sync/on")) {
         println!(
             "append sync, retention on vs off: {:.0} vs {:.0} records/s ({:+.1}%; goal within 5%)",

@@ -203,9 +203,10 @@ impl Gate {
             ends.push(payload.len());
             mask |= r.kind().bit();
         }
+        let marks = self.wal.marks_of(&records);
         drop(records);
         self.wal
-            .append_encoded(payload, ends, mask)
+            .append_encoded_marked(payload, ends, mask, marks)
             .map_err(|e| match e {
                 WalError::Full { .. } => IngestError::Full {
                     retry_after: std::time::Duration::from_secs(1),

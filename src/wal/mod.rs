@@ -213,6 +213,7 @@ pub use retention::{
 };
 pub use writer::AppendOutcome;
 
+pub(crate) use retention::Marks;
 pub(crate) use space::Reservation;
 
 use std::sync::atomic::AtomicU64;
@@ -475,17 +476,39 @@ impl Wal {
             ends.push(payload.len());
             mask |= r.kind().bit();
         }
-        self.append_encoded(payload, ends, mask)
+        let marks = self.marks_of(records);
+        self.append_encoded_marked(payload, ends, mask, marks)
+    }
+
+    /// Retention's marks of `records` (`None` with retention off), for
+    /// [`Wal::append_encoded_marked`]: computed from the records, so the
+    /// log need not decode what it was handed encoded.
+    pub(crate) fn marks_of(&self, records: &[Record]) -> Option<Marks> {
+        self.shared().marks_of(records)
     }
 
     /// Appends records already in the log's binary form: `ends[i]` is the
     /// end offset of record `i` in `payload`, so the writer can split a large
     /// append into several frames (still committed as one unit).
+    #[allow(dead_code)] // for callers that hold only the encoded form
     pub(crate) fn append_encoded(
         &self,
         payload: Vec<u8>,
         ends: Vec<usize>,
         mask: u16,
+    ) -> Result<AppendOutcome, WalError> {
+        let marks = self.shared().marks(&payload, &ends);
+        self.append_encoded_marked(payload, ends, mask, marks)
+    }
+
+    /// [`Wal::append_encoded`] with retention's marks already computed
+    /// ([`Wal::marks_of`]).
+    pub(crate) fn append_encoded_marked(
+        &self,
+        payload: Vec<u8>,
+        ends: Vec<usize>,
+        mask: u16,
+        marks: Option<Marks>,
     ) -> Result<AppendOutcome, WalError> {
         let shared = self.shared();
         let count = ends.len() as u32;
@@ -504,7 +527,6 @@ impl Wal {
         let reserve = reservation_bytes(&shared.config, u64::from(count), payload.len() as u64);
         shared.disk.check(&shared.config, reserve)?;
         let reservation = Shared::reserve(&self.inner.shared, reserve)?;
-        let marks = shared.marks(&payload, &ends);
         let (reply_tx, reply_rx) = bounded(1);
         let tx = self.inner.tx.as_ref().ok_or(WalError::Closed)?;
         if tx

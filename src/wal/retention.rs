@@ -246,54 +246,97 @@ pub fn minute_of(ts_ns: i64) -> u32 {
     (ts_ns.max(0) / 60_000_000_000).min(u32::MAX as i64) as u32
 }
 
-/// Per record of one append: the index of its label in `labels` and its
-/// event time. Computed on the producer's thread, only with retention on.
+/// A record's series, borrowed from it (kind, bar kind, then the strings
+/// its label is made of): hashing it costs no allocation.
+type SeriesKey<'a> = (u8, u8, &'a str, &'a str, &'a str);
+
+fn series_key(r: &Record) -> SeriesKey<'_> {
+    let k = r.kind().index() as u8;
+    match r {
+        Record::Bar(b) => (k, b.kind as u8, &b.venue, &b.symbol, &b.interval),
+        Record::Kline(x) => (k, 0, &x.venue, &x.symbol, &x.interval),
+        Record::Trade(t) => (k, 0, &t.venue, &t.symbol, ""),
+        Record::Liquidation(t) => (k, 0, &t.venue, &t.symbol, ""),
+        Record::OrderBookTop(t) => (k, 0, &t.venue, &t.symbol, ""),
+        Record::Funding(t) => (k, 0, &t.venue, &t.symbol, ""),
+        Record::OpenInterest(t) => (k, 0, &t.venue, &t.symbol, ""),
+        Record::OptionsTicker(t) => (k, 0, &t.venue, &t.symbol, ""),
+        Record::PriceIndex(t) => (k, 0, &t.venue, &t.index_name, ""),
+        Record::Point(p) => (
+            k,
+            0,
+            &p.measurement,
+            p.tags.get("exchange").map(String::as_str).unwrap_or(""),
+            p.tags.get("symbol").map(String::as_str).unwrap_or(""),
+        ),
+    }
+}
+
+/// The series and event times of one append, computed on the producer's
+/// thread (only with retention on): per record its label's index and event
+/// time, and the whole append's counts per (label, minute), so that the
+/// writer adds an append packed whole into one frame in O(series).
 #[derive(Debug, Default)]
 pub(crate) struct Marks {
     labels: Vec<String>,
     records: Vec<(u32, i64)>,
+    /// (label, minute, count) over every record.
+    agg: Vec<(u32, u32, u32)>,
+    min_ts: i64,
+    max_ts: i64,
 }
 
 impl Marks {
-    fn push(&mut self, r: &Record, index: &mut HashMap<String, u32>, buf: &mut String) {
-        series_label(r, buf);
-        let i = match index.get(buf.as_str()) {
-            Some(i) => *i,
-            None => {
-                let i = self.labels.len() as u32;
-                index.insert(buf.clone(), i);
-                self.labels.push(buf.clone());
-                i
-            }
-        };
-        self.records.push((i, r.ts()));
-    }
-
-    #[cfg(test)]
     pub(crate) fn of_records(records: &[Record]) -> Marks {
-        let mut m = Marks::default();
-        let (mut index, mut buf) = (HashMap::new(), String::new());
-        for r in records {
-            m.push(r, &mut index, &mut buf);
+        let mut m = Marks {
+            records: Vec::with_capacity(records.len()),
+            ..Marks::default()
+        };
+        let mut index: HashMap<SeriesKey<'_>, u32> = HashMap::new();
+        let mut agg: HashMap<(u32, u32), u32> = HashMap::new();
+        let mut buf = String::new();
+        for (n, r) in records.iter().enumerate() {
+            let key = series_key(r);
+            let i = match index.get(&key) {
+                Some(i) => *i,
+                None => {
+                    let i = m.labels.len() as u32;
+                    series_label(r, &mut buf);
+                    m.labels.push(buf.clone());
+                    index.insert(key, i);
+                    i
+                }
+            };
+            let ts = r.ts();
+            if n == 0 {
+                (m.min_ts, m.max_ts) = (ts, ts);
+            }
+            m.min_ts = m.min_ts.min(ts);
+            m.max_ts = m.max_ts.max(ts);
+            m.records.push((i, ts));
+            *agg.entry((i, minute_of(ts))).or_default() += 1;
         }
+        m.agg = agg.into_iter().map(|((l, mi), c)| (l, mi, c)).collect();
         m
     }
 
     /// From the log's binary form (`ends[i]` ends record `i`). A record that
-    /// does not decode gets no mark (it cannot have been encoded by us).
+    /// does not decode is not counted (it cannot have been encoded by us).
+    #[allow(dead_code)] // used by `Wal::append_encoded`
     pub(crate) fn of_encoded(payload: &[u8], ends: &[usize]) -> Marks {
-        let mut m = Marks::default();
-        let (mut index, mut buf) = (HashMap::new(), String::new());
+        let mut records = Vec::with_capacity(ends.len());
         let mut start = 0;
         for &end in ends {
             if let Ok((r, _)) = decode_record(&payload[start..end]) {
-                m.push(&r, &mut index, &mut buf);
-            } else {
-                m.records.push((u32::MAX, 0));
+                records.push(r);
             }
             start = end;
         }
-        m
+        if records.len() != ends.len() {
+            // Positions no longer line up with records: count nothing.
+            return Marks::default();
+        }
+        Marks::of_records(&records)
     }
 }
 
@@ -306,17 +349,42 @@ pub(crate) struct FrameCounts {
 }
 
 impl FrameCounts {
-    /// Adds records `from..to` of an append's marks.
-    pub(crate) fn add(&mut self, marks: &Marks, from: usize, to: usize) {
-        for &(label, ts) in &marks.records[from..to] {
+    fn widen(&mut self, min_ts: i64, max_ts: i64) {
+        if self.series.is_empty() {
+            (self.min_ts, self.max_ts) = (min_ts, max_ts);
+        }
+        self.min_ts = self.min_ts.min(min_ts);
+        self.max_ts = self.max_ts.max(max_ts);
+    }
+
+    /// Adds a whole append (packed into this frame entirely).
+    pub(crate) fn add_all(&mut self, marks: &Marks) {
+        if marks.agg.is_empty() {
+            return;
+        }
+        self.widen(marks.min_ts, marks.max_ts);
+        for &(label, minute, count) in &marks.agg {
             let Some(name) = marks.labels.get(label as usize) else {
                 continue;
             };
-            if self.series.is_empty() {
-                (self.min_ts, self.max_ts) = (ts, ts);
-            }
-            self.min_ts = self.min_ts.min(ts);
-            self.max_ts = self.max_ts.max(ts);
+            let minutes = match self.series.get_mut(name.as_str()) {
+                Some(m) => m,
+                None => self.series.entry(name.clone()).or_default(),
+            };
+            *minutes.entry(minute).or_default() += count;
+        }
+    }
+
+    /// Adds records `from..to` of an append's marks.
+    pub(crate) fn add(&mut self, marks: &Marks, from: usize, to: usize) {
+        let Some(part) = marks.records.get(from..to) else {
+            return;
+        };
+        for &(label, ts) in part {
+            let Some(name) = marks.labels.get(label as usize) else {
+                continue;
+            };
+            self.widen(ts, ts);
             let minutes = match self.series.get_mut(name.as_str()) {
                 Some(m) => m,
                 None => self.series.entry(name.clone()).or_default(),
@@ -476,9 +544,15 @@ impl Shared {
     }
 
     /// Marks of an append, if retention is on.
+    #[allow(dead_code)] // used by `Wal::append_encoded`
     pub(crate) fn marks(&self, payload: &[u8], ends: &[usize]) -> Option<Marks> {
         self.retention_on()
             .then(|| Marks::of_encoded(payload, ends))
+    }
+
+    /// Marks of an append's records, if retention is on.
+    pub(crate) fn marks_of(&self, records: &[Record]) -> Option<Marks> {
+        self.retention_on().then(|| Marks::of_records(records))
     }
 
     /// Writes the counts and the time index of frames just committed.

@@ -234,7 +234,11 @@ fn commit_group(
             b.push_encoded(&req.payload[start..end], take as u32);
             frame_mask |= req.mask;
             if let Some(m) = &req.marks {
-                frame_counts.add(m, rec, rec + take);
+                if rec == 0 && take == req.ends.len() {
+                    frame_counts.add_all(m);
+                } else {
+                    frame_counts.add(m, rec, rec + take);
+                }
             }
             st.next_record += take as u64;
             rec += take;
