@@ -336,6 +336,6 @@ mod tests {
             assert!(name.starts_with("walrelay_"), "{name}");
             assert!(!help.is_empty(), "{name} has no help text");
         }
-        assert_eq!(FAMILIES.len(), 26);
+        assert_eq!(FAMILIES.len(), 30);
     }
 }
