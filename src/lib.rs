@@ -5,6 +5,7 @@
 //! TimescaleDB ([`db`]). See `docs/ARCHITECTURE.md` for the flow and the log's
 //! invariants.
 
+pub mod audit;
 pub mod commands;
 pub mod config;
 pub mod db;

@@ -45,6 +45,38 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Compare, per minute and series, what the log accepted with what the
+    /// databases hold (relay stopped). Exit 0 none differ, 1 some differ, 2
+    /// the window reaches past retention, 3 the audit failed.
+    Audit {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// RFC 3339, "now" or relative ("-2h").
+        #[arg(long, allow_hyphen_values = true)]
+        since: String,
+        #[arg(long, allow_hyphen_values = true, default_value = "now")]
+        until: String,
+        /// Only this sink (influx, timescale).
+        #[arg(long)]
+        sink: Option<String>,
+        #[arg(long)]
+        json: bool,
+        /// Rewind exactly the missing minutes and series, then audit again.
+        #[arg(long)]
+        repair: bool,
+    },
+    /// Deliver the retained records of a window to one sink again (relay stopped).
+    Rewind {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        sink: String,
+        /// RFC 3339, "now" or relative ("-2h").
+        #[arg(long, allow_hyphen_values = true)]
+        since: String,
+        #[arg(long, allow_hyphen_values = true)]
+        until: Option<String>,
+    },
     /// Synthetic collector: post realistic records of every kind to a running relay.
     Feed {
         /// Relay base URL.
@@ -165,6 +197,8 @@ impl Command {
             | Command::Check { config }
             | Command::Init { config }
             | Command::Status { config, .. }
+            | Command::Audit { config, .. }
+            | Command::Rewind { config, .. }
             | Command::Top { config, .. }
             | Command::Wal {
                 command: WalCommand::Verify { config },
@@ -250,6 +284,29 @@ fn main() -> ExitCode {
         },
         Command::Check { config } => rt.block_on(commands::preflight(config)),
         Command::Init { config } => rt.block_on(commands::init(config)),
+        Command::Audit {
+            config,
+            since,
+            until,
+            sink,
+            json,
+            repair,
+        } => rt.block_on(commands::audit(
+            config,
+            commands::AuditOptions {
+                since,
+                until,
+                sink,
+                json,
+                repair,
+            },
+        )),
+        Command::Rewind {
+            config,
+            sink,
+            since,
+            until,
+        } => rt.block_on(commands::rewind(config, sink, since, until)),
     };
     match result {
         Ok(code) => code,

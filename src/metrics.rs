@@ -43,6 +43,15 @@ pub const LOG_MAX_BYTES: &str = "walrelay_log_max_bytes";
 pub const LOG_RECORDS: &str = "walrelay_log_records";
 /// Gauge (a count kept by the log): records deleted by `drop_oldest`.
 pub const DROPPED_RECORDS: &str = "walrelay_dropped_records_total";
+/// Gauge (a count kept by the log since it opened): records of retained
+/// (delivered) frames deleted to make room (`[wal] retain`).
+pub const RETAINED_DROPPED: &str = "walrelay_retained_dropped_total";
+/// Gauge: records of delivered frames kept for `[wal] retain`.
+pub const RETAINED_RECORDS: &str = "walrelay_retained_records";
+/// Gauge, `sink`: records re-delivered by the last rewind (`POST /admin/rewind`).
+pub const REWIND_RECORDS: &str = "walrelay_rewind_records";
+/// Gauge, `sink`: frames the last rewind still has to read.
+pub const REWIND_FRAMES_LEFT: &str = "walrelay_rewind_frames_left";
 /// Gauge: unreadable frames moved to quarantine.
 pub const QUARANTINED_FRAMES: &str = "walrelay_quarantined_frames";
 /// Gauge: bytes held by dead letters, all sinks.
@@ -104,6 +113,22 @@ pub const FAMILIES: &[(&str, &str)] = &[
     (
         DROPPED_RECORDS,
         "Records deleted by drop_oldest since the log was created.",
+    ),
+    (
+        RETAINED_DROPPED,
+        "Records of retained (delivered) frames deleted to make room since the log opened.",
+    ),
+    (
+        RETAINED_RECORDS,
+        "Records of delivered frames kept for wal.retain.",
+    ),
+    (
+        REWIND_RECORDS,
+        "Records re-delivered by the sink's last rewind, by sink.",
+    ),
+    (
+        REWIND_FRAMES_LEFT,
+        "Frames the sink's last rewind still has to read, by sink.",
     ),
     (QUARANTINED_FRAMES, "Unreadable frames moved to quarantine."),
     (
@@ -311,6 +336,6 @@ mod tests {
             assert!(name.starts_with("walrelay_"), "{name}");
             assert!(!help.is_empty(), "{name} has no help text");
         }
-        assert_eq!(FAMILIES.len(), 26);
+        assert_eq!(FAMILIES.len(), 30);
     }
 }

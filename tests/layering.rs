@@ -16,7 +16,7 @@
 //! rank 4  ingest                                      gate, HTTP and gRPC ingest
 //! rank 5  db                                          the sinks (Influx, Timescale)
 //! rank 6  config                                      the config file (sections owned below)
-//! rank 7  relay, preflight, top                       the daemon, `check`, `top`
+//! rank 7  relay, preflight, top, audit                the daemon, `check`, `top`, audit/rewind
 //! rank 8  commands                                    the CLI's logic
 //! ```
 //!
@@ -45,6 +45,7 @@ const RANKS: &[(&str, u32)] = &[
     ("relay", 7),
     ("preflight", 7),
     ("top", 7),
+    ("audit", 7),
     ("commands", 8),
 ];
 

@@ -15,6 +15,7 @@
 pub mod drainer;
 pub mod health;
 pub mod retry;
+pub mod rewind;
 pub(crate) mod verdict;
 
 use std::future::Future;

@@ -219,9 +219,10 @@ impl Gate {
             ends.push(payload.len());
             mask |= r.kind().bit();
         }
+        let marks = self.wal.marks_of(&records);
         drop(records);
         self.wal
-            .append_encoded_with_memo(payload, ends, mask, memo)
+            .append_encoded_with(payload, ends, mask, memo, marks)
             .map_err(|e| match e {
                 WalError::Full { .. } => IngestError::Full {
                     retry_after: std::time::Duration::from_secs(1),

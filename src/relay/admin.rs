@@ -36,6 +36,10 @@ pub(crate) fn router(relay: Arc<Relay>) -> Router {
         )
         .route("/status", get(status))
         .route("/metrics", get(metrics))
+        .route(
+            "/admin/rewind",
+            axum::routing::post(super::rewind::start).get(super::rewind::list),
+        )
         .with_state(relay)
 }
 

@@ -16,6 +16,7 @@
 //! log and return. The log keeps whatever was not delivered.
 
 mod admin;
+mod rewind;
 pub mod status;
 
 use std::future::Future;
@@ -74,6 +75,8 @@ pub struct Relay {
     metrics: Arc<Metrics>,
     sinks: Vec<Arc<SinkHealth>>,
     subscriptions: Vec<Arc<crate::ingest::grpc::SubscriptionHealth>>,
+    /// Rewinds started through `POST /admin/rewind` (rewind.rs).
+    rewinds: rewind::Rewinds,
 }
 
 impl Relay {
@@ -112,7 +115,18 @@ impl Relay {
             metrics,
             sinks,
             subscriptions,
+            rewinds: Default::default(),
         })
+    }
+
+    /// The rewinds started on this relay, by sink, with their progress.
+    pub fn rewinds(
+        &self,
+    ) -> std::collections::BTreeMap<String, crate::drain::rewind::RewindReport> {
+        self.rewinds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The configuration the relay runs with.

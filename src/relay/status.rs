@@ -16,6 +16,9 @@ pub struct Status {
     pub sinks: Vec<SinkStatus>,
     /// One row per gRPC subscription (empty without `[grpc]`).
     pub subscriptions: Vec<crate::ingest::grpc::SubscriptionSnapshot>,
+    /// Rewinds started through `POST /admin/rewind`, by sink.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub rewinds: std::collections::BTreeMap<String, crate::drain::rewind::RewindReport>,
 }
 
 /// The log's size and counters.
@@ -42,6 +45,9 @@ pub struct LogStatus {
     /// absent while it accepts them.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub unavailable: Option<String>,
+    /// Delivered frames kept for `[wal] retain`; absent with retention off.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub retained: Option<crate::wal::Retained>,
 }
 
 /// One sink's progress and health.
@@ -217,6 +223,9 @@ impl StatusView {
         if let Some(why) = &log.unavailable {
             out.push_str(&format!("LOG REFUSES APPENDS: {why}\n"));
         }
+        if let Some(r) = &log.retained {
+            out.push_str(&format!("{}\n", render_retained(r)));
+        }
         for s in &self.sinks {
             let eta = match s.eta_seconds {
                 _ if s.backlog_records == 0 => "caught up".into(),
@@ -238,6 +247,31 @@ impl StatusView {
         }
         out
     }
+}
+
+/// One line: the retained range (event times in RFC 3339) and its counters.
+pub fn render_retained(r: &crate::wal::Retained) -> String {
+    let t = |ns: Option<i64>| {
+        ns.map(|n| {
+            chrono::DateTime::from_timestamp_nanos(n)
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        })
+        .unwrap_or_else(|| "-".to_string())
+    };
+    format!(
+        "retained {} records in {} frames (~{} bytes), events {} .. {}, complete since {}, retained dropped for room {}",
+        r.records,
+        r.frames,
+        r.bytes,
+        t(r.oldest_event_ns),
+        t(r.newest_event_ns),
+        if r.horizon_ns == Some(i64::MIN) {
+            "the log's start".to_string()
+        } else {
+            t(r.horizon_ns)
+        },
+        r.dropped
+    )
 }
 
 impl Relay {
@@ -288,9 +322,17 @@ impl Relay {
                 dead_letter_bytes: dl.values().map(|t| t.bytes).sum(),
                 dead_letter_max_bytes: self.config.wal.dead_letter_max_bytes,
                 unavailable: self.wal_unavailable(),
+                retained: self
+                    .config
+                    .wal
+                    .retain
+                    .on()
+                    .then(|| self.wal.retained().ok())
+                    .flatten(),
             },
             sinks,
             subscriptions: self.subscriptions.iter().map(|h| h.snapshot()).collect(),
+            rewinds: self.rewinds(),
         }
     }
 
@@ -312,6 +354,16 @@ impl Relay {
                 st.log.quarantined_frames as f64,
             ),
             (
+                metrics::RETAINED_DROPPED,
+                vec![],
+                st.log.retained.map_or(0, |r| r.dropped) as f64,
+            ),
+            (
+                metrics::RETAINED_RECORDS,
+                vec![],
+                st.log.retained.map_or(0, |r| r.records) as f64,
+            ),
+            (
                 metrics::DEAD_LETTER_BYTES,
                 vec![],
                 st.log.dead_letter_bytes as f64,
@@ -328,6 +380,14 @@ impl Relay {
         ];
         for s in &st.sinks {
             let l = vec![("sink", s.name.clone())];
+            if let Some(r) = st.rewinds.get(&s.name) {
+                g.push((metrics::REWIND_RECORDS, l.clone(), r.records as f64));
+                g.push((
+                    metrics::REWIND_FRAMES_LEFT,
+                    l.clone(),
+                    r.frames_total.saturating_sub(r.frames) as f64,
+                ));
+            }
             g.push((
                 metrics::BACKLOG_RECORDS,
                 l.clone(),
@@ -396,6 +456,7 @@ mod tests {
                 dead_letter_bytes: 0,
                 dead_letter_max_bytes: 1 << 20,
                 unavailable: unavailable.map(str::to_string),
+                retained: None,
             },
             sinks: sinks
                 .iter()
@@ -419,6 +480,7 @@ mod tests {
                 })
                 .collect(),
             subscriptions: Vec::new(),
+            rewinds: Default::default(),
         }
     }
 

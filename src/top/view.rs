@@ -101,6 +101,50 @@ pub struct View {
     /// (upper bound of its histogram bucket), seconds.
     pub ack_p99: Option<f64>,
     pub sinks: Vec<SinkRow>,
+    /// `[wal] retain`'s range and any rewinds, one line each (empty with
+    /// retention off and no rewind).
+    pub retention: Vec<String>,
+}
+
+/// The retained range and the rewinds of a `/status` document, as lines.
+fn retention_lines(status: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    let r = &status["log"]["retained"];
+    if r.is_object() {
+        let t = |v: &Value| {
+            v.as_i64()
+                .filter(|n| *n != i64::MIN)
+                .map(|n| {
+                    chrono::DateTime::from_timestamp_nanos(n)
+                        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                })
+                .unwrap_or_else(|| "-".into())
+        };
+        out.push(format!(
+            "retain  {} records   {}   events {} .. {}   dropped for room {}",
+            count(u(&r["records"])),
+            bytes(u(&r["bytes"])),
+            t(&r["oldest_event_ns"]),
+            t(&r["newest_event_ns"]),
+            count(u(&r["dropped"]))
+        ));
+    }
+    if let Some(map) = status["rewinds"].as_object() {
+        for (sink, r) in map {
+            let state = match (r["done"].as_bool(), r["error"].as_str()) {
+                (_, Some(e)) => format!("failed: {e}"),
+                (Some(true), _) => "done".to_string(),
+                _ => "running".to_string(),
+            };
+            out.push(format!(
+                "rewind  {sink}: {} of {} frames, {} records, {state}",
+                count(u(&r["frames"])),
+                count(u(&r["frames_total"])),
+                count(u(&r["records"]))
+            ));
+        }
+    }
+    out
 }
 
 fn u(v: &Value) -> u64 {
@@ -155,6 +199,7 @@ pub fn view(before: Option<&Sample>, now: &Sample, elapsed: Duration) -> View {
         ingest_rate,
         ack_p99: before.and_then(|b| ack_p99(b, now)),
         sinks,
+        retention: retention_lines(&now.status),
     }
 }
 
@@ -273,12 +318,15 @@ pub fn render(v: &View, url: &str, header: &str, width: usize) -> Vec<String> {
             rate(v.ingest_rate),
             v.ack_p99.map(latency).unwrap_or_else(|| "-".into())
         ),
+    ];
+    lines.extend(v.retention.iter().cloned());
+    lines.extend([
         String::new(),
         format!(
             "{:<10} {:<10} {:>12} {:>10} {:>10} {:>10} {:>9} {:>8} {:>9}",
             "SINK", "STATE", "BACKLOG", "BYTES", "DRAIN/s", "ETA", "OLDEST", "DEAD", "RETRY/s"
         ),
-    ];
+    ]);
     for s in &v.sinks {
         let eta = if s.backlog_records == 0 {
             "caught up".to_string()
@@ -365,6 +413,34 @@ mod tests {
         let first = view(None, &b, Duration::ZERO);
         assert_eq!((first.ingest_rate, first.sinks[0].drain_rate), (None, None));
         assert_eq!(first.ack_p99, None);
+    }
+
+    #[test]
+    fn render_shows_the_retained_range_and_a_rewind() {
+        let mut b = sample(3000, 1400, 14, &[]);
+        b.status["log"]["retained"] = serde_json::json!({
+            "frames": 3, "records": 2520, "bytes": 200000, "dropped": 7,
+            "oldest_event_ns": 1_764_000_000_000_000_000i64,
+            "newest_event_ns": 1_764_003_540_000_000_000i64, "horizon_ns": null});
+        b.status["rewinds"] = serde_json::json!({"influx": {"frames": 2, "frames_total": 6,
+            "records": 800, "dead_lettered": 0, "resumed_after": null, "done": false, "error": null}});
+        let text = render(&view(None, &b, Duration::from_secs(2)), "u", "h", 200).join("\n");
+        assert!(
+            text.contains("retain  2,520 records   195.3 KiB   events 2025-11-24T16:00:00Z .. 2025-11-24T16:59:00Z   dropped for room 7"),
+            "{text}"
+        );
+        assert!(
+            text.contains("rewind  influx: 2 of 6 frames, 800 records, running"),
+            "{text}"
+        );
+        // Retention off: no line.
+        let plain = render(
+            &view(None, &sample(1, 1, 1, &[]), Duration::from_secs(2)),
+            "u",
+            "h",
+            200,
+        );
+        assert!(!plain.join("\n").contains("retain "));
     }
 
     #[test]

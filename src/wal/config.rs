@@ -140,6 +140,12 @@ pub struct WalConfig {
     /// none past the next group commit.
     #[serde(skip)]
     pub retain_ms: u64,
+    /// `retain = "6h"`: frames every sink has confirmed stay in the log this
+    /// long (commit time), for rewind and audit (`retention.rs`). They count
+    /// against `max_bytes` and are deleted first, oldest first, when an
+    /// append needs room, before `when_full` applies: retention never refuses
+    /// an append nor drops an undelivered record. Default off.
+    pub retain: super::retention::Retain,
 }
 
 impl Default for WalConfig {
@@ -159,6 +165,7 @@ impl Default for WalConfig {
             stall_ms: 60_000,
             sinks: Vec::new(),
             retain_ms: 0,
+            retain: Default::default(),
         }
     }
 }

@@ -122,7 +122,7 @@ mod tests {
             let mut payload = Vec::new();
             crate::record::encode_record(&rec(i), &mut payload).unwrap();
             let ends = vec![payload.len()];
-            wal.append_encoded_with_memo(payload, ends, 1, Some(vec![i as u8; 4]))
+            wal.append_encoded_with(payload, ends, 1, Some(vec![i as u8; 4]), None)
                 .unwrap();
         }
         // One append without a memo.

@@ -48,7 +48,7 @@
 //!
 //! ## The trees
 //!
-//! One sled store (directory mode 0700) with seven trees, opened in this order
+//! One sled store (directory mode 0700) with nine trees, opened in this order
 //! by `recovery.rs`. Sequence keys are `u64` big-endian, so sled's key order
 //! is log order.
 //!
@@ -76,7 +76,14 @@
 //! memos         u64 BE commit ms     -> an appender's memo (the gate's  writer.rs inserts
 //!               ++ u64 BE last seq      identity slots, 16 B each)      (before the frames);
 //!                                                                       memo.rs prunes, reads
+//! frame_counts  u64 BE seq           -> per series and event minute:    retention.rs (written
+//!                                       records ([wal] retain only)     by writer.rs, pruned
+//! time_index    u32 BE minute ++ seq -> () ([wal] retain only)          with frame_kinds)
 //! ```
+//!
+//! With `[wal] retain`, delivered frames stay until older than `retain` or
+//! until an append needs their room: `reserve` deletes them first, oldest
+//! first, before `when_full` applies (`retention.rs` states the rules).
 //!
 //! ## Write path
 //!
@@ -193,6 +200,7 @@ mod memo;
 mod meta;
 mod reader;
 mod recovery;
+mod retention;
 mod space;
 mod state;
 mod writer;
@@ -202,8 +210,12 @@ pub use dead_letter::{DeadLetter, DeadLetterTotals, DeadLetters};
 pub use error::WalError;
 pub use frame::{Frame, FrameError, FrameHeader};
 pub use meta::Meta;
+pub use retention::{
+    minute_of, parse_duration_ms, series_label, AcceptedCounts, Retain, Retained, Series,
+};
 pub use writer::AppendOutcome;
 
+pub(crate) use retention::Marks;
 pub(crate) use space::Reservation;
 
 use std::sync::atomic::AtomicU64;
@@ -313,6 +325,8 @@ pub(crate) struct Shared {
     memos_pruned_ms: AtomicU64,
     /// The first seq whose append could carry a memo.
     memos_from: u64,
+    /// Retention's counts and time index (retention.rs).
+    retention: retention::Retention,
     persist: Arc<Persist>,
     config: WalConfig,
     state: Mutex<Guarded>,
@@ -384,6 +398,7 @@ impl Wal {
             memos: store.memos,
             memos_pruned_ms: AtomicU64::new(0),
             memos_from: store.memos_from,
+            retention: store.retention,
             persist,
             config,
             state: Mutex::new(Guarded {
@@ -472,29 +487,41 @@ impl Wal {
             ends.push(payload.len());
             mask |= r.kind().bit();
         }
-        self.append_encoded(payload, ends, mask)
+        let marks = self.marks_of(records);
+        self.append_encoded_with(payload, ends, mask, None, marks)
+    }
+
+    /// Retention's marks of `records` (`None` with retention off), for
+    /// [`Wal::append_encoded_with`]: computed from the records, so the
+    /// log need not decode what it was handed encoded.
+    pub(crate) fn marks_of(&self, records: &[Record]) -> Option<Marks> {
+        self.shared().marks_of(records)
     }
 
     /// Appends records already in the log's binary form: `ends[i]` is the
     /// end offset of record `i` in `payload`, so the writer can split a large
     /// append into several frames (still committed as one unit).
+    #[allow(dead_code)] // for callers that hold only the encoded form
     pub(crate) fn append_encoded(
         &self,
         payload: Vec<u8>,
         ends: Vec<usize>,
         mask: u16,
     ) -> Result<AppendOutcome, WalError> {
-        self.append_encoded_with_memo(payload, ends, mask, None)
+        let marks = self.shared().marks(&payload, &ends);
+        self.append_encoded_with(payload, ends, mask, None, marks)
     }
 
-    /// [`Wal::append_encoded`] with a memo stored beside the append, written
-    /// before its frames and readable by commit time ([`Wal::memos_since`]).
-    pub(crate) fn append_encoded_with_memo(
+    /// [`Wal::append_encoded`] with a memo stored beside the append (written
+    /// before its frames, readable by commit time, [`Wal::memos_since`]) and
+    /// retention's marks already computed ([`Wal::marks_of`]).
+    pub(crate) fn append_encoded_with(
         &self,
         payload: Vec<u8>,
         ends: Vec<usize>,
         mask: u16,
         memo: Option<Vec<u8>>,
+        marks: Option<Marks>,
     ) -> Result<AppendOutcome, WalError> {
         let shared = self.shared();
         let count = ends.len() as u32;
@@ -522,6 +549,7 @@ impl Wal {
                 count,
                 mask,
                 memo,
+                marks,
                 reservation,
                 reply: reply_tx,
             })

@@ -45,6 +45,7 @@ pub(crate) struct Store {
     pub index: sled::Tree,
     pub memos: sled::Tree,
     pub memos_from: u64,
+    pub retention: super::retention::Retention,
     pub state: LogState,
 }
 
@@ -192,7 +193,10 @@ pub(crate) fn open_store(config: &WalConfig) -> Result<Store, WalError> {
         next_seq = state.next_seq,
         "write-ahead log opened"
     );
+    let retention =
+        super::retention::Retention::open(&db, &meta, config.retain.on(), state.next_seq <= 1)?;
     Ok(Store {
+        retention,
         db,
         frames,
         cursors,

@@ -92,6 +92,8 @@ impl Shared {
             return Err(WalError::TooLarge { bytes, max });
         }
         let mut g = this.lock_state();
+        // Retained frames go first, before `when_full` applies (retention.rs).
+        this.shed_retained(&mut g, bytes)?;
         if this.config.when_full == WhenFull::Block {
             let waited_from = Instant::now();
             let deadline = waited_from + this.config.block_timeout();
@@ -127,6 +129,8 @@ impl Shared {
     ) -> Result<Option<(u64, u64)>, WalError> {
         let mut last = None;
         let mut records = 0;
+        // Frames every sink delivered are retained ones: counted apart.
+        let delivered = self.delivered_up_to()?;
         for kv in self.frames.range(seq_key(0)..) {
             if st.bytes <= self.config.max_bytes {
                 break;
@@ -136,8 +140,12 @@ impl Shared {
             let count = peek_header(&v).map(|h| u64::from(h.count)).unwrap_or(0);
             batch.remove(k);
             st.remove_frame(v.len() as u64 + 8, count);
-            st.dropped_records += count;
-            records += count;
+            if seq <= delivered {
+                self.count_retained_dropped(count);
+            } else {
+                st.dropped_records += count;
+                records += count;
+            }
             last = Some(seq);
         }
         Ok(last.map(|l| (l, records)))
@@ -157,6 +165,10 @@ impl Shared {
             }
         }
         self.persist.cursor_advanced()?;
+        if records == 0 {
+            // Only retained (delivered) frames went: nothing undelivered lost.
+            return Ok(());
+        }
         tracing::warn!(
             records,
             last_seq = last_dropped,
@@ -180,10 +192,17 @@ impl Shared {
         let mut st = g.log;
         let mut batch = sled::Batch::default();
         let mut removed = 0;
+        // `[wal] retain` keeps delivered frames whatever the fill; a full log
+        // deletes them first when an append needs room (retention.rs). The
+        // identity window no longer keeps frames (it has memos, memo.rs).
+        let keep_after_ms = self.retain_keep_after_ms();
         let mut last_removed = 0;
         for kv in self.frames.range(seq_key(0)..=seq_key(min)) {
             let (k, v) = kv.map_err(WalError::sled("read frames to truncate"))?;
             let header = peek_header(&v).ok();
+            if header.is_some_and(|h| h.created_ms > keep_after_ms) {
+                break;
+            }
             let count = header.map(|h| u64::from(h.count)).unwrap_or(0);
             last_removed = key_seq(&k).unwrap_or(last_removed);
             batch.remove(k);
@@ -210,8 +229,10 @@ impl Shared {
         Ok(())
     }
 
-    /// Removes kinds-index entries of frames up to `seq` (already deleted).
-    fn prune_index(&self, seq: u64) -> Result<(), WalError> {
+    /// Removes kinds-index entries (and retention's counts and time index)
+    /// of frames up to `seq` (already deleted).
+    pub(super) fn prune_index(&self, seq: u64) -> Result<(), WalError> {
+        self.prune_counts(seq)?;
         let mut batch = sled::Batch::default();
         for k in self.index.range(..=seq_key(seq)).keys() {
             batch.remove(k.map_err(WalError::sled("read frame index"))?);

@@ -17,6 +17,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crossbeam_channel::{Receiver, Sender};
 
 use super::frame::{seq_key, FrameBuilder};
+use super::retention::FrameCounts;
 use super::state::STATE_KEY;
 use super::{Shared, WalError, WhenFull};
 
@@ -46,6 +47,8 @@ pub(crate) struct Request {
     pub mask: u16,
     /// Stored under (commit time, seq) in the memos tree (`memo.rs`).
     pub memo: Option<Vec<u8>>,
+    /// Series and event time of each record, with retention on (retention.rs).
+    pub marks: Option<super::retention::Marks>,
     /// Space held for this append; settled by the commit, released on drop.
     pub reservation: super::Reservation,
     pub reply: Sender<Result<AppendOutcome, WalError>>,
@@ -190,6 +193,10 @@ fn commit_group(
     let mut frames: Vec<(u64, Vec<u8>)> = Vec::new();
     let mut masks: Vec<(u64, u16)> = Vec::new();
     let mut frame_mask = 0u16;
+    // Retention's per-frame counts (empty with retention off).
+    let mut counts: Vec<(u64, FrameCounts)> = Vec::new();
+    let mut frame_counts = FrameCounts::default();
+    let counting = group.iter().any(|r| r.marks.is_some());
 
     let mut guard = shared.lock_state();
     let mut st = guard.log;
@@ -216,6 +223,9 @@ fn commit_group(
                 if b.count() > 0 {
                     frames.push((st.next_seq, b.seal(frame_first, created_ms)));
                     masks.push((st.next_seq, std::mem::take(&mut frame_mask)));
+                    if counting {
+                        counts.push((st.next_seq, std::mem::take(&mut frame_counts)));
+                    }
                     st.next_seq += 1;
                     frame_first = st.next_record;
                     continue;
@@ -225,6 +235,13 @@ fn commit_group(
             }
             b.push_encoded(&req.payload[start..end], take as u32);
             frame_mask |= req.mask;
+            if let Some(m) = &req.marks {
+                if rec == 0 && take == req.ends.len() {
+                    frame_counts.add_all(m);
+                } else {
+                    frame_counts.add(m, rec, rec + take);
+                }
+            }
             st.next_record += take as u64;
             rec += take;
             start = end;
@@ -233,6 +250,9 @@ fn commit_group(
     }
     frames.push((st.next_seq, b.seal(frame_first, created_ms)));
     masks.push((st.next_seq, frame_mask));
+    if counting {
+        counts.push((st.next_seq, frame_counts));
+    }
     st.next_seq += 1;
 
     let mut batch = sled::Batch::default();
@@ -277,6 +297,9 @@ fn commit_group(
         .index
         .apply_batch(index)
         .map_err(WalError::sled("append frame index"))?;
+    // Retention's counts and time index, after the frames like the kinds
+    // index (retention.rs states the crash rule).
+    shared.write_counts(&counts)?;
     guard.log = st;
     for r in group {
         r.reservation.settle(&mut guard);

@@ -56,6 +56,19 @@ pub struct InfluxSink {
     spare: Vec<Lines>,
 }
 
+/// Smallest capacity (in elements) a spare buffer is cut back to.
+const SPARE_FLOOR: usize = 16 * 1024;
+
+/// Empties `v`; if its capacity is over four times what it held (and over
+/// [`SPARE_FLOOR`]), gives the excess back to the allocator.
+fn fit<T>(v: &mut Vec<T>) {
+    let keep = (v.len() * 2).max(SPARE_FLOOR);
+    v.clear();
+    if v.capacity() > 2 * keep {
+        v.shrink_to(keep);
+    }
+}
+
 /// Encoding buffers one sink instance keeps between deliveries: one per
 /// destination of a typical batch. Each holds about one batch of encoded
 /// lines (the drainer's `batch_records`), so an idle instance keeps at most
@@ -259,9 +272,13 @@ impl Lines {
             ..
         } = self;
         let mut buf = Vec::from(sent.try_into_mut().ok()?);
-        buf.clear();
-        end.clear();
-        record.clear();
+        // A buffer grown by a backlog's full batches is cut back once
+        // batches are small again (issue 23: the spares of a pipeline kept
+        // ~8 MiB resident after a drain); while batches stay large the
+        // capacity is kept, so a drain does not reallocate.
+        fit(&mut buf);
+        fit(&mut end);
+        fit(&mut record);
         Some(Lines {
             buf,
             sent: Bytes::new(),
@@ -295,6 +312,27 @@ impl Lines {
 
 #[cfg(test)]
 mod tests {
+    /// Spare buffers keep their capacity while batches stay large and give
+    /// it back once they are small again.
+    #[test]
+    fn spare_buffers_are_cut_back_after_large_batches() {
+        let mut v: Vec<u8> = Vec::with_capacity(1 << 20);
+        v.resize(900 * 1024, b'x');
+        super::fit(&mut v);
+        assert!(
+            v.is_empty() && v.capacity() >= 900 * 1024,
+            "kept while full"
+        );
+        v.resize(1000, b'x');
+        super::fit(&mut v);
+        assert!(v.is_empty());
+        assert!(v.capacity() <= 2 * super::SPARE_FLOOR, "{}", v.capacity());
+        // Never below the floor's worth of reuse.
+        let mut w: Vec<u64> = Vec::with_capacity(super::SPARE_FLOOR);
+        super::fit(&mut w);
+        assert_eq!(w.capacity(), super::SPARE_FLOOR);
+    }
+
     use super::*;
     use crate::record::{Record, Trade};
 

@@ -4,6 +4,7 @@
 //! truncate, index pruning) are in the files of the same names beside this one.
 
 mod reader;
+mod retention;
 mod space;
 
 use super::*;

@@ -1,0 +1,915 @@
+//! Retention (`[wal] retain`), the event-time index and the per-minute,
+//! per-series counts: what lets an operator prove there are no gaps in a
+//! database and refill them from the log.
+//!
+//! # Trees (both owned by this file)
+//!
+//! ```text
+//! tree          key                         -> value
+//! frame_counts  u64 BE seq                  -> i64 LE min event ts (ns), i64 LE max,
+//!                                              u32 LE series, then per series:
+//!                                              u16 LE len, label, u32 LE minutes,
+//!                                              (u32 LE minute, u32 LE count) each
+//! time_index    u32 BE minute ++ u64 BE seq -> (empty): frame `seq` holds records
+//!                                              whose event time falls in `minute`
+//! ```
+//!
+//! A label is `sink ␟ target ␟ exchange ␟ symbol ␟ interval` ([`series_label`]):
+//! `T` and the TimescaleDB table, or `I` and the InfluxDB measurement, so the
+//! audit can compare without decoding a record. Minutes are Unix minutes of the
+//! record's event time.
+//!
+//! # Invariants
+//!
+//! - Only with `retain` on: with it off, nothing is computed or written, and
+//!   the append path is that of a log without retention.
+//! - Written by the group commit right after the frames (and the kinds index),
+//!   in batches of their own; flushed with them. Removed after their frames
+//!   ([`Shared::prune_counts`], called by every path that prunes the kinds
+//!   index). A crash between frames and counts leaves frames without counts
+//!   (an audit then reports them missing from the log side, never hides a
+//!   hole in the database) or counts of deleted frames, which readers skip
+//!   (they check the frame is still there) and the next pruning removes.
+//! - The horizon (`meta` key `retention/horizon_ns`) only grows: the newest
+//!   event time of any frame deleted so far (or the time counting began).
+//!   Minutes before it may be incomplete in the log; an audit reaching before
+//!   it says so (exit 2) instead of reporting them.
+//! - Retained frames (delivered by every configured sink, kept for `retain`)
+//!   count against `max_bytes`. An append that does not fit deletes them,
+//!   oldest first, before `when_full` applies ([`Shared::shed_retained`]),
+//!   counting their records as `retained_dropped`; retention never refuses an
+//!   append nor costs an undelivered record.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::Deserialize;
+
+use super::frame::{self, key_seq, peek_header, seq_key};
+use super::state::STATE_KEY;
+use super::{Frame, Guarded, Shared, Wal, WalError};
+use crate::record::{decode_record, Record};
+
+const HORIZON_KEY: &[u8] = b"retention/horizon_ns";
+const SEP: char = '\u{1f}';
+
+/// How long delivered frames stay (`[wal] retain = "6h"`): a duration with a
+/// unit `s`, `m`, `h` or `d`, or `"off"` / `"0"` (the default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Retain {
+    pub ms: u64,
+}
+
+impl Retain {
+    /// Whether retention is on.
+    pub fn on(&self) -> bool {
+        self.ms > 0
+    }
+}
+
+/// Parses `"6h"`, `"90m"`, `"30s"`, `"2d"`, `"0"` or `"off"` into milliseconds.
+///
+/// # Errors
+/// A message naming the value and the accepted forms.
+pub fn parse_duration_ms(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    if t == "0" || t.eq_ignore_ascii_case("off") {
+        return Ok(0);
+    }
+    let bad =
+        || format!(r#"bad duration "{s}": expected a number with s, m, h or d ("6h"), or "off""#);
+    let unit = t.chars().last().ok_or_else(bad)?;
+    let mult = match unit {
+        's' => 1_000,
+        'm' => 60_000,
+        'h' => 3_600_000,
+        'd' => 86_400_000,
+        _ => return Err(bad()),
+    };
+    let n: u64 = t[..t.len() - 1].trim().parse().map_err(|_| bad())?;
+    n.checked_mul(mult).ok_or_else(bad)
+}
+
+impl<'de> Deserialize<'de> for Retain {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        parse_duration_ms(&s)
+            .map(|ms| Retain { ms })
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// The InfluxDB measurement of a record (the same names as
+/// `db::influx::measurement`, which the audit's tests compare against).
+fn measurement(r: &Record) -> &str {
+    match r {
+        Record::Trade(_) => "trades",
+        Record::OrderBookTop(_) => "orderbook",
+        Record::Funding(_) => "funding_rate",
+        Record::Liquidation(_) => "liquidation",
+        Record::OpenInterest(_) => "open_interest",
+        Record::OptionsTicker(_) => "options_ticker",
+        Record::PriceIndex(_) => "price_index",
+        Record::Point(p) => &p.measurement,
+        other => other.kind().as_str(),
+    }
+}
+
+/// Writes the series label of `r` into `out` (cleared first); see the module
+/// doc. TimescaleDB: table × exchange × symbol × interval; InfluxDB:
+/// measurement × exchange × symbol (a price index's `index_name` stands for
+/// the symbol; a point uses its `exchange` and `symbol` tags, if any).
+pub fn series_label(r: &Record, out: &mut String) {
+    use std::fmt::Write;
+    out.clear();
+    let _ = match r {
+        Record::Bar(b) => write!(
+            out,
+            "T{SEP}bar__{}{SEP}{}{SEP}{}{SEP}{}",
+            b.kind.as_str(),
+            b.venue,
+            b.symbol,
+            b.interval
+        ),
+        Record::Kline(k) => write!(
+            out,
+            "T{SEP}bar__kline{SEP}{}{SEP}{}{SEP}{}",
+            k.venue, k.symbol, k.interval
+        ),
+        Record::Trade(t) => write!(
+            out,
+            "I{SEP}{}{SEP}{}{SEP}{}{SEP}",
+            measurement(r),
+            t.venue,
+            t.symbol
+        ),
+        Record::Liquidation(t) => write!(
+            out,
+            "I{SEP}{}{SEP}{}{SEP}{}{SEP}",
+            measurement(r),
+            t.venue,
+            t.symbol
+        ),
+        Record::OrderBookTop(t) => write!(
+            out,
+            "I{SEP}{}{SEP}{}{SEP}{}{SEP}",
+            measurement(r),
+            t.venue,
+            t.symbol
+        ),
+        Record::Funding(t) => write!(
+            out,
+            "I{SEP}{}{SEP}{}{SEP}{}{SEP}",
+            measurement(r),
+            t.venue,
+            t.symbol
+        ),
+        Record::OpenInterest(t) => write!(
+            out,
+            "I{SEP}{}{SEP}{}{SEP}{}{SEP}",
+            measurement(r),
+            t.venue,
+            t.symbol
+        ),
+        Record::OptionsTicker(t) => write!(
+            out,
+            "I{SEP}{}{SEP}{}{SEP}{}{SEP}",
+            measurement(r),
+            t.venue,
+            t.symbol
+        ),
+        Record::PriceIndex(t) => write!(
+            out,
+            "I{SEP}{}{SEP}{}{SEP}{}{SEP}",
+            measurement(r),
+            t.venue,
+            t.index_name
+        ),
+        Record::Point(p) => write!(
+            out,
+            "I{SEP}{}{SEP}{}{SEP}{}{SEP}",
+            p.measurement,
+            p.tags.get("exchange").map(String::as_str).unwrap_or(""),
+            p.tags.get("symbol").map(String::as_str).unwrap_or("")
+        ),
+    };
+}
+
+/// One series, from its label.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+pub struct Series {
+    /// `"timescale"` or `"influx"`: the sink that stores it.
+    pub sink: &'static str,
+    /// Table (TimescaleDB) or measurement (InfluxDB).
+    pub target: String,
+    pub exchange: String,
+    pub symbol: String,
+    /// Empty for InfluxDB series.
+    pub interval: String,
+}
+
+impl Series {
+    /// Parses a label written by [`series_label`].
+    pub fn from_label(label: &str) -> Option<Series> {
+        let mut p = label.split(SEP);
+        let sink = match p.next()? {
+            "T" => "timescale",
+            "I" => "influx",
+            _ => return None,
+        };
+        Some(Series {
+            sink,
+            target: p.next()?.to_string(),
+            exchange: p.next()?.to_string(),
+            symbol: p.next()?.to_string(),
+            interval: p.next().unwrap_or("").to_string(),
+        })
+    }
+}
+
+impl std::fmt::Display for Series {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {} exchange={} symbol={}",
+            self.sink, self.target, self.exchange, self.symbol
+        )?;
+        if !self.interval.is_empty() {
+            write!(f, " interval={}", self.interval)?;
+        }
+        Ok(())
+    }
+}
+
+/// The Unix minute of an event time in ns (0 before 1970).
+pub fn minute_of(ts_ns: i64) -> u32 {
+    (ts_ns.max(0) / 60_000_000_000).min(u32::MAX as i64) as u32
+}
+
+/// A record's series, borrowed from it (kind, bar kind, then the strings
+/// its label is made of): hashing it costs no allocation.
+type SeriesKey<'a> = (u8, u8, &'a str, &'a str, &'a str);
+
+fn series_key(r: &Record) -> SeriesKey<'_> {
+    let k = r.kind().index() as u8;
+    match r {
+        Record::Bar(b) => (k, b.kind as u8, &b.venue, &b.symbol, &b.interval),
+        Record::Kline(x) => (k, 0, &x.venue, &x.symbol, &x.interval),
+        Record::Trade(t) => (k, 0, &t.venue, &t.symbol, ""),
+        Record::Liquidation(t) => (k, 0, &t.venue, &t.symbol, ""),
+        Record::OrderBookTop(t) => (k, 0, &t.venue, &t.symbol, ""),
+        Record::Funding(t) => (k, 0, &t.venue, &t.symbol, ""),
+        Record::OpenInterest(t) => (k, 0, &t.venue, &t.symbol, ""),
+        Record::OptionsTicker(t) => (k, 0, &t.venue, &t.symbol, ""),
+        Record::PriceIndex(t) => (k, 0, &t.venue, &t.index_name, ""),
+        Record::Point(p) => (
+            k,
+            0,
+            &p.measurement,
+            p.tags.get("exchange").map(String::as_str).unwrap_or(""),
+            p.tags.get("symbol").map(String::as_str).unwrap_or(""),
+        ),
+    }
+}
+
+/// The series and event times of one append, computed on the producer's
+/// thread (only with retention on): per record its label's index and event
+/// time, and the whole append's counts per (label, minute), so that the
+/// writer adds an append packed whole into one frame in O(series).
+#[derive(Debug, Default)]
+pub(crate) struct Marks {
+    labels: Vec<String>,
+    records: Vec<(u32, i64)>,
+    /// (label, minute, count) over every record.
+    agg: Vec<(u32, u32, u32)>,
+    min_ts: i64,
+    max_ts: i64,
+}
+
+impl Marks {
+    pub(crate) fn of_records(records: &[Record]) -> Marks {
+        let mut m = Marks {
+            records: Vec::with_capacity(records.len()),
+            ..Marks::default()
+        };
+        let mut index: HashMap<SeriesKey<'_>, u32> = HashMap::new();
+        let mut agg: HashMap<(u32, u32), u32> = HashMap::new();
+        let mut buf = String::new();
+        for (n, r) in records.iter().enumerate() {
+            let key = series_key(r);
+            let i = match index.get(&key) {
+                Some(i) => *i,
+                None => {
+                    let i = m.labels.len() as u32;
+                    series_label(r, &mut buf);
+                    m.labels.push(buf.clone());
+                    index.insert(key, i);
+                    i
+                }
+            };
+            let ts = r.ts();
+            if n == 0 {
+                (m.min_ts, m.max_ts) = (ts, ts);
+            }
+            m.min_ts = m.min_ts.min(ts);
+            m.max_ts = m.max_ts.max(ts);
+            m.records.push((i, ts));
+            *agg.entry((i, minute_of(ts))).or_default() += 1;
+        }
+        m.agg = agg.into_iter().map(|((l, mi), c)| (l, mi, c)).collect();
+        m
+    }
+
+    /// From the log's binary form (`ends[i]` ends record `i`). A record that
+    /// does not decode is not counted (it cannot have been encoded by us).
+    #[allow(dead_code)] // used by `Wal::append_encoded`
+    pub(crate) fn of_encoded(payload: &[u8], ends: &[usize]) -> Marks {
+        let mut records = Vec::with_capacity(ends.len());
+        let mut start = 0;
+        for &end in ends {
+            if let Ok((r, _)) = decode_record(&payload[start..end]) {
+                records.push(r);
+            }
+            start = end;
+        }
+        if records.len() != ends.len() {
+            // Positions no longer line up with records: count nothing.
+            return Marks::default();
+        }
+        Marks::of_records(&records)
+    }
+}
+
+/// The counts of one frame being packed.
+#[derive(Debug, Default)]
+pub(crate) struct FrameCounts {
+    series: HashMap<String, BTreeMap<u32, u32>>,
+    min_ts: i64,
+    max_ts: i64,
+}
+
+impl FrameCounts {
+    fn widen(&mut self, min_ts: i64, max_ts: i64) {
+        if self.series.is_empty() {
+            (self.min_ts, self.max_ts) = (min_ts, max_ts);
+        }
+        self.min_ts = self.min_ts.min(min_ts);
+        self.max_ts = self.max_ts.max(max_ts);
+    }
+
+    /// Adds a whole append (packed into this frame entirely).
+    pub(crate) fn add_all(&mut self, marks: &Marks) {
+        if marks.agg.is_empty() {
+            return;
+        }
+        self.widen(marks.min_ts, marks.max_ts);
+        for &(label, minute, count) in &marks.agg {
+            let Some(name) = marks.labels.get(label as usize) else {
+                continue;
+            };
+            let minutes = match self.series.get_mut(name.as_str()) {
+                Some(m) => m,
+                None => self.series.entry(name.clone()).or_default(),
+            };
+            *minutes.entry(minute).or_default() += count;
+        }
+    }
+
+    /// Adds records `from..to` of an append's marks.
+    pub(crate) fn add(&mut self, marks: &Marks, from: usize, to: usize) {
+        let Some(part) = marks.records.get(from..to) else {
+            return;
+        };
+        for &(label, ts) in part {
+            let Some(name) = marks.labels.get(label as usize) else {
+                continue;
+            };
+            self.widen(ts, ts);
+            let minutes = match self.series.get_mut(name.as_str()) {
+                Some(m) => m,
+                None => self.series.entry(name.clone()).or_default(),
+            };
+            *minutes.entry(minute_of(ts)).or_default() += 1;
+        }
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(20 + self.series.len() * 48);
+        out.extend_from_slice(&self.min_ts.to_le_bytes());
+        out.extend_from_slice(&self.max_ts.to_le_bytes());
+        out.extend_from_slice(&(self.series.len() as u32).to_le_bytes());
+        for (label, minutes) in &self.series {
+            out.extend_from_slice(&(label.len() as u16).to_le_bytes());
+            out.extend_from_slice(label.as_bytes());
+            out.extend_from_slice(&(minutes.len() as u32).to_le_bytes());
+            for (m, c) in minutes {
+                out.extend_from_slice(&m.to_le_bytes());
+                out.extend_from_slice(&c.to_le_bytes());
+            }
+        }
+        out
+    }
+
+    fn minutes(&self) -> BTreeSet<u32> {
+        self.series
+            .values()
+            .flat_map(|m| m.keys().copied())
+            .collect()
+    }
+}
+
+/// A decoded `frame_counts` value.
+#[derive(Debug, Default, PartialEq)]
+pub(crate) struct StoredCounts {
+    pub min_ts: i64,
+    pub max_ts: i64,
+    /// (label, minute, count)
+    pub entries: Vec<(String, u32, u32)>,
+}
+
+fn decode_counts(b: &[u8]) -> Option<StoredCounts> {
+    let mut p = 0usize;
+    let mut take = |n: usize| -> Option<&[u8]> {
+        let s = b.get(p..p + n)?;
+        p += n;
+        Some(s)
+    };
+    let min_ts = i64::from_le_bytes(take(8)?.try_into().ok()?);
+    let max_ts = i64::from_le_bytes(take(8)?.try_into().ok()?);
+    let n = u32::from_le_bytes(take(4)?.try_into().ok()?);
+    let mut entries = Vec::new();
+    for _ in 0..n {
+        let len = u16::from_le_bytes(take(2)?.try_into().ok()?) as usize;
+        let label = std::str::from_utf8(take(len)?).ok()?.to_string();
+        let k = u32::from_le_bytes(take(4)?.try_into().ok()?);
+        for _ in 0..k {
+            let m = u32::from_le_bytes(take(4)?.try_into().ok()?);
+            let c = u32::from_le_bytes(take(4)?.try_into().ok()?);
+            entries.push((label.clone(), m, c));
+        }
+    }
+    Some(StoredCounts {
+        min_ts,
+        max_ts,
+        entries,
+    })
+}
+
+fn index_key(minute: u32, seq: u64) -> [u8; 12] {
+    let mut k = [0u8; 12];
+    k[..4].copy_from_slice(&minute.to_be_bytes());
+    k[4..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+/// Retention's trees and counters, part of [`Shared`].
+pub(crate) struct Retention {
+    pub(crate) counts: sled::Tree,
+    pub(crate) time_index: sled::Tree,
+    /// Records of retained frames deleted to make room (since open).
+    dropped: AtomicU64,
+}
+
+impl Retention {
+    /// Opens the trees; with retention on and no horizon yet, counting
+    /// starts now: on a log that already held frames, events before now were
+    /// not counted (the horizon is now); on a fresh log nothing was missed.
+    pub(crate) fn open(
+        db: &sled::Db,
+        meta: &sled::Tree,
+        on: bool,
+        fresh: bool,
+    ) -> Result<Retention, WalError> {
+        let tree = |name: &'static str| db.open_tree(name).map_err(WalError::sled("open tree"));
+        let r = Retention {
+            counts: tree("frame_counts")?,
+            time_index: tree("time_index")?,
+            dropped: AtomicU64::new(0),
+        };
+        let has = meta
+            .get(HORIZON_KEY)
+            .map_err(WalError::sled("read horizon"))?
+            .is_some();
+        if on && !has {
+            let start = if fresh { i64::MIN } else { now_ns() };
+            meta.insert(HORIZON_KEY, &start.to_le_bytes())
+                .map_err(WalError::sled("write horizon"))?;
+        } else if !on && has {
+            // Counting stops: the next time retention is turned on, what
+            // arrived meanwhile was not counted, so the horizon starts anew.
+            meta.remove(HORIZON_KEY)
+                .map_err(WalError::sled("remove horizon"))?;
+        }
+        Ok(r)
+    }
+}
+
+/// The retained range: delivered frames kept for `retain`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Retained {
+    pub frames: u64,
+    pub records: u64,
+    /// Approximate (proportional to records, like the backlog's).
+    pub bytes: u64,
+    /// Event time (ns) of the oldest and newest retained record, from the
+    /// counts of the first and last retained frame.
+    pub oldest_event_ns: Option<i64>,
+    pub newest_event_ns: Option<i64>,
+    /// Records of retained frames deleted to make room, since the log opened.
+    pub dropped: u64,
+    /// Events before this time (ns) may be missing from the log.
+    pub horizon_ns: Option<i64>,
+}
+
+/// Per-minute, per-series counts of what the log accepted in a window.
+#[derive(Debug, Clone, Default)]
+pub struct AcceptedCounts {
+    /// (Unix minute, series) → records.
+    pub counts: BTreeMap<(u32, Series), u64>,
+    /// Events before this time (ns) may be missing from the log; `None` when
+    /// retention is off (nothing is counted).
+    pub horizon_ns: Option<i64>,
+}
+
+impl Shared {
+    fn retention_on(&self) -> bool {
+        self.config.retain.on()
+    }
+
+    /// Marks of an append, if retention is on.
+    #[allow(dead_code)] // used by `Wal::append_encoded`
+    pub(crate) fn marks(&self, payload: &[u8], ends: &[usize]) -> Option<Marks> {
+        self.retention_on()
+            .then(|| Marks::of_encoded(payload, ends))
+    }
+
+    /// Marks of an append's records, if retention is on.
+    pub(crate) fn marks_of(&self, records: &[Record]) -> Option<Marks> {
+        self.retention_on().then(|| Marks::of_records(records))
+    }
+
+    /// Writes the counts and the time index of frames just committed.
+    pub(crate) fn write_counts(&self, frames: &[(u64, FrameCounts)]) -> Result<(), WalError> {
+        if frames.is_empty() {
+            return Ok(());
+        }
+        let (mut counts, mut index) = (sled::Batch::default(), sled::Batch::default());
+        for (seq, c) in frames {
+            if c.series.is_empty() {
+                continue;
+            }
+            counts.insert(&seq_key(*seq)[..], c.encode());
+            for m in c.minutes() {
+                index.insert(&index_key(m, *seq)[..], &[][..]);
+            }
+        }
+        self.retention
+            .counts
+            .apply_batch(counts)
+            .map_err(WalError::sled("append frame counts"))?;
+        self.retention
+            .time_index
+            .apply_batch(index)
+            .map_err(WalError::sled("append time index"))
+    }
+
+    /// Removes counts and time-index entries of frames up to `seq` (already
+    /// deleted), raising the horizon to their newest event first.
+    pub(crate) fn prune_counts(&self, seq: u64) -> Result<(), WalError> {
+        let r = &self.retention;
+        let (mut counts, mut index) = (sled::Batch::default(), sled::Batch::default());
+        let mut newest = None::<i64>;
+        for kv in r.counts.range(..=seq_key(seq)) {
+            let (k, v) = kv.map_err(WalError::sled("read frame counts"))?;
+            if let (Some(s), Some(c)) = (key_seq(&k), decode_counts(&v)) {
+                newest = Some(newest.map_or(c.max_ts, |n| n.max(c.max_ts)));
+                let minutes: BTreeSet<u32> = c.entries.iter().map(|e| e.1).collect();
+                for m in minutes {
+                    index.remove(&index_key(m, s)[..]);
+                }
+            }
+            counts.remove(k);
+        }
+        if let Some(n) = newest {
+            if self.retention_on() {
+                self.meta
+                    .fetch_and_update(HORIZON_KEY, |old| {
+                        let old = old
+                            .and_then(|v| v.try_into().ok())
+                            .map(i64::from_le_bytes)
+                            .unwrap_or(i64::MIN);
+                        Some(old.max(n.saturating_add(1)).to_le_bytes().to_vec())
+                    })
+                    .map_err(WalError::sled("write horizon"))?;
+            }
+        }
+        r.time_index
+            .apply_batch(index)
+            .map_err(WalError::sled("prune time index"))?;
+        r.counts
+            .apply_batch(counts)
+            .map_err(WalError::sled("prune frame counts"))
+    }
+
+    /// The lowest cursor of the configured sinks: frames up to it are
+    /// delivered everywhere (0 with no sink or none delivered).
+    pub(crate) fn delivered_up_to(&self) -> Result<u64, WalError> {
+        let mut min = u64::MAX;
+        for sink in &self.config.sinks {
+            min = min.min(self.cursor(sink)?);
+        }
+        Ok(if min == u64::MAX { 0 } else { min })
+    }
+
+    /// Commit time (ms) before which delivered frames may go, for `retain`.
+    pub(crate) fn retain_keep_after_ms(&self) -> u64 {
+        if !self.retention_on() {
+            return u64::MAX;
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        now.saturating_sub(self.config.retain.ms)
+    }
+
+    /// Counts retained records deleted by `drop_oldest`'s batch.
+    pub(crate) fn count_retained_dropped(&self, records: u64) {
+        self.retention.dropped.fetch_add(records, Ordering::Relaxed);
+    }
+
+    /// With retention on: deletes delivered frames, oldest first, until an
+    /// append of `need` bytes fits `max_bytes` (or none is left), under the
+    /// state lock held by the caller. Their records are counted as
+    /// `retained_dropped`, never as dropped.
+    pub(crate) fn shed_retained(&self, g: &mut Guarded, need: u64) -> Result<(), WalError> {
+        let max = self.config.max_bytes;
+        if !self.retention_on() || g.log.bytes + g.pending_bytes + need <= max {
+            return Ok(());
+        }
+        let delivered = self.delivered_up_to()?;
+        if delivered == 0 {
+            return Ok(());
+        }
+        let mut st = g.log;
+        let mut batch = sled::Batch::default();
+        let (mut last, mut records) = (None, 0u64);
+        for kv in self.frames.range(seq_key(0)..=seq_key(delivered)) {
+            if st.bytes + g.pending_bytes + need <= max {
+                break;
+            }
+            let (k, v) = kv.map_err(WalError::sled("read retained frame"))?;
+            let Some(seq) = key_seq(&k) else { continue };
+            let count = peek_header(&v).map(|h| u64::from(h.count)).unwrap_or(0);
+            batch.remove(k);
+            st.remove_frame(v.len() as u64 + 8, count);
+            records += count;
+            last = Some(seq);
+        }
+        let Some(last) = last else { return Ok(()) };
+        batch.insert(STATE_KEY, &st.encode()[..]);
+        self.frames
+            .apply_batch(batch)
+            .map_err(WalError::sled("delete retained frames"))?;
+        g.log = st;
+        self.count_retained_dropped(records);
+        self.prune_index(last)?;
+        tracing::info!(
+            records,
+            up_to_seq = last,
+            "log full: deleted the oldest retained (delivered) frames to make room"
+        );
+        Ok(())
+    }
+}
+
+impl Wal {
+    /// The retained range and retention's counters.
+    ///
+    /// # Errors
+    /// [`WalError::Sled`] on I/O failure.
+    pub fn retained(&self) -> Result<Retained, WalError> {
+        let s = self.shared();
+        let dropped = s.retention.dropped.load(Ordering::Relaxed);
+        let horizon_ns = s
+            .meta
+            .get(HORIZON_KEY)
+            .map_err(WalError::sled("read horizon"))?
+            .and_then(|v| v.as_ref().try_into().ok().map(i64::from_le_bytes));
+        let mut out = Retained {
+            dropped,
+            horizon_ns,
+            ..Retained::default()
+        };
+        let delivered = s.delivered_up_to()?;
+        if !s.retention_on() || delivered == 0 {
+            return Ok(out);
+        }
+        let range = || s.frames.range(seq_key(0)..=seq_key(delivered));
+        let first = range()
+            .next()
+            .transpose()
+            .map_err(WalError::sled("read retained"))?;
+        let last = range()
+            .next_back()
+            .transpose()
+            .map_err(WalError::sled("read retained"))?;
+        let (Some((fk, fv)), Some((lk, lv))) = (first, last) else {
+            return Ok(out);
+        };
+        let (Ok(fh), Ok(lh)) = (peek_header(&fv), peek_header(&lv)) else {
+            return Ok(out);
+        };
+        let (Some(fseq), Some(lseq)) = (key_seq(&fk), key_seq(&lk)) else {
+            return Ok(out);
+        };
+        let st = s.lock_state().log;
+        out.records = (lh.first_record + u64::from(lh.count)).saturating_sub(fh.first_record);
+        out.frames = lseq - fseq + 1;
+        out.bytes = if st.records == 0 {
+            0
+        } else {
+            (st.bytes as u128 * out.records as u128 / st.records as u128) as u64
+        };
+        let counts = |seq: u64| -> Result<Option<StoredCounts>, WalError> {
+            Ok(s.retention
+                .counts
+                .get(seq_key(seq))
+                .map_err(WalError::sled("read frame counts"))?
+                .and_then(|v| decode_counts(&v)))
+        };
+        out.oldest_event_ns = counts(fseq)?.map(|c| c.min_ts);
+        out.newest_event_ns = counts(lseq)?.map(|c| c.max_ts);
+        Ok(out)
+    }
+
+    /// Frames holding records with event times in `[since_ns, until_ns)`, in
+    /// log order, from the time index (no frame is read). Only frames still in
+    /// the log; empty with retention off.
+    ///
+    /// # Errors
+    /// [`WalError::Sled`] on I/O failure.
+    pub fn frames_between(&self, since_ns: i64, until_ns: i64) -> Result<Vec<u64>, WalError> {
+        let s = self.shared();
+        if until_ns <= since_ns {
+            return Ok(Vec::new());
+        }
+        let (from, to) = (minute_of(since_ns), minute_of(until_ns - 1));
+        let mut seqs = BTreeSet::new();
+        for k in s
+            .retention
+            .time_index
+            .range(index_key(from, 0)..=index_key(to, u64::MAX))
+            .keys()
+        {
+            let k = k.map_err(WalError::sled("read time index"))?;
+            if let Some(seq) = k.get(4..).and_then(key_seq) {
+                seqs.insert(seq);
+            }
+        }
+        let mut out = Vec::with_capacity(seqs.len());
+        for seq in seqs {
+            if s.frames
+                .contains_key(seq_key(seq))
+                .map_err(WalError::sled("read frames"))?
+            {
+                out.push(seq);
+            }
+        }
+        Ok(out)
+    }
+
+    /// One frame, decoded; `None` if it is no longer in the log or does not
+    /// decode (the normal read path quarantines such frames).
+    ///
+    /// # Errors
+    /// [`WalError::Sled`] on I/O failure.
+    pub fn read_frame(&self, seq: u64) -> Result<Option<Frame>, WalError> {
+        let v = self
+            .shared()
+            .frames
+            .get(seq_key(seq))
+            .map_err(WalError::sled("read frame"))?;
+        Ok(v.and_then(|v| frame::decode(seq, &v).ok()))
+    }
+
+    /// Per-minute, per-series counts of the records the log accepted with
+    /// event times in `[since_ns, until_ns)` (whole minutes: `since` rounds
+    /// down, `until` up), from the stored counts: no record is decoded.
+    ///
+    /// # Errors
+    /// [`WalError::Sled`] on I/O failure.
+    pub fn accepted_counts(
+        &self,
+        since_ns: i64,
+        until_ns: i64,
+    ) -> Result<AcceptedCounts, WalError> {
+        let s = self.shared();
+        let horizon_ns = if s.retention_on() {
+            self.retained()?.horizon_ns
+        } else {
+            None
+        };
+        let mut out = AcceptedCounts {
+            counts: BTreeMap::new(),
+            horizon_ns,
+        };
+        if !s.retention_on() || until_ns <= since_ns {
+            return Ok(out);
+        }
+        let (from, to) = (minute_of(since_ns), minute_of(until_ns - 1));
+        let mut series: HashMap<String, Option<Series>> = HashMap::new();
+        for seq in self.frames_between(since_ns, until_ns)? {
+            let Some(v) = s
+                .retention
+                .counts
+                .get(seq_key(seq))
+                .map_err(WalError::sled("read frame counts"))?
+            else {
+                continue;
+            };
+            let Some(c) = decode_counts(&v) else { continue };
+            for (label, m, n) in c.entries {
+                if m < from || m > to {
+                    continue;
+                }
+                let parsed = series
+                    .entry(label)
+                    .or_insert_with_key(|l| Series::from_label(l))
+                    .clone();
+                if let Some(sr) = parsed {
+                    *out.counts.entry((m, sr)).or_default() += u64::from(n);
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_and_bad_ones_are_named() {
+        assert_eq!(parse_duration_ms("6h"), Ok(6 * 3_600_000));
+        assert_eq!(parse_duration_ms("90m"), Ok(90 * 60_000));
+        assert_eq!(parse_duration_ms("30s"), Ok(30_000));
+        assert_eq!(parse_duration_ms("2d"), Ok(2 * 86_400_000));
+        assert_eq!(parse_duration_ms("off"), Ok(0));
+        assert_eq!(parse_duration_ms("0"), Ok(0));
+        let e = parse_duration_ms("6 hours").unwrap_err();
+        assert!(e.contains("6 hours"), "{e}");
+        assert!(parse_duration_ms("h").is_err());
+    }
+
+    #[test]
+    fn wal_section_takes_retain_and_names_a_bad_value() {
+        let c: crate::wal::WalConfig = toml::from_str("retain = \"6h\"").unwrap();
+        assert_eq!(c.retain, Retain { ms: 6 * 3_600_000 });
+        let c: crate::wal::WalConfig = toml::from_str("").unwrap();
+        assert!(!c.retain.on(), "retention is off by default");
+        let e = toml::from_str::<crate::wal::WalConfig>("retain = \"6 hours\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("retain") && e.contains("6 hours"), "{e}");
+    }
+
+    #[test]
+    fn counts_round_trip_and_truncations_fail() {
+        let marks = Marks::of_records(&[
+            crate::wal::test_trade(1),
+            crate::wal::test_trade(2),
+            crate::wal::test_trade(60_000_000_001),
+        ]);
+        let mut c = FrameCounts::default();
+        c.add(&marks, 0, 3);
+        let bytes = c.encode();
+        let d = decode_counts(&bytes).unwrap();
+        let base = crate::wal::test_trade(0).ts();
+        assert_eq!(d.min_ts, base + 1);
+        assert_eq!(d.max_ts, base + 60_000_000_001);
+        let mut e = d.entries.clone();
+        e.sort();
+        let m0 = minute_of(base);
+        assert_eq!(
+            e.iter().map(|x| (x.1, x.2)).collect::<Vec<_>>(),
+            vec![(m0, 2), (m0 + 1, 1)]
+        );
+        let s = Series::from_label(&e[0].0).unwrap();
+        assert_eq!((s.sink, s.target.as_str()), ("influx", "trades"));
+        for n in 0..bytes.len() {
+            assert!(
+                decode_counts(&bytes[..n]).is_none(),
+                "truncated to {n} decoded"
+            );
+        }
+    }
+}

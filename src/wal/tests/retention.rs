@@ -1,0 +1,140 @@
+//! Tests of retention (`wal/retention.rs`): delivered frames kept for
+//! `retain`, deleted first (and counted apart) when the log is full, the
+//! counts and time index written and removed with their frames.
+
+use super::*;
+
+fn retaining(dir: &TempDir, max_bytes: u64, when_full: WhenFull) -> WalConfig {
+    WalConfig {
+        max_bytes,
+        block_timeout_ms: 200,
+        when_full,
+        retain: Retain { ms: 3_600_000 },
+        ..small(dir)
+    }
+}
+
+fn ack_all(wal: &Wal) {
+    let last = wal.stats().last_seq;
+    wal.ack("a", last).unwrap();
+    wal.ack("b", last).unwrap();
+}
+
+#[test]
+fn delivered_frames_stay_for_retain_and_are_counted_per_minute_and_series() {
+    let dir = TempDir::new().unwrap();
+    let wal = Wal::open(retaining(&dir, 1 << 30, WhenFull::Block)).unwrap();
+    for i in 0..10 {
+        wal.append(&[trade(i)]).unwrap();
+    }
+    ack_all(&wal);
+    assert_eq!(wal.stats().records, 10, "retained frames were truncated");
+    let r = wal.retained().unwrap();
+    assert_eq!((r.records, r.frames, r.dropped), (10, 10, 0));
+    assert_eq!(r.oldest_event_ns, Some(trade(0).ts()));
+    assert_eq!(r.newest_event_ns, Some(trade(9).ts()));
+    let base = trade(0).ts();
+    let c = wal.accepted_counts(base, base + 60_000_000_000).unwrap();
+    assert_eq!(c.counts.len(), 1);
+    let ((minute, series), n) = c.counts.iter().next().unwrap();
+    assert_eq!((*minute, *n), (minute_of(base), 10));
+    assert_eq!(
+        (series.sink, series.target.as_str(), series.symbol.as_str()),
+        ("influx", "trades", "BTCUSDT")
+    );
+    assert_eq!(wal.frames_between(base, base + 1).unwrap().len(), 10);
+    // Without retention the same acks delete them.
+    let dir2 = TempDir::new().unwrap();
+    let plain = Wal::open(small(&dir2)).unwrap();
+    for i in 0..10 {
+        plain.append(&[trade(i)]).unwrap();
+    }
+    ack_all(&plain);
+    assert_eq!(plain.stats().records, 0);
+    assert_eq!(
+        plain.accepted_counts(base, base + 1).unwrap().counts.len(),
+        0
+    );
+}
+
+/// Fills the log with undelivered frames until `block` refuses; returns how
+/// many single-record appends it took.
+fn fill(wal: &Wal, from: u64) -> u64 {
+    let mut n = 0;
+    loop {
+        match wal.append(&[trade(from + n)]) {
+            Ok(_) => n += 1,
+            Err(WalError::Full { .. }) => return n,
+            Err(e) => panic!("{e}"),
+        }
+        assert!(n < 10_000, "log never filled");
+    }
+}
+
+#[test]
+fn a_full_log_deletes_retained_frames_first_and_never_refuses_an_append_for_them() {
+    let dir = TempDir::new().unwrap();
+    let wal = Wal::open(retaining(&dir, 2000, WhenFull::Block)).unwrap();
+    // Ids of four digits: every record the same size.
+    const B: u64 = 1000;
+    let n = fill(&wal, B);
+    assert!(n > 3);
+    ack_all(&wal);
+    // Every frame is retained now; the log is still full of them.
+    assert_eq!(wal.stats().records, n);
+    // As many appends as were delivered fit again: retention refuses none.
+    for i in 0..n {
+        wal.append(&[trade(B + n + i)])
+            .unwrap_or_else(|e| panic!("append {i} of {n} refused for retention: {e}"));
+    }
+    let r = wal.retained().unwrap();
+    assert_eq!(r.dropped, n, "retained records deleted are counted apart");
+    assert_eq!(wal.stats().dropped_records, 0);
+    // Undelivered records are never deleted for room: `block` applies.
+    assert!(matches!(
+        wal.append(&[trade(B + 2 * n)]),
+        Err(WalError::Full { .. })
+    ));
+    assert_eq!(
+        ids(&wal.read_after(0, usize::MAX).unwrap()),
+        (B + n..B + 2 * n).collect::<Vec<_>>()
+    );
+    // Their counts and time-index entries went with them; the horizon moved.
+    assert_eq!(wal.shared().retention.counts.len() as u64, n);
+    let base = trade(0).ts();
+    assert_eq!(
+        wal.frames_between(base, base + 60_000_000_000)
+            .unwrap()
+            .len() as u64,
+        n
+    );
+    assert!(wal.retained().unwrap().horizon_ns.unwrap() > trade(B + n - 1).ts());
+}
+
+#[test]
+fn drop_oldest_deletes_retained_frames_without_counting_them_as_dropped() {
+    let dir = TempDir::new().unwrap();
+    let wal = Wal::open(retaining(&dir, 2000, WhenFull::DropOldest)).unwrap();
+    let mut n = 0;
+    while wal.stats().bytes + 200 < 2000 {
+        wal.append(&[trade(n)]).unwrap();
+        n += 1;
+    }
+    ack_all(&wal);
+    let cursor = wal.cursor("a").unwrap();
+    for i in 0..n {
+        wal.append(&[trade(n + i)]).unwrap();
+    }
+    assert_eq!(
+        wal.stats().dropped_records,
+        0,
+        "retained frames counted as lost"
+    );
+    assert!(wal.retained().unwrap().dropped > 0);
+    assert_eq!(
+        wal.cursor("a").unwrap(),
+        cursor,
+        "a cursor moved for retained frames"
+    );
+    assert_eq!(wal.backlog("a").unwrap().records, n);
+}
