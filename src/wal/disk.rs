@@ -60,8 +60,8 @@ pub(crate) fn decide(free: Free, min_free: u64, bytes: u64) -> Result<(), u64> {
 }
 
 pub(crate) struct FreeSpace {
-    /// The last reading, with `u64::MAX` standing for unmeasurable.
-    last: Mutex<Option<(Instant, u64)>>,
+    /// The last reading and when it was taken.
+    last: Mutex<Option<(Instant, Free)>>,
     /// Whether the "cannot be enforced" warning was logged.
     warned: AtomicBool,
 }
@@ -102,32 +102,24 @@ impl FreeSpace {
             return Ok(());
         }
         let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        // A recent reading is trusted while it is ample (or unmeasurable).
+        let trusted = |free: Free| match free {
+            Free::Bytes(b) => b >= min_free.saturating_add(bytes) * 2,
+            Free::Unmeasurable => true,
+        };
         let free = match *last {
-            Some((at, free))
-                if at.elapsed() < RECHECK && free >= min_free.saturating_add(bytes) * 2 =>
-            {
-                free
-            }
+            Some((at, free)) if at.elapsed() < RECHECK && trusted(free) => free,
             _ => {
                 let free = free_space(&config.dir).map_err(|source| WalError::Dir {
                     path: config.dir.clone(),
                     source,
                 })?;
-                let free = match free {
-                    Free::Bytes(b) => b,
-                    Free::Unmeasurable => {
-                        self.warn_unmeasurable(config);
-                        u64::MAX
-                    }
-                };
+                if free == Free::Unmeasurable {
+                    self.warn_unmeasurable(config);
+                }
                 *last = Some((Instant::now(), free));
                 free
             }
-        };
-        let free = if free == u64::MAX {
-            Free::Unmeasurable
-        } else {
-            Free::Bytes(free)
         };
         decide(free, min_free, bytes).map_err(|free| WalError::DiskFull {
             path: PathBuf::from(&config.dir),

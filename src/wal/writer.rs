@@ -273,16 +273,19 @@ fn commit_group(
     batch.insert(STATE_KEY, &st.encode()[..]);
     // Memos before the frames: sled recovers a prefix of its operations, so
     // an append's frames never survive a crash without its memo.
-    let mut memos = sled::Batch::default();
-    for (req, seq) in group.iter().zip(&seqs) {
-        if let Some(m) = &req.memo {
-            memos.insert(&super::memo::key(created_ms, *seq)[..], &m[..]);
+    // A group without memos (line protocol, the in-process API) writes none.
+    if group.iter().any(|r| r.memo.is_some()) {
+        let mut memos = sled::Batch::default();
+        for (req, seq) in group.iter().zip(&seqs) {
+            if let Some(m) = &req.memo {
+                memos.insert(&super::memo::key(created_ms, *seq)[..], &m[..]);
+            }
         }
+        shared
+            .memos
+            .apply_batch(memos)
+            .map_err(WalError::sled("append memos"))?;
     }
-    shared
-        .memos
-        .apply_batch(memos)
-        .map_err(WalError::sled("append memos"))?;
     shared
         .frames
         .apply_batch(batch)
