@@ -8,11 +8,11 @@
 //! append's last frame seq (8 bytes, big-endian), value = the memo.
 //!
 //! Invariants:
-//! - A memo is written in its own batch *before* its frames' batch (same
-//!   group commit, covered by the same flush): sled recovers a prefix of its
-//!   operations, so an append's frames never survive a crash without its
-//!   memo. A memo whose frames were lost is harmless (its owner reads it as
-//!   a slot taken).
+//! - A memo is written in the same sled transaction as its frames (one per
+//!   group commit, covered by the same flush): an append's frames never
+//!   survive a crash without its memo. (Logs of older builds wrote it in a
+//!   batch of its own just before; a memo whose frames were lost is
+//!   harmless: its owner reads it as a slot taken.)
 //! - Memos older than `retain_ms` (the identity window) are deleted by the
 //!   writer, at most once a second; they are not counted against
 //!   `max_bytes` (bounded by the window: 16 bytes per typed trade).

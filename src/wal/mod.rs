@@ -74,11 +74,12 @@
 //!                                       kinds in the frame              space.rs prunes;
 //!                                                                       reader.rs reads
 //! memos         u64 BE commit ms     -> an appender's memo (the gate's  writer.rs inserts
-//!               ++ u64 BE last seq      identity slots, 16 B each)      (before the frames);
+//!               ++ u64 BE last seq      identity slots, 16 B each)      (with the frames);
 //!                                                                       memo.rs prunes, reads
 //! frame_counts  u64 BE seq           -> per series and event minute:    retention.rs (written
-//!                                       records ([wal] retain only)     by writer.rs, pruned
-//! time_index    u32 BE minute ++ seq -> () ([wal] retain only)          with frame_kinds)
+//!                                       records ([wal] retain only)     by its counting
+//! time_index    u32 BE minute ++ seq -> () ([wal] retain only)          thread, pruned with
+//!                                                                       frame_kinds)
 //! ```
 //!
 //! With `[wal] retain`, delivered frames stay until older than `retain` or
@@ -99,11 +100,13 @@
 //!    everything waiting (until about 16 MiB), packs it record by record
 //!    into frames within `max_frame_records` and `max_frame_bytes` (one
 //!    append may span several frames of the same group), and writes all
-//!    frames and the new totals in one atomic sled batch. Under
-//!    `drop_oldest`, the deletes of the oldest frames that make room go into
-//!    the same batch.
-//! 5. The writer then writes the kinds of the new frames to `frame_kinds` in a
-//!    second batch and settles the reservations.
+//!    frames, the new totals, the appends' memos and the frames' kinds
+//!    (`frame_kinds`) in one sled transaction (atomic: sled recovers all of
+//!    it or none). Under `drop_oldest`, the deletes of the oldest frames
+//!    that make room go into the same transaction.
+//! 5. The writer settles the reservations and, with `[wal] retain`, hands the
+//!    group's retention marks to the counting thread (`retention.rs`), off
+//!    the acknowledgement path.
 //! 6. `durability.rs` decides when the group is durable: the syncer thread
 //!    flushes once for the group (so that the writer applies the next group
 //!    meanwhile): sled's flush and `fdatasync` under `sync`, sled's flush
@@ -159,14 +162,18 @@
 //!   frames it passes are not.
 //! - Dead letters are flushed before the drainer advances its cursor past
 //!   them, so a dead letter is never what a crash loses.
-//! - **The frame-kinds index rule.** The index is written after the frames, in
-//!   its own batch, and flushed with them. A crash between the two leaves
-//!   frames without an entry; a reader treats a missing entry as "load the
-//!   frame", never as "skip it", and never jumps past the first frame present
-//!   when seeking (those frames can only be the newest). So a missing entry
-//!   never hides a frame. Entries are pruned only after their frames were
-//!   deleted; an entry left behind by a crash points at nothing, is skipped,
-//!   and is pruned by the next truncation.
+//! - **One commit per group.** A group's frames, totals, memos and kinds
+//!   index go to sled in one transaction, so a crash keeps all of them or
+//!   none (sled rolls its I/O buffer at every batch, so one per tree would
+//!   also cost a buffer write each). Readers still treat a missing kinds
+//!   entry as "load the frame", never as "skip it" (logs written by older
+//!   builds, which wrote the index in a batch of its own after the frames,
+//!   may have frames without one). Entries are pruned only after their
+//!   frames were deleted; one left behind by a crash points at nothing, is
+//!   skipped, and is pruned by the next truncation.
+//! - Retention's counts may lag their frames (`retention.rs`): a crash keeps
+//!   frames without counts, never counts without frames, and the next open
+//!   counts those frames again.
 //! - Quarantine copies before it deletes: a crash between leaves the frame in
 //!   both trees, and the next reader quarantines it again (same key).
 //! - After a `drop_oldest` commit, a crash before the cursors moved leaves

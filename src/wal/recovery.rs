@@ -193,8 +193,13 @@ pub(crate) fn open_store(config: &WalConfig) -> Result<Store, WalError> {
         next_seq = state.next_seq,
         "write-ahead log opened"
     );
-    let retention =
-        super::retention::Retention::open(&db, &meta, config.retain.on(), state.next_seq <= 1)?;
+    let retention = super::retention::Retention::open(
+        &db,
+        &meta,
+        &frames,
+        config.retain.on(),
+        state.next_seq <= 1,
+    )?;
     Ok(Store {
         retention,
         db,

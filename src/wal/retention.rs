@@ -23,13 +23,21 @@
 //!
 //! - Only with `retain` on: with it off, nothing is computed or written, and
 //!   the append path is that of a log without retention.
-//! - Written by the group commit right after the frames (and the kinds index),
-//!   in batches of their own; flushed with them. Removed after their frames
-//!   ([`Shared::prune_counts`], called by every path that prunes the kinds
-//!   index). A crash between frames and counts leaves frames without counts
-//!   (an audit then reports them missing from the log side, never hides a
-//!   hole in the database) or counts of deleted frames, which readers skip
-//!   (they check the frame is still there) and the next pruning removes.
+//! - Written off the append path: the writer hands each committed group's
+//!   marks to a counting thread ([`count_loop`]), which builds the frames'
+//!   counts and time-index entries and applies them, with the marker
+//!   `retention/counted_to` (the last frame counted), in one sled
+//!   transaction, several groups at a time. So counts may lag their frames
+//!   (by what is queued, milliseconds): a crash can leave frames without
+//!   counts, never counts without their frames (sled recovers a prefix). On
+//!   open, frames after the marker are decoded and counted again
+//!   ([`Retention::open`]); counts are keyed by frame, so counting a frame
+//!   twice changes nothing. Readers that need every count (the audit, a
+//!   rewind's frame list) first wait for the counter ([`Shared::settle_counts`]).
+//! - Removed after their frames ([`Shared::prune_counts`], called by every
+//!   path that prunes the kinds index), under the same lock the counter
+//!   writes under, so the counter never writes counts of a deleted frame: it
+//!   skips such frames and raises the horizon past their events instead.
 //! - The horizon (`meta` key `retention/horizon_ns`) only grows: the newest
 //!   event time of any frame deleted so far (or the time counting began).
 //!   Minutes before it may be incomplete in the log; an audit reaching before
@@ -41,6 +49,7 @@
 //!   append nor costs an undelivered record.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Deserialize;
@@ -51,6 +60,13 @@ use super::{Frame, Guarded, Shared, Wal, WalError};
 use crate::record::{decode_record, Record};
 
 const HORIZON_KEY: &[u8] = b"retention/horizon_ns";
+/// The last frame the counter has counted (u64 LE), in `meta`.
+const COUNTED_KEY: &[u8] = b"retention/counted_to";
+/// The counter applies what is queued at most this often (one sled
+/// transaction, and one I/O buffer roll, per round).
+const COUNT_ROUND: std::time::Duration = std::time::Duration::from_millis(20);
+/// How long a reader waits for the counter to catch up.
+const SETTLE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 const SEP: char = '\u{1f}';
 
 /// How long delivered frames stay (`[wal] retain = "6h"`): a duration with a
@@ -292,18 +308,35 @@ impl Marks {
             records: Vec::with_capacity(records.len()),
             ..Marks::default()
         };
-        let mut index: HashMap<SeriesKey<'_>, u32> = HashMap::new();
-        let mut agg: HashMap<(u32, u32), u32> = HashMap::new();
+        // Per record one seeded 64-bit hash of its series (foldhash, seeded
+        // per process) and, unless it is the series of the record before,
+        // one lookup of that hash: no string is compared. Two series of one
+        // append are counted together only if their hashes collide (about
+        // n² / 2^65 for n series; not steerable without the seed).
+        // Minutes are counted per series in a short list, newest last (an
+        // append spans few minutes).
+        let state = series_hasher();
+        let mut index: HashMap<u64, u32, foldhash::fast::RandomState> = HashMap::default();
+        let mut per_label: Vec<Vec<(u32, u32)>> = Vec::new();
+        let mut last: Option<(u64, u32)> = None;
         let mut buf = String::new();
         for (n, r) in records.iter().enumerate() {
-            let key = series_key(r);
-            let i = match index.get(&key) {
-                Some(i) => *i,
-                None => {
-                    let i = m.labels.len() as u32;
-                    series_label(r, &mut buf);
-                    m.labels.push(buf.clone());
-                    index.insert(key, i);
+            let h = state.hash_one(series_key(r));
+            let i = match last {
+                Some((lh, i)) if lh == h => i,
+                _ => {
+                    let i = match index.get(&h) {
+                        Some(i) => *i,
+                        None => {
+                            let i = m.labels.len() as u32;
+                            series_label(r, &mut buf);
+                            m.labels.push(buf.clone());
+                            per_label.push(Vec::new());
+                            index.insert(h, i);
+                            i
+                        }
+                    };
+                    last = Some((h, i));
                     i
                 }
             };
@@ -314,9 +347,18 @@ impl Marks {
             m.min_ts = m.min_ts.min(ts);
             m.max_ts = m.max_ts.max(ts);
             m.records.push((i, ts));
-            *agg.entry((i, minute_of(ts))).or_default() += 1;
+            let minute = minute_of(ts);
+            let minutes = &mut per_label[i as usize];
+            match minutes.iter_mut().rev().find(|(mi, _)| *mi == minute) {
+                Some((_, c)) => *c += 1,
+                None => minutes.push((minute, 1)),
+            }
         }
-        m.agg = agg.into_iter().map(|((l, mi), c)| (l, mi, c)).collect();
+        m.agg = per_label
+            .into_iter()
+            .enumerate()
+            .flat_map(|(l, minutes)| minutes.into_iter().map(move |(mi, c)| (l as u32, mi, c)))
+            .collect();
         m
     }
 
@@ -338,6 +380,12 @@ impl Marks {
         }
         Marks::of_records(&records)
     }
+}
+
+/// The process's seeded series hasher (one seed per process).
+fn series_hasher() -> &'static foldhash::fast::RandomState {
+    static STATE: std::sync::OnceLock<foldhash::fast::RandomState> = std::sync::OnceLock::new();
+    STATE.get_or_init(foldhash::fast::RandomState::default)
 }
 
 /// The counts of one frame being packed.
@@ -475,39 +523,284 @@ pub(crate) struct Retention {
     pub(crate) time_index: sled::Tree,
     /// Records of retained frames deleted to make room (since open).
     dropped: AtomicU64,
+    /// The counter and the pruning paths write under this lock.
+    counting: std::sync::Mutex<Counting>,
+    counted: std::sync::Condvar,
+}
+
+#[derive(Debug, Default)]
+struct Counting {
+    /// Frames up to here have been deleted: the counter must not count them.
+    pruned_to: u64,
+    /// Frames up to here are counted (or were skipped as deleted).
+    counted_to: u64,
 }
 
 impl Retention {
     /// Opens the trees; with retention on and no horizon yet, counting
     /// starts now: on a log that already held frames, events before now were
     /// not counted (the horizon is now); on a fresh log nothing was missed.
+    /// With counting on, frames after the `counted_to` marker (the counter's
+    /// queue when the process stopped) are counted again here.
     pub(crate) fn open(
         db: &sled::Db,
         meta: &sled::Tree,
+        frames: &sled::Tree,
         on: bool,
         fresh: bool,
     ) -> Result<Retention, WalError> {
         let tree = |name: &'static str| db.open_tree(name).map_err(WalError::sled("open tree"));
-        let r = Retention {
-            counts: tree("frame_counts")?,
-            time_index: tree("time_index")?,
-            dropped: AtomicU64::new(0),
-        };
+        let counts = tree("frame_counts")?;
+        let time_index = tree("time_index")?;
         let has = meta
             .get(HORIZON_KEY)
             .map_err(WalError::sled("read horizon"))?
             .is_some();
+        let last_frame = frames
+            .last()
+            .map_err(WalError::sled("read last frame"))?
+            .and_then(|(k, _)| key_seq(&k))
+            .unwrap_or(0);
+        let mut counted_to = last_frame;
         if on && !has {
             let start = if fresh { i64::MIN } else { now_ns() };
             meta.insert(HORIZON_KEY, &start.to_le_bytes())
                 .map_err(WalError::sled("write horizon"))?;
-        } else if !on && has {
+            meta.insert(COUNTED_KEY, &last_frame.to_le_bytes())
+                .map_err(WalError::sled("write counted marker"))?;
+        } else if on {
+            // The marker, or (a log written before it existed, whose counts
+            // were written with their frames) the last frame with counts.
+            let marker = meta
+                .get(COUNTED_KEY)
+                .map_err(WalError::sled("read counted marker"))?
+                .and_then(|v| v.as_ref().try_into().ok().map(u64::from_le_bytes));
+            let from = match marker {
+                Some(m) => m,
+                None => counts
+                    .last()
+                    .map_err(WalError::sled("read frame counts"))?
+                    .and_then(|(k, _)| key_seq(&k))
+                    .unwrap_or(0),
+            };
+            recount(frames, &counts, &time_index, meta, from)?;
+        } else if has {
             // Counting stops: the next time retention is turned on, what
             // arrived meanwhile was not counted, so the horizon starts anew.
             meta.remove(HORIZON_KEY)
                 .map_err(WalError::sled("remove horizon"))?;
+            meta.remove(COUNTED_KEY)
+                .map_err(WalError::sled("remove counted marker"))?;
+            counted_to = 0;
         }
-        Ok(r)
+        Ok(Retention {
+            counts,
+            time_index,
+            dropped: AtomicU64::new(0),
+            counting: std::sync::Mutex::new(Counting {
+                pruned_to: 0,
+                counted_to,
+            }),
+            counted: std::sync::Condvar::new(),
+        })
+    }
+}
+
+/// Counts the frames after `from` (those the counter had not written when
+/// the process stopped) and sets the marker to the last frame.
+fn recount(
+    frames: &sled::Tree,
+    counts: &sled::Tree,
+    time_index: &sled::Tree,
+    meta: &sled::Tree,
+    from: u64,
+) -> Result<(), WalError> {
+    let mut built: Vec<(u64, FrameCounts)> = Vec::new();
+    let mut last = from;
+    for kv in frames.range(seq_key(from.saturating_add(1))..) {
+        let (k, v) = kv.map_err(WalError::sled("read frame"))?;
+        let Some(seq) = key_seq(&k) else { continue };
+        last = seq;
+        // A frame that does not decode is quarantined by the readers; it
+        // has nothing countable.
+        if let Ok(f) = frame::decode(seq, &v) {
+            let marks = Marks::of_records(&f.records);
+            let mut c = FrameCounts::default();
+            c.add_all(&marks);
+            built.push((seq, c));
+        }
+    }
+    if last == from {
+        return Ok(());
+    }
+    tracing::info!(
+        frames = built.len(),
+        after_seq = from,
+        "counting frames the counter had not written"
+    );
+    apply_counts(counts, time_index, meta, &built, last)
+}
+
+/// Writes the counts and time-index entries of `built` and the marker
+/// `counted_to`, in one sled transaction.
+fn apply_counts(
+    counts: &sled::Tree,
+    time_index: &sled::Tree,
+    meta: &sled::Tree,
+    built: &[(u64, FrameCounts)],
+    counted_to: u64,
+) -> Result<(), WalError> {
+    let (mut cb, mut ib, mut mb) = (
+        sled::Batch::default(),
+        sled::Batch::default(),
+        sled::Batch::default(),
+    );
+    for (seq, c) in built {
+        if c.series.is_empty() {
+            continue;
+        }
+        cb.insert(&seq_key(*seq)[..], c.encode());
+        for m in c.minutes() {
+            ib.insert(&index_key(m, *seq)[..], &[][..]);
+        }
+    }
+    mb.insert(COUNTED_KEY, &counted_to.to_le_bytes()[..]);
+    super::writer::apply_together(vec![(counts, cb), (time_index, ib), (meta, mb)])
+}
+
+/// One committed group's counting work, from the writer to [`count_loop`].
+pub(crate) struct CountJob {
+    /// Each append's marks, taken from its request.
+    pub(crate) marks: Vec<Option<Marks>>,
+    /// Per frame: its seq and the parts of appends packed into it.
+    pub(crate) frames: Vec<(u64, Vec<Part>)>,
+}
+
+/// Records `from..to` of append `append` of a group, packed into one frame.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Part {
+    pub(crate) append: usize,
+    pub(crate) from: usize,
+    pub(crate) to: usize,
+}
+
+/// The counting thread: builds and writes the counts of committed groups,
+/// everything queued at a time, at most one sled transaction per
+/// [`COUNT_ROUND`]. Ends when the writer drops its sender.
+pub(crate) fn count_loop(shared: &Shared, rx: crossbeam_channel::Receiver<CountJob>) {
+    while let Ok(first) = rx.recv() {
+        let round = std::time::Instant::now() + COUNT_ROUND;
+        let mut jobs = vec![first];
+        while let Ok(job) = rx.recv_deadline(round) {
+            jobs.push(job);
+        }
+        let mut built = Vec::new();
+        for job in jobs {
+            for (seq, parts) in job.frames {
+                let mut c = FrameCounts::default();
+                for p in parts {
+                    let Some(Some(m)) = job.marks.get(p.append) else {
+                        continue;
+                    };
+                    if p.from == 0 && p.to == m.records.len() {
+                        c.add_all(m);
+                    } else {
+                        c.add(m, p.from, p.to);
+                    }
+                }
+                built.push((seq, c));
+            }
+        }
+        if let Err(e) = shared.write_counts(built) {
+            // Fail-stop like every sled write error (durability.rs): sled
+            // refuses writes after one, so nothing more is acknowledged.
+            shared.persist.fail(&e);
+            tracing::error!(error = %e, "writing retention counts failed");
+            let mut g = shared
+                .retention
+                .counting
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            g.counted_to = u64::MAX;
+            shared.retention.counted.notify_all();
+        }
+    }
+}
+
+impl Shared {
+    /// Writes counts of frames just committed (the counter's round): frames
+    /// already deleted are skipped, their events raise the horizon.
+    fn write_counts(&self, built: Vec<(u64, FrameCounts)>) -> Result<(), WalError> {
+        let Some(last) = built.iter().map(|(s, _)| *s).max() else {
+            return Ok(());
+        };
+        let r = &self.retention;
+        let mut g = r.counting.lock().unwrap_or_else(|p| p.into_inner());
+        let pruned_to = g.pruned_to;
+        let (keep, gone): (Vec<_>, Vec<_>) = built.into_iter().partition(|(s, _)| *s > pruned_to);
+        if let Some(newest) = gone
+            .iter()
+            .filter(|(_, c)| !c.series.is_empty())
+            .map(|(_, c)| c.max_ts)
+            .max()
+        {
+            self.raise_horizon(newest)?;
+        }
+        let counted_to = last.max(g.counted_to);
+        apply_counts(&r.counts, &r.time_index, &self.meta, &keep, counted_to)?;
+        g.counted_to = counted_to;
+        r.counted.notify_all();
+        Ok(())
+    }
+
+    /// Waits until the counter has written the counts of every frame
+    /// committed so far (at most [`SETTLE_WAIT`]; a no-op with retention off).
+    pub(crate) fn settle_counts(&self) {
+        if !self.retention_on() {
+            return;
+        }
+        let target = self
+            .frames
+            .last()
+            .ok()
+            .flatten()
+            .and_then(|(k, _)| key_seq(&k))
+            .unwrap_or(0);
+        self.settle_counts_to(target);
+    }
+
+    /// Waits until frames up to `target` are counted (at most [`SETTLE_WAIT`]).
+    fn settle_counts_to(&self, target: u64) {
+        let r = &self.retention;
+        let g = r.counting.lock().unwrap_or_else(|p| p.into_inner());
+        let (g, waited) = r
+            .counted
+            .wait_timeout_while(g, SETTLE_WAIT, |g| g.counted_to < target)
+            .unwrap_or_else(|p| p.into_inner());
+        if waited.timed_out() {
+            tracing::warn!(
+                counted_to = g.counted_to,
+                last_frame = target,
+                "retention counts still behind the log"
+            );
+        }
+    }
+
+    /// Raises the horizon (events before it may be missing) past `newest_ns`.
+    fn raise_horizon(&self, newest_ns: i64) -> Result<(), WalError> {
+        if !self.retention_on() {
+            return Ok(());
+        }
+        self.meta
+            .fetch_and_update(HORIZON_KEY, |old| {
+                let old = old
+                    .and_then(|v| v.try_into().ok())
+                    .map(i64::from_le_bytes)
+                    .unwrap_or(i64::MIN);
+                Some(old.max(newest_ns.saturating_add(1)).to_le_bytes().to_vec())
+            })
+            .map_err(WalError::sled("write horizon"))?;
+        Ok(())
     }
 }
 
@@ -555,35 +848,13 @@ impl Shared {
         self.retention_on().then(|| Marks::of_records(records))
     }
 
-    /// Writes the counts and the time index of frames just committed.
-    pub(crate) fn write_counts(&self, frames: &[(u64, FrameCounts)]) -> Result<(), WalError> {
-        if frames.is_empty() {
-            return Ok(());
-        }
-        let (mut counts, mut index) = (sled::Batch::default(), sled::Batch::default());
-        for (seq, c) in frames {
-            if c.series.is_empty() {
-                continue;
-            }
-            counts.insert(&seq_key(*seq)[..], c.encode());
-            for m in c.minutes() {
-                index.insert(&index_key(m, *seq)[..], &[][..]);
-            }
-        }
-        self.retention
-            .counts
-            .apply_batch(counts)
-            .map_err(WalError::sled("append frame counts"))?;
-        self.retention
-            .time_index
-            .apply_batch(index)
-            .map_err(WalError::sled("append time index"))
-    }
-
     /// Removes counts and time-index entries of frames up to `seq` (already
     /// deleted), raising the horizon to their newest event first.
     pub(crate) fn prune_counts(&self, seq: u64) -> Result<(), WalError> {
         let r = &self.retention;
+        // Under the counter's lock: it writes no count of these frames after.
+        let mut g = r.counting.lock().unwrap_or_else(|p| p.into_inner());
+        g.pruned_to = g.pruned_to.max(seq);
         let (mut counts, mut index) = (sled::Batch::default(), sled::Batch::default());
         let mut newest = None::<i64>;
         for kv in r.counts.range(..=seq_key(seq)) {
@@ -598,24 +869,16 @@ impl Shared {
             counts.remove(k);
         }
         if let Some(n) = newest {
-            if self.retention_on() {
-                self.meta
-                    .fetch_and_update(HORIZON_KEY, |old| {
-                        let old = old
-                            .and_then(|v| v.try_into().ok())
-                            .map(i64::from_le_bytes)
-                            .unwrap_or(i64::MIN);
-                        Some(old.max(n.saturating_add(1)).to_le_bytes().to_vec())
-                    })
-                    .map_err(WalError::sled("write horizon"))?;
-            }
+            self.raise_horizon(n)?;
         }
         r.time_index
             .apply_batch(index)
             .map_err(WalError::sled("prune time index"))?;
         r.counts
             .apply_batch(counts)
-            .map_err(WalError::sled("prune frame counts"))
+            .map_err(WalError::sled("prune frame counts"))?;
+        drop(g);
+        Ok(())
     }
 
     /// The lowest cursor of the configured sinks: frames up to it are
@@ -730,6 +993,9 @@ impl Wal {
         let (Some(fseq), Some(lseq)) = (key_seq(&fk), key_seq(&lk)) else {
             return Ok(out);
         };
+        // Delivered frames are normally counted long before; right after a
+        // delivery this waits for the counter's round (milliseconds).
+        s.settle_counts_to(lseq);
         let st = s.lock_state().log;
         out.records = (lh.first_record + u64::from(lh.count)).saturating_sub(fh.first_record);
         out.frames = lseq - fseq + 1;
@@ -761,6 +1027,7 @@ impl Wal {
         if until_ns <= since_ns {
             return Ok(Vec::new());
         }
+        s.settle_counts();
         let (from, to) = (minute_of(since_ns), minute_of(until_ns - 1));
         let mut seqs = BTreeSet::new();
         for k in s

@@ -17,7 +17,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crossbeam_channel::{Receiver, Sender};
 
 use super::frame::{seq_key, FrameBuilder};
-use super::retention::FrameCounts;
+use super::retention::{CountJob, Part};
 use super::state::STATE_KEY;
 use super::{Shared, WalError, WhenFull};
 
@@ -76,6 +76,27 @@ pub(crate) fn run(shared: Arc<Shared>, rx: Receiver<Request>) {
             None
         }
     };
+    // Retention's counts are built and written by a thread of their own
+    // (retention.rs), off the acknowledgement path; the channel is bounded,
+    // so a counter behind slows appends instead of holding memory.
+    let (count_tx, counter) = if shared.config.retain.on() {
+        let (tx, count_rx) = crossbeam_channel::bounded::<CountJob>(64);
+        let counter_shared = Arc::clone(&shared);
+        match std::thread::Builder::new()
+            .name("walrelay-wal-count".into())
+            .spawn(move || super::retention::count_loop(&counter_shared, count_rx))
+        {
+            Ok(handle) => (Some(tx), Some(handle)),
+            Err(e) => {
+                // Without the thread nothing is counted now; the next open
+                // counts these frames (after the marker).
+                tracing::warn!(error = %e, "no counting thread; counts wait for the next open");
+                (None, None)
+            }
+        }
+    } else {
+        (None, None)
+    };
     let mut builder = FrameBuilder::new();
     while let Ok(first) = rx.recv() {
         let mut group_bytes = first.payload.len();
@@ -102,7 +123,14 @@ pub(crate) fn run(shared: Arc<Shared>, rx: Receiver<Request>) {
         })();
         drop(timed);
         match committed {
-            Ok(outcomes) => {
+            Ok((outcomes, parts)) => {
+                if let (Some(tx), false) = (&count_tx, parts.is_empty()) {
+                    let marks = group.iter_mut().map(|r| r.marks.take()).collect();
+                    let _ = tx.send(CountJob {
+                        marks,
+                        frames: parts,
+                    });
+                }
                 let applied = Applied {
                     last_seq: outcomes.last().map(|o| o.group_last_seq).unwrap_or(0),
                     replies: group.into_iter().map(|r| r.reply).zip(outcomes).collect(),
@@ -129,6 +157,10 @@ pub(crate) fn run(shared: Arc<Shared>, rx: Receiver<Request>) {
     }
     drop(applied_tx);
     if let Some(handle) = syncer {
+        let _ = handle.join();
+    }
+    drop(count_tx);
+    if let Some(handle) = counter {
         let _ = handle.join();
     }
     if let Err(e) = shared.persist.closing() {
@@ -175,6 +207,27 @@ fn answer(shared: &Shared, batch: Vec<Applied>, flushed: Result<(), WalError>) {
     }
 }
 
+/// Applies each tree's batch, all of them atomically: sled recovers all of a
+/// transaction's writes or none. A transaction that only writes never
+/// conflicts, so its closure runs once.
+pub(super) fn apply_together(trees: Vec<(&sled::Tree, sled::Batch)>) -> Result<(), WalError> {
+    use sled::transaction::{TransactionError, Transactional};
+    let (handles, batches): (Vec<&sled::Tree>, Vec<sled::Batch>) = trees.into_iter().unzip();
+    let applied: Result<(), TransactionError<()>> = handles[..].transaction(|views| {
+        for (view, batch) in views.iter().zip(&batches) {
+            view.apply_batch(batch)?;
+        }
+        Ok(())
+    });
+    applied.map_err(|e| match e {
+        TransactionError::Storage(e) => WalError::sled("append group")(e),
+        TransactionError::Abort(()) => WalError::Corrupt {
+            what: "group commit",
+            detail: "sled aborted a write-only transaction".into(),
+        },
+    })
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -182,26 +235,30 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// A group's frames with the parts of appends packed into each (for the
+/// counter; empty with retention off).
+type FrameParts = Vec<(u64, Vec<Part>)>;
+
 fn commit_group(
     shared: &Shared,
     b: &mut FrameBuilder,
     group: &[Request],
-) -> Result<Vec<AppendOutcome>, WalError> {
+) -> Result<(Vec<AppendOutcome>, FrameParts), WalError> {
     let cfg = &shared.config;
     let created_ms = now_ms();
     let mut seqs = Vec::with_capacity(group.len());
     let mut frames: Vec<(u64, Vec<u8>)> = Vec::new();
     let mut masks: Vec<(u64, u16)> = Vec::new();
     let mut frame_mask = 0u16;
-    // Retention's per-frame counts (empty with retention off).
-    let mut counts: Vec<(u64, FrameCounts)> = Vec::new();
-    let mut frame_counts = FrameCounts::default();
+    // Retention's parts per frame (empty with retention off).
+    let mut parts: FrameParts = Vec::new();
+    let mut frame_parts: Vec<Part> = Vec::new();
     let counting = group.iter().any(|r| r.marks.is_some());
 
     let mut guard = shared.lock_state();
     let mut st = guard.log;
     let mut frame_first = st.next_record;
-    for req in group {
+    for (append, req) in group.iter().enumerate() {
         // Pack record by record: a frame never exceeds `max_frame_records`
         // or `max_frame_bytes` (except a single record larger than the
         // latter, which gets a frame of its own), however large the
@@ -224,7 +281,7 @@ fn commit_group(
                     frames.push((st.next_seq, b.seal(frame_first, created_ms)));
                     masks.push((st.next_seq, std::mem::take(&mut frame_mask)));
                     if counting {
-                        counts.push((st.next_seq, std::mem::take(&mut frame_counts)));
+                        parts.push((st.next_seq, std::mem::take(&mut frame_parts)));
                     }
                     st.next_seq += 1;
                     frame_first = st.next_record;
@@ -235,12 +292,12 @@ fn commit_group(
             }
             b.push_encoded(&req.payload[start..end], take as u32);
             frame_mask |= req.mask;
-            if let Some(m) = &req.marks {
-                if rec == 0 && take == req.ends.len() {
-                    frame_counts.add_all(m);
-                } else {
-                    frame_counts.add(m, rec, rec + take);
-                }
+            if req.marks.is_some() {
+                frame_parts.push(Part {
+                    append,
+                    from: rec,
+                    to: rec + take,
+                });
             }
             st.next_record += take as u64;
             rec += take;
@@ -251,7 +308,7 @@ fn commit_group(
     frames.push((st.next_seq, b.seal(frame_first, created_ms)));
     masks.push((st.next_seq, frame_mask));
     if counting {
-        counts.push((st.next_seq, frame_counts));
+        parts.push((st.next_seq, frame_parts));
     }
     st.next_seq += 1;
 
@@ -271,8 +328,12 @@ fn commit_group(
         None
     };
     batch.insert(STATE_KEY, &st.encode()[..]);
-    // Memos before the frames: sled recovers a prefix of its operations, so
-    // an append's frames never survive a crash without its memo.
+    // One group, one sled commit: the frames and totals, the append memos
+    // and the kinds index go to the disk in one atomic transaction (see
+    // "one commit per group" under Crash rules in wal/mod.rs). sled rolls
+    // its I/O buffer at every batch it applies, so one batch per tree would
+    // cost one buffer write each.
+    let mut trees: Vec<(&sled::Tree, sled::Batch)> = vec![(&shared.frames, batch)];
     // A group without memos (line protocol, the in-process API) writes none.
     if group.iter().any(|r| r.memo.is_some()) {
         let mut memos = sled::Batch::default();
@@ -281,28 +342,14 @@ fn commit_group(
                 memos.insert(&super::memo::key(created_ms, *seq)[..], &m[..]);
             }
         }
-        shared
-            .memos
-            .apply_batch(memos)
-            .map_err(WalError::sled("append memos"))?;
+        trees.push((&shared.memos, memos));
     }
-    shared
-        .frames
-        .apply_batch(batch)
-        .map_err(WalError::sled("append frames"))?;
-    // The kinds index is written after the frames: see "the frame-kinds
-    // index rule" under Crash rules in the design note (wal/mod.rs).
     let mut index = sled::Batch::default();
     for (seq, mask) in &masks {
         index.insert(&seq_key(*seq)[..], &mask.to_le_bytes()[..]);
     }
-    shared
-        .index
-        .apply_batch(index)
-        .map_err(WalError::sled("append frame index"))?;
-    // Retention's counts and time index, after the frames like the kinds
-    // index (retention.rs states the crash rule).
-    shared.write_counts(&counts)?;
+    trees.push((&shared.index, index));
+    apply_together(trees)?;
     guard.log = st;
     for r in group {
         r.reservation.settle(&mut guard);
@@ -314,7 +361,7 @@ fn commit_group(
     }
     shared.prune_memos(created_ms)?;
     let last = st.next_seq - 1;
-    Ok(group
+    let outcomes = group
         .iter()
         .zip(seqs)
         .map(|(r, seq)| AppendOutcome {
@@ -323,5 +370,6 @@ fn commit_group(
             group_bytes,
             records: r.count,
         })
-        .collect())
+        .collect();
+    Ok((outcomes, parts))
 }

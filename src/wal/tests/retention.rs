@@ -138,3 +138,119 @@ fn drop_oldest_deletes_retained_frames_without_counting_them_as_dropped() {
     );
     assert_eq!(wal.backlog("a").unwrap().records, n);
 }
+
+/// Counts are written by the counting thread, after their frames: a crash
+/// can leave frames without counts. Simulated by removing the counts, the
+/// time index and the marker of a closed log (what a crash before the
+/// counter's round leaves); the next open counts those frames again, and
+/// counting a frame twice (a marker older than its counts) changes nothing.
+#[test]
+fn frames_the_counter_had_not_written_are_counted_at_the_next_open() {
+    let dir = TempDir::new().unwrap();
+    let base = trade(0).ts();
+    let window = (base, base + 60_000_000_000);
+    let expected = {
+        let wal = Wal::open(retaining(&dir, 1 << 30, WhenFull::Block)).unwrap();
+        for i in 0..6 {
+            wal.append(&[trade(i)]).unwrap();
+        }
+        wal.append(&[trade(6), trade(7), trade(8)]).unwrap();
+        let c = wal.accepted_counts(window.0, window.1).unwrap().counts;
+        assert_eq!(c.values().sum::<u64>(), 9);
+        c
+    };
+    {
+        // What the counter had written before the crash: the first four
+        // frames' counts, and a marker at frame 4. Frames 5-7 have none.
+        let db = sled::Config::new()
+            .path(dir.path())
+            .segment_size(
+                super::super::recovery::existing_segment_size(dir.path()).unwrap_or(2 << 20),
+            )
+            .open()
+            .unwrap();
+        let (counts, index, meta) = (
+            db.open_tree("frame_counts").unwrap(),
+            db.open_tree("time_index").unwrap(),
+            db.open_tree("meta").unwrap(),
+        );
+        for seq in 5u64..=7 {
+            counts.remove(seq.to_be_bytes()).unwrap();
+        }
+        for k in index.iter().keys() {
+            let k = k.unwrap();
+            if u64::from_be_bytes(k[4..].try_into().unwrap()) >= 5 {
+                index.remove(k).unwrap();
+            }
+        }
+        meta.insert("retention/counted_to", &4u64.to_le_bytes())
+            .unwrap();
+        assert_eq!(counts.len(), 4);
+        db.flush().unwrap();
+    }
+    let wal = Wal::open(retaining(&dir, 1 << 30, WhenFull::Block)).unwrap();
+    let c = wal.accepted_counts(window.0, window.1).unwrap().counts;
+    assert_eq!(c, expected, "frames without counts were not counted again");
+    assert_eq!(wal.frames_between(window.0, window.1).unwrap().len(), 7);
+    drop(wal);
+    {
+        // A marker older than counts already written: recounted, same result.
+        let db = sled::Config::new()
+            .path(dir.path())
+            .segment_size(
+                super::super::recovery::existing_segment_size(dir.path()).unwrap_or(2 << 20),
+            )
+            .open()
+            .unwrap();
+        db.open_tree("meta")
+            .unwrap()
+            .insert("retention/counted_to", &0u64.to_le_bytes())
+            .unwrap();
+        db.flush().unwrap();
+    }
+    let wal = Wal::open(retaining(&dir, 1 << 30, WhenFull::Block)).unwrap();
+    let c = wal.accepted_counts(window.0, window.1).unwrap().counts;
+    assert_eq!(c, expected, "counting a frame twice changed the counts");
+}
+
+/// A frame deleted before the counter's round (a tiny log under
+/// `drop_oldest`) leaves no count behind: the counter skips it under the
+/// pruning lock, so the counts tree holds exactly the frames still there.
+#[test]
+fn no_count_outlives_its_frame() {
+    let dir = TempDir::new().unwrap();
+    // Appends much faster than a counter round (20 ms), so frames are
+    // deleted while their counts are still queued.
+    let wal = Wal::open(WalConfig {
+        durability: Durability::Interval { interval_ms: 1000 },
+        ..retaining(&dir, 2000, WhenFull::DropOldest)
+    })
+    .unwrap();
+    let s = wal.shared();
+    for round in 0..20u64 {
+        for i in 0..50 {
+            wal.append(&[trade(1000 + round * 50 + i)]).unwrap();
+        }
+        // Right after the counter's round, before a later prune could
+        // remove what it wrote: every count belongs to a frame still there.
+        s.settle_counts();
+        for k in s.retention.counts.iter().keys() {
+            let k = k.unwrap();
+            assert!(
+                s.frames.contains_key(&k).unwrap(),
+                "round {round}: a count of deleted frame {:?} was written",
+                frame::key_seq(&k)
+            );
+        }
+    }
+    let base = trade(0).ts();
+    let c = wal.accepted_counts(base, base + 3_600_000_000_000).unwrap();
+    let frames = wal.stats().frames;
+    assert!(frames < 1000, "nothing was dropped: {frames} frames");
+    assert_eq!(
+        c.counts.values().sum::<u64>(),
+        wal.stats().records,
+        "frames left uncounted"
+    );
+    assert_eq!(s.retention.counts.len() as u64, frames);
+}
