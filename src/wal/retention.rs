@@ -65,8 +65,10 @@ const COUNTED_KEY: &[u8] = b"retention/counted_to";
 /// The counter applies what is queued at most this often (one sled
 /// transaction, and one I/O buffer roll, per round).
 const COUNT_ROUND: std::time::Duration = std::time::Duration::from_millis(20);
-/// How long a reader waits for the counter to catch up.
+/// How long the audit and a rewind wait for the counter to catch up.
 const SETTLE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long `/status` waits for it (the retained range's newest event).
+const STATUS_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
 const SEP: char = '\u{1f}';
 
 /// How long delivered frames stay (`[wal] retain = "6h"`): a duration with a
@@ -796,16 +798,16 @@ impl Shared {
             .flatten()
             .and_then(|(k, _)| key_seq(&k))
             .unwrap_or(0);
-        self.settle_counts_to(target);
+        self.settle_counts_to(target, SETTLE_WAIT);
     }
 
-    /// Waits until frames up to `target` are counted (at most [`SETTLE_WAIT`]).
-    fn settle_counts_to(&self, target: u64) {
+    /// Waits until frames up to `target` are counted (at most `wait`).
+    fn settle_counts_to(&self, target: u64, wait: std::time::Duration) {
         let r = &self.retention;
         let g = r.counting.lock().unwrap_or_else(|p| p.into_inner());
         let (g, waited) = r
             .counted
-            .wait_timeout_while(g, SETTLE_WAIT, |g| g.counted_to < target)
+            .wait_timeout_while(g, wait, |g| g.counted_to < target)
             .unwrap_or_else(|p| p.into_inner());
         if waited.timed_out() {
             tracing::warn!(
@@ -1025,7 +1027,7 @@ impl Wal {
         };
         // Delivered frames are normally counted long before; right after a
         // delivery this waits for the counter's round (milliseconds).
-        s.settle_counts_to(lseq);
+        s.settle_counts_to(lseq, STATUS_WAIT);
         let st = s.lock_state().log;
         out.records = (lh.first_record + u64::from(lh.count)).saturating_sub(fh.first_record);
         out.frames = lseq - fseq + 1;
