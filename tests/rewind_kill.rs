@@ -56,7 +56,7 @@ const UNTIL: &str = "2025-11-24T17:00:00Z";
 /// Per-row sleep of the slowing trigger, seconds.
 const ROW_SLEEP_S: f64 = 0.05;
 /// Per-request delay of the proxy in front of InfluxDB.
-const INFLUX_DELAY: Duration = Duration::from_millis(120);
+const INFLUX_DELAY: Duration = Duration::from_millis(400);
 
 /// One request body per minute: 20 trades and one kline per symbol.
 fn minutes_json() -> Vec<String> {
