@@ -235,7 +235,6 @@ pub async fn run<S: Sink>(
     while let Some(done) = in_flight.next().await {
         confirm(&mut report, done?)?;
     }
-    drop(confirm);
     if req.only.is_none() {
         meta.remove(&key)?;
     }
