@@ -21,11 +21,12 @@ pub async fn rewind(
 ) -> Result<RewindReport, AuditError> {
     let sink_err = |sink: &'static str| move |detail: String| AuditError::Database { sink, detail };
     let batch = config.drain.batch_records;
+    let pipeline = config.drain.pipeline;
     let result = match (req.sink.as_str(), &config.influx, &config.timescale) {
         ("influx", Some(ic), _) => {
             let mut sink = crate::db::influx::InfluxSink::new(ic.clone(), wal.dead_letters())
                 .map_err(|e| sink_err("influx")(e.to_string()))?;
-            crate::drain::rewind::run(&mut sink, wal, req, batch, on_batch).await
+            crate::drain::rewind::run(&mut sink, wal, req, batch, pipeline, on_batch).await
         }
         ("timescale", _, Some(tc)) => {
             let mut sink = crate::db::timescale::TimescaleSink::new(
@@ -34,7 +35,7 @@ pub async fn rewind(
                 wal.dead_letters(),
             )
             .map_err(|e| sink_err("timescale")(e.to_string()))?;
-            crate::drain::rewind::run(&mut sink, wal, req, batch, on_batch).await
+            crate::drain::rewind::run(&mut sink, wal, req, batch, pipeline, on_batch).await
         }
         (other, _, _) => {
             return Err(AuditError::NoSink(

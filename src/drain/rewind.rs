@@ -6,10 +6,12 @@
 //! - The frames come from the log's time index (`wal/retention.rs`), in log
 //!   order; no other frame is read, and no other sink is touched.
 //! - Progress (`rewind/<sink>` in the log's meta tree: the window and the
-//!   last frame done) is written after each confirmed batch; a rewind of the
-//!   same window started again after a kill resumes after it. Re-delivering
-//!   what was done already is harmless by construction (the sinks write
-//!   idempotently), so resuming one batch early never changes the result.
+//!   last frame done) is written, and written out of the process
+//!   (`wal/durability.rs`), after each confirmed batch; a rewind of the same
+//!   window started again after a kill, even a SIGKILL, resumes after it.
+//!   Re-delivering what was done already is harmless by construction (the
+//!   sinks write idempotently), so resuming one batch early never changes
+//!   the result.
 
 use std::collections::BTreeSet;
 
@@ -107,8 +109,15 @@ fn progress_key(sink: &str) -> Vec<u8> {
     format!("rewind/{sink}").into_bytes()
 }
 
-/// Delivers `req` again through `sink`, in batches of `batch_records`;
+/// Delivers `req` again through `sink`, in batches of `batch_records`, up
+/// to `pipeline` batches in flight when the sink can
+/// [`fork`](Sink::fork) (as the drainer does; one at a time otherwise);
 /// `on_batch` is told the running report after each confirmed batch.
+///
+/// Batches are confirmed in log order (a later batch that finishes first
+/// waits for the ones before it), so the stored progress always names a
+/// frame before which everything was delivered, and `frames` in the report
+/// counts the frames of confirmed batches only.
 ///
 /// # Errors
 /// [`RewindError`]: the log failed, or the sink refused a batch too often.
@@ -117,8 +126,11 @@ pub async fn run<S: Sink>(
     wal: &Wal,
     req: &RewindRequest,
     batch_records: usize,
+    pipeline: usize,
     on_batch: &mut (dyn FnMut(&RewindReport) + Send),
 ) -> Result<RewindReport, RewindError> {
+    use futures_util::StreamExt;
+
     let meta = wal.meta();
     let key = progress_key(&req.sink);
     let mut report = RewindReport::default();
@@ -137,7 +149,13 @@ pub async fn run<S: Sink>(
         }
     }
     let batch_records = batch_records.max(1);
+    let depth = if pipeline > 1 && sink.fork().is_some() {
+        pipeline
+    } else {
+        1
+    };
     let mut batch: Vec<Record> = Vec::with_capacity(batch_records);
+    let mut batch_frames = 0u64;
     let mut label = String::new();
     let seqs: Vec<u64> = wal
         .frames_between(req.since_ns, req.until_ns)?
@@ -147,6 +165,25 @@ pub async fn run<S: Sink>(
     report.frames_total = seqs.len() as u64;
     let last = seqs.last().copied().unwrap_or(0);
     on_batch(&report);
+    // Confirms one delivered batch (in log order): counts, progress, report.
+    let mut confirm = |report: &mut RewindReport,
+                       (seq, frames, written, dead): (u64, u64, u64, u64)|
+     -> Result<(), RewindError> {
+        report.records += written;
+        report.dead_lettered += dead;
+        report.frames += frames;
+        if req.only.is_none() {
+            let p = Progress {
+                since_ns: req.since_ns,
+                until_ns: req.until_ns,
+                done_seq: seq,
+            };
+            meta.insert_progress(&key, &serde_json::to_vec(&p).unwrap_or_default())?;
+        }
+        on_batch(report);
+        Ok(())
+    };
+    let mut in_flight = futures_util::stream::FuturesOrdered::new();
     for seq in seqs {
         if let Some(frame) = wal.read_frame(seq)? {
             for r in frame.records {
@@ -166,19 +203,37 @@ pub async fn run<S: Sink>(
                 batch.push(r);
             }
         }
-        report.frames += 1;
+        batch_frames += 1;
         if batch.len() >= batch_records || seq == last {
-            deliver(sink, &mut batch, &mut report).await?;
-            if req.only.is_none() {
-                let p = Progress {
-                    since_ns: req.since_ns,
-                    until_ns: req.until_ns,
-                    done_seq: seq,
-                };
-                meta.insert(&key, &serde_json::to_vec(&p).unwrap_or_default())?;
+            let frames = std::mem::take(&mut batch_frames);
+            match (depth > 1).then(|| sink.fork()).flatten() {
+                Some(mut forked) => {
+                    let records = std::mem::replace(&mut batch, Vec::with_capacity(batch_records));
+                    in_flight.push_back(async move {
+                        deliver(&mut forked, &records)
+                            .await
+                            .map(|(w, d)| (seq, frames, w, d))
+                    });
+                    while in_flight.len() >= depth {
+                        if let Some(done) = in_flight.next().await {
+                            confirm(&mut report, done?)?;
+                        }
+                    }
+                }
+                None => {
+                    // Batches before this one are confirmed first.
+                    while let Some(done) = in_flight.next().await {
+                        confirm(&mut report, done?)?;
+                    }
+                    let (w, d) = deliver(sink, &batch).await?;
+                    batch.clear();
+                    confirm(&mut report, (seq, frames, w, d))?;
+                }
             }
-            on_batch(&report);
         }
+    }
+    while let Some(done) = in_flight.next().await {
+        confirm(&mut report, done?)?;
     }
     if req.only.is_none() {
         meta.remove(&key)?;
@@ -189,26 +244,17 @@ pub async fn run<S: Sink>(
 }
 
 /// Delivers `batch` with the drainer's retry classes and jittered backoff,
-/// giving up after [`MAX_ATTEMPTS`]; clears it once confirmed.
-async fn deliver<S: Sink>(
-    sink: &mut S,
-    batch: &mut Vec<Record>,
-    report: &mut RewindReport,
-) -> Result<(), RewindError> {
+/// giving up after [`MAX_ATTEMPTS`]; returns (written, dead-lettered).
+async fn deliver<S: Sink>(sink: &mut S, batch: &[Record]) -> Result<(u64, u64), RewindError> {
     if batch.is_empty() {
-        return Ok(());
+        return Ok((0, 0));
     }
     let mut backoff = Backoff::new(RetryPolicy::default());
     let mut attempt = 0;
     loop {
         attempt += 1;
         match sink.deliver(batch, attempt).await {
-            Ok(d) => {
-                report.records += d.written as u64;
-                report.dead_lettered += d.dead_lettered as u64;
-                batch.clear();
-                return Ok(());
-            }
+            Ok(d) => return Ok((d.written as u64, d.dead_lettered as u64)),
             Err(f) if attempt >= MAX_ATTEMPTS => {
                 return Err(RewindError::Sink {
                     sink: sink.name(),
@@ -269,6 +315,178 @@ mod tests {
         }
     }
 
+    /// Forkable: batches finish out of order (the first of every three
+    /// takes longest); each delivery records (first trade id, batch len).
+    #[derive(Clone)]
+    struct Jumbled {
+        n: Arc<Mutex<u64>>,
+        got: Arc<Mutex<Vec<(u64, usize)>>>,
+        in_flight: Arc<Mutex<(usize, usize)>>,
+    }
+
+    impl Sink for Jumbled {
+        fn name(&self) -> &'static str {
+            "influx"
+        }
+        fn accepts(&self, kind: RecordKind) -> bool {
+            kind == RecordKind::Trade
+        }
+        fn fork(&self) -> Option<Self> {
+            Some(self.clone())
+        }
+        async fn deliver(
+            &mut self,
+            batch: &[Record],
+            _attempt: u32,
+        ) -> Result<Delivery, SinkFailure> {
+            let k = {
+                let mut n = self.n.lock().unwrap();
+                *n += 1;
+                *n
+            };
+            {
+                let mut f = self.in_flight.lock().unwrap();
+                f.0 += 1;
+                f.1 = f.1.max(f.0);
+            }
+            let ms = if k % 3 == 1 { 30 } else { 1 };
+            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+            self.in_flight.lock().unwrap().0 -= 1;
+            let first = match &batch[0] {
+                Record::Trade(t) => t.trade_id.parse().unwrap(),
+                _ => unreachable!(),
+            };
+            self.got.lock().unwrap().push((first, batch.len()));
+            Ok(Delivery {
+                written: batch.len(),
+                dead_lettered: 0,
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_pipelined_rewind_confirms_batches_in_log_order_and_delivers_each_record_once() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let wal = Wal::open(WalConfig {
+            max_frame_records: 4,
+            retain: Retain { ms: 3_600_000 },
+            ..WalConfig::new(dir.path()).with_sinks(["influx"])
+        })
+        .unwrap();
+        for i in 0..40 {
+            wal.append(&[crate::wal::test_trade(i)]).unwrap();
+        }
+        wal.ack("influx", wal.stats().last_seq).unwrap();
+        let base = crate::wal::test_trade(0).ts();
+        let req = RewindRequest {
+            sink: "influx".into(),
+            since_ns: base,
+            until_ns: base + 1_000,
+            only: None,
+        };
+        let mut sink = Jumbled {
+            n: Arc::default(),
+            got: Arc::default(),
+            in_flight: Arc::default(),
+        };
+        let key = progress_key("influx");
+        let meta = wal.meta();
+        let mut seen: Vec<(u64, Option<u64>)> = Vec::new();
+        let r = run(&mut sink, &wal, &req, 5, 4, &mut |r| {
+            let done = meta
+                .get(&key)
+                .unwrap()
+                .and_then(|v| serde_json::from_slice::<Progress>(&v).ok())
+                .map(|p| p.done_seq);
+            seen.push((r.frames, done));
+        })
+        .await
+        .unwrap();
+        assert_eq!((r.records, r.frames, r.done), (40, 40, true), "{r:?}");
+        // Several deliveries were in flight at once, and they finished out
+        // of order.
+        assert!(sink.in_flight.lock().unwrap().1 > 1);
+        let got = sink.got.lock().unwrap().clone();
+        let firsts: Vec<u64> = got.iter().map(|g| g.0).collect();
+        let mut sorted = firsts.clone();
+        sorted.sort();
+        assert_ne!(firsts, sorted, "the sink was meant to finish out of order");
+        assert_eq!(got.iter().map(|g| g.1).sum::<usize>(), 40);
+        sorted.dedup();
+        assert_eq!(sorted.len(), got.len(), "a batch was delivered twice");
+        // The progress only moves forward, one confirmed batch at a time:
+        // after confirming k frames it names the k-th frame of the window
+        // (here frame sequence numbers start at 1).
+        let confirmed: Vec<(u64, Option<u64>)> = seen
+            .iter()
+            .copied()
+            .filter(|(f, _)| *f > 0 && *f < 40)
+            .collect();
+        assert!(!confirmed.is_empty());
+        for (frames, done) in confirmed {
+            assert_eq!(done, Some(frames), "{seen:?}");
+        }
+    }
+
+    /// What a SIGKILL leaves of an open log: what sled has written to its
+    /// files so far (a process crash does not undo writes already made). A
+    /// copy of the directory taken while the log is open is that image.
+    fn crash_image(from: &std::path::Path, to: &std::path::Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for e in std::fs::read_dir(from).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                crash_image(&e.path(), &to.join(e.file_name()));
+            } else {
+                std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_rewinds_progress_is_written_out_of_the_process_with_each_confirmed_batch() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let config = |d: &std::path::Path| WalConfig {
+            max_frame_records: 4,
+            retain: Retain { ms: 3_600_000 },
+            ..WalConfig::new(d).with_sinks(["influx"])
+        };
+        let wal = Wal::open(config(dir.path())).unwrap();
+        for i in 0..40 {
+            wal.append(&[crate::wal::test_trade(i)]).unwrap();
+        }
+        wal.ack("influx", wal.stats().last_seq).unwrap();
+        let base = crate::wal::test_trade(0).ts();
+        let req = RewindRequest {
+            sink: "influx".into(),
+            since_ns: base,
+            until_ns: base + 1_000,
+            only: None,
+        };
+        let mut stalling = Stalling {
+            confirm: 3,
+            got: Arc::new(Mutex::new(Vec::new())),
+        };
+        // Stuck after 3 confirmed batches; well inside sled's background
+        // flush period (1 s), so only an explicit write-out gets it out.
+        let cut = tokio::time::timeout(
+            std::time::Duration::from_millis(50),
+            run(&mut stalling, &wal, &req, 5, 1, &mut |_| {}),
+        )
+        .await;
+        assert!(cut.is_err(), "the rewind was meant to be cut off");
+        let live = wal.meta().get(&progress_key("influx")).unwrap();
+        assert!(live.is_some(), "no progress stored");
+        let image = tempfile::TempDir::new().unwrap();
+        crash_image(dir.path(), image.path());
+        let crashed = Wal::open(config(image.path())).unwrap();
+        assert_eq!(
+            crashed.meta().get(&progress_key("influx")).unwrap(),
+            live,
+            "the last confirmed batch's progress would not survive a SIGKILL"
+        );
+    }
+
     #[tokio::test]
     async fn an_interrupted_rewind_resumes_after_its_last_confirmed_batch_and_misses_nothing() {
         let dir = tempfile::TempDir::new().unwrap();
@@ -297,7 +515,7 @@ mod tests {
         };
         let first = tokio::time::timeout(
             std::time::Duration::from_millis(300),
-            run(&mut stalling, &wal, &req, 5, &mut |_| {}),
+            run(&mut stalling, &wal, &req, 5, 1, &mut |_| {}),
         )
         .await;
         assert!(first.is_err(), "the rewind was meant to be cut off");
@@ -306,7 +524,7 @@ mod tests {
             confirm: usize::MAX,
             got: got.clone(),
         };
-        let r = run(&mut rest, &wal, &req, 5, &mut |_| {}).await.unwrap();
+        let r = run(&mut rest, &wal, &req, 5, 1, &mut |_| {}).await.unwrap();
         assert!(r.resumed_after.is_some(), "{r:?}");
         assert_eq!(r.records, 25, "resumed from the start or skipped a batch");
         let mut ids: Vec<u64> = got
@@ -318,7 +536,7 @@ mod tests {
         ids.sort();
         assert_eq!(ids, (0..40).collect::<Vec<_>>());
         // Done: the progress is gone, a new rewind starts from the beginning.
-        let again = run(&mut rest, &wal, &req, 5, &mut |_| {}).await.unwrap();
+        let again = run(&mut rest, &wal, &req, 5, 1, &mut |_| {}).await.unwrap();
         assert_eq!((again.resumed_after, again.records), (None, 40));
     }
 }

@@ -166,7 +166,8 @@ fn spawn<S: crate::drain::Sink + 'static>(relay: Arc<Relay>, mut sink: S, req: R
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(name.clone(), r.clone());
         };
-        let result = run(&mut sink, &wal, &req, batch, &mut on_batch).await;
+        let pipeline = relay.config().drain.pipeline;
+        let result = run(&mut sink, &wal, &req, batch, pipeline, &mut on_batch).await;
         let mut map = relay.rewinds.lock().unwrap_or_else(|e| e.into_inner());
         match result {
             Ok(r) => {

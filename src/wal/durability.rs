@@ -8,6 +8,7 @@
 //! | cursor advanced       | no flush (see below)        | no flush                                   |
 //! | dimension cache write | no flush (see below)        | no flush                                   |
 //! | dead letter written   | flush + fdatasync           | flush + fdatasync                          |
+//! | rewind progress       | sled's flush (write-out)    | sled's flush (write-out)                   |
 //! | log closed            | flush + fdatasync           | flush + fdatasync                          |
 //!
 //! The promise of each policy, as `tests/crash_durability.rs` checks it by
@@ -50,6 +51,18 @@
 //! `<dir>/blobs/`, written without any sync; the log only points to it. So a
 //! flush also syncs every blob file it has not synced yet, and the `blobs`
 //! directory, before anything is acknowledged.
+//!
+//! Why rewind progress is written out (not left to the background flusher,
+//! and not fdatasynced): a whole-window rewind (drain/rewind.rs) stores the
+//! last frame of each confirmed batch and, started again after a kill,
+//! resumes after it. Unflushed, a SIGKILL lost up to a second of progress
+//! (measured by tests/rewind_kill.rs: killed with 23 frames done, resumed
+//! after frame 15), so the resumption was not "after the last confirmed
+//! batch" as promised. sled's flush takes the entry out of the process,
+//! which a process crash does not undo; one flush per batch of up to
+//! `drain.batch_records` records is small beside the batch's round trip
+//! (benches/rewind.rs). A power loss may still lose it: the rewind then
+//! redoes a few batches, which is harmless (the sinks write idempotently).
 //!
 //! Why dead letters are flushed: the drainer advances its cursor right after
 //! dead-lettering; the dead letter must not be the one thing a crash loses.
@@ -213,6 +226,12 @@ impl Persist {
     /// Called after a meta entry (dimension cache) changed.
     pub(crate) fn meta_written(&self) -> Result<(), WalError> {
         Ok(())
+    }
+
+    /// Called after a rewind's progress was stored, before the rewind goes
+    /// on to its next batch.
+    pub(crate) fn rewind_progressed(&self) -> Result<(), WalError> {
+        self.write_out("write-out after rewind progress")
     }
 
     /// Called after a dead letter was stored, before the caller moves on.

@@ -36,6 +36,20 @@ impl Meta {
         self.persist.meta_written()
     }
 
+    /// Stores `value` under `key` as progress that a resumed operation
+    /// trusts (a rewind's last confirmed frame): written out of the process
+    /// before this returns, so a crash of the process keeps it
+    /// (`wal/durability.rs` says why and what it costs).
+    ///
+    /// # Errors
+    /// [`WalError::Sled`] on I/O failure; a failed write-out fails the log.
+    pub fn insert_progress(&self, key: &[u8], value: &[u8]) -> Result<(), WalError> {
+        self.tree
+            .insert(key, value)
+            .map_err(WalError::sled("meta insert"))?;
+        self.persist.rewind_progressed()
+    }
+
     /// Removes `key`.
     ///
     /// # Errors
