@@ -38,7 +38,13 @@
 //!   records/s for 60 s. Goal: RSS within 60 s of the drain ≤ 1.25 × steady.
 //!
 //! `WALRELAY_BENCH_MEMORY_ONLY=1` runs only these; `WALRELAY_BENCH_SKIP_MEMORY=1`
-//! skips them.
+//! skips them; `WALRELAY_BENCH_SMAPS_DIR` keeps each relay's
+//! `/proc/<pid>/smaps` at the end of its scenario.
+//!
+//! `WALRELAY_BENCH_BIN` runs another walrelay binary (e.g. an older commit's
+//! release build) in place of this build's, so two builds can be measured
+//! back to back; the ingest group then also prints the ack latency of that
+//! relay (100-line requests at 100 k records/s, sinks live).
 
 #[path = "../tests/common/certs.rs"]
 #[allow(dead_code)]
@@ -67,16 +73,26 @@ use walrelay::record::{Bar, BarKind, Record, Trade};
 use walrelay::wal::Durability;
 use walrelay::{Wal, WalConfig};
 
+/// The relay binary under test: this build's, or `WALRELAY_BENCH_BIN` (another
+/// build of walrelay, e.g. an older commit's, to compare both in one session;
+/// its configuration must accept the keys [`config`] writes).
+fn relay_bin() -> String {
+    std::env::var("WALRELAY_BENCH_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_walrelay").to_string())
+}
+
 /// `WALRELAY_BENCH_WRAP` (e.g. `heaptrack -o /tmp/relay`) runs the relay of
-/// the ingest group under a profiler (its RSS line is then the wrapper's).
+/// the ingest group and of the memory scenarios under a profiler (the ingest
+/// group's RSS line is then the wrapper's; the memory scenarios follow the
+/// relay itself, see [`relay_pid`]).
 fn spawn(conf: &Path, wrapped: bool) -> Child {
-    let bin = env!("CARGO_BIN_EXE_walrelay");
+    let bin = relay_bin();
     let wrap = match wrapped {
         true => std::env::var("WALRELAY_BENCH_WRAP").unwrap_or_default(),
         false => String::new(),
     };
     let mut argv: Vec<&str> = wrap.split_whitespace().collect();
-    argv.push(bin);
+    argv.push(&bin);
     Command::new(argv[0])
         .args(&argv[1..])
         .args(["run", "--config", conf.to_str().unwrap()])
@@ -254,6 +270,26 @@ fn ingest(c: &mut Criterion) {
         })
     });
     g.finish();
+    // Ack latency of this relay, both sinks live, open loop at 100k records/s
+    // in 100-line requests (the shape of `tls_ingest`'s latency line), so a
+    // build's ingest rate and ack latency come from one run.
+    let (p50, p99, max, n) = rt.block_on(ack_latency(
+        &client,
+        &url,
+        100,
+        100_000,
+        3,
+        1_900_000_000_000_000_000,
+    ));
+    remark(format!(
+        "ingest_http ack latency, 100-line requests at 100k records/s for 3 s, sinks live ({n} requests): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        p50.as_secs_f64() * 1e3,
+        p99.as_secs_f64() * 1e3,
+        max.as_secs_f64() * 1e3
+    ));
+    if std::env::var_os("WALRELAY_BENCH_BIN").is_some() {
+        remark(format!("relay binary under test: {}", relay_bin()));
+    }
     let (rss, hwm) = rss_kib(relay.id());
     remark(format!(
         "relay RSS after the ingest runs (sinks live): {} MiB (peak {} MiB)",
@@ -269,7 +305,7 @@ fn ingest(c: &mut Criterion) {
                 "-f",
                 &format!(
                     "{} run --config {}",
-                    env!("CARGO_BIN_EXE_walrelay"),
+                    relay_bin(),
                     conf.display()
                 ),
             ])
@@ -481,7 +517,13 @@ async fn ack_latency(
     (q(0.50), q(0.99), *lat.last().unwrap(), lat.len())
 }
 
+/// Skipped when `WALRELAY_BENCH_INGEST_ONLY` is set (it measures this build's
+/// binary, and its latency runs would load the machine during the ingest
+/// group's).
 fn tls_ingest(c: &mut Criterion) {
+    if std::env::var_os("WALRELAY_BENCH_INGEST_ONLY").is_some() {
+        return;
+    }
     let rt = tokio::runtime::Runtime::new().unwrap();
     let certs = certs::Certs::new();
     certs.ca("ca").leaf("ca", "server", "localhost", false);
@@ -736,14 +778,59 @@ async fn load(
     total
 }
 
-/// A fresh relay (its own log) at the defaults, with both sinks.
-fn fresh_relay(dir: &Path, influx: &str, pg: &str) -> (Child, String) {
+/// A fresh relay (its own log) at the defaults, with both sinks; returns
+/// the spawned process, the relay's own pid (see [`relay_pid`]) and its URL.
+fn fresh_relay(dir: &Path, influx: &str, pg: &str) -> (Child, u32, String) {
     let port = vm::free_port();
     let url = format!("http://127.0.0.1:{port}");
     let conf = config(dir, port, influx, pg);
     let relay = spawn(&conf, true);
     wait_health(&url);
-    (relay, url)
+    let pid = relay_pid(&relay);
+    (relay, pid, url)
+}
+
+/// The pid of the relay itself: the spawned process's, or, under
+/// `WALRELAY_BENCH_WRAP`, the descendant whose executable is the relay
+/// binary (heaptrack runs it as a child of its shell script), so RSS is the
+/// relay's and not the wrapper's.
+fn relay_pid(relay: &Child) -> u32 {
+    if std::env::var_os("WALRELAY_BENCH_WRAP").is_none() {
+        return relay.id();
+    }
+    let bin = std::fs::canonicalize(relay_bin()).unwrap();
+    let mut todo = vec![relay.id()];
+    while let Some(pid) = todo.pop() {
+        if std::fs::read_link(format!("/proc/{pid}/exe")).ok().as_ref() == Some(&bin) {
+            return pid;
+        }
+        let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+            .unwrap_or_default();
+        todo.extend(children.split_whitespace().filter_map(|c| c.parse::<u32>().ok()));
+    }
+    panic!("no relay process under the wrapper {}", relay.id());
+}
+
+/// Ends a memory scenario's relay. `WALRELAY_BENCH_SMAPS_DIR` keeps a copy of
+/// its `/proc/<pid>/smaps` at this moment as `<name>.smaps` (what is resident,
+/// mapping by mapping). Under a wrapper the relay itself is SIGKILLed, so a
+/// heap profiler records what was live at this moment as "leaked" (a graceful
+/// stop would free it first); the wrapper then finishes writing and exits.
+fn stop_relay(mut relay: Child, pid: u32, name: &str) {
+    if let Some(dir) = std::env::var_os("WALRELAY_BENCH_SMAPS_DIR") {
+        let _ = std::fs::copy(
+            format!("/proc/{pid}/smaps"),
+            Path::new(&dir).join(format!("{name}.smaps")),
+        );
+    }
+    if pid != relay.id() {
+        // SAFETY: kill(2) on the relay's own pid, a descendant of our child
+        // that has not been reaped (its parent, the wrapper, is still alive).
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    } else {
+        let _ = relay.kill();
+    }
+    let _ = relay.wait();
 }
 
 fn memory(_c: &mut Criterion) {
@@ -764,8 +851,8 @@ fn memory(_c: &mut Criterion) {
     if only("steady") {
         let pg_url = rt.block_on(server.create_db("mem_steady"));
         let dir = tempfile::TempDir::new().unwrap();
-        let (mut relay, url) = fresh_relay(dir.path(), &vmserver.url(), &pg_url);
-        let watch = RssWatch::start(relay.id());
+        let (relay, pid, url) = fresh_relay(dir.path(), &vmserver.url(), &pg_url);
+        let watch = RssWatch::start(pid);
         let n = rt.block_on(load(&url, 4, 100, Some(100_000), 60.0, epoch));
         let (max, _, _) = watch.phase(&format!("steady 100k records/s, 60 s ({n} records)"));
         remark(format!(
@@ -773,15 +860,14 @@ fn memory(_c: &mut Criterion) {
             if max <= 48 { "met" } else { "NOT met" }
         ));
         steady_mib = Some(max);
-        let _ = relay.kill();
-        let _ = relay.wait();
+        stop_relay(relay, pid, "steady");
     }
 
     if only("burst") {
         let pg_url = rt.block_on(server.create_db("mem_burst"));
         let dir = tempfile::TempDir::new().unwrap();
-        let (mut relay, url) = fresh_relay(dir.path(), &vmserver.url(), &pg_url);
-        let watch = RssWatch::start(relay.id());
+        let (relay, pid, url) = fresh_relay(dir.path(), &vmserver.url(), &pg_url);
+        let watch = RssWatch::start(pid);
         let t = Instant::now();
         let n = rt.block_on(load(
             &url,
@@ -814,15 +900,14 @@ fn memory(_c: &mut Criterion) {
             "memory goal burst-then-steady peak ≤ 128 MiB: {hwm} MiB ({})",
             if hwm <= 128 { "met" } else { "NOT met" }
         ));
-        let _ = relay.kill();
-        let _ = relay.wait();
+        stop_relay(relay, pid, "burst");
     }
 
     if only("outage") {
         let pg_url = rt.block_on(server.create_db("mem_outage"));
         let dir = tempfile::TempDir::new().unwrap();
-        let (mut relay, url) = fresh_relay(dir.path(), &vmserver.url(), &pg_url);
-        let watch = RssWatch::start(relay.id());
+        let (relay, pid, url) = fresh_relay(dir.path(), &vmserver.url(), &pg_url);
+        let watch = RssWatch::start(pid);
         vmserver.stop();
         let t = Instant::now();
         let mut n = 0;
@@ -871,8 +956,7 @@ fn memory(_c: &mut Criterion) {
                 if after as f64 <= limit { "met" } else { "NOT met" }
             ));
         }
-        let _ = relay.kill();
-        let _ = relay.wait();
+        stop_relay(relay, pid, "outage");
     }
 }
 

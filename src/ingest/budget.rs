@@ -215,19 +215,32 @@ pub async fn hand_back_memory(
     }
 }
 
-/// Makes freed request buffers go back to the operating system, so the
-/// process's resident set follows the budget instead of its high-water mark.
-/// glibc raises its mmap threshold after each large free (up to 32 MiB), and
-/// then serves later bodies from per-thread arenas that it keeps; fixing the
-/// threshold at 256 KiB keeps every large buffer in its own mapping, and
-/// four arenas bound what the blocking threads keep. Called once by the
-/// binary at startup; a no-op on other C libraries.
+/// glibc's mmap threshold: allocations from this size on get their own
+/// mapping, returned to the operating system when freed.
+///
+/// Why 16 KiB and not 256 KiB: during an outage sled holds a copy of every
+/// undelivered frame (tens of KiB each, ~96 MiB for 10 M records) in the
+/// writer thread's arena, which then grows past 100 MiB; the ~2 MiB of
+/// long-lived allocations made between those copies (sled's nodes and page
+/// entries) pin ~6 MiB of that arena's pages after the drain, which
+/// `malloc_trim` cannot return (heap profile in docs/PERFORMANCE.md). Served
+/// by mmap, freed frame copies go back at once and the arena stays small.
+const MMAP_THRESHOLD_BYTES: i32 = 16 * 1024;
+
+/// Makes freed request buffers and frame copies go back to the operating
+/// system, so the process's resident set follows the budget instead of its
+/// high-water mark. glibc raises its mmap threshold after each large free
+/// (up to 32 MiB), and then serves later bodies from per-thread arenas that
+/// it keeps; fixing the threshold (`MMAP_THRESHOLD_BYTES`) keeps every
+/// large buffer in its own mapping, and four arenas bound what the blocking
+/// threads keep. Called once by the binary at startup; a no-op on other C
+/// libraries.
 pub fn tune_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes allocator parameters; it is called before
     // any thread is started.
     unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES);
         libc::mallopt(libc::M_ARENA_MAX, 4);
     }
 }
