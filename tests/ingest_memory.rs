@@ -203,4 +203,15 @@ async fn peak_rss_stays_under_the_target_for_maximum_size_requests() {
         eight / MIB
     );
     assert!(eight < 1024 * MIB, "8 parallel: {} MiB", eight / MIB);
+    // docs/OPERATIONS.md's memory ceiling at the defaults: 20 MiB + 2 ×
+    // 16 MiB cache + 10 × 2 MiB segments + 2 × 256 MiB budget + 8 MiB of
+    // drain batches + 64 MiB for the rest = 656 MiB, plus the 8 × 32 MiB
+    // bodies of requests waiting for the budget.
+    let ceiling = (656 + 8 * 32) * MIB;
+    assert!(
+        eight <= ceiling,
+        "8 parallel: {} MiB, over the documented ceiling of {} MiB",
+        eight / MIB,
+        ceiling / MIB
+    );
 }
