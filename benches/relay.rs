@@ -303,11 +303,7 @@ fn ingest(c: &mut Criterion) {
             .args([
                 "-TERM",
                 "-f",
-                &format!(
-                    "{} run --config {}",
-                    relay_bin(),
-                    conf.display()
-                ),
+                &format!("{} run --config {}", relay_bin(), conf.display()),
             ])
             .status();
         let _ = relay.wait();
@@ -804,9 +800,13 @@ fn relay_pid(relay: &Child) -> u32 {
         if std::fs::read_link(format!("/proc/{pid}/exe")).ok().as_ref() == Some(&bin) {
             return pid;
         }
-        let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-            .unwrap_or_default();
-        todo.extend(children.split_whitespace().filter_map(|c| c.parse::<u32>().ok()));
+        let children =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        todo.extend(
+            children
+                .split_whitespace()
+                .filter_map(|c| c.parse::<u32>().ok()),
+        );
     }
     panic!("no relay process under the wrapper {}", relay.id());
 }

@@ -5,6 +5,11 @@
 //!   ~1000 real-sized trades over 20 symbols) with retention off and on (on:
 //!   per-minute, per-series counts and the time index written with every
 //!   frame). The goal: on within 5% of off.
+//! - `ack_latency/{off,on}`: a fixed offered load (4 producers, each a
+//!   request of 100 trades over 20 symbols every 4 ms: 100,000 records/s)
+//!   under `sync`, each request timed from its scheduled start until
+//!   `append` returned; the summary prints p50 and p99 with retention off and
+//!   on (goal: on within 5%, or within the run's own spread).
 //! - `audit/accepted_counts`: the log side of `walrelay audit` over one hour
 //!   holding `AUDIT_FRAMES` frames of 1024 records (20 symbols, event times
 //!   spread over the hour): the time-index range and the counts of every
@@ -12,13 +17,14 @@
 //!   at 100,000 records/s (360 M records, 351,563 frames); the goal is < 10 s
 //!   (the databases' own `count` queries come on top and are theirs).
 //!
-//! `cargo bench --bench retention` (about a minute).
+//! `cargo bench --bench retention` (about two minutes).
 
 mod common;
 #[path = "../tests/common/records.rs"]
 #[allow(dead_code)]
 mod records;
 
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::note;
@@ -94,6 +100,72 @@ fn append(c: &mut Criterion) {
     g.finish();
 }
 
+static LATENCIES: Mutex<Vec<(bool, Duration)>> = Mutex::new(Vec::new());
+
+fn ack_latency(c: &mut Criterion) {
+    const PRODUCERS: usize = 4;
+    const LINES: u64 = 100;
+    const PERIOD: Duration = Duration::from_millis(4);
+    let mut g = c.benchmark_group("ack_latency");
+    g.sample_size(10).measurement_time(Duration::from_secs(5));
+    for (name, on) in [("off", false), ("on", true)] {
+        g.bench_function(name, |b| {
+            let dir = tempfile::TempDir::new().unwrap();
+            let wal = Wal::open(config(dir.path(), on)).unwrap();
+            let batch: Vec<Record> = (0..LINES)
+                .map(|i| trade(i, records::TS + i as i64 * 1_000_000))
+                .collect();
+            b.iter_custom(|iters| {
+                let start = Instant::now();
+                let lat: Vec<Duration> = std::thread::scope(|s| {
+                    let hs: Vec<_> = (0..PRODUCERS)
+                        .map(|p| {
+                            let (wal, batch) = (&wal, &batch);
+                            s.spawn(move || {
+                                let mut out = Vec::with_capacity(iters as usize);
+                                let offset = PERIOD * p as u32 / PRODUCERS as u32;
+                                for k in 0..iters as u32 {
+                                    let due = start + offset + PERIOD * k;
+                                    if let Some(w) = due.checked_duration_since(Instant::now()) {
+                                        std::thread::sleep(w);
+                                    }
+                                    wal.append(batch).unwrap();
+                                    out.push(due.elapsed());
+                                }
+                                out
+                            })
+                        })
+                        .collect();
+                    hs.into_iter().flat_map(|h| h.join().unwrap()).collect()
+                });
+                let mean = lat.iter().sum::<Duration>() / lat.len().max(1) as u32;
+                LATENCIES
+                    .lock()
+                    .unwrap()
+                    .extend(lat.into_iter().map(|l| (on, l)));
+                mean * iters as u32
+            });
+        });
+    }
+    g.finish();
+}
+
+fn percentiles(on: bool) -> Option<(Duration, Duration)> {
+    let mut v: Vec<Duration> = LATENCIES
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(o, _)| *o == on)
+        .map(|(_, l)| *l)
+        .collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort();
+    let at = |q: f64| v[((v.len() - 1) as f64 * q) as usize];
+    Some((at(0.5), at(0.99)))
+}
+
 fn audit(c: &mut Criterion) {
     let mut g = c.benchmark_group("audit");
     g.sample_size(10).measurement_time(Duration::from_secs(6));
@@ -151,6 +223,17 @@ fn report() {
             (on / off - 1.0) * 100.0
         );
     }
+    if let (Some((p50_off, p99_off)), Some((p50_on, p99_on))) =
+        (percentiles(false), percentiles(true))
+    {
+        println!(
+            "ack latency at 100k records/s, sync, retention off vs on: p50 {:.2} vs {:.2} ms, p99 {:.2} vs {:.2} ms",
+            p50_off.as_secs_f64() * 1e3,
+            p50_on.as_secs_f64() * 1e3,
+            p99_off.as_secs_f64() * 1e3,
+            p99_on.as_secs_f64() * 1e3
+        );
+    }
     if let Some(per_s) = s.rate("audit/accepted_counts_frames") {
         let hour_frames = 360_000_000f64 / 1024.0;
         println!(
@@ -160,7 +243,7 @@ fn report() {
     }
 }
 
-criterion_group!(benches, append, audit);
+criterion_group!(benches, append, ack_latency, audit);
 
 fn main() {
     benches();

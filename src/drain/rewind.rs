@@ -121,7 +121,7 @@ fn progress_key(sink: &str) -> Vec<u8> {
 ///
 /// # Errors
 /// [`RewindError`]: the log failed, or the sink refused a batch too often.
-pub async fn run<S: Sink>(
+pub async fn run<S: Sink + 'static>(
     sink: &mut S,
     wal: &Wal,
     req: &RewindRequest,
@@ -209,10 +209,23 @@ pub async fn run<S: Sink>(
             match (depth > 1).then(|| sink.fork()).flatten() {
                 Some(mut forked) => {
                     let records = std::mem::replace(&mut batch, Vec::with_capacity(batch_records));
-                    in_flight.push_back(async move {
+                    // A task of its own, so the batch is sent while this
+                    // loop reads and decodes the next frames (a future in
+                    // `in_flight` only runs when polled); confirmed in order.
+                    let sink_name = forked.name();
+                    let task = tokio::spawn(async move {
                         deliver(&mut forked, &records)
                             .await
                             .map(|(w, d)| (seq, frames, w, d))
+                    });
+                    in_flight.push_back(async move {
+                        task.await.unwrap_or_else(|e| {
+                            Err(RewindError::Sink {
+                                sink: sink_name,
+                                attempts: 0,
+                                message: format!("delivery task failed: {e}"),
+                            })
+                        })
                     });
                     while in_flight.len() >= depth {
                         if let Some(done) = in_flight.next().await {
