@@ -64,7 +64,10 @@ const HORIZON_KEY: &[u8] = b"retention/horizon_ns";
 const COUNTED_KEY: &[u8] = b"retention/counted_to";
 /// The counter applies what is queued at most this often (one sled
 /// transaction, and one I/O buffer roll, per round).
-const COUNT_ROUND: std::time::Duration = std::time::Duration::from_millis(20);
+const COUNT_ROUND: std::time::Duration = std::time::Duration::from_millis(100);
+/// A round ends early after this many groups (bounds the marks it holds:
+/// ~16 B per record plus the series of each append).
+const ROUND_JOBS: usize = 1024;
 /// How long the audit and a rewind wait for the counter to catch up.
 const SETTLE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 /// How long `/status` waits for it (the retained range's newest event).
@@ -723,8 +726,11 @@ pub(crate) fn count_loop(shared: &Shared, rx: crossbeam_channel::Receiver<CountJ
     while let Ok(first) = rx.recv() {
         let round = std::time::Instant::now() + COUNT_ROUND;
         let mut jobs = vec![first];
-        while let Ok(job) = rx.recv_deadline(round) {
-            jobs.push(job);
+        while jobs.len() < ROUND_JOBS {
+            match rx.recv_deadline(round) {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
         }
         let mut built = Vec::new();
         for job in jobs {
