@@ -64,7 +64,7 @@ const HORIZON_KEY: &[u8] = b"retention/horizon_ns";
 const COUNTED_KEY: &[u8] = b"retention/counted_to";
 /// The counter applies what is queued at most this often (one sled
 /// transaction, and one I/O buffer roll, per round).
-const COUNT_ROUND: std::time::Duration = std::time::Duration::from_millis(100);
+const COUNT_ROUND: std::time::Duration = std::time::Duration::from_millis(20);
 /// A round ends early after this many groups (bounds the marks it holds:
 /// ~16 B per record plus the series of each append).
 const ROUND_JOBS: usize = 1024;

@@ -219,7 +219,7 @@ fn frames_the_counter_had_not_written_are_counted_at_the_next_open() {
 #[test]
 fn no_count_outlives_its_frame() {
     let dir = TempDir::new().unwrap();
-    // Appends much faster than a counter round (100 ms), so frames are
+    // Appends much faster than a counter round (20 ms), so frames are
     // deleted while their counts are still queued.
     let wal = Wal::open(WalConfig {
         durability: Durability::Interval { interval_ms: 1000 },
