@@ -19,6 +19,21 @@ use std::time::Duration;
 
 use common::influx1::Influx1;
 use common::pg::Pg;
+use common::retained::{kline_rows, walrelay, Retaining};
+
+/// This file's relay config (`common::retained`).
+fn write_config(dir: &Path, port: u16, influx_url: &str, pg_url: &str, retain: &str) -> PathBuf {
+    Retaining {
+        port,
+        token: TOKEN,
+        retain,
+        influx_url,
+        database: "audit",
+        pg_url,
+        batch_records: 200,
+    }
+    .write(dir)
+}
 
 /// 2025-11-24T16:00:00Z, a minute boundary.
 const T0: i64 = 1_764_000_000_000_000_000;
@@ -46,32 +61,6 @@ fn trades_json() -> Vec<String> {
 }
 
 const TOKEN: &str = "admin-test-token";
-
-fn write_config(dir: &Path, port: u16, influx_url: &str, pg_url: &str, retain: &str) -> PathBuf {
-    let conf = dir.join("walrelay.toml");
-    std::fs::write(
-        &conf,
-        format!(
-            "[wal]\ndir = \"{}\"\nretain = \"{retain}\"\n\n[ingest]\nlisten = \"127.0.0.1:{port}\"\ntoken = \"{TOKEN}\"\n\n[drain]\nbatch_records = 200\nretry_initial_ms = 50\nretry_max_ms = 500\nretry_config_ms = 500\n\n[influx]\nurl = \"{influx_url}\"\napi = \"v1\"\ndatabase = \"audit\"\ntimeout_ms = 3000\n\n[timescale]\nurl = \"{pg_url}\"\nconnect_timeout_ms = 2000\nstatement_timeout_ms = 5000\n",
-            dir.join("wal").display()
-        ),
-    )
-    .unwrap();
-    conf
-}
-
-fn walrelay(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_walrelay"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 async fn wait_drained(url: &str) {
     let c = reqwest::Client::new();
@@ -134,18 +123,6 @@ async fn start_and_deliver(conf: &Path, port: u16) -> (std::process::Child, serd
         .await
         .unwrap();
     (relay, status)
-}
-
-async fn pg_rows(pg: &Pg) -> (i64, i64) {
-    let c = pg.client("audit").await;
-    let r = c
-        .query_one(
-            "SELECT count(*), count(DISTINCT (time, symbol_id, exchange_id, interval_id)) FROM mart.bar__kline",
-            &[],
-        )
-        .await
-        .unwrap();
-    (r.get(0), r.get(1))
 }
 
 const ACCEPTED_TRADES: u64 = 60 * 2 * TRADES_PER_MINUTE as u64;
@@ -211,7 +188,10 @@ async fn audit_names_exactly_the_deleted_minutes_repair_fills_them_and_a_second_
             .any(|h| h.contains("bar__kline")));
     }
     assert_eq!(ix.count("audit", None, "trades").await, ACCEPTED_TRADES);
-    assert_eq!(pg_rows(&pg).await, (ACCEPTED_KLINES, ACCEPTED_KLINES));
+    assert_eq!(
+        kline_rows(&pg, "audit").await,
+        (ACCEPTED_KLINES, ACCEPTED_KLINES)
+    );
 
     let conf_s = conf.to_str().unwrap();
     let window = [
@@ -302,7 +282,10 @@ async fn audit_names_exactly_the_deleted_minutes_repair_fills_them_and_a_second_
     println!("$ walrelay audit ...\n{out}{err}(exit {code})");
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(ix.count("audit", None, "trades").await, ACCEPTED_TRADES);
-    assert_eq!(pg_rows(&pg).await, (ACCEPTED_KLINES, ACCEPTED_KLINES));
+    assert_eq!(
+        kline_rows(&pg, "audit").await,
+        (ACCEPTED_KLINES, ACCEPTED_KLINES)
+    );
 
     // A rewind over data already in the databases adds no row and no point.
     let (code, out, err) = walrelay(&[
@@ -332,7 +315,10 @@ async fn audit_names_exactly_the_deleted_minutes_repair_fills_them_and_a_second_
     ]);
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(ix.count("audit", None, "trades").await, ACCEPTED_TRADES);
-    assert_eq!(pg_rows(&pg).await, (ACCEPTED_KLINES, ACCEPTED_KLINES));
+    assert_eq!(
+        kline_rows(&pg, "audit").await,
+        (ACCEPTED_KLINES, ACCEPTED_KLINES)
+    );
 
     // SIGKILL during a rewind (InfluxDB stopped, so it is stuck retrying),
     // then the same rewind again: the same result.
@@ -487,7 +473,10 @@ async fn admin_rewind_refills_a_sink_on_a_running_relay_beside_its_drain_without
         delivered(&done, "timescale"),
         delivered(&before, "timescale")
     );
-    assert_eq!(pg_rows(&pg).await, (ACCEPTED_KLINES, ACCEPTED_KLINES));
+    assert_eq!(
+        kline_rows(&pg, "audit").await,
+        (ACCEPTED_KLINES, ACCEPTED_KLINES)
+    );
     assert_eq!(ix.count("audit", None, "trades").await, ACCEPTED_TRADES + 1);
     let metrics = c
         .get(format!("{url}/metrics"))

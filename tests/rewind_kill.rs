@@ -42,6 +42,7 @@ use std::time::Duration;
 use common::influx1::Influx1;
 use common::pg::Pg;
 use common::proxy::{Mode, Proxy};
+use common::retained::{kline_rows, walrelay, Retaining};
 
 /// 2025-11-24T16:00:00Z, a minute boundary.
 const T0: i64 = 1_764_000_000_000_000_000;
@@ -82,32 +83,6 @@ fn minutes_json() -> Vec<String> {
 
 /// `batch_records = 20`: a rewind of the hour takes many confirmed batches
 /// (one per frame for InfluxDB, one per ten frames for TimescaleDB).
-fn write_config(dir: &Path, port: u16, influx_url: &str, pg_url: &str) -> PathBuf {
-    let conf = dir.join("walrelay.toml");
-    std::fs::write(
-        &conf,
-        format!(
-            "[wal]\ndir = \"{}\"\nretain = \"6h\"\n\n[ingest]\nlisten = \"127.0.0.1:{port}\"\ntoken = \"{TOKEN}\"\n\n[drain]\nbatch_records = 20\nretry_initial_ms = 50\nretry_max_ms = 500\nretry_config_ms = 500\n\n[influx]\nurl = \"{influx_url}\"\napi = \"v1\"\ndatabase = \"rk\"\ntimeout_ms = 5000\n\n[timescale]\nurl = \"{pg_url}\"\nconnect_timeout_ms = 2000\nstatement_timeout_ms = 10000\n",
-            dir.join("wal").display()
-        ),
-    )
-    .unwrap();
-    conf
-}
-
-fn walrelay(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_walrelay"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
@@ -165,18 +140,6 @@ fn sigterm(mut relay: Child) {
 }
 
 /// Rows of the kline table and distinct keys among them.
-async fn pg_rows(pg: &Pg) -> (i64, i64) {
-    let c = pg.client("rk").await;
-    let r = c
-        .query_one(
-            "SELECT count(*), count(DISTINCT (time, symbol_id, exchange_id, interval_id)) FROM mart.bar__kline",
-            &[],
-        )
-        .await
-        .unwrap();
-    (r.get(0), r.get(1))
-}
-
 /// A row trigger that sleeps per inserted row (`on`), or none.
 async fn slow_klines(pg: &Pg, on: bool) {
     let c = pg.client("rk").await;
@@ -217,7 +180,16 @@ impl Setup {
         let proxy = Proxy::start(&format!("127.0.0.1:{}", ix.port)).await;
         let dir = tempfile::TempDir::new().unwrap();
         let port = common::vm::free_port();
-        let conf = write_config(dir.path(), port, &proxy.url(), &pg_url);
+        let conf = Retaining {
+            port,
+            token: TOKEN,
+            retain: "6h",
+            influx_url: &proxy.url(),
+            database: "rk",
+            pg_url: &pg_url,
+            batch_records: 20,
+        }
+        .write(dir.path());
         let relay = spawn_relay(&conf, port).await;
         let c = client();
         for body in minutes_json() {
@@ -245,7 +217,10 @@ impl Setup {
                 .any(|h| h.contains("bar__kline")));
         }
         assert_eq!(ix.count("rk", None, "trades").await, ACCEPTED_TRADES);
-        assert_eq!(pg_rows(&pg).await, (ACCEPTED_KLINES, ACCEPTED_KLINES));
+        assert_eq!(
+            kline_rows(&pg, "rk").await,
+            (ACCEPTED_KLINES, ACCEPTED_KLINES)
+        );
         Setup {
             pg,
             ix,
@@ -309,7 +284,7 @@ impl Setup {
     async fn assert_exact_and_clean(&self) {
         assert_eq!(self.ix.count("rk", None, "trades").await, ACCEPTED_TRADES);
         assert_eq!(
-            pg_rows(&self.pg).await,
+            kline_rows(&self.pg, "rk").await,
             (ACCEPTED_KLINES, ACCEPTED_KLINES),
             "(rows, distinct keys) of bar__kline"
         );
@@ -462,7 +437,7 @@ async fn a_rewind_sigkilled_midway_and_run_again_resumes_and_leaves_exact_counts
     });
     let short = ACCEPTED_KLINES - rows_lost;
     until("the timescale rewind to refill some rows", 60, || async {
-        pg_rows(&s.pg).await.0 > short
+        kline_rows(&s.pg, "rk").await.0 > short
     })
     .await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -472,7 +447,7 @@ async fn a_rewind_sigkilled_midway_and_run_again_resumes_and_leaves_exact_counts
     );
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
-    let after_kill = pg_rows(&s.pg).await.0;
+    let after_kill = kline_rows(&s.pg, "rk").await.0;
     let seen = progress.lock().unwrap().clone();
     println!(
         "timescale: SIGKILLed `walrelay rewind` with {after_kill} of {ACCEPTED_KLINES} rows, last progress: {:?}",
@@ -552,7 +527,8 @@ async fn an_audit_repair_sigkilled_midway_and_run_again_leaves_a_clean_audit_and
     let short_points = ACCEPTED_TRADES - points_lost;
     let short_rows = ACCEPTED_KLINES - rows_lost;
     until("the repair to refill something", 60, || async {
-        s.ix.count("rk", None, "trades").await > short_points || pg_rows(&s.pg).await.0 > short_rows
+        s.ix.count("rk", None, "trades").await > short_points
+            || kline_rows(&s.pg, "rk").await.0 > short_rows
     })
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -564,7 +540,7 @@ async fn an_audit_repair_sigkilled_midway_and_run_again_leaves_a_clean_audit_and
     child.wait().unwrap();
     tokio::time::sleep(INFLUX_DELAY * 3).await;
     let points = s.ix.count("rk", None, "trades").await;
-    let rows = pg_rows(&s.pg).await.0;
+    let rows = kline_rows(&s.pg, "rk").await.0;
     println!("SIGKILLed `audit --repair` with {points} points and {rows} rows");
     assert!(
         points < ACCEPTED_TRADES && rows < ACCEPTED_KLINES,

@@ -11,4 +11,5 @@ pub mod pg;
 pub mod proxy;
 pub mod records;
 pub mod relay;
+pub mod retained;
 pub mod vm;
