@@ -116,27 +116,8 @@ fn ack_latency(c: &mut Criterion) {
                 .map(|i| trade(i, records::TS + i as i64 * 1_000_000))
                 .collect();
             b.iter_custom(|iters| {
-                let start = Instant::now();
-                let lat: Vec<Duration> = std::thread::scope(|s| {
-                    let hs: Vec<_> = (0..PRODUCERS)
-                        .map(|p| {
-                            let (wal, batch) = (&wal, &batch);
-                            s.spawn(move || {
-                                let mut out = Vec::with_capacity(iters as usize);
-                                let offset = PERIOD * p as u32 / PRODUCERS as u32;
-                                for k in 0..iters as u32 {
-                                    let due = start + offset + PERIOD * k;
-                                    if let Some(w) = due.checked_duration_since(Instant::now()) {
-                                        std::thread::sleep(w);
-                                    }
-                                    wal.append(batch).unwrap();
-                                    out.push(due.elapsed());
-                                }
-                                out
-                            })
-                        })
-                        .collect();
-                    hs.into_iter().flat_map(|h| h.join().unwrap()).collect()
+                let lat = common::open_loop(PRODUCERS, PERIOD, iters, &|| {
+                    wal.append(&batch).unwrap();
                 });
                 let mean = lat.iter().sum::<Duration>() / lat.len().max(1) as u32;
                 LATENCIES

@@ -240,3 +240,36 @@ impl Summary {
         }
     }
 }
+
+/// An open-loop schedule: `producers` threads each call `request` every
+/// `period` (spread evenly over it), `iters` times, and each call is timed
+/// from its scheduled start, so a late start counts against it. Returns
+/// every latency.
+pub fn open_loop(
+    producers: usize,
+    period: Duration,
+    iters: u64,
+    request: &(dyn Fn() + Sync),
+) -> Vec<Duration> {
+    let start = std::time::Instant::now();
+    std::thread::scope(|s| {
+        let hs: Vec<_> = (0..producers)
+            .map(|p| {
+                s.spawn(move || {
+                    let mut out = Vec::with_capacity(iters as usize);
+                    let offset = period * p as u32 / producers as u32;
+                    for k in 0..iters as u32 {
+                        let due = start + offset + period * k;
+                        if let Some(w) = due.checked_duration_since(std::time::Instant::now()) {
+                            std::thread::sleep(w);
+                        }
+                        request();
+                        out.push(due.elapsed());
+                    }
+                    out
+                })
+            })
+            .collect();
+        hs.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    })
+}

@@ -139,6 +139,16 @@ fn drop_oldest_deletes_retained_frames_without_counting_them_as_dropped() {
     assert_eq!(wal.backlog("a").unwrap().records, n);
 }
 
+/// The log's sled database itself, as a crash would leave it (the log closed).
+fn raw_sled(dir: &TempDir) -> sled::Db {
+    let segment = super::super::recovery::existing_segment_size(dir.path()).unwrap_or(2 << 20);
+    sled::Config::new()
+        .path(dir.path())
+        .segment_size(segment)
+        .open()
+        .unwrap()
+}
+
 /// Counts are written by the counting thread, after their frames: a crash
 /// can leave frames without counts. Simulated by removing the counts, the
 /// time index and the marker of a closed log (what a crash before the
@@ -162,13 +172,7 @@ fn frames_the_counter_had_not_written_are_counted_at_the_next_open() {
     {
         // What the counter had written before the crash: the first four
         // frames' counts, and a marker at frame 4. Frames 5-7 have none.
-        let db = sled::Config::new()
-            .path(dir.path())
-            .segment_size(
-                super::super::recovery::existing_segment_size(dir.path()).unwrap_or(2 << 20),
-            )
-            .open()
-            .unwrap();
+        let db = raw_sled(&dir);
         let (counts, index, meta) = (
             db.open_tree("frame_counts").unwrap(),
             db.open_tree("time_index").unwrap(),
@@ -195,13 +199,7 @@ fn frames_the_counter_had_not_written_are_counted_at_the_next_open() {
     drop(wal);
     {
         // A marker older than counts already written: recounted, same result.
-        let db = sled::Config::new()
-            .path(dir.path())
-            .segment_size(
-                super::super::recovery::existing_segment_size(dir.path()).unwrap_or(2 << 20),
-            )
-            .open()
-            .unwrap();
+        let db = raw_sled(&dir);
         db.open_tree("meta")
             .unwrap()
             .insert("retention/counted_to", &0u64.to_le_bytes())
