@@ -377,9 +377,9 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_pipelined_rewind_confirms_batches_in_log_order_and_delivers_each_record_once() {
-        let dir = tempfile::TempDir::new().unwrap();
+    /// A log of 40 trades in frames of 4, all delivered to `influx` and
+    /// retained, and a whole-window rewind request over them.
+    fn delivered_and_retained(dir: &tempfile::TempDir) -> (Wal, RewindRequest) {
         let wal = Wal::open(WalConfig {
             max_frame_records: 4,
             retain: Retain { ms: 3_600_000 },
@@ -397,6 +397,13 @@ mod tests {
             until_ns: base + 1_000,
             only: None,
         };
+        (wal, req)
+    }
+
+    #[tokio::test]
+    async fn a_pipelined_rewind_confirms_batches_in_log_order_and_delivers_each_record_once() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let (wal, req) = delivered_and_retained(&dir);
         let mut sink = Jumbled {
             n: Arc::default(),
             got: Arc::default(),
@@ -503,23 +510,7 @@ mod tests {
     #[tokio::test]
     async fn an_interrupted_rewind_resumes_after_its_last_confirmed_batch_and_misses_nothing() {
         let dir = tempfile::TempDir::new().unwrap();
-        let wal = Wal::open(WalConfig {
-            max_frame_records: 4,
-            retain: Retain { ms: 3_600_000 },
-            ..WalConfig::new(dir.path()).with_sinks(["influx"])
-        })
-        .unwrap();
-        for i in 0..40 {
-            wal.append(&[crate::wal::test_trade(i)]).unwrap();
-        }
-        wal.ack("influx", wal.stats().last_seq).unwrap();
-        let base = crate::wal::test_trade(0).ts();
-        let req = RewindRequest {
-            sink: "influx".into(),
-            since_ns: base,
-            until_ns: base + 1_000,
-            only: None,
-        };
+        let (wal, req) = delivered_and_retained(&dir);
         let got = Arc::new(Mutex::new(Vec::new()));
         // Killed after 3 confirmed batches of 5: the future is dropped.
         let mut stalling = Stalling {
