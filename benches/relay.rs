@@ -45,6 +45,17 @@
 //! release build) in place of this build's, so two builds can be measured
 //! back to back; the ingest group then also prints the ack latency of that
 //! relay (100-line requests at 100 k records/s, sinks live).
+//!
+//! `WALRELAY_BENCH_BASELINE_BIN` runs another build beside this one in the
+//! ingest group (its own log and database, the same VictoriaMetrics),
+//! interleaved: each timed run on this build is followed by the same run on
+//! the baseline (`ingest_http/*_baseline` in the summary), and the ack
+//! latency is measured in 5 rounds of 2 s alternating between the two, so a
+//! before/after comparison does not depend on which came first or on the
+//! machine's drift. Example:
+//! `WALRELAY_BENCH_INGEST_ONLY=1 WALRELAY_BENCH_SKIP_MEMORY=1
+//! WALRELAY_BENCH_BASELINE_BIN=/path/to/old/walrelay cargo bench --bench
+//! relay -- --warm-up-time 1 ingest_http`.
 
 #[path = "../tests/common/certs.rs"]
 #[allow(dead_code)]
@@ -86,13 +97,24 @@ fn relay_bin() -> String {
 /// group's RSS line is then the wrapper's; the memory scenarios follow the
 /// relay itself, see [`relay_pid`]).
 fn spawn(conf: &Path, wrapped: bool) -> Child {
-    let bin = relay_bin();
+    spawn_bin(&relay_bin(), conf, wrapped)
+}
+
+/// `WALRELAY_BENCH_BASELINE_BIN`: another build of walrelay (e.g. an older
+/// commit's) that the ingest group runs beside this one, interleaved, so
+/// that throughput and ack latency before and after a change come from one
+/// run.
+fn baseline_bin() -> Option<String> {
+    std::env::var("WALRELAY_BENCH_BASELINE_BIN").ok()
+}
+
+fn spawn_bin(bin: &str, conf: &Path, wrapped: bool) -> Child {
     let wrap = match wrapped {
         true => std::env::var("WALRELAY_BENCH_WRAP").unwrap_or_default(),
         false => String::new(),
     };
     let mut argv: Vec<&str> = wrap.split_whitespace().collect();
-    argv.push(&bin);
+    argv.push(bin);
     Command::new(argv[0])
         .args(&argv[1..])
         .args(["run", "--config", conf.to_str().unwrap()])
@@ -177,6 +199,9 @@ fn tls_only() -> bool {
     std::env::var_os("WALRELAY_BENCH_TLS_ONLY").is_some()
 }
 
+/// Latency rounds per relay when a baseline runs beside this build.
+const LATENCY_ROUNDS: usize = 5;
+
 fn ingest(c: &mut Criterion) {
     if tls_only() {
         return;
@@ -191,6 +216,19 @@ fn ingest(c: &mut Criterion) {
     let conf = config(dir.path(), port, &vmserver.url(), &pg_url);
     let mut relay = spawn(&conf, true);
     wait_health(&url);
+    // The baseline relay, if any: its own log and database, the same
+    // VictoriaMetrics.
+    let base_dir = tempfile::TempDir::new().unwrap();
+    let baseline = baseline_bin().map(|bin| {
+        let port = vm::free_port();
+        let pg_url = rt.block_on(server.create_db("bench_baseline"));
+        let conf = config(base_dir.path(), port, &vmserver.url(), &pg_url);
+        let child = spawn_bin(&bin, &conf, false);
+        let url = format!("http://127.0.0.1:{port}");
+        wait_health(&url);
+        (child, url)
+    });
+    let base_url = baseline.as_ref().map(|(_, u)| u.clone());
     const WRITERS: usize = 4;
     const REQUESTS: usize = 10;
     const LINES: usize = 5000;
@@ -198,7 +236,7 @@ fn ingest(c: &mut Criterion) {
     let per_iter = (WRITERS * REQUESTS * (LINES + BARS)) as u64;
     let client = reqwest::Client::new();
     let mut round = 0u64;
-    let mut run = |wait_delivery: bool| -> Duration {
+    let mut run = |url: &str, wait_delivery: bool| -> Duration {
         round += 1;
         let bodies: Vec<Vec<(String, String)>> = (0..WRITERS)
             .map(|w| {
@@ -218,7 +256,7 @@ fn ingest(c: &mut Criterion) {
                 .into_iter()
                 .map(|reqs| {
                     let client = client.clone();
-                    let url = url.clone();
+                    let url = url.to_string();
                     tokio::spawn(async move {
                         for (lp, bars) in reqs {
                             let r = client
@@ -243,7 +281,7 @@ fn ingest(c: &mut Criterion) {
                 t.await.unwrap();
             }
             if wait_delivery {
-                drained(&client, &url).await;
+                drained(&client, url).await;
             }
         });
         t.elapsed()
@@ -251,9 +289,17 @@ fn ingest(c: &mut Criterion) {
     let mut g = c.benchmark_group("ingest_http");
     g.sample_size(10).measurement_time(Duration::from_secs(20));
     g.throughput(Throughput::Elements(per_iter));
+    // With a baseline, each of this build's runs is followed by the same
+    // run on the baseline (noted apart, not timed by criterion).
     g.bench_function("accepted", |b| {
         b.iter_custom(|iters| {
-            let d: Duration = (0..iters).map(|_| run(false)).sum();
+            let mut d = Duration::ZERO;
+            for _ in 0..iters {
+                d += run(&url, false);
+                if let Some(base) = &base_url {
+                    note("ingest_http/accepted_baseline", per_iter, run(base, false));
+                }
+            }
             note("ingest_http/accepted", iters * per_iter, d);
             d
         })
@@ -264,7 +310,16 @@ fn ingest(c: &mut Criterion) {
             // waits) left undelivered, so that each timed run delivers
             // exactly what it posted.
             rt.block_on(drained(&client, &url));
-            let d: Duration = (0..iters).map(|_| run(true)).sum();
+            if let Some(base) = &base_url {
+                rt.block_on(drained(&client, base));
+            }
+            let mut d = Duration::ZERO;
+            for _ in 0..iters {
+                d += run(&url, true);
+                if let Some(base) = &base_url {
+                    note("ingest_http/delivered_baseline", per_iter, run(base, true));
+                }
+            }
             note("ingest_http/delivered", iters * per_iter, d);
             d
         })
@@ -272,21 +327,44 @@ fn ingest(c: &mut Criterion) {
     g.finish();
     // Ack latency of this relay, both sinks live, open loop at 100k records/s
     // in 100-line requests (the shape of `tls_ingest`'s latency line), so a
-    // build's ingest rate and ack latency come from one run.
-    let (p50, p99, max, n) = rt.block_on(ack_latency(
-        &client,
-        &url,
-        100,
-        100_000,
-        3,
-        1_900_000_000_000_000_000,
-    ));
-    remark(format!(
-        "ingest_http ack latency, 100-line requests at 100k records/s for 3 s, sinks live ({n} requests): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
-        p50.as_secs_f64() * 1e3,
-        p99.as_secs_f64() * 1e3,
-        max.as_secs_f64() * 1e3
-    ));
+    // build's ingest rate and ack latency come from one run. With a
+    // baseline: rounds of 2 s alternating between the two relays.
+    let relays: Vec<(&str, String)> = std::iter::once(("this build", url.clone()))
+        .chain(base_url.clone().map(|u| ("baseline", u)))
+        .collect();
+    let (rounds, secs) = match base_url {
+        Some(_) => (LATENCY_ROUNDS, 2),
+        None => (1, 3),
+    };
+    let mut lat: Vec<Vec<Duration>> = vec![Vec::new(); relays.len()];
+    let mut round_p50: Vec<Vec<String>> = vec![Vec::new(); relays.len()];
+    for r in 0..rounds {
+        for (i, (_, u)) in relays.iter().enumerate() {
+            let base = 1_900_000_000_000_000_000 + (r * relays.len() + i) as i64 * 10_000_000_000_000;
+            let l = rt.block_on(ack_latency(&client, u, 100, 100_000, secs, base));
+            let (p50, ..) = quantiles(l.clone());
+            round_p50[i].push(format!("{:.2}", p50.as_secs_f64() * 1e3));
+            lat[i].extend(l);
+        }
+    }
+    for (i, (name, _)) in relays.iter().enumerate() {
+        let (p50, p99, max, n) = quantiles(std::mem::take(&mut lat[i]));
+        let rounds_note = match rounds {
+            1 => String::new(),
+            _ => format!("; p50 per round {}", round_p50[i].join(", ")),
+        };
+        remark(format!(
+            "ingest_http ack latency ({name}), 100-line requests at 100k records/s for {rounds}x{secs} s, sinks live ({n} requests): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms{rounds_note}",
+            p50.as_secs_f64() * 1e3,
+            p99.as_secs_f64() * 1e3,
+            max.as_secs_f64() * 1e3
+        ));
+    }
+    if let Some((mut child, _)) = baseline {
+        remark(format!("baseline relay binary: {}", baseline_bin().unwrap_or_default()));
+        let _ = child.kill();
+        let _ = child.wait();
+    }
     if std::env::var_os("WALRELAY_BENCH_BIN").is_some() {
         remark(format!("relay binary under test: {}", relay_bin()));
     }
@@ -467,7 +545,7 @@ async fn post_all(client: &reqwest::Client, url: &str, bodies: Vec<Vec<String>>)
 }
 
 /// Open loop at `rate` records/s in requests of `lines` for `secs`: the ack
-/// latency of each request from its scheduled start; (p50, p99, max, count).
+/// latency of each request from its scheduled start.
 async fn ack_latency(
     client: &reqwest::Client,
     url: &str,
@@ -475,7 +553,7 @@ async fn ack_latency(
     rate: u64,
     secs: u64,
     base: i64,
-) -> (Duration, Duration, Duration, usize) {
+) -> Vec<Duration> {
     // Warm-up, not measured: 64 requests at once, so the client's pool
     // holds the connections an open loop needs and no handshake (TLS or
     // TCP) falls in the measured window.
@@ -508,6 +586,11 @@ async fn ack_latency(
     for t in tasks {
         lat.push(t.await.unwrap());
     }
+    lat
+}
+
+/// (p50, p99, max, count) of `lat`.
+fn quantiles(mut lat: Vec<Duration>) -> (Duration, Duration, Duration, usize) {
     lat.sort();
     let q = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
     (q(0.50), q(0.99), *lat.last().unwrap(), lat.len())
@@ -615,7 +698,8 @@ fn tls_ingest(c: &mut Criterion) {
         for (name, url, client) in &targets {
             round += 1;
             let base = 1_800_000_000_000_000_000i64 + round * 10_000_000_000_000;
-            let (p50, p99, max, n) = rt.block_on(ack_latency(client, url, lines, 100_000, 3, base));
+            let (p50, p99, max, n) =
+                quantiles(rt.block_on(ack_latency(client, url, lines, 100_000, 3, base)));
             remark(format!(
                 "ack latency {name:<5} {lines:>4}-line requests at 100k records/s for 3 s ({n} requests): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
                 p50.as_secs_f64() * 1e3,

@@ -1,15 +1,20 @@
 //! Retention's costs (`[wal] retain`), each against its reference in the
 //! same run:
 //!
-//! - `append/sync/{off,on}`: durable appends (`sync`, 4 producers, frames of
-//!   ~1000 real-sized trades over 20 symbols) with retention off and on (on:
-//!   per-minute, per-series counts and the time index written with every
-//!   frame). The goal: on within 5% of off.
-//! - `ack_latency/{off,on}`: a fixed offered load (4 producers, each a
+//! - `append/sync/interleaved`: durable appends (`sync`, 4 producers, frames
+//!   of ~1000 real-sized trades over 20 symbols) on two logs open at once,
+//!   one with retention off and one with it on (on: per-minute, per-series
+//!   counts and the time index written for every frame). Each iteration
+//!   runs one round of 100,000 records on each, the first arm alternating,
+//!   so drift of the disk or the machine falls on both arms alike. The summary prints both
+//!   rates over all rounds and the quartiles of the pairs' ratios. The goal:
+//!   on within 5% of off.
+//! - `ack_latency/interleaved`: a fixed offered load (4 producers, each a
 //!   request of 100 trades over 20 symbols every 4 ms: 100,000 records/s)
-//!   under `sync`, each request timed from its scheduled start until
-//!   `append` returned; the summary prints p50 and p99 with retention off and
-//!   on (goal: on within 5%, or within the run's own spread).
+//!   under `sync`, 0.4 s on the log without retention then 0.4 s on the log
+//!   with it, per iteration; each request timed from its scheduled start
+//!   until `append` returned; the summary prints p50 and p99 of each arm
+//!   (goal: on within 5%, or within the run's own spread).
 //! - `audit/accepted_counts`: the log side of `walrelay audit` over one hour
 //!   holding `AUDIT_FRAMES` frames of 1024 records (20 symbols, event times
 //!   spread over the hour): the time-index range and the counts of every
@@ -28,7 +33,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::note;
-use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
+use criterion::{criterion_group, Criterion, Throughput};
 use walrelay::wal::{Durability, Retain};
 use walrelay::{Record, Wal, WalConfig};
 
@@ -62,41 +67,78 @@ fn config(dir: &std::path::Path, retain: bool) -> WalConfig {
     }
 }
 
+/// Pairs run so far (which arm goes first alternates).
+static PAIRS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Per interleaved pair of rounds: (off, on) durations of the same appends.
+static ROUNDS: Mutex<Vec<(Duration, Duration)>> = Mutex::new(Vec::new());
+
+/// Waits until `wal`'s counter has written the counts of every frame
+/// committed so far (`frames_between` settles the counts first).
+fn settle(wal: &Wal) {
+    wal.frames_between(i64::MIN, i64::MIN + 1).unwrap();
+}
+
 fn append(c: &mut Criterion) {
     let mut g = c.benchmark_group("append");
-    g.sample_size(10).measurement_time(Duration::from_secs(8));
+    g.sample_size(10).measurement_time(Duration::from_secs(16));
     let producers = 4;
     let per_batch = FRAME_RECORDS / producers;
-    let batches_per_producer = 20;
-    let records_per_iter = (per_batch * producers * batches_per_producer) as u64;
-    for (name, on) in [("off", false), ("on", true)] {
-        let id = format!("sync/{name}");
-        g.throughput(Throughput::Elements(records_per_iter));
-        g.bench_function(BenchmarkId::from_parameter(&id), |b| {
-            let dir = tempfile::TempDir::new().unwrap();
-            let wal = Wal::open(config(dir.path(), on)).unwrap();
-            let batch: Vec<Record> = (0..per_batch as u64)
-                .map(|i| trade(i, records::TS + i as i64 * 1_000_000))
-                .collect();
-            b.iter_custom(|iters| {
-                let start = Instant::now();
-                for _ in 0..iters {
-                    std::thread::scope(|s| {
-                        for _ in 0..producers {
-                            s.spawn(|| {
-                                for _ in 0..batches_per_producer {
-                                    wal.append(&batch).unwrap();
-                                }
-                            });
-                        }
-                    });
-                }
-                let elapsed = start.elapsed();
-                note(&format!("append/{id}"), records_per_iter * iters, elapsed);
-                elapsed
-            });
+    let batches_per_producer = 100;
+    let records_per_round = (per_batch * producers * batches_per_producer) as u64;
+    // Both logs open at once; each iteration runs one round on the log
+    // without retention and the same round on the log with it, so drift
+    // (disk, page cache, the rest of the machine) falls on both arms alike.
+    // After a pair the counter is settled outside the timed window: the
+    // counting not finished when an `on` round's last append returned (at
+    // most one 20 ms counter round) is untimed when `on` went second, and
+    // falls on the `off` round when `on` went first.
+    let dirs = [tempfile::TempDir::new().unwrap(), tempfile::TempDir::new().unwrap()];
+    let wals = [
+        Wal::open(config(dirs[0].path(), false)).unwrap(),
+        Wal::open(config(dirs[1].path(), true)).unwrap(),
+    ];
+    let batch: Vec<Record> = (0..per_batch as u64)
+        .map(|i| trade(i, records::TS + i as i64 * 1_000_000))
+        .collect();
+    let round = |wal: &Wal| -> Duration {
+        let start = Instant::now();
+        std::thread::scope(|s| {
+            for _ in 0..producers {
+                s.spawn(|| {
+                    for _ in 0..batches_per_producer {
+                        wal.append(&batch).unwrap();
+                    }
+                });
+            }
         });
-    }
+        start.elapsed()
+    };
+    g.throughput(Throughput::Elements(2 * records_per_round));
+    g.bench_function("sync/interleaved", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                // Alternate which arm goes first, so that what one round
+                // leaves behind (the kernel's writeback, the counter's
+                // last round) falls on each arm alike.
+                let first_off = PAIRS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 2 == 0;
+                let (off, on) = if first_off {
+                    let off = round(&wals[0]);
+                    (off, round(&wals[1]))
+                } else {
+                    let on = round(&wals[1]);
+                    (round(&wals[0]), on)
+                };
+                settle(&wals[1]);
+                note("append/sync/off", records_per_round, off);
+                note("append/sync/on", records_per_round, on);
+                ROUNDS.lock().unwrap().push((off, on));
+                total += off + on;
+            }
+            total
+        });
+    });
     g.finish();
 }
 
@@ -106,28 +148,39 @@ fn ack_latency(c: &mut Criterion) {
     const PRODUCERS: usize = 4;
     const LINES: u64 = 100;
     const PERIOD: Duration = Duration::from_millis(4);
+    /// Periods per arm and iteration (0.4 s).
+    const PERIODS: u64 = 100;
     let mut g = c.benchmark_group("ack_latency");
-    g.sample_size(10).measurement_time(Duration::from_secs(5));
-    for (name, on) in [("off", false), ("on", true)] {
-        g.bench_function(name, |b| {
-            let dir = tempfile::TempDir::new().unwrap();
-            let wal = Wal::open(config(dir.path(), on)).unwrap();
-            let batch: Vec<Record> = (0..LINES)
-                .map(|i| trade(i, records::TS + i as i64 * 1_000_000))
-                .collect();
-            b.iter_custom(|iters| {
-                let lat = common::open_loop(PRODUCERS, PERIOD, iters, &|| {
-                    wal.append(&batch).unwrap();
-                });
-                let mean = lat.iter().sum::<Duration>() / lat.len().max(1) as u32;
-                LATENCIES
-                    .lock()
-                    .unwrap()
-                    .extend(lat.into_iter().map(|l| (on, l)));
-                mean * iters as u32
-            });
+    g.sample_size(10).measurement_time(Duration::from_secs(10));
+    // Interleaved as `append`: each iteration offers the load for 0.4 s to
+    // the log without retention, then 0.4 s to the log with it.
+    let dirs = [tempfile::TempDir::new().unwrap(), tempfile::TempDir::new().unwrap()];
+    let wals = [
+        Wal::open(config(dirs[0].path(), false)).unwrap(),
+        Wal::open(config(dirs[1].path(), true)).unwrap(),
+    ];
+    let batch: Vec<Record> = (0..LINES)
+        .map(|i| trade(i, records::TS + i as i64 * 1_000_000))
+        .collect();
+    g.bench_function("interleaved", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                for (on, wal) in [(false, &wals[0]), (true, &wals[1])] {
+                    let lat = common::open_loop(PRODUCERS, PERIOD, PERIODS, &|| {
+                        wal.append(&batch).unwrap();
+                    });
+                    total += lat.iter().sum::<Duration>() / lat.len().max(1) as u32;
+                    LATENCIES
+                        .lock()
+                        .unwrap()
+                        .extend(lat.into_iter().map(|l| (on, l)));
+                }
+                settle(&wals[1]);
+            }
+            total
         });
-    }
+    });
     g.finish();
 }
 
@@ -197,11 +250,24 @@ fn report() {
         "records or frames",
     );
     if let (Some(off), Some(on)) = (s.rate("append/sync/off"), s.rate("append/sync/on")) {
+        // The spread of the pairs: their ratios' quartiles.
+        let mut ratios: Vec<f64> = ROUNDS
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(off, on)| off.as_secs_f64() / on.as_secs_f64())
+            .collect();
+        ratios.sort_by(f64::total_cmp);
+        let q = |p: f64| ratios[((ratios.len() - 1) as f64 * p).round() as usize];
         println!(
-            "append sync, retention on vs off: {:.0} vs {:.0} records/s ({:+.1}%; goal within 5%)",
+            "append sync, retention on vs off, {} interleaved pairs: {:.0} vs {:.0} records/s ({:+.1}%; pairs' quartiles {:+.1}% / {:+.1}% / {:+.1}%; goal within 5%)",
+            ratios.len(),
             on,
             off,
-            (on / off - 1.0) * 100.0
+            (on / off - 1.0) * 100.0,
+            (q(0.25) - 1.0) * 100.0,
+            (q(0.5) - 1.0) * 100.0,
+            (q(0.75) - 1.0) * 100.0,
         );
     }
     if let (Some((p50_off, p99_off)), Some((p50_on, p99_on))) =

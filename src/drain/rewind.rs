@@ -129,7 +129,7 @@ pub async fn run<S: Sink + 'static>(
     pipeline: usize,
     on_batch: &mut (dyn FnMut(&RewindReport) + Send),
 ) -> Result<RewindReport, RewindError> {
-    use futures_util::StreamExt;
+    use futures_util::{FutureExt, StreamExt};
 
     let meta = wal.meta();
     let key = progress_key(&req.sink);
@@ -154,24 +154,38 @@ pub async fn run<S: Sink + 'static>(
     } else {
         1
     };
-    let mut batch: Vec<Record> = Vec::with_capacity(batch_records);
-    let mut batch_frames = 0u64;
-    let mut label = String::new();
     let seqs: Vec<u64> = wal
         .frames_between(req.since_ns, req.until_ns)?
         .into_iter()
         .filter(|s| *s > after)
         .collect();
     report.frames_total = seqs.len() as u64;
-    let last = seqs.last().copied().unwrap_or(0);
     on_batch(&report);
-    // Confirms one delivered batch (in log order): counts, progress, report.
+    // The frames are read and decoded on a blocking thread of their own,
+    // up to `depth` batches ahead (as the drainer reads ahead), so the
+    // reading overlaps the deliveries instead of sitting between them.
+    let wanted: Vec<_> = crate::record::RecordKind::ALL
+        .into_iter()
+        .filter(|k| sink.accepts(*k))
+        .collect();
+    let (tx, mut batches) = tokio::sync::mpsc::channel::<Result<ReadBatch, WalError>>(depth);
+    let reader = {
+        let (wal, req) = (wal.clone(), req.clone());
+        tokio::task::spawn_blocking(move || read_batches(&wal, &req, &seqs, &wanted, batch_records, &tx))
+    };
+    // Confirms delivered batches (in log order): counts, then one progress
+    // write for the last of them, then the report.
     let mut confirm = |report: &mut RewindReport,
-                       (seq, frames, written, dead): (u64, u64, u64, u64)|
+                       done: &[(u64, u64, u64, u64)]|
      -> Result<(), RewindError> {
-        report.records += written;
-        report.dead_lettered += dead;
-        report.frames += frames;
+        let Some(&(seq, ..)) = done.last() else {
+            return Ok(());
+        };
+        for &(_, frames, written, dead) in done {
+            report.records += written;
+            report.dead_lettered += dead;
+            report.frames += frames;
+        }
         if req.only.is_none() {
             let p = Progress {
                 since_ns: req.since_ns,
@@ -184,76 +198,133 @@ pub async fn run<S: Sink + 'static>(
         Ok(())
     };
     let mut in_flight = futures_util::stream::FuturesOrdered::new();
-    for seq in seqs {
-        if let Some(frame) = wal.read_frame(seq)? {
-            for r in frame.records {
-                let ts = r.ts();
-                if !sink.accepts(r.kind()) || ts < req.since_ns || ts >= req.until_ns {
-                    continue;
-                }
-                if let Some(only) = &req.only {
-                    series_label(&r, &mut label);
-                    let Some(s) = Series::from_label(&label) else {
-                        continue;
-                    };
-                    if !only.contains(&(minute_of(ts), s)) {
-                        continue;
-                    }
-                }
-                batch.push(r);
-            }
-        }
-        batch_frames += 1;
-        if batch.len() >= batch_records || seq == last {
-            let frames = std::mem::take(&mut batch_frames);
-            match (depth > 1).then(|| sink.fork()).flatten() {
-                Some(mut forked) => {
-                    let records = std::mem::replace(&mut batch, Vec::with_capacity(batch_records));
-                    // A task of its own, so the batch is sent while this
-                    // loop reads and decodes the next frames (a future in
-                    // `in_flight` only runs when polled); confirmed in order.
-                    let sink_name = forked.name();
-                    let task = tokio::spawn(async move {
-                        deliver(&mut forked, &records)
-                            .await
-                            .map(|(w, d)| (seq, frames, w, d))
-                    });
-                    in_flight.push_back(async move {
-                        task.await.unwrap_or_else(|e| {
-                            Err(RewindError::Sink {
-                                sink: sink_name,
-                                attempts: 0,
-                                message: format!("delivery task failed: {e}"),
-                            })
+    while let Some(read) = batches.recv().await {
+        let ReadBatch {
+            last_seq: seq,
+            frames,
+            records,
+        } = read?;
+        match (depth > 1).then(|| sink.fork()).flatten() {
+            Some(mut forked) => {
+                // A task of its own, so the batch travels while the next
+                // ones are read (a future in `in_flight` only runs when
+                // polled); confirmed in order.
+                let sink_name = forked.name();
+                let task = tokio::spawn(async move {
+                    deliver(&mut forked, &records)
+                        .await
+                        .map(|(w, d)| (seq, frames, w, d))
+                });
+                in_flight.push_back(async move {
+                    task.await.unwrap_or_else(|e| {
+                        Err(RewindError::Sink {
+                            sink: sink_name,
+                            attempts: 0,
+                            message: format!("delivery task failed: {e}"),
                         })
-                    });
-                    while in_flight.len() >= depth {
-                        if let Some(done) = in_flight.next().await {
-                            confirm(&mut report, done?)?;
-                        }
+                    })
+                });
+                while in_flight.len() >= depth {
+                    let mut done = Vec::new();
+                    if let Some(d) = in_flight.next().await {
+                        done.push(d?);
                     }
-                }
-                None => {
-                    // Batches before this one are confirmed first.
-                    while let Some(done) = in_flight.next().await {
-                        confirm(&mut report, done?)?;
+                    // And every later batch already delivered: one
+                    // progress write covers them all.
+                    while let Some(Some(d)) = in_flight.next().now_or_never() {
+                        done.push(d?);
                     }
-                    let (w, d) = deliver(sink, &batch).await?;
-                    batch.clear();
-                    confirm(&mut report, (seq, frames, w, d))?;
+                    confirm(&mut report, &done)?;
                 }
+            }
+            None => {
+                // Batches before this one are confirmed first.
+                let mut done = Vec::new();
+                while let Some(d) = in_flight.next().await {
+                    done.push(d?);
+                }
+                let (w, d) = deliver(sink, &records).await?;
+                done.push((seq, frames, w, d));
+                confirm(&mut report, &done)?;
             }
         }
     }
-    while let Some(done) = in_flight.next().await {
-        confirm(&mut report, done?)?;
+    let mut done = Vec::new();
+    while let Some(d) = in_flight.next().await {
+        done.push(d?);
     }
+    confirm(&mut report, &done)?;
+    // The reader ends when its frames are done or (above, on an error
+    // returned early) when the channel closes.
+    let _ = reader.await;
     if req.only.is_none() {
         meta.remove(&key)?;
     }
     report.done = true;
     on_batch(&report);
     Ok(report)
+}
+
+/// One batch of a rewind, read: its records and how many frames, up to and
+/// including `last_seq`, it covers.
+struct ReadBatch {
+    last_seq: u64,
+    frames: u64,
+    records: Vec<Record>,
+}
+
+/// Reads the frames `seqs` (log order) and sends their records in `req`'s
+/// window (and chosen minutes and series) and of kinds `wanted`, in batches
+/// of at least `batch_records` (the last one: whatever is left). Stops at
+/// the first error (sent) or when the receiver is gone.
+fn read_batches(
+    wal: &Wal,
+    req: &RewindRequest,
+    seqs: &[u64],
+    wanted: &[crate::record::RecordKind],
+    batch_records: usize,
+    tx: &tokio::sync::mpsc::Sender<Result<ReadBatch, WalError>>,
+) {
+    let mut batch: Vec<Record> = Vec::with_capacity(batch_records);
+    let mut frames = 0u64;
+    let mut label = String::new();
+    let last = seqs.last().copied().unwrap_or(0);
+    for &seq in seqs {
+        let frame = match wal.read_frame(seq) {
+            Ok(f) => f,
+            Err(e) => {
+                let _ = tx.blocking_send(Err(e));
+                return;
+            }
+        };
+        for r in frame.map(|f| f.records).unwrap_or_default() {
+            let ts = r.ts();
+            if !wanted.contains(&r.kind()) || ts < req.since_ns || ts >= req.until_ns {
+                continue;
+            }
+            if let Some(only) = &req.only {
+                series_label(&r, &mut label);
+                let Some(s) = Series::from_label(&label) else {
+                    continue;
+                };
+                if !only.contains(&(minute_of(ts), s)) {
+                    continue;
+                }
+            }
+            batch.push(r);
+        }
+        frames += 1;
+        if batch.len() >= batch_records || seq == last {
+            let read = ReadBatch {
+                last_seq: seq,
+                frames: std::mem::take(&mut frames),
+                records: std::mem::replace(&mut batch, Vec::with_capacity(batch_records)),
+            };
+            if tx.blocking_send(Ok(read)).is_err() {
+                return;
+            }
+        }
+    }
 }
 
 /// Delivers `batch` with the drainer's retry classes and jittered backoff,
