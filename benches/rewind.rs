@@ -7,24 +7,29 @@
 //! `[wal] retain` on, with the same records, the same batch size
 //! (`BATCH`, the config's default `drain.batch_records`) and the same sink:
 //!
-//! - `rewind/drain`: each iteration appends `BATCHES` × `BATCH` fresh trades
-//!   (a new stretch of event time) and times the whole drainer
-//!   (`drain::drainer::run`, `pipeline = 4`, the default) from start until
-//!   the cursor passes the last frame: the normal drain rate.
-//! - `rewind/rewind`: right after, in the same iteration, the same records
-//!   (now retained) are delivered again by `drain::rewind::run` over their
-//!   event-time window, timed from start to its report: the rewind rate
-//!   (time-index lookup, frame reads and decode, delivery, progress writes),
-//!   with `pipeline = 4` as the relay runs it.
-//! - `rewind/rewind_pipeline_1`: the same rewind once more, one batch at a
-//!   time (how rewinds ran before they were pipelined), for reference.
+//! Each iteration appends two rounds of `BATCHES` × `BATCH` fresh trades of
+//! the same shape (each a new stretch of event time, same series):
+//!
+//! - `rewind/drain`: the first round is delivered by the whole drainer
+//!   (`drain::drainer::run`, `pipeline = 4`, the default), timed from start
+//!   until the cursor passes its last frame: the normal drain rate.
+//! - `rewind/rewind`: the second round is confirmed without reaching the
+//!   server (the cursor is moved over it: what a restore from an older
+//!   backup leaves, the case `audit --repair` exists for), then delivered by
+//!   `drain::rewind::run` over its event-time window, timed from start to
+//!   its report: the rewind rate (time-index lookup, frame reads and decode,
+//!   delivery, progress writes), with `pipeline = 4` as the relay runs it.
+//!   The server does the same work for both: new samples of existing series.
+//!   Which of the two goes first alternates between iterations.
+//! - `rewind/rewind_present`: the first round rewound again, over samples
+//!   the server already holds (VictoriaMetrics stores them again; it does
+//!   not overwrite), for reference.
+//! - `rewind/rewind_pipeline_1`: that rewind once more, one batch at a time
+//!   (how rewinds ran before they were pipelined), for reference.
 //! - `rewind/progress_write_out`: one write-out of a meta entry, the cost a
 //!   rewind pays per confirmed batch for its SIGKILL-proof progress.
 //!
-//! The drain always runs first in an iteration (the records must be
-//! confirmed before they can be rewound), so the rewind writes samples the
-//! server already holds (VictoriaMetrics stores them again; it does not
-//! overwrite); the summary prints both rates, the ratio and the goal.
+//! The summary prints the rates, the ratios and the goal.
 //!
 //! `cargo bench --bench rewind` (about a minute).
 
@@ -102,65 +107,96 @@ fn rewind_vs_drain(c: &mut Criterion) {
     let mut round = 0i64;
     // One benchmark id whose iterations time both; criterion is given the
     // sum, the summary each part (noted separately).
-    g.bench_function("drain_then_rewind", |b| {
+    let settings = || DrainerSettings {
+        batch_records: BATCH,
+        pipeline: 4,
+        retry: RetryPolicy::default(),
+    };
+    // Appends one round's records and returns its event-time window.
+    let append_round = |round: i64| -> RewindRequest {
+        for k in 0..BATCHES {
+            wal.append(&trades(round, k)).unwrap();
+        }
+        RewindRequest {
+            sink: "influx".into(),
+            since_ns: BASE_NS + round * ROUND_NS,
+            until_ns: BASE_NS + (round + 1) * ROUND_NS,
+            only: None,
+        }
+    };
+    // The normal drain of what is appended, timed until the cursor passes it.
+    let drain = |id: &str| -> Duration {
+        let end = wal.stats().last_seq;
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let cpu = CpuMark::now(server_pid);
+        let t = Instant::now();
+        let d = rt.block_on(async {
+            let task = tokio::spawn(drainer::run(
+                wal.clone(),
+                sink(),
+                settings(),
+                Arc::new(SinkHealth::new("influx")),
+                Arc::new(Metrics::default()),
+                stop_rx,
+            ));
+            while wal.cursor("influx").unwrap() < end {
+                tokio::time::sleep(Duration::from_micros(500)).await;
+            }
+            let d = t.elapsed();
+            stop_tx.send(true).unwrap();
+            task.await.unwrap();
+            d
+        });
+        cpu.noted(id);
+        note(id, per_iter, d);
+        d
+    };
+    // A rewind of `req` at `depth` batches in flight, timed to its report.
+    let rewind = |id: &str, req: &RewindRequest, depth: usize| -> Duration {
+        let mut s = sink();
+        let cpu = CpuMark::now(server_pid);
+        let t = Instant::now();
+        let report = rt
+            .block_on(rewind::run(&mut s, &wal, req, BATCH, depth, &mut |_| {}))
+            .unwrap();
+        let d = t.elapsed();
+        cpu.noted(id);
+        assert_eq!(report.records, per_iter, "{report:?}");
+        note(id, per_iter, d);
+        d
+    };
+    // One benchmark id whose iterations time all parts; criterion is given
+    // the sum, the summary each part (noted separately).
+    g.bench_function("drain_and_rewind", |b| {
         b.iter_custom(|iters| {
             let mut total = Duration::ZERO;
             for _ in 0..iters {
-                round += 1;
-                for k in 0..BATCHES {
-                    wal.append(&trades(round, k)).unwrap();
-                }
-                let end = wal.stats().last_seq;
-                let settings = DrainerSettings {
-                    batch_records: BATCH,
-                    pipeline: 4,
-                    retry: RetryPolicy::default(),
+                round += 2;
+                // Two rounds of the same shape: one the normal drain delivers
+                // (`rewind/drain`), one confirmed without reaching the server,
+                // as after a restore from an older backup, that the rewind
+                // delivers into the gap (`rewind/rewind`, the repair case).
+                // Which goes first alternates.
+                let gap_first = (round / 2) % 2 == 0;
+                let fill_gap = || {
+                    let req = append_round(round + 1);
+                    wal.ack("influx", wal.stats().last_seq).unwrap();
+                    rewind("rewind/rewind", &req, 4)
                 };
-                let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-                let cpu = CpuMark::now(server_pid);
-                let t = Instant::now();
-                let drained = rt.block_on(async {
-                    let task = tokio::spawn(drainer::run(
-                        wal.clone(),
-                        sink(),
-                        settings,
-                        Arc::new(SinkHealth::new("influx")),
-                        Arc::new(Metrics::default()),
-                        stop_rx,
-                    ));
-                    while wal.cursor("influx").unwrap() < end {
-                        tokio::time::sleep(Duration::from_micros(500)).await;
-                    }
-                    let d = t.elapsed();
-                    stop_tx.send(true).unwrap();
-                    task.await.unwrap();
-                    d
-                });
-                cpu.noted("rewind/drain");
-                note("rewind/drain", per_iter, drained);
-
-                let req = RewindRequest {
-                    sink: "influx".into(),
-                    since_ns: BASE_NS + round * ROUND_NS,
-                    until_ns: BASE_NS + (round + 1) * ROUND_NS,
-                    only: None,
-                };
-                // The rewind as it runs (`drain.pipeline` = 4, the default),
-                // then one batch at a time (pipeline 1) for reference.
-                let mut rewound = Duration::ZERO;
-                for (id, depth) in [("rewind/rewind", 4), ("rewind/rewind_pipeline_1", 1)] {
-                    let mut s = sink();
-                    let cpu = CpuMark::now(server_pid);
-                    let t = Instant::now();
-                    let report = rt
-                        .block_on(rewind::run(&mut s, &wal, &req, BATCH, depth, &mut |_| {}))
-                        .unwrap();
-                    let d = t.elapsed();
-                    cpu.noted(id);
-                    assert_eq!(report.records, per_iter, "{report:?}");
-                    note(id, per_iter, d);
-                    rewound += d;
+                let mut part = Duration::ZERO;
+                if gap_first {
+                    part += fill_gap();
                 }
+                let drained_req = append_round(round);
+                part += drain("rewind/drain");
+                if !gap_first {
+                    part += fill_gap();
+                }
+                // For reference: a rewind over records the server already
+                // holds (VictoriaMetrics stores them again), as it runs and
+                // one batch at a time (how rewinds ran before pipelining).
+                part += rewind("rewind/rewind_present", &drained_req, 4);
+                part += rewind("rewind/rewind_pipeline_1", &drained_req, 1);
                 // What the rewind's per-batch progress costs on its own: one
                 // write-out of the meta entry per batch (`wal/durability.rs`).
                 let meta = wal.meta();
@@ -170,7 +206,7 @@ fn rewind_vs_drain(c: &mut Criterion) {
                         .unwrap();
                 }
                 note("rewind/progress_write_out", BATCHES as u64, t.elapsed());
-                total += drained + rewound;
+                total += part;
             }
             total
         })
@@ -184,8 +220,14 @@ fn report() {
     s.print_rates("walrelay rewind summary (this run)", 26, "records");
     if let (Some(drain), Some(rewind)) = (s.rate("rewind/drain"), s.rate("rewind/rewind")) {
         println!(
-            "rewind vs normal drain (VictoriaMetrics, batches of {BATCH}): {rewind:.0} vs {drain:.0} records/s = {:.2}x (goal >= 1.00x)",
+            "rewind into a gap vs normal drain (VictoriaMetrics, batches of {BATCH}): {rewind:.0} vs {drain:.0} records/s = {:.2}x (goal >= 1.00x)",
             rewind / drain
+        );
+    }
+    if let (Some(drain), Some(present)) = (s.rate("rewind/drain"), s.rate("rewind/rewind_present")) {
+        println!(
+            "rewind over records the server holds vs normal drain: {present:.0} vs {drain:.0} records/s = {:.2}x",
+            present / drain
         );
     }
     if let (Some((n, d)), Some((records, r))) =

@@ -233,14 +233,22 @@ const MMAP_THRESHOLD_BYTES: i32 = 16 * 1024;
 /// (up to 32 MiB), and then serves later bodies from per-thread arenas that
 /// it keeps; fixing the threshold (`MMAP_THRESHOLD_BYTES`) keeps every
 /// large buffer in its own mapping, and four arenas bound what the blocking
-/// threads keep. Called once by the binary at startup; a no-op on other C
-/// libraries.
+/// threads keep. glibc's own tunables win: with
+/// `GLIBC_TUNABLES=glibc.malloc.mmap_threshold=N` (or `…arena_max=N`) in the
+/// environment, that parameter is left as the operator set it. Called once
+/// by the binary at startup; a no-op on other C libraries.
 pub fn tune_allocator() {
+    let tunables = std::env::var("GLIBC_TUNABLES").unwrap_or_default();
+    let set_by_operator = |name: &str| tunables.contains(&format!("glibc.malloc.{name}="));
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes allocator parameters; it is called before
     // any thread is started.
     unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES);
-        libc::mallopt(libc::M_ARENA_MAX, 4);
+        if !set_by_operator("mmap_threshold") {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES);
+        }
+        if !set_by_operator("arena_max") {
+            libc::mallopt(libc::M_ARENA_MAX, 4);
+        }
     }
 }

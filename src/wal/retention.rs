@@ -296,18 +296,34 @@ fn series_key(r: &Record) -> SeriesKey<'_> {
 /// The series and event times of one append, computed on the producer's
 /// thread (only with retention on): per record its label's index and event
 /// time, and the whole append's counts per (label, minute), so that the
-/// writer adds an append packed whole into one frame in O(series).
+/// counter adds an append packed whole into one frame in O(series).
+/// A handful of allocations per append, however many series it holds: the
+/// labels share one string.
 #[derive(Debug, Default)]
 pub(crate) struct Marks {
-    labels: Vec<String>,
+    /// Every label of the append, one after another; `label_ends[i]` ends
+    /// label `i`.
+    label_text: String,
+    label_ends: Vec<u32>,
     records: Vec<(u32, i64)>,
-    /// (label, minute, count) over every record.
+    /// (label, minute, count) over every record; one (label, minute) may
+    /// appear more than once (a series whose records go back and forth
+    /// across a minute's edge), [`FrameCounts::finish`] merges them.
     agg: Vec<(u32, u32, u32)>,
     min_ts: i64,
     max_ts: i64,
 }
 
 impl Marks {
+    fn label(&self, i: u32) -> Option<&str> {
+        let end = *self.label_ends.get(i as usize)? as usize;
+        let start = match i {
+            0 => 0,
+            _ => self.label_ends[i as usize - 1] as usize,
+        };
+        self.label_text.get(start..end)
+    }
+
     pub(crate) fn of_records(records: &[Record]) -> Marks {
         let mut m = Marks {
             records: Vec::with_capacity(records.len()),
@@ -318,11 +334,12 @@ impl Marks {
         // one lookup of that hash: no string is compared. Two series of one
         // append are counted together only if their hashes collide (about
         // n² / 2^65 for n series; not steerable without the seed).
-        // Minutes are counted per series in a short list, newest last (an
-        // append spans few minutes).
+        // Per series the newest (minute, count) entry is kept at hand: a
+        // record of the same minute adds to it, another opens a new entry.
         let state = series_hasher();
-        let mut index: HashMap<u64, u32, foldhash::fast::RandomState> = HashMap::default();
-        let mut per_label: Vec<Vec<(u32, u32)>> = Vec::new();
+        let mut index: HashMap<u64, u32, foldhash::fast::RandomState> =
+            HashMap::with_capacity_and_hasher(32, state.clone());
+        let mut newest: Vec<u32> = Vec::new();
         let mut last: Option<(u64, u32)> = None;
         let mut buf = String::new();
         for (n, r) in records.iter().enumerate() {
@@ -333,10 +350,11 @@ impl Marks {
                     let i = match index.get(&h) {
                         Some(i) => *i,
                         None => {
-                            let i = m.labels.len() as u32;
+                            let i = m.label_ends.len() as u32;
                             series_label(r, &mut buf);
-                            m.labels.push(buf.clone());
-                            per_label.push(Vec::new());
+                            m.label_text.push_str(&buf);
+                            m.label_ends.push(m.label_text.len() as u32);
+                            newest.push(u32::MAX);
                             index.insert(h, i);
                             i
                         }
@@ -353,17 +371,15 @@ impl Marks {
             m.max_ts = m.max_ts.max(ts);
             m.records.push((i, ts));
             let minute = minute_of(ts);
-            let minutes = &mut per_label[i as usize];
-            match minutes.iter_mut().rev().find(|(mi, _)| *mi == minute) {
-                Some((_, c)) => *c += 1,
-                None => minutes.push((minute, 1)),
+            let at = &mut newest[i as usize];
+            match m.agg.get_mut(*at as usize) {
+                Some(e) if e.1 == minute => e.2 += 1,
+                _ => {
+                    *at = m.agg.len() as u32;
+                    m.agg.push((i, minute, 1));
+                }
             }
         }
-        m.agg = per_label
-            .into_iter()
-            .enumerate()
-            .flat_map(|(l, minutes)| minutes.into_iter().map(move |(mi, c)| (l as u32, mi, c)))
-            .collect();
         m
     }
 
@@ -393,17 +409,22 @@ fn series_hasher() -> &'static foldhash::fast::RandomState {
     STATE.get_or_init(foldhash::fast::RandomState::default)
 }
 
-/// The counts of one frame being packed.
+/// The counts of one frame being packed, borrowing the labels of the marks
+/// they come from: entries are pushed as they come and merged once by
+/// [`FrameCounts::finish`] (a sort of a few dozen entries), so building a
+/// frame's counts clones no label and hashes nothing.
 #[derive(Debug, Default)]
-pub(crate) struct FrameCounts {
-    series: HashMap<String, BTreeMap<u32, u32>>,
+pub(crate) struct FrameCounts<'a> {
+    /// (label, minute, count); after `finish`, sorted by label and minute,
+    /// one entry per pair.
+    entries: Vec<(&'a str, u32, u32)>,
     min_ts: i64,
     max_ts: i64,
 }
 
-impl FrameCounts {
+impl<'a> FrameCounts<'a> {
     fn widen(&mut self, min_ts: i64, max_ts: i64) {
-        if self.series.is_empty() {
+        if self.entries.is_empty() {
             (self.min_ts, self.max_ts) = (min_ts, max_ts);
         }
         self.min_ts = self.min_ts.min(min_ts);
@@ -411,51 +432,67 @@ impl FrameCounts {
     }
 
     /// Adds a whole append (packed into this frame entirely).
-    pub(crate) fn add_all(&mut self, marks: &Marks) {
+    pub(crate) fn add_all(&mut self, marks: &'a Marks) {
         if marks.agg.is_empty() {
             return;
         }
         self.widen(marks.min_ts, marks.max_ts);
         for &(label, minute, count) in &marks.agg {
-            let Some(name) = marks.labels.get(label as usize) else {
-                continue;
-            };
-            let minutes = match self.series.get_mut(name.as_str()) {
-                Some(m) => m,
-                None => self.series.entry(name.clone()).or_default(),
-            };
-            *minutes.entry(minute).or_default() += count;
+            if let Some(name) = marks.label(label) {
+                self.entries.push((name, minute, count));
+            }
         }
     }
 
     /// Adds records `from..to` of an append's marks.
-    pub(crate) fn add(&mut self, marks: &Marks, from: usize, to: usize) {
+    pub(crate) fn add(&mut self, marks: &'a Marks, from: usize, to: usize) {
         let Some(part) = marks.records.get(from..to) else {
             return;
         };
         for &(label, ts) in part {
-            let Some(name) = marks.labels.get(label as usize) else {
+            let Some(name) = marks.label(label) else {
                 continue;
             };
             self.widen(ts, ts);
-            let minutes = match self.series.get_mut(name.as_str()) {
-                Some(m) => m,
-                None => self.series.entry(name.clone()).or_default(),
-            };
-            *minutes.entry(minute_of(ts)).or_default() += 1;
+            let minute = minute_of(ts);
+            match self.entries.last_mut() {
+                Some(e) if e.1 == minute && e.0 == name => e.2 += 1,
+                _ => self.entries.push((name, minute, 1)),
+            }
         }
     }
 
+    /// Sorts the entries and merges those of one (label, minute).
+    pub(crate) fn finish(&mut self) {
+        self.entries
+            .sort_unstable_by(|a, b| a.0.cmp(b.0).then(a.1.cmp(&b.1)));
+        self.entries.dedup_by(|later, kept| {
+            let same = later.0 == kept.0 && later.1 == kept.1;
+            if same {
+                kept.2 += later.2;
+            }
+            same
+        });
+    }
+
+    fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The stored form (after [`FrameCounts::finish`]): min and max event
+    /// time, then per series its label and its (minute, count) pairs.
     fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(20 + self.series.len() * 48);
+        let series = self.series();
+        let mut out = Vec::with_capacity(20 + series.len() * 48);
         out.extend_from_slice(&self.min_ts.to_le_bytes());
         out.extend_from_slice(&self.max_ts.to_le_bytes());
-        out.extend_from_slice(&(self.series.len() as u32).to_le_bytes());
-        for (label, minutes) in &self.series {
+        out.extend_from_slice(&(series.len() as u32).to_le_bytes());
+        for run in series {
+            let label = run[0].0;
             out.extend_from_slice(&(label.len() as u16).to_le_bytes());
             out.extend_from_slice(label.as_bytes());
-            out.extend_from_slice(&(minutes.len() as u32).to_le_bytes());
-            for (m, c) in minutes {
+            out.extend_from_slice(&(run.len() as u32).to_le_bytes());
+            for &(_, m, c) in run {
                 out.extend_from_slice(&m.to_le_bytes());
                 out.extend_from_slice(&c.to_le_bytes());
             }
@@ -463,11 +500,13 @@ impl FrameCounts {
         out
     }
 
+    /// The entries in runs of one label each (sorted entries).
+    fn series(&self) -> Vec<&[(&'a str, u32, u32)]> {
+        self.entries.chunk_by(|a, b| a.0 == b.0).collect()
+    }
+
     fn minutes(&self) -> BTreeSet<u32> {
-        self.series
-            .values()
-            .flat_map(|m| m.keys().copied())
-            .collect()
+        self.entries.iter().map(|e| e.1).collect()
     }
 }
 
@@ -650,8 +689,26 @@ fn recount(
     meta: &sled::Tree,
     from: u64,
 ) -> Result<(), WalError> {
-    let mut built: Vec<(u64, FrameCounts)> = Vec::new();
+    // In chunks, so the marks held at once stay bounded however many frames
+    // there are; each chunk moves the marker past its frames.
+    const CHUNK: usize = 256;
+    let mut counted = 0usize;
     let mut last = from;
+    let mut marks: Vec<(u64, Marks)> = Vec::with_capacity(CHUNK);
+    let flush = |marks: &mut Vec<(u64, Marks)>, last: u64| -> Result<(), WalError> {
+        let built: Vec<(u64, FrameCounts)> = marks
+            .iter()
+            .map(|(seq, m)| {
+                let mut c = FrameCounts::default();
+                c.add_all(m);
+                c.finish();
+                (*seq, c)
+            })
+            .collect();
+        apply_counts(counts, time_index, meta, &built, last)?;
+        marks.clear();
+        Ok(())
+    };
     for kv in frames.range(seq_key(from.saturating_add(1))..) {
         let (k, v) = kv.map_err(WalError::sled("read frame"))?;
         let Some(seq) = key_seq(&k) else { continue };
@@ -659,21 +716,23 @@ fn recount(
         // A frame that does not decode is quarantined by the readers; it
         // has nothing countable.
         if let Ok(f) = frame::decode(seq, &v) {
-            let marks = Marks::of_records(&f.records);
-            let mut c = FrameCounts::default();
-            c.add_all(&marks);
-            built.push((seq, c));
+            marks.push((seq, Marks::of_records(&f.records)));
+            counted += 1;
+        }
+        if marks.len() >= CHUNK {
+            flush(&mut marks, last)?;
         }
     }
     if last == from {
         return Ok(());
     }
+    flush(&mut marks, last)?;
     tracing::info!(
-        frames = built.len(),
+        frames = counted,
         after_seq = from,
-        "counting frames the counter had not written"
+        "counted frames the counter had not written"
     );
-    apply_counts(counts, time_index, meta, &built, last)
+    Ok(())
 }
 
 /// Writes the counts and time-index entries of `built` and the marker
@@ -691,7 +750,7 @@ fn apply_counts(
         sled::Batch::default(),
     );
     for (seq, c) in built {
-        if c.series.is_empty() {
+        if c.is_empty() {
             continue;
         }
         cb.insert(&seq_key(*seq)[..], c.encode());
@@ -733,8 +792,8 @@ pub(crate) fn count_loop(shared: &Shared, rx: crossbeam_channel::Receiver<CountJ
             }
         }
         let mut built = Vec::new();
-        for job in jobs {
-            for (seq, parts) in job.frames {
+        for job in &jobs {
+            for (seq, parts) in &job.frames {
                 let mut c = FrameCounts::default();
                 for p in parts {
                     let Some(Some(m)) = job.marks.get(p.append) else {
@@ -746,7 +805,8 @@ pub(crate) fn count_loop(shared: &Shared, rx: crossbeam_channel::Receiver<CountJ
                         c.add(m, p.from, p.to);
                     }
                 }
-                built.push((seq, c));
+                c.finish();
+                built.push((*seq, c));
             }
         }
         if let Err(e) = shared.write_counts(built) {
@@ -778,7 +838,7 @@ impl Shared {
         let (keep, gone): (Vec<_>, Vec<_>) = built.into_iter().partition(|(s, _)| *s > pruned_to);
         if let Some(newest) = gone
             .iter()
-            .filter(|(_, c)| !c.series.is_empty())
+            .filter(|(_, c)| !c.is_empty())
             .map(|(_, c)| c.max_ts)
             .max()
         {
@@ -1201,6 +1261,39 @@ mod tests {
     }
 
     #[test]
+    fn counts_of_appends_in_one_frame_merge_by_series_and_minute() {
+        // Two appends (their own label strings) over the same series and a
+        // third series; a part of the second counted record by record.
+        let a = Marks::of_records(&[
+            crate::wal::test_trade(1),
+            crate::wal::test_trade(2),
+            crate::wal::test_trade(60_000_000_001),
+        ]);
+        let b = Marks::of_records(&[crate::wal::test_trade(3), crate::wal::test_trade(4)]);
+        let mut other = crate::wal::test_trade(5);
+        if let Record::Trade(t) = &mut other {
+            t.symbol = "ETHUSDT".into();
+        }
+        let c3 = Marks::of_records(&[other]);
+        let mut c = FrameCounts::default();
+        c.add_all(&a);
+        c.add(&b, 0, 1);
+        c.add_all(&c3);
+        c.add(&b, 1, 2);
+        c.finish();
+        let d = decode_counts(&c.encode()).unwrap();
+        let m0 = minute_of(crate::wal::test_trade(0).ts());
+        let got: Vec<(bool, u32, u32)> = d
+            .entries
+            .iter()
+            .map(|(l, m, n)| (l.contains("ETHUSDT"), m - m0, *n))
+            .collect();
+        // One entry per (series, minute), counts summed across appends.
+        assert_eq!(got, vec![(false, 0, 4), (false, 1, 1), (true, 0, 1)], "{d:?}");
+        assert_eq!(c.minutes().into_iter().collect::<Vec<_>>(), vec![m0, m0 + 1]);
+    }
+
+    #[test]
     fn counts_round_trip_and_truncations_fail() {
         let marks = Marks::of_records(&[
             crate::wal::test_trade(1),
@@ -1209,6 +1302,7 @@ mod tests {
         ]);
         let mut c = FrameCounts::default();
         c.add(&marks, 0, 3);
+        c.finish();
         let bytes = c.encode();
         let d = decode_counts(&bytes).unwrap();
         let base = crate::wal::test_trade(0).ts();
