@@ -236,8 +236,11 @@ fn ingest(c: &mut Criterion) {
     let per_iter = (WRITERS * REQUESTS * (LINES + BARS)) as u64;
     let client = reqwest::Client::new();
     let mut round = 0u64;
+    // Records posted to each relay (warm-up included), for its CPU per record.
+    let posted: std::cell::RefCell<std::collections::HashMap<String, u64>> = Default::default();
     let mut run = |url: &str, wait_delivery: bool| -> Duration {
         round += 1;
+        *posted.borrow_mut().entry(url.to_string()).or_default() += per_iter;
         let bodies: Vec<Vec<(String, String)>> = (0..WRITERS)
             .map(|w| {
                 (0..REQUESTS)
@@ -286,6 +289,13 @@ fn ingest(c: &mut Criterion) {
         });
         t.elapsed()
     };
+    // Each relay's CPU over both groups (its ingest and its delivery, the
+    // `delivered` group ending with everything delivered): per record, a
+    // before/after figure steadier than throughput on a shared machine.
+    let cpu_of = |child: &Child| common::cpu_time(child.id()).unwrap_or_default();
+    let cpu_start: Vec<Duration> = std::iter::once(cpu_of(&relay))
+        .chain(baseline.as_ref().map(|(c, _)| cpu_of(c)))
+        .collect();
     let mut g = c.benchmark_group("ingest_http");
     g.sample_size(10).measurement_time(Duration::from_secs(20));
     g.throughput(Throughput::Elements(per_iter));
@@ -325,6 +335,27 @@ fn ingest(c: &mut Criterion) {
         })
     });
     g.finish();
+    {
+        let cpu_end: Vec<Duration> = std::iter::once(cpu_of(&relay))
+            .chain(baseline.as_ref().map(|(c, _)| cpu_of(c)))
+            .collect();
+        let posted = posted.borrow();
+        let urls: Vec<(&str, &String)> = std::iter::once(("this build", &url))
+            .chain(base_url.as_ref().map(|u| ("baseline", u)))
+            .collect();
+        let parts: Vec<String> = urls
+            .iter()
+            .zip(cpu_start.iter().zip(&cpu_end))
+            .map(|((name, u), (a, b))| {
+                let n = posted.get(*u).copied().unwrap_or(0).max(1);
+                format!("{name} {:.0} µs", b.saturating_sub(*a).as_secs_f64() * 1e9 / n as f64)
+            })
+            .collect();
+        remark(format!(
+            "ingest_http relay CPU per 1000 records posted (ingest and delivery, both groups): {}",
+            parts.join(", ")
+        ));
+    }
     // Ack latency of this relay, both sinks live, open loop at 100k records/s
     // in 100-line requests (the shape of `tls_ingest`'s latency line), so a
     // build's ingest rate and ack latency come from one run. With a

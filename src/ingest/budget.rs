@@ -149,6 +149,39 @@ impl Held {
 mod tests {
     use super::*;
 
+    #[test]
+    fn large_buffers_get_their_own_mappings_only_during_a_large_backlog() {
+        assert_eq!(threshold_for(0), MMAP_THRESHOLD_LIGHT_BYTES);
+        assert_eq!(threshold_for(LARGE_BACKLOG_RECORDS - 1), MMAP_THRESHOLD_LIGHT_BYTES);
+        assert_eq!(threshold_for(LARGE_BACKLOG_RECORDS), MMAP_THRESHOLD_BYTES);
+        assert_eq!(threshold_for(10_000_000), MMAP_THRESHOLD_BYTES);
+    }
+
+    #[test]
+    fn the_heap_is_trimmed_only_when_there_is_enough_to_hand_back() {
+        assert!(worth_trimming(100 * 1024 * 1024));
+        assert!(worth_trimming(TRIM_FREE_BYTES));
+        assert!(!worth_trimming(TRIM_FREE_BYTES - 1));
+    }
+
+    #[test]
+    fn glibc_tunables_set_by_the_operator_are_left_alone() {
+        assert_eq!(allocator_settings(""), (Some(MMAP_THRESHOLD_BYTES), Some(4)));
+        assert_eq!(
+            allocator_settings("glibc.malloc.mmap_threshold=262144"),
+            (None, Some(4))
+        );
+        assert_eq!(
+            allocator_settings("glibc.malloc.tcache_count=0:glibc.malloc.arena_max=2"),
+            (Some(MMAP_THRESHOLD_BYTES), None)
+        );
+        // Another tunable whose name merely contains ours changes nothing.
+        assert_eq!(
+            allocator_settings("glibc.malloc.mmap_threshold_max=1"),
+            (Some(MMAP_THRESHOLD_BYTES), Some(4))
+        );
+    }
+
     #[tokio::test]
     async fn requests_share_the_budget_and_the_late_one_waits_then_is_refused() {
         let b = Budget::new(10 * UNIT, Duration::from_millis(50));
@@ -195,24 +228,96 @@ mod tests {
 }
 
 /// Hands memory the allocator keeps but no longer uses back to the
-/// operating system (glibc's `malloc_trim`), every `every` until `stop`:
-/// after a burst or a drained backlog, the heap's freed pages otherwise stay
-/// resident (issue 23: 140 MiB an idle minute after a 10 M record drain).
-/// A trim of a settled heap takes well under a millisecond; it runs on a
-/// blocking thread. A no-op on other C libraries.
+/// operating system (glibc's `malloc_trim`), checked every `every` until
+/// `stop`: after a burst or a drained backlog, the heap's freed pages
+/// otherwise stay resident (issue 23: 140 MiB an idle minute after a 10 M
+/// record drain). At most every [`TRIM_EVERY`], and only when the heap's
+/// free chunks hold at least [`TRIM_FREE_BYTES`] ([`worth_trimming`]):
+/// trimming under load hands back pages the next requests fault in again,
+/// and every 5 s it cost a saturated relay ~3–4% more CPU per record
+/// (docs/PERFORMANCE.md). A trim runs on a blocking thread. A no-op on
+/// other C libraries.
+///
+/// At the same pace it sets glibc's mmap threshold from `backlog_records`
+/// (the largest sink backlog): [`threshold_for`].
 pub async fn hand_back_memory(
     every: std::time::Duration,
     mut stop: tokio::sync::watch::Receiver<bool>,
+    backlog_records: impl Fn() -> u64 + Send + 'static,
 ) {
+    let operator_threshold = allocator_settings(&std::env::var("GLIBC_TUNABLES").unwrap_or_default())
+        .0
+        .is_none();
+    // What tune_allocator set at startup.
+    let mut threshold = MMAP_THRESHOLD_BYTES;
+    let mut last_trim = std::time::Instant::now();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
             _ = stop.changed() => return,
         }
+        let wanted = threshold_for(backlog_records());
+        let set = (!operator_threshold && wanted != threshold).then_some(wanted);
+        if let Some(t) = set {
+            threshold = t;
+            tracing::debug!(mmap_threshold = t, "allocator mmap threshold changed");
+        }
+        let may_trim = last_trim.elapsed() >= TRIM_EVERY;
         #[cfg(all(target_os = "linux", target_env = "gnu"))]
-        // SAFETY: malloc_trim only returns free pages of the heap to the OS.
-        let _ = tokio::task::spawn_blocking(|| unsafe { libc::malloc_trim(0) }).await;
+        // SAFETY: mallopt only changes allocator parameters (glibc allows it
+        // at any time, under its arena lock); mallinfo2 only reads the
+        // allocator's statistics; malloc_trim only returns free pages of the
+        // heap to the OS.
+        if let Ok(true) = tokio::task::spawn_blocking(move || unsafe {
+            if let Some(t) = set {
+                libc::mallopt(libc::M_MMAP_THRESHOLD, t);
+            }
+            let trim = may_trim && worth_trimming(libc::mallinfo2().fordblks as u64);
+            if trim {
+                libc::malloc_trim(0);
+            }
+            trim
+        })
+        .await
+        {
+            last_trim = std::time::Instant::now();
+        }
+        #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+        let _ = (set, may_trim, &mut last_trim);
     }
+}
+
+/// A sink backlog from which sled's copies of undelivered frames are many
+/// enough to fragment an arena (issue 23's outage: 10 M records).
+const LARGE_BACKLOG_RECORDS: u64 = 2_000_000;
+
+/// glibc's mmap threshold without a large backlog: buffers up to this size
+/// come from the arenas, reused without a system call or a page fault.
+const MMAP_THRESHOLD_LIGHT_BYTES: i32 = 256 * 1024;
+
+/// The mmap threshold for a largest sink backlog of `backlog_records`:
+/// [`MMAP_THRESHOLD_BYTES`] while it is large (frame copies then get their
+/// own mappings and leave no fragmented arena behind when the backlog
+/// drains), [`MMAP_THRESHOLD_LIGHT_BYTES`] otherwise (16 KiB cost a
+/// saturated relay ~2–5% more CPU per record in mappings, page faults and
+/// TLB shootdowns).
+fn threshold_for(backlog_records: u64) -> i32 {
+    if backlog_records >= LARGE_BACKLOG_RECORDS {
+        MMAP_THRESHOLD_BYTES
+    } else {
+        MMAP_THRESHOLD_LIGHT_BYTES
+    }
+}
+
+/// Free heap below which a trim is not worth its page faults.
+const TRIM_FREE_BYTES: u64 = 2 * 1024 * 1024;
+
+/// Trims at most this often (a drained backlog's memory is back within it).
+const TRIM_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Whether the heap's `free` bytes (in free chunks) are worth handing back.
+fn worth_trimming(free: u64) -> bool {
+    free >= TRIM_FREE_BYTES
 }
 
 /// glibc's mmap threshold: allocations from this size on get their own
@@ -238,17 +343,33 @@ const MMAP_THRESHOLD_BYTES: i32 = 16 * 1024;
 /// environment, that parameter is left as the operator set it. Called once
 /// by the binary at startup; a no-op on other C libraries.
 pub fn tune_allocator() {
-    let tunables = std::env::var("GLIBC_TUNABLES").unwrap_or_default();
-    let set_by_operator = |name: &str| tunables.contains(&format!("glibc.malloc.{name}="));
+    let (threshold, arenas) = allocator_settings(&std::env::var("GLIBC_TUNABLES").unwrap_or_default());
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes allocator parameters; it is called before
     // any thread is started.
     unsafe {
-        if !set_by_operator("mmap_threshold") {
-            libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES);
+        if let Some(t) = threshold {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, t);
         }
-        if !set_by_operator("arena_max") {
-            libc::mallopt(libc::M_ARENA_MAX, 4);
+        if let Some(a) = arenas {
+            libc::mallopt(libc::M_ARENA_MAX, a);
         }
     }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    let _ = (threshold, arenas);
+}
+
+/// What [`tune_allocator`] sets given `GLIBC_TUNABLES` (`name=value` pairs
+/// separated by `:`): the mmap threshold and the arena count, each `None`
+/// where the operator set glibc's own tunable.
+fn allocator_settings(tunables: &str) -> (Option<i32>, Option<i32>) {
+    let set_by_operator = |name: &str| {
+        tunables
+            .split(':')
+            .any(|t| t.trim().starts_with(&format!("glibc.malloc.{name}=")))
+    };
+    (
+        (!set_by_operator("mmap_threshold")).then_some(MMAP_THRESHOLD_BYTES),
+        (!set_by_operator("arena_max")).then_some(4),
+    )
 }

@@ -235,9 +235,22 @@ pub async fn serve(
     };
     let mut drainers = tokio::task::JoinSet::new();
     spawn_sinks(&relay, &stop_rx, &mut drainers).await?;
+    let backlog = {
+        let wal = relay.wal.clone();
+        let sinks: Vec<&'static str> = relay.sinks.iter().map(|h| h.name).collect();
+        move || {
+            sinks
+                .iter()
+                .filter_map(|s| wal.backlog(s).ok())
+                .map(|b| b.records)
+                .max()
+                .unwrap_or(0)
+        }
+    };
     let trimmer = tokio::spawn(crate::ingest::budget::hand_back_memory(
         Duration::from_secs(5),
         stop_rx.clone(),
+        backlog,
     ));
     let mut pullers = tokio::task::JoinSet::new();
     if let Some(g) = &relay.config.grpc {
