@@ -52,7 +52,9 @@
 //! the baseline (`ingest_http/*_baseline` in the summary), and the ack
 //! latency is measured in 5 rounds of 2 s alternating between the two, so a
 //! before/after comparison does not depend on which came first or on the
-//! machine's drift. Example:
+//! machine's drift. The summary also prints each relay's CPU per 1000
+//! records over both groups (ingest and delivery), steadier between runs
+//! than the rates. Example:
 //! `WALRELAY_BENCH_INGEST_ONLY=1 WALRELAY_BENCH_SKIP_MEMORY=1
 //! WALRELAY_BENCH_BASELINE_BIN=/path/to/old/walrelay cargo bench --bench
 //! relay -- --warm-up-time 1 ingest_http`.
@@ -348,7 +350,10 @@ fn ingest(c: &mut Criterion) {
             .zip(cpu_start.iter().zip(&cpu_end))
             .map(|((name, u), (a, b))| {
                 let n = posted.get(*u).copied().unwrap_or(0).max(1);
-                format!("{name} {:.0} µs", b.saturating_sub(*a).as_secs_f64() * 1e9 / n as f64)
+                format!(
+                    "{name} {:.0} µs",
+                    b.saturating_sub(*a).as_secs_f64() * 1e9 / n as f64
+                )
             })
             .collect();
         remark(format!(
@@ -371,7 +376,8 @@ fn ingest(c: &mut Criterion) {
     let mut round_p50: Vec<Vec<String>> = vec![Vec::new(); relays.len()];
     for r in 0..rounds {
         for (i, (_, u)) in relays.iter().enumerate() {
-            let base = 1_900_000_000_000_000_000 + (r * relays.len() + i) as i64 * 10_000_000_000_000;
+            let base =
+                1_900_000_000_000_000_000 + (r * relays.len() + i) as i64 * 10_000_000_000_000;
             let l = rt.block_on(ack_latency(&client, u, 100, 100_000, secs, base));
             let (p50, ..) = quantiles(l.clone());
             round_p50[i].push(format!("{:.2}", p50.as_secs_f64() * 1e3));
@@ -392,7 +398,10 @@ fn ingest(c: &mut Criterion) {
         ));
     }
     if let Some((mut child, _)) = baseline {
-        remark(format!("baseline relay binary: {}", baseline_bin().unwrap_or_default()));
+        remark(format!(
+            "baseline relay binary: {}",
+            baseline_bin().unwrap_or_default()
+        ));
         let _ = child.kill();
         let _ = child.wait();
     }

@@ -93,7 +93,10 @@ fn append(c: &mut Criterion) {
     // counting not finished when an `on` round's last append returned (at
     // most one 20 ms counter round) is untimed when `on` went second, and
     // falls on the `off` round when `on` went first.
-    let dirs = [tempfile::TempDir::new().unwrap(), tempfile::TempDir::new().unwrap()];
+    let dirs = [
+        tempfile::TempDir::new().unwrap(),
+        tempfile::TempDir::new().unwrap(),
+    ];
     let wals = [
         Wal::open(config(dirs[0].path(), false)).unwrap(),
         Wal::open(config(dirs[1].path(), true)).unwrap(),
@@ -154,7 +157,10 @@ fn ack_latency(c: &mut Criterion) {
     g.sample_size(10).measurement_time(Duration::from_secs(10));
     // Interleaved as `append`: each iteration offers the load for 0.4 s to
     // the log without retention, then 0.4 s to the log with it.
-    let dirs = [tempfile::TempDir::new().unwrap(), tempfile::TempDir::new().unwrap()];
+    let dirs = [
+        tempfile::TempDir::new().unwrap(),
+        tempfile::TempDir::new().unwrap(),
+    ];
     let wals = [
         Wal::open(config(dirs[0].path(), false)).unwrap(),
         Wal::open(config(dirs[1].path(), true)).unwrap(),

@@ -228,7 +228,8 @@ fn report() {
             rewind / drain
         );
     }
-    if let (Some(drain), Some(present)) = (s.rate("rewind/drain"), s.rate("rewind/rewind_present")) {
+    if let (Some(drain), Some(present)) = (s.rate("rewind/drain"), s.rate("rewind/rewind_present"))
+    {
         println!(
             "rewind over records the server holds vs normal drain: {present:.0} vs {drain:.0} records/s = {:.2}x",
             present / drain

@@ -171,32 +171,33 @@ pub async fn run<S: Sink + 'static>(
     let (tx, mut batches) = tokio::sync::mpsc::channel::<Result<ReadBatch, WalError>>(depth);
     let reader = {
         let (wal, req) = (wal.clone(), req.clone());
-        tokio::task::spawn_blocking(move || read_batches(&wal, &req, &seqs, &wanted, batch_records, &tx))
+        tokio::task::spawn_blocking(move || {
+            read_batches(&wal, &req, &seqs, &wanted, batch_records, &tx)
+        })
     };
     // Confirms delivered batches (in log order): counts, then one progress
     // write for the last of them, then the report.
-    let mut confirm = |report: &mut RewindReport,
-                       done: &[(u64, u64, u64, u64)]|
-     -> Result<(), RewindError> {
-        let Some(&(seq, ..)) = done.last() else {
-            return Ok(());
-        };
-        for &(_, frames, written, dead) in done {
-            report.records += written;
-            report.dead_lettered += dead;
-            report.frames += frames;
-        }
-        if req.only.is_none() {
-            let p = Progress {
-                since_ns: req.since_ns,
-                until_ns: req.until_ns,
-                done_seq: seq,
+    let mut confirm =
+        |report: &mut RewindReport, done: &[(u64, u64, u64, u64)]| -> Result<(), RewindError> {
+            let Some(&(seq, ..)) = done.last() else {
+                return Ok(());
             };
-            meta.insert_progress(&key, &serde_json::to_vec(&p).unwrap_or_default())?;
-        }
-        on_batch(report);
-        Ok(())
-    };
+            for &(_, frames, written, dead) in done {
+                report.records += written;
+                report.dead_lettered += dead;
+                report.frames += frames;
+            }
+            if req.only.is_none() {
+                let p = Progress {
+                    since_ns: req.since_ns,
+                    until_ns: req.until_ns,
+                    done_seq: seq,
+                };
+                meta.insert_progress(&key, &serde_json::to_vec(&p).unwrap_or_default())?;
+            }
+            on_batch(report);
+            Ok(())
+        };
     let mut in_flight = futures_util::stream::FuturesOrdered::new();
     while let Some(read) = batches.recv().await {
         let ReadBatch {

@@ -152,7 +152,10 @@ mod tests {
     #[test]
     fn large_buffers_get_their_own_mappings_only_during_a_large_backlog() {
         assert_eq!(threshold_for(0), MMAP_THRESHOLD_LIGHT_BYTES);
-        assert_eq!(threshold_for(LARGE_BACKLOG_RECORDS - 1), MMAP_THRESHOLD_LIGHT_BYTES);
+        assert_eq!(
+            threshold_for(LARGE_BACKLOG_RECORDS - 1),
+            MMAP_THRESHOLD_LIGHT_BYTES
+        );
         assert_eq!(threshold_for(LARGE_BACKLOG_RECORDS), MMAP_THRESHOLD_BYTES);
         assert_eq!(threshold_for(10_000_000), MMAP_THRESHOLD_BYTES);
     }
@@ -166,7 +169,10 @@ mod tests {
 
     #[test]
     fn glibc_tunables_set_by_the_operator_are_left_alone() {
-        assert_eq!(allocator_settings(""), (Some(MMAP_THRESHOLD_BYTES), Some(4)));
+        assert_eq!(
+            allocator_settings(""),
+            (Some(MMAP_THRESHOLD_BYTES), Some(4))
+        );
         assert_eq!(
             allocator_settings("glibc.malloc.mmap_threshold=262144"),
             (None, Some(4))
@@ -245,9 +251,10 @@ pub async fn hand_back_memory(
     mut stop: tokio::sync::watch::Receiver<bool>,
     backlog_records: impl Fn() -> u64 + Send + 'static,
 ) {
-    let operator_threshold = allocator_settings(&std::env::var("GLIBC_TUNABLES").unwrap_or_default())
-        .0
-        .is_none();
+    let operator_threshold =
+        allocator_settings(&std::env::var("GLIBC_TUNABLES").unwrap_or_default())
+            .0
+            .is_none();
     // What tune_allocator set at startup.
     let mut threshold = MMAP_THRESHOLD_BYTES;
     let mut last_trim = std::time::Instant::now();
@@ -343,7 +350,8 @@ const MMAP_THRESHOLD_BYTES: i32 = 16 * 1024;
 /// environment, that parameter is left as the operator set it. Called once
 /// by the binary at startup; a no-op on other C libraries.
 pub fn tune_allocator() {
-    let (threshold, arenas) = allocator_settings(&std::env::var("GLIBC_TUNABLES").unwrap_or_default());
+    let (threshold, arenas) =
+        allocator_settings(&std::env::var("GLIBC_TUNABLES").unwrap_or_default());
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes allocator parameters; it is called before
     // any thread is started.

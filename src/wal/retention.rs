@@ -1274,15 +1274,20 @@ mod tests {
         assert!(e.contains("retain") && e.contains("6 hours"), "{e}");
     }
 
+    /// Marks of three trades of one series: two in a minute, one in the next.
+    fn three_trades() -> Marks {
+        Marks::of_records(&[
+            crate::wal::test_trade(1),
+            crate::wal::test_trade(2),
+            crate::wal::test_trade(60_000_000_001),
+        ])
+    }
+
     #[test]
     fn counts_of_appends_in_one_frame_merge_by_series_and_minute() {
         // Two appends (their own label strings) over the same series and a
         // third series; a part of the second counted record by record.
-        let a = Marks::of_records(&[
-            crate::wal::test_trade(1),
-            crate::wal::test_trade(2),
-            crate::wal::test_trade(60_000_000_001),
-        ]);
+        let a = three_trades();
         let b = Marks::of_records(&[crate::wal::test_trade(3), crate::wal::test_trade(4)]);
         let mut other = crate::wal::test_trade(5);
         if let Record::Trade(t) = &mut other {
@@ -1303,17 +1308,20 @@ mod tests {
             .map(|(l, m, n)| (l.contains("ETHUSDT"), m - m0, *n))
             .collect();
         // One entry per (series, minute), counts summed across appends.
-        assert_eq!(got, vec![(false, 0, 4), (false, 1, 1), (true, 0, 1)], "{d:?}");
-        assert_eq!(c.minutes().into_iter().collect::<Vec<_>>(), vec![m0, m0 + 1]);
+        assert_eq!(
+            got,
+            vec![(false, 0, 4), (false, 1, 1), (true, 0, 1)],
+            "{d:?}"
+        );
+        assert_eq!(
+            c.minutes().into_iter().collect::<Vec<_>>(),
+            vec![m0, m0 + 1]
+        );
     }
 
     #[test]
     fn counts_round_trip_and_truncations_fail() {
-        let marks = Marks::of_records(&[
-            crate::wal::test_trade(1),
-            crate::wal::test_trade(2),
-            crate::wal::test_trade(60_000_000_001),
-        ]);
+        let marks = three_trades();
         let mut c = FrameCounts::default();
         c.add(&marks, 0, 3);
         c.finish();
