@@ -79,6 +79,20 @@ fn settle(wal: &Wal) {
     wal.frames_between(i64::MIN, i64::MIN + 1).unwrap();
 }
 
+/// Two logs open at once, retention off (`[0]`) and on (`[1]`), with the
+/// directories that hold them.
+fn two_logs() -> ([tempfile::TempDir; 2], [Wal; 2]) {
+    let dirs = [
+        tempfile::TempDir::new().unwrap(),
+        tempfile::TempDir::new().unwrap(),
+    ];
+    let wals = [
+        Wal::open(config(dirs[0].path(), false)).unwrap(),
+        Wal::open(config(dirs[1].path(), true)).unwrap(),
+    ];
+    (dirs, wals)
+}
+
 fn append(c: &mut Criterion) {
     let mut g = c.benchmark_group("append");
     g.sample_size(10).measurement_time(Duration::from_secs(16));
@@ -93,14 +107,7 @@ fn append(c: &mut Criterion) {
     // counting not finished when an `on` round's last append returned (at
     // most one 20 ms counter round) is untimed when `on` went second, and
     // falls on the `off` round when `on` went first.
-    let dirs = [
-        tempfile::TempDir::new().unwrap(),
-        tempfile::TempDir::new().unwrap(),
-    ];
-    let wals = [
-        Wal::open(config(dirs[0].path(), false)).unwrap(),
-        Wal::open(config(dirs[1].path(), true)).unwrap(),
-    ];
+    let (_dirs, wals) = two_logs();
     let batch: Vec<Record> = (0..per_batch as u64)
         .map(|i| trade(i, records::TS + i as i64 * 1_000_000))
         .collect();
@@ -157,14 +164,7 @@ fn ack_latency(c: &mut Criterion) {
     g.sample_size(10).measurement_time(Duration::from_secs(10));
     // Interleaved as `append`: each iteration offers the load for 0.4 s to
     // the log without retention, then 0.4 s to the log with it.
-    let dirs = [
-        tempfile::TempDir::new().unwrap(),
-        tempfile::TempDir::new().unwrap(),
-    ];
-    let wals = [
-        Wal::open(config(dirs[0].path(), false)).unwrap(),
-        Wal::open(config(dirs[1].path(), true)).unwrap(),
-    ];
+    let (_dirs, wals) = two_logs();
     let batch: Vec<Record> = (0..LINES)
         .map(|i| trade(i, records::TS + i as i64 * 1_000_000))
         .collect();
