@@ -2,22 +2,33 @@
 //! per-series counts: what lets an operator prove there are no gaps in a
 //! database and refill them from the log.
 //!
-//! # Trees (both owned by this file)
+//! # Trees (all owned by this file)
 //!
 //! ```text
-//! tree          key                         -> value
-//! frame_counts  u64 BE seq                  -> i64 LE min event ts (ns), i64 LE max,
-//!                                              u32 LE series, then per series:
-//!                                              u16 LE len, label, u32 LE minutes,
-//!                                              (u32 LE minute, u32 LE count) each
-//! time_index    u32 BE minute ++ u64 BE seq -> (empty): frame `seq` holds records
-//!                                              whose event time falls in `minute`
+//! tree             key                         -> value
+//! frame_counts_v2  u64 BE seq                  -> i64 LE min event ts (ns), i64 LE max,
+//!                                                 varint base minute, varint series,
+//!                                                 then per series: varint series id,
+//!                                                 varint minutes, (varint minute delta,
+//!                                                 varint count) each
+//! series           b'L' ++ label               -> u32 BE series id
+//!                  b'N' ++ u32 BE series id    -> label
+//! time_index       u32 BE minute ++ u64 BE seq -> (empty): frame `seq` holds records
+//!                                                 whose event time falls in `minute`
 //! ```
 //!
 //! A label is `sink ␟ target ␟ exchange ␟ symbol ␟ interval` ([`series_label`]):
 //! `T` and the TimescaleDB table, or `I` and the InfluxDB measurement, so the
-//! audit can compare without decoding a record. Minutes are Unix minutes of the
-//! record's event time.
+//! audit can compare without decoding a record. Each label is stored once, in
+//! `series`, under a number the counts refer to (a frame's counts are ~5
+//! bytes per series instead of the label again); labels are never removed
+//! (one per series ever counted, tens of bytes each). Minutes are Unix
+//! minutes of the record's event time; a frame's minutes are deltas from its
+//! base minute (the lowest), varints are LEB128.
+//!
+//! Logs written before the series numbers kept the labels in every count
+//! (tree `frame_counts`); [`Retention::open`] converts them, a chunk per
+//! transaction, and drops that tree.
 //!
 //! # Invariants
 //!
@@ -60,6 +71,10 @@ use super::{Frame, Guarded, Shared, Wal, WalError};
 use crate::record::{decode_record, Record};
 
 const HORIZON_KEY: &[u8] = b"retention/horizon_ns";
+/// The counts, labels by number (see the module docs).
+const COUNTS_TREE: &str = "frame_counts_v2";
+/// Counts of logs written before the series numbers, converted on open.
+const OLD_COUNTS_TREE: &str = "frame_counts";
 /// The last frame the counter has counted (u64 LE), in `meta`.
 const COUNTED_KEY: &[u8] = b"retention/counted_to";
 /// The counter applies what is queued at most this often (one sled
@@ -485,26 +500,34 @@ impl<'a> FrameCounts<'a> {
 
     /// The stored form (after [`FrameCounts::finish`]): min and max event
     /// time, then per series its label and its (minute, count) pairs.
-    fn encode(&self) -> Vec<u8> {
+    /// The stored form (see the module docs): labels by number, numbers
+    /// new to `dict` added to `labels` (written in the same transaction).
+    fn encode(
+        &self,
+        dict: &mut SeriesDict,
+        tree: &sled::Tree,
+        labels: &mut sled::Batch,
+    ) -> Result<Vec<u8>, WalError> {
         let series = self.series();
-        let mut out = Vec::with_capacity(20 + series.len() * 48);
+        let base = self.entries.iter().map(|e| e.1).min().unwrap_or(0);
+        let mut out = Vec::with_capacity(24 + series.len() * 6);
         out.extend_from_slice(&self.min_ts.to_le_bytes());
         out.extend_from_slice(&self.max_ts.to_le_bytes());
-        out.extend_from_slice(&(series.len() as u32).to_le_bytes());
+        put_varint(&mut out, u64::from(base));
+        put_varint(&mut out, series.len() as u64);
         for run in series {
-            let label = run[0].0;
-            out.extend_from_slice(&(label.len() as u16).to_le_bytes());
-            out.extend_from_slice(label.as_bytes());
-            out.extend_from_slice(&(run.len() as u32).to_le_bytes());
+            put_varint(&mut out, u64::from(dict.id(run[0].0, tree, labels)?));
+            put_varint(&mut out, run.len() as u64);
+            let mut prev = base;
             for &(_, m, c) in run {
-                out.extend_from_slice(&m.to_le_bytes());
-                out.extend_from_slice(&c.to_le_bytes());
+                put_varint(&mut out, u64::from(m - prev));
+                put_varint(&mut out, u64::from(c));
+                prev = m;
             }
         }
-        out
+        Ok(out)
     }
 
-    /// The entries in runs of one label each (sorted entries).
     fn series(&self) -> Vec<&[(&'a str, u32, u32)]> {
         self.entries.chunk_by(|a, b| a.0 == b.0).collect()
     }
@@ -514,47 +537,223 @@ impl<'a> FrameCounts<'a> {
     }
 }
 
-/// A decoded `frame_counts` value.
-#[derive(Debug, Default, PartialEq)]
-pub(crate) struct StoredCounts {
-    pub min_ts: i64,
-    pub max_ts: i64,
-    /// (label, minute, count)
-    pub entries: Vec<(String, u32, u32)>,
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
 }
 
-fn decode_counts(b: &[u8]) -> Option<StoredCounts> {
-    let mut p = 0usize;
-    let mut take = |n: usize| -> Option<&[u8]> {
-        let s = b.get(p..p + n)?;
-        p += n;
-        Some(s)
-    };
-    let min_ts = i64::from_le_bytes(take(8)?.try_into().ok()?);
-    let max_ts = i64::from_le_bytes(take(8)?.try_into().ok()?);
-    let n = u32::from_le_bytes(take(4)?.try_into().ok()?);
-    let mut entries = Vec::new();
-    for _ in 0..n {
-        let len = u16::from_le_bytes(take(2)?.try_into().ok()?) as usize;
-        let label = std::str::from_utf8(take(len)?).ok()?.to_string();
-        let k = u32::from_le_bytes(take(4)?.try_into().ok()?);
-        for _ in 0..k {
-            let m = u32::from_le_bytes(take(4)?.try_into().ok()?);
-            let c = u32::from_le_bytes(take(4)?.try_into().ok()?);
-            entries.push((label.clone(), m, c));
+fn get_varint(b: &[u8], p: &mut usize) -> Option<u64> {
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        let byte = *b.get(*p)?;
+        *p += 1;
+        v |= u64::from(byte & 0x7f) << shift;
+        if byte < 0x80 {
+            return Some(v);
         }
     }
-    Some(StoredCounts {
-        min_ts,
-        max_ts,
-        entries,
-    })
+    None
 }
 
-/// Visits a `frame_counts` value's (label, minute, count) entries without
-/// allocating; `false` if the value is truncated or not UTF-8 (entries up to
-/// the fault were visited).
-fn visit_counts(b: &[u8], mut each: impl FnMut(&str, u32, u32)) -> bool {
+fn get_u32(b: &[u8], p: &mut usize) -> Option<u32> {
+    get_varint(b, p).and_then(|v| u32::try_from(v).ok())
+}
+
+/// A frame's event-time range from its stored counts.
+fn count_times(b: &[u8]) -> Option<(i64, i64)> {
+    let min = i64::from_le_bytes(b.get(0..8)?.try_into().ok()?);
+    let max = i64::from_le_bytes(b.get(8..16)?.try_into().ok()?);
+    Some((min, max))
+}
+
+/// Calls `each(series id, minute, count)` for every entry of a frame's
+/// stored counts; false if they do not decode whole (nothing is trusted
+/// then, though `each` may have seen a prefix).
+fn visit_counts(b: &[u8], mut each: impl FnMut(u32, u32, u32)) -> bool {
+    let mut p = 16usize; // min and max event time
+    let mut visit = || -> Option<()> {
+        let base = get_u32(b, &mut p)?;
+        for _ in 0..get_varint(b, &mut p)? {
+            let id = get_u32(b, &mut p)?;
+            let mut minute = base;
+            for _ in 0..get_varint(b, &mut p)? {
+                minute = minute.checked_add(get_u32(b, &mut p)?)?;
+                each(id, minute, get_u32(b, &mut p)?);
+            }
+        }
+        (p == b.len()).then_some(())
+    };
+    b.len() >= 16 && visit().is_some()
+}
+
+/// The minutes of a frame's stored counts (its time-index keys).
+fn count_minutes(b: &[u8]) -> Option<BTreeSet<u32>> {
+    let mut minutes = BTreeSet::new();
+    visit_counts(b, |_, m, _| {
+        minutes.insert(m);
+    })
+    .then_some(minutes)
+}
+
+/// Series labels by number, as the counter writes them: a bounded cache of
+/// the `series` tree, which stays the reference (numbers are never reused).
+#[derive(Debug, Default)]
+pub(crate) struct SeriesDict {
+    ids: HashMap<Box<str>, u32>,
+    next: u32,
+}
+
+/// Labels the dictionary keeps in memory; past this the cache starts over
+/// and labels are read back from the `series` tree as they come.
+const DICT_CACHE: usize = 65_536;
+
+fn label_key(label: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + label.len());
+    k.push(b'L');
+    k.extend_from_slice(label.as_bytes());
+    k
+}
+
+fn number_key(id: u32) -> [u8; 5] {
+    let mut k = [b'N'; 5];
+    k[1..].copy_from_slice(&id.to_be_bytes());
+    k
+}
+
+impl SeriesDict {
+    /// Loads the next free number from `tree`.
+    fn open(tree: &sled::Tree) -> Result<SeriesDict, WalError> {
+        let next = tree
+            .scan_prefix(b"N")
+            .next_back()
+            .transpose()
+            .map_err(WalError::sled("read series"))?
+            .and_then(|(k, _)| k.get(1..5)?.try_into().ok().map(u32::from_be_bytes))
+            .map_or(0, |n| n + 1);
+        Ok(SeriesDict {
+            ids: HashMap::new(),
+            next,
+        })
+    }
+
+    /// The number of `label`; a new one is added to `batch`, which must be
+    /// applied with the counts that use it (or [`SeriesDict::forget`]
+    /// called if that fails).
+    fn id(
+        &mut self,
+        label: &str,
+        tree: &sled::Tree,
+        batch: &mut sled::Batch,
+    ) -> Result<u32, WalError> {
+        if let Some(id) = self.ids.get(label) {
+            return Ok(*id);
+        }
+        let key = label_key(label);
+        let id =
+            match tree.get(&key).map_err(WalError::sled("read series"))? {
+                Some(v) => v.as_ref().try_into().map(u32::from_be_bytes).map_err(|_| {
+                    WalError::Corrupt {
+                        what: "series number",
+                        detail: format!("{} bytes for label {label:?}", v.len()),
+                    }
+                })?,
+                None => {
+                    let id = self.next;
+                    self.next = id.checked_add(1).ok_or_else(|| WalError::Corrupt {
+                        what: "series number",
+                        detail: "all 2^32 series numbers used".into(),
+                    })?;
+                    batch.insert(key, &id.to_be_bytes()[..]);
+                    batch.insert(&number_key(id)[..], label.as_bytes());
+                    id
+                }
+            };
+        if self.ids.len() >= DICT_CACHE {
+            self.ids.clear();
+        }
+        self.ids.insert(label.into(), id);
+        Ok(id)
+    }
+
+    /// After a failed write: numbers handed out since the last one applied
+    /// may not be stored, so the cache and the next number start over.
+    fn forget(&mut self, tree: &sled::Tree) {
+        match SeriesDict::open(tree) {
+            Ok(fresh) => *self = fresh,
+            Err(_) => self.ids.clear(),
+        }
+    }
+}
+
+/// Labels by number for readers (the audit), each read once per reader.
+struct SeriesNames<'t> {
+    tree: &'t sled::Tree,
+    names: HashMap<u32, Option<Series>>,
+}
+
+impl<'t> SeriesNames<'t> {
+    fn get(&mut self, id: u32) -> Result<Option<&Series>, WalError> {
+        if !self.names.contains_key(&id) {
+            let label = self
+                .tree
+                .get(number_key(id))
+                .map_err(WalError::sled("read series"))?;
+            let series = label
+                .as_deref()
+                .and_then(|l| std::str::from_utf8(l).ok())
+                .and_then(Series::from_label);
+            self.names.insert(id, series);
+        }
+        Ok(self.names.get(&id).and_then(Option::as_ref))
+    }
+}
+
+/// Counts in the older form ([`decode_counts_v1`]), for tests.
+#[cfg(test)]
+pub(crate) fn encode_counts_v1(
+    min_ts: i64,
+    max_ts: i64,
+    entries: &[(String, u32, u32)],
+) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(&min_ts.to_le_bytes());
+    out.extend_from_slice(&max_ts.to_le_bytes());
+    let runs: Vec<&[(String, u32, u32)]> = entries.chunk_by(|a, b| a.0 == b.0).collect();
+    out.extend_from_slice(&(runs.len() as u32).to_le_bytes());
+    for run in runs {
+        out.extend_from_slice(&(run[0].0.len() as u16).to_le_bytes());
+        out.extend_from_slice(run[0].0.as_bytes());
+        out.extend_from_slice(&(run.len() as u32).to_le_bytes());
+        for (_, m, c) in run {
+            out.extend_from_slice(&m.to_le_bytes());
+            out.extend_from_slice(&c.to_le_bytes());
+        }
+    }
+    out
+}
+
+/// A stored count in the older form (labels inline), for the conversion
+/// test: what a log written before the series numbers holds.
+#[cfg(test)]
+pub(crate) fn counts_as_v1(value: &[u8], series: &sled::Tree) -> Vec<u8> {
+    let (min_ts, max_ts) = count_times(value).expect("counts decode");
+    let mut entries = Vec::new();
+    assert!(visit_counts(value, |id, m, c| {
+        let label = series.get(number_key(id)).unwrap().expect("label stored");
+        entries.push((String::from_utf8(label.to_vec()).unwrap(), m, c));
+    }));
+    entries.sort();
+    encode_counts_v1(min_ts, max_ts, &entries)
+}
+
+/// Counts as logs before the series numbers stored them (tree
+/// `frame_counts`): i64 LE min, i64 LE max, u32 LE series, then per series
+/// u16 LE label length, label, u32 LE minutes, (u32 LE minute, u32 LE count)
+/// each. Read only to convert them.
+fn decode_counts_v1(b: &[u8]) -> Option<(i64, i64, Vec<(String, u32, u32)>)> {
     fn take<'a>(b: &'a [u8], p: &mut usize, n: usize) -> Option<&'a [u8]> {
         let s = b.get(*p..*p + n)?;
         *p += n;
@@ -563,22 +762,19 @@ fn visit_counts(b: &[u8], mut each: impl FnMut(&str, u32, u32)) -> bool {
     fn u32_at(b: &[u8], p: &mut usize) -> Option<u32> {
         Some(u32::from_le_bytes(take(b, p, 4)?.try_into().ok()?))
     }
-    let mut p = 16usize; // min and max event time
-    let mut visit = || -> Option<()> {
-        let n = u32_at(b, &mut p)?;
-        for _ in 0..n {
-            let len = u16::from_le_bytes(take(b, &mut p, 2)?.try_into().ok()?) as usize;
-            let label = std::str::from_utf8(take(b, &mut p, len)?).ok()?;
-            let k = u32_at(b, &mut p)?;
-            for _ in 0..k {
-                let m = u32_at(b, &mut p)?;
-                let c = u32_at(b, &mut p)?;
-                each(label, m, c);
-            }
+    let (min, max) = count_times(b)?;
+    let mut p = 16usize;
+    let mut entries = Vec::new();
+    for _ in 0..u32_at(b, &mut p)? {
+        let len = u16::from_le_bytes(take(b, &mut p, 2)?.try_into().ok()?) as usize;
+        let label = std::str::from_utf8(take(b, &mut p, len)?).ok()?.to_string();
+        for _ in 0..u32_at(b, &mut p)? {
+            let m = u32_at(b, &mut p)?;
+            let c = u32_at(b, &mut p)?;
+            entries.push((label.clone(), m, c));
         }
-        Some(())
-    };
-    b.len() >= 16 && visit().is_some()
+    }
+    Some((min, max, entries))
 }
 
 fn index_key(minute: u32, seq: u64) -> [u8; 12] {
@@ -598,6 +794,7 @@ fn now_ns() -> i64 {
 /// Retention's trees and counters, part of [`Shared`].
 pub(crate) struct Retention {
     pub(crate) counts: sled::Tree,
+    pub(crate) series: sled::Tree,
     pub(crate) time_index: sled::Tree,
     /// Records of retained frames deleted to make room (since open).
     dropped: AtomicU64,
@@ -612,6 +809,8 @@ struct Counting {
     pruned_to: u64,
     /// Frames up to here are counted (or were skipped as deleted).
     counted_to: u64,
+    /// Series numbers as the counter hands them out.
+    dict: SeriesDict,
 }
 
 impl Retention {
@@ -628,8 +827,11 @@ impl Retention {
         fresh: bool,
     ) -> Result<Retention, WalError> {
         let tree = |name: &'static str| db.open_tree(name).map_err(WalError::sled("open tree"));
-        let counts = tree("frame_counts")?;
+        let counts = tree(COUNTS_TREE)?;
+        let series = tree("series")?;
         let time_index = tree("time_index")?;
+        let mut dict = SeriesDict::open(&series)?;
+        convert_v1(db, &counts, &series, &mut dict)?;
         let has = meta
             .get(HORIZON_KEY)
             .map_err(WalError::sled("read horizon"))?
@@ -661,7 +863,13 @@ impl Retention {
                     .and_then(|(k, _)| key_seq(&k))
                     .unwrap_or(0),
             };
-            recount(frames, &counts, &time_index, meta, from)?;
+            let trees = CountTrees {
+                counts: &counts,
+                series: &series,
+                time_index: &time_index,
+                meta,
+            };
+            recount(frames, &trees, &mut dict, from)?;
         } else if has {
             // Counting stops: the next time retention is turned on, what
             // arrived meanwhile was not counted, so the horizon starts anew.
@@ -673,11 +881,13 @@ impl Retention {
         }
         Ok(Retention {
             counts,
+            series,
             time_index,
             dropped: AtomicU64::new(0),
             counting: std::sync::Mutex::new(Counting {
                 pruned_to: 0,
                 counted_to,
+                dict,
             }),
             counted: std::sync::Condvar::new(),
         })
@@ -688,9 +898,8 @@ impl Retention {
 /// the process stopped) and sets the marker to the last frame.
 fn recount(
     frames: &sled::Tree,
-    counts: &sled::Tree,
-    time_index: &sled::Tree,
-    meta: &sled::Tree,
+    trees: &CountTrees,
+    dict: &mut SeriesDict,
     from: u64,
 ) -> Result<(), WalError> {
     // In chunks, so the marks held at once stay bounded however many frames
@@ -699,7 +908,7 @@ fn recount(
     let mut counted = 0usize;
     let mut last = from;
     let mut marks: Vec<(u64, Marks)> = Vec::with_capacity(CHUNK);
-    let flush = |marks: &mut Vec<(u64, Marks)>, last: u64| -> Result<(), WalError> {
+    let mut flush = |marks: &mut Vec<(u64, Marks)>, last: u64| -> Result<(), WalError> {
         let built: Vec<(u64, FrameCounts)> = marks
             .iter()
             .map(|(seq, m)| {
@@ -709,7 +918,7 @@ fn recount(
                 (*seq, c)
             })
             .collect();
-        apply_counts(counts, time_index, meta, &built, last)?;
+        apply_counts(trees, dict, &built, last)?;
         marks.clear();
         Ok(())
     };
@@ -739,31 +948,133 @@ fn recount(
     Ok(())
 }
 
-/// Writes the counts and time-index entries of `built` and the marker
-/// `counted_to`, in one sled transaction.
+/// The trees counting writes to, together.
+struct CountTrees<'t> {
+    counts: &'t sled::Tree,
+    series: &'t sled::Tree,
+    time_index: &'t sled::Tree,
+    meta: &'t sled::Tree,
+}
+
+/// Writes the counts and time-index entries of `built`, the series labels
+/// they number for the first time and the marker `counted_to`, in one sled
+/// transaction (a count never refers to a label that is not stored).
 fn apply_counts(
-    counts: &sled::Tree,
-    time_index: &sled::Tree,
-    meta: &sled::Tree,
+    trees: &CountTrees,
+    dict: &mut SeriesDict,
     built: &[(u64, FrameCounts)],
     counted_to: u64,
 ) -> Result<(), WalError> {
-    let (mut cb, mut ib, mut mb) = (
+    let (mut cb, mut lb, mut ib, mut mb) = (
+        sled::Batch::default(),
         sled::Batch::default(),
         sled::Batch::default(),
         sled::Batch::default(),
     );
-    for (seq, c) in built {
-        if c.is_empty() {
-            continue;
+    let applied = (|| {
+        for (seq, c) in built {
+            if c.is_empty() {
+                continue;
+            }
+            cb.insert(&seq_key(*seq)[..], c.encode(dict, trees.series, &mut lb)?);
+            for m in c.minutes() {
+                ib.insert(&index_key(m, *seq)[..], &[][..]);
+            }
         }
-        cb.insert(&seq_key(*seq)[..], c.encode());
-        for m in c.minutes() {
-            ib.insert(&index_key(m, *seq)[..], &[][..]);
+        mb.insert(COUNTED_KEY, &counted_to.to_le_bytes()[..]);
+        super::writer::apply_together(vec![
+            (trees.counts, cb),
+            (trees.series, lb),
+            (trees.time_index, ib),
+            (trees.meta, mb),
+        ])
+    })();
+    if applied.is_err() {
+        dict.forget(trees.series);
+    }
+    applied
+}
+
+/// Converts the counts of a log written before series numbers (tree
+/// `frame_counts`, labels in every count) and drops that tree. A chunk per
+/// transaction moves its entries to the new tree, so a crash midway leaves
+/// the rest for the next open. A count that does not decode is dropped with
+/// a warning (its frame then shows as not counted in an audit).
+fn convert_v1(
+    db: &sled::Db,
+    counts: &sled::Tree,
+    series: &sled::Tree,
+    dict: &mut SeriesDict,
+) -> Result<(), WalError> {
+    const CHUNK: usize = 256;
+    let exists = db
+        .tree_names()
+        .iter()
+        .any(|n| n.as_ref() == OLD_COUNTS_TREE.as_bytes());
+    if !exists {
+        return Ok(());
+    }
+    let old = db
+        .open_tree(OLD_COUNTS_TREE)
+        .map_err(WalError::sled("open tree"))?;
+    let (mut converted, mut bad) = (0u64, 0u64);
+    loop {
+        let chunk = old
+            .iter()
+            .take(CHUNK)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(WalError::sled("read old frame counts"))?;
+        if chunk.is_empty() {
+            break;
+        }
+        let (mut nb, mut lb, mut ob) = (
+            sled::Batch::default(),
+            sled::Batch::default(),
+            sled::Batch::default(),
+        );
+        let mut encoded = || -> Result<(), WalError> {
+            for (k, v) in &chunk {
+                ob.remove(k.clone());
+                let Some((min_ts, max_ts, entries)) = decode_counts_v1(v) else {
+                    bad += 1;
+                    continue;
+                };
+                let mut c = FrameCounts {
+                    entries: entries
+                        .iter()
+                        .map(|(l, m, n)| (l.as_str(), *m, *n))
+                        .collect(),
+                    min_ts,
+                    max_ts,
+                };
+                c.finish();
+                nb.insert(k.clone(), c.encode(dict, series, &mut lb)?);
+                converted += 1;
+            }
+            Ok(())
+        };
+        let applied = encoded().and_then(|()| {
+            super::writer::apply_together(vec![(counts, nb), (series, lb), (&old, ob)])
+        });
+        if let Err(e) = applied {
+            dict.forget(series);
+            return Err(e);
         }
     }
-    mb.insert(COUNTED_KEY, &counted_to.to_le_bytes()[..]);
-    super::writer::apply_together(vec![(counts, cb), (time_index, ib), (meta, mb)])
+    drop(old);
+    db.drop_tree(OLD_COUNTS_TREE)
+        .map_err(WalError::sled("drop old frame counts"))?;
+    if bad > 0 {
+        tracing::warn!(
+            frames = bad,
+            "old retention counts that did not decode were dropped"
+        );
+    }
+    tracing::info!(
+        frames = converted,
+        "retention counts converted to series numbers"
+    );
+    Ok(())
 }
 
 /// One committed group's counting work, from the writer to [`count_loop`].
@@ -859,7 +1170,13 @@ impl Shared {
             self.raise_horizon(newest)?;
         }
         let counted_to = last.max(g.counted_to);
-        apply_counts(&r.counts, &r.time_index, &self.meta, &keep, counted_to)?;
+        let trees = CountTrees {
+            counts: &r.counts,
+            series: &r.series,
+            time_index: &r.time_index,
+            meta: &self.meta,
+        };
+        apply_counts(&trees, &mut g.dict, &keep, counted_to)?;
         g.counted_to = counted_to;
         r.counted.notify_all();
         Ok(())
@@ -971,9 +1288,10 @@ impl Shared {
         let mut newest = None::<i64>;
         for kv in r.counts.range(..=seq_key(seq)) {
             let (k, v) = kv.map_err(WalError::sled("read frame counts"))?;
-            if let (Some(s), Some(c)) = (key_seq(&k), decode_counts(&v)) {
-                newest = Some(newest.map_or(c.max_ts, |n| n.max(c.max_ts)));
-                let minutes: BTreeSet<u32> = c.entries.iter().map(|e| e.1).collect();
+            if let (Some(s), Some((_, max_ts)), Some(minutes)) =
+                (key_seq(&k), count_times(&v), count_minutes(&v))
+            {
+                newest = Some(newest.map_or(max_ts, |n| n.max(max_ts)));
                 for m in minutes {
                     index.remove(&index_key(m, s)[..]);
                 }
@@ -1116,15 +1434,15 @@ impl Wal {
         } else {
             (st.bytes as u128 * out.records as u128 / st.records as u128) as u64
         };
-        let counts = |seq: u64| -> Result<Option<StoredCounts>, WalError> {
+        let times = |seq: u64| -> Result<Option<(i64, i64)>, WalError> {
             Ok(s.retention
                 .counts
                 .get(seq_key(seq))
                 .map_err(WalError::sled("read frame counts"))?
-                .and_then(|v| decode_counts(&v)))
+                .and_then(|v| count_times(&v)))
         };
-        out.oldest_event_ns = counts(fseq)?.map(|c| c.min_ts);
-        out.newest_event_ns = counts(lseq)?.map(|c| c.max_ts);
+        out.oldest_event_ns = times(fseq)?.map(|t| t.0);
+        out.newest_event_ns = times(lseq)?.map(|t| t.1);
         Ok(out)
     }
 
@@ -1204,9 +1522,8 @@ impl Wal {
             return Ok(out);
         }
         let (from, to) = (minute_of(since_ns), minute_of(until_ns - 1));
-        // Summed per (label number, minute); labels interned once each, so
-        // a frame's entries cost no allocation (an hour is ~350k frames).
-        let mut labels: HashMap<String, u32> = HashMap::new();
+        // Summed per (series number, minute): a frame's entries cost no
+        // allocation (an hour is ~350k frames); labels are read once each.
         let mut sums: HashMap<(u32, u32), u64> = HashMap::new();
         for seq in self.frames_between(since_ns, until_ns)? {
             let Some(v) = s
@@ -1217,28 +1534,28 @@ impl Wal {
             else {
                 continue;
             };
-            visit_counts(&v, |label, m, n| {
-                if m < from || m > to {
-                    return;
+            let mut entries = Vec::new();
+            let whole = visit_counts(&v, |id, m, n| {
+                if (from..=to).contains(&m) {
+                    entries.push((id, m, n));
                 }
-                let id = match labels.get(label) {
-                    Some(id) => *id,
-                    None => {
-                        let id = labels.len() as u32;
-                        labels.insert(label.to_string(), id);
-                        id
-                    }
-                };
-                *sums.entry((id, m)).or_default() += u64::from(n);
             });
+            if !whole {
+                tracing::warn!(seq, "frame counts do not decode; the frame is not counted");
+                continue;
+            }
+            for (id, m, n) in entries {
+                *sums.entry((id, m)).or_default() += u64::from(n);
+            }
         }
-        let mut series: Vec<Option<Series>> = vec![None; labels.len()];
-        for (label, id) in labels {
-            series[id as usize] = Series::from_label(&label);
-        }
+        let mut names = SeriesNames {
+            tree: &s.retention.series,
+            names: HashMap::new(),
+        };
         for ((id, m), n) in sums {
-            if let Some(Some(sr)) = series.get(id as usize) {
-                *out.counts.entry((m, sr.clone())).or_default() += n;
+            match names.get(id)? {
+                Some(sr) => *out.counts.entry((m, sr.clone())).or_default() += n,
+                None => tracing::warn!(id, "a count names a series number with no label"),
             }
         }
         Ok(out)
@@ -1283,6 +1600,28 @@ mod tests {
         ])
     }
 
+    /// Encodes `c` with a fresh dictionary in a temporary sled, the labels
+    /// it numbered stored; returns the bytes and the `series` tree.
+    fn encoded(c: &FrameCounts) -> (Vec<u8>, sled::Tree) {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let tree = db.open_tree("series").unwrap();
+        let mut dict = SeriesDict::open(&tree).unwrap();
+        let mut labels = sled::Batch::default();
+        let bytes = c.encode(&mut dict, &tree, &mut labels).unwrap();
+        tree.apply_batch(labels).unwrap();
+        (bytes, tree)
+    }
+
+    /// Stored counts as (label, minute, count), labels read from `tree`.
+    fn entries(bytes: &[u8], tree: &sled::Tree) -> Vec<(String, u32, u32)> {
+        let mut out = Vec::new();
+        assert!(visit_counts(bytes, |id, m, c| {
+            let label = tree.get(number_key(id)).unwrap().expect("label stored");
+            out.push((String::from_utf8(label.to_vec()).unwrap(), m, c));
+        }));
+        out
+    }
+
     #[test]
     fn counts_of_appends_in_one_frame_merge_by_series_and_minute() {
         // Two appends (their own label strings) over the same series and a
@@ -1300,10 +1639,10 @@ mod tests {
         c.add_all(&c3);
         c.add(&b, 1, 2);
         c.finish();
-        let d = decode_counts(&c.encode()).unwrap();
+        let (bytes, tree) = encoded(&c);
+        let d = entries(&bytes, &tree);
         let m0 = minute_of(crate::wal::test_trade(0).ts());
         let got: Vec<(bool, u32, u32)> = d
-            .entries
             .iter()
             .map(|(l, m, n)| (l.contains("ETHUSDT"), m - m0, *n))
             .collect();
@@ -1317,6 +1656,13 @@ mod tests {
             c.minutes().into_iter().collect::<Vec<_>>(),
             vec![m0, m0 + 1]
         );
+        assert_eq!(
+            count_minutes(&bytes)
+                .unwrap()
+                .into_iter()
+                .collect::<Vec<_>>(),
+            vec![m0, m0 + 1]
+        );
     }
 
     #[test]
@@ -1325,13 +1671,10 @@ mod tests {
         let mut c = FrameCounts::default();
         c.add(&marks, 0, 3);
         c.finish();
-        let bytes = c.encode();
-        let d = decode_counts(&bytes).unwrap();
+        let (bytes, tree) = encoded(&c);
         let base = crate::wal::test_trade(0).ts();
-        assert_eq!(d.min_ts, base + 1);
-        assert_eq!(d.max_ts, base + 60_000_000_001);
-        let mut e = d.entries.clone();
-        e.sort();
+        assert_eq!(count_times(&bytes), Some((base + 1, base + 60_000_000_001)));
+        let e = entries(&bytes, &tree);
         let m0 = minute_of(base);
         assert_eq!(
             e.iter().map(|x| (x.1, x.2)).collect::<Vec<_>>(),
@@ -1339,23 +1682,75 @@ mod tests {
         );
         let s = Series::from_label(&e[0].0).unwrap();
         assert_eq!((s.sink, s.target.as_str()), ("influx", "trades"));
+        // One series, two minutes: times, base minute (a 4-byte varint
+        // today), series, its number and minutes, two (delta, count); the
+        // label is not in the counts.
+        assert_eq!(bytes.len(), 16 + 4 + 1 + 1 + 1 + 2 * 2, "{bytes:?}");
         for n in 0..bytes.len() {
-            assert!(
-                decode_counts(&bytes[..n]).is_none(),
-                "truncated to {n} decoded"
-            );
             assert!(
                 !visit_counts(&bytes[..n], |_, _, _| {}),
                 "truncated to {n} visited whole"
             );
         }
-        // The borrowing visitor sees what the decoder sees.
-        let mut v = Vec::new();
-        assert!(visit_counts(&bytes, |l, m, c| v.push((
-            l.to_string(),
-            m,
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(
+            !visit_counts(&longer, |_, _, _| {}),
+            "trailing byte accepted"
+        );
+    }
+
+    #[test]
+    fn a_label_keeps_its_number_and_new_ones_continue_after_a_reopen() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let tree = db.open_tree("series").unwrap();
+        let mut dict = SeriesDict::open(&tree).unwrap();
+        let mut batch = sled::Batch::default();
+        let a = dict
+            .id("I\u{1f}trades\u{1f}X\u{1f}A\u{1f}", &tree, &mut batch)
+            .unwrap();
+        let b = dict
+            .id("I\u{1f}trades\u{1f}X\u{1f}B\u{1f}", &tree, &mut batch)
+            .unwrap();
+        assert_eq!(
+            dict.id("I\u{1f}trades\u{1f}X\u{1f}A\u{1f}", &tree, &mut batch)
+                .unwrap(),
+            a
+        );
+        assert_ne!(a, b);
+        tree.apply_batch(batch).unwrap();
+        // A new dictionary (a restart, or the cache started over) finds the
+        // stored numbers and hands out new ones after them.
+        let mut again = SeriesDict::open(&tree).unwrap();
+        let mut batch = sled::Batch::default();
+        assert_eq!(
+            again
+                .id("I\u{1f}trades\u{1f}X\u{1f}B\u{1f}", &tree, &mut batch)
+                .unwrap(),
+            b
+        );
+        let c = again
+            .id("I\u{1f}trades\u{1f}X\u{1f}C\u{1f}", &tree, &mut batch)
+            .unwrap();
+        assert!(c > a.max(b), "number {c} reused");
+        // A write that failed: numbers handed out since are forgotten.
+        again.forget(&tree);
+        let mut batch = sled::Batch::default();
+        assert_eq!(
+            again
+                .id("I\u{1f}trades\u{1f}X\u{1f}D\u{1f}", &tree, &mut batch)
+                .unwrap(),
             c
-        ))));
-        assert_eq!(v, d.entries);
+        );
+    }
+
+    #[test]
+    fn old_counts_decode_for_their_conversion() {
+        let entries = vec![("I\u{1f}trades\u{1f}X\u{1f}A\u{1f}".to_string(), 7, 3)];
+        let bytes = encode_counts_v1(1, 2, &entries);
+        assert_eq!(decode_counts_v1(&bytes), Some((1, 2, entries)));
+        for n in 0..bytes.len() {
+            assert!(decode_counts_v1(&bytes[..n]).is_none(), "truncated to {n}");
+        }
     }
 }

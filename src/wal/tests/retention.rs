@@ -174,7 +174,7 @@ fn frames_the_counter_had_not_written_are_counted_at_the_next_open() {
         // frames' counts, and a marker at frame 4. Frames 5-7 have none.
         let db = raw_sled(&dir);
         let (counts, index, meta) = (
-            db.open_tree("frame_counts").unwrap(),
+            db.open_tree("frame_counts_v2").unwrap(),
             db.open_tree("time_index").unwrap(),
             db.open_tree("meta").unwrap(),
         );
@@ -209,6 +209,62 @@ fn frames_the_counter_had_not_written_are_counted_at_the_next_open() {
     let wal = Wal::open(retaining(&dir, 1 << 30, WhenFull::Block)).unwrap();
     let c = wal.accepted_counts(window.0, window.1).unwrap().counts;
     assert_eq!(c, expected, "counting a frame twice changed the counts");
+}
+
+/// A log written before the series numbers kept the labels in every count
+/// (tree `frame_counts`). Opening it converts them and drops that tree; the
+/// audit's counts and the time index come out as before.
+#[test]
+fn counts_of_an_older_log_are_converted_on_open() {
+    let dir = TempDir::new().unwrap();
+    let base = trade(0).ts();
+    let window = (base, base + 60_000_000_000);
+    let mut eth = trade(9);
+    if let Record::Trade(t) = &mut eth {
+        t.symbol = "ETHUSDT".into();
+    }
+    let (expected, frames) = {
+        let wal = Wal::open(retaining(&dir, 1 << 30, WhenFull::Block)).unwrap();
+        for i in 0..5 {
+            wal.append(&[trade(i)]).unwrap();
+        }
+        wal.append(&[trade(5), eth.clone(), trade(6)]).unwrap();
+        let c = wal.accepted_counts(window.0, window.1).unwrap().counts;
+        assert_eq!(c.len(), 2, "two series: {c:?}");
+        (c, wal.frames_between(window.0, window.1).unwrap())
+    };
+    {
+        // What the older version stored: the same counts, labels inline,
+        // and no series numbers.
+        let db = raw_sled(&dir);
+        let (new, series, old) = (
+            db.open_tree("frame_counts_v2").unwrap(),
+            db.open_tree("series").unwrap(),
+            db.open_tree("frame_counts").unwrap(),
+        );
+        for kv in new.iter() {
+            let (k, v) = kv.unwrap();
+            old.insert(k, super::super::retention::counts_as_v1(&v, &series))
+                .unwrap();
+        }
+        new.clear().unwrap();
+        series.clear().unwrap();
+        db.flush().unwrap();
+    }
+    let wal = Wal::open(retaining(&dir, 1 << 30, WhenFull::Block)).unwrap();
+    let c = wal.accepted_counts(window.0, window.1).unwrap().counts;
+    assert_eq!(c, expected, "converted counts differ");
+    assert_eq!(wal.frames_between(window.0, window.1).unwrap(), frames);
+    let s = wal.shared();
+    assert_eq!(s.retention.counts.len(), frames.len());
+    drop(wal);
+    let db = raw_sled(&dir);
+    assert!(
+        !db.tree_names()
+            .iter()
+            .any(|n| n.as_ref() == b"frame_counts"),
+        "the old tree was not dropped"
+    );
 }
 
 /// A frame deleted before the counter's round (a tiny log under
