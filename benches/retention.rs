@@ -39,6 +39,9 @@ use walrelay::wal::{Durability, Retain};
 use walrelay::{Record, Wal, WalConfig};
 
 const FRAME_RECORDS: usize = 1000;
+/// Records of one round of the append group (4 producers, a frame's worth
+/// per round of theirs).
+const ROUND_RECORDS: usize = 100 * FRAME_RECORDS;
 const AUDIT_FRAMES: u64 = 3000;
 const HOUR_NS: i64 = 3_600_000_000_000;
 
@@ -74,6 +77,9 @@ static SAMPLES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new
 /// Pairs run so far (which arm goes first alternates).
 static PAIRS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
+/// Per interleaved pair of rounds: (off, on) CPU of the whole process.
+static CPU_ROUNDS: Mutex<Vec<(Duration, Duration)>> = Mutex::new(Vec::new());
+
 /// Per interleaved pair of rounds: (off, on) durations of the same appends.
 static ROUNDS: Mutex<Vec<(Duration, Duration)>> = Mutex::new(Vec::new());
 
@@ -108,19 +114,24 @@ fn append(c: &mut Criterion) {
     g.sample_size(10).measurement_time(Duration::from_secs(16));
     let producers = 4;
     let per_batch = FRAME_RECORDS / producers;
-    let batches_per_producer = 100;
+    let batches_per_producer = ROUND_RECORDS / FRAME_RECORDS;
     let records_per_round = (per_batch * producers * batches_per_producer) as u64;
     // Two logs open at once; each iteration runs one round on the log
     // without retention and the same round on the log with it, so drift
     // (disk, page cache, the rest of the machine) falls on both arms alike.
-    // After a pair the counter is settled outside the timed window: the
-    // counting not finished when an `on` round's last append returned (at
-    // most one 20 ms counter round) is untimed when `on` went second, and
-    // falls on the `off` round when `on` went first.
+    // After an `on` round the counter is settled outside its timed window
+    // (at most one 20 ms counter round), inside its CPU.
     let batch: Vec<Record> = (0..per_batch as u64)
         .map(|i| trade(i, records::TS + i as i64 * 1_000_000))
         .collect();
-    let round = |wal: &Wal| -> Duration {
+    // One round: its wall time, and the CPU the whole process spent on it
+    // (producers, writer, syncer, sled's threads and, with retention, the
+    // counter until it has written the round's counts: that wait is
+    // outside the wall time, so the next round starts with nothing left
+    // over from this one).
+    let pid = std::process::id();
+    let round = |wal: &Wal, on: bool| -> (Duration, Duration) {
+        let cpu_before = common::cpu_time(pid).unwrap_or_default();
         let start = Instant::now();
         std::thread::scope(|s| {
             for _ in 0..producers {
@@ -131,7 +142,14 @@ fn append(c: &mut Criterion) {
                 });
             }
         });
-        start.elapsed()
+        let wall = start.elapsed();
+        if on {
+            settle(wal);
+        }
+        let cpu = common::cpu_time(pid)
+            .unwrap_or_default()
+            .saturating_sub(cpu_before);
+        (wall, cpu)
     };
     g.throughput(Throughput::Elements(2 * records_per_round));
     g.bench_function("sync/interleaved", |b| {
@@ -145,20 +163,20 @@ fn append(c: &mut Criterion) {
             let mut total = Duration::ZERO;
             for _ in 0..iters {
                 // Alternate which arm goes first, so that what one round
-                // leaves behind (the kernel's writeback, the counter's
-                // last round) falls on each arm alike.
+                // leaves behind (the kernel's writeback) falls on each arm
+                // alike.
                 let first_off = PAIRS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 2 == 0;
-                let (off, on) = if first_off {
-                    let off = round(&wals[0]);
-                    (off, round(&wals[1]))
+                let ((off, off_cpu), (on, on_cpu)) = if first_off {
+                    let off = round(&wals[0], false);
+                    (off, round(&wals[1], true))
                 } else {
-                    let on = round(&wals[1]);
-                    (round(&wals[0]), on)
+                    let on = round(&wals[1], true);
+                    (round(&wals[0], false), on)
                 };
-                settle(&wals[1]);
                 note("append/sync/off", records_per_round, off);
                 note("append/sync/on", records_per_round, on);
                 ROUNDS.lock().unwrap().push((off, on));
+                CPU_ROUNDS.lock().unwrap().push((off_cpu, on_cpu));
                 total += off + on;
             }
             total
@@ -307,6 +325,19 @@ fn report() {
             (q(0.25) - 1.0) * 100.0,
             (q(0.5) - 1.0) * 100.0,
             (q(0.75) - 1.0) * 100.0,
+        );
+    }
+    let cpu = CPU_ROUNDS.lock().unwrap().clone();
+    if !cpu.is_empty() {
+        let records = (cpu.len() * ROUND_RECORDS) as f64;
+        let (off, on) = cpu.iter().fold((0.0, 0.0), |(a, b), (o, n)| {
+            (a + o.as_secs_f64(), b + n.as_secs_f64())
+        });
+        println!(
+            "append sync, CPU per 1000 records (the whole process, with the counter's catch-up): off {:.0} µs, on {:.0} µs ({:+.1}%)",
+            off / records * 1e9,
+            on / records * 1e9,
+            (on / off - 1.0) * 100.0
         );
     }
     if let (Some((p50_off, p99_off)), Some((p50_on, p99_on))) =
