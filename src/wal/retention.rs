@@ -688,6 +688,20 @@ impl SeriesDict {
     }
 }
 
+/// Applies a transaction that may store labels `dict` has just numbered;
+/// if it fails, the dictionary forgets those numbers.
+fn apply_numbered(
+    dict: &mut SeriesDict,
+    series: &sled::Tree,
+    built: Result<Vec<(&sled::Tree, sled::Batch)>, WalError>,
+) -> Result<(), WalError> {
+    let applied = built.and_then(super::writer::apply_together);
+    if applied.is_err() {
+        dict.forget(series);
+    }
+    applied
+}
+
 /// Labels by number for readers (the audit), each read once per reader.
 struct SeriesNames<'t> {
     tree: &'t sled::Tree,
@@ -971,7 +985,7 @@ fn apply_counts(
         sled::Batch::default(),
         sled::Batch::default(),
     );
-    let applied = (|| {
+    let mut encode = || -> Result<(), WalError> {
         for (seq, c) in built {
             if c.is_empty() {
                 continue;
@@ -981,18 +995,19 @@ fn apply_counts(
                 ib.insert(&index_key(m, *seq)[..], &[][..]);
             }
         }
-        mb.insert(COUNTED_KEY, &counted_to.to_le_bytes()[..]);
-        super::writer::apply_together(vec![
+        Ok(())
+    };
+    let encoded = encode();
+    mb.insert(COUNTED_KEY, &counted_to.to_le_bytes()[..]);
+    let batches = encoded.map(|()| {
+        vec![
             (trees.counts, cb),
             (trees.series, lb),
             (trees.time_index, ib),
             (trees.meta, mb),
-        ])
-    })();
-    if applied.is_err() {
-        dict.forget(trees.series);
-    }
-    applied
+        ]
+    });
+    apply_numbered(dict, trees.series, batches)
 }
 
 /// Converts the counts of a log written before series numbers (tree
@@ -1053,13 +1068,8 @@ fn convert_v1(
             }
             Ok(())
         };
-        let applied = encoded().and_then(|()| {
-            super::writer::apply_together(vec![(counts, nb), (series, lb), (&old, ob)])
-        });
-        if let Err(e) = applied {
-            dict.forget(series);
-            return Err(e);
-        }
+        let batches = encoded().map(|()| vec![(counts, nb), (series, lb), (&old, ob)]);
+        apply_numbered(dict, series, batches)?;
     }
     drop(old);
     db.drop_tree(OLD_COUNTS_TREE)
@@ -1525,6 +1535,7 @@ impl Wal {
         // Summed per (series number, minute): a frame's entries cost no
         // allocation (an hour is ~350k frames); labels are read once each.
         let mut sums: HashMap<(u32, u32), u64> = HashMap::new();
+        let mut entries = Vec::new();
         for seq in self.frames_between(since_ns, until_ns)? {
             let Some(v) = s
                 .retention
@@ -1534,7 +1545,7 @@ impl Wal {
             else {
                 continue;
             };
-            let mut entries = Vec::new();
+            entries.clear();
             let whole = visit_counts(&v, |id, m, n| {
                 if (from..=to).contains(&m) {
                     entries.push((id, m, n));
@@ -1544,7 +1555,7 @@ impl Wal {
                 tracing::warn!(seq, "frame counts do not decode; the frame is not counted");
                 continue;
             }
-            for (id, m, n) in entries {
+            for &(id, m, n) in &entries {
                 *sums.entry((id, m)).or_default() += u64::from(n);
             }
         }
