@@ -34,14 +34,18 @@
 //!
 //! - Only with `retain` on: with it off, nothing is computed or written, and
 //!   the append path is that of a log without retention.
-//! - Written off the append path: the writer hands each committed group's
-//!   marks to a counting thread ([`count_loop`]), which builds the frames'
-//!   counts and time-index entries and applies them, with the marker
-//!   `retention/counted_to` (the last frame counted), in one sled
-//!   transaction, several groups at a time. So counts may lag their frames
-//!   (by what is queued, milliseconds): a crash can leave frames without
-//!   counts, never counts without their frames (sled recovers a prefix). On
-//!   open, frames after the marker are decoded and counted again
+//! - Written off the append path: each producer computes its append's marks
+//!   after handing the append to the writer, while the group is written and
+//!   flushed ([`MarksFrom`]); the writer hands each committed group's layout
+//!   (which records of which append went into which frame) to a counting
+//!   thread ([`count_loop`]), which joins the two, builds the frames' counts
+//!   and time-index entries and writes them, then the marker
+//!   `retention/counted_to` (the last frame counted), as plain sled inserts
+//!   in that order, several groups at a time (not a transaction: see
+//!   [`apply_counts`]). So counts may lag their frames (by what is queued,
+//!   milliseconds): a crash can leave frames without counts, never counts
+//!   without their frames (sled recovers a prefix of its log). On open,
+//!   frames after the marker are decoded and counted again
 //!   ([`Retention::open`]); counts are keyed by frame, so counting a frame
 //!   twice changes nothing. Readers that need every count (the audit, a
 //!   rewind's frame list) first wait for the counter ([`Shared::settle_counts`]).
@@ -77,8 +81,8 @@ const COUNTS_TREE: &str = "frame_counts_v2";
 const OLD_COUNTS_TREE: &str = "frame_counts";
 /// The last frame the counter has counted (u64 LE), in `meta`.
 const COUNTED_KEY: &[u8] = b"retention/counted_to";
-/// The counter applies what is queued at most this often (one sled
-/// transaction, and one I/O buffer roll, per round).
+/// The counter applies what is queued at most this often (one pass of sled
+/// inserts per round).
 const COUNT_ROUND: std::time::Duration = std::time::Duration::from_millis(20);
 /// Within a round, the counter takes what is queued this often (the
 /// writer's channel holds 64 groups: 32 k group commits/s before the writer
@@ -404,7 +408,6 @@ impl Marks {
 
     /// From the log's binary form (`ends[i]` ends record `i`). A record that
     /// does not decode is not counted (it cannot have been encoded by us).
-    #[allow(dead_code)] // used by `Wal::append_encoded`
     pub(crate) fn of_encoded(payload: &[u8], ends: &[usize]) -> Marks {
         let mut records = Vec::with_capacity(ends.len());
         let mut start = 0;
@@ -498,15 +501,14 @@ impl<'a> FrameCounts<'a> {
         self.entries.is_empty()
     }
 
-    /// The stored form (after [`FrameCounts::finish`]): min and max event
-    /// time, then per series its label and its (minute, count) pairs.
-    /// The stored form (see the module docs): labels by number, numbers
-    /// new to `dict` added to `labels` (written in the same transaction).
+    /// The stored form (after [`FrameCounts::finish`], see the module docs):
+    /// labels by number, numbers new to `dict` added to `labels` (to be
+    /// stored before these counts).
     fn encode(
         &self,
         dict: &mut SeriesDict,
         tree: &sled::Tree,
-        labels: &mut sled::Batch,
+        labels: &mut NewLabels,
     ) -> Result<Vec<u8>, WalError> {
         let series = self.series();
         let base = self.entries.iter().map(|e| e.1).min().unwrap_or(0);
@@ -606,6 +608,19 @@ pub(crate) struct SeriesDict {
     next: u32,
 }
 
+/// Labels numbered for the first time, to be stored (number and label).
+type NewLabels = Vec<(u32, Box<str>)>;
+
+/// The `series` tree's writes of `new`, for a transaction.
+fn label_batch(new: &NewLabels) -> sled::Batch {
+    let mut b = sled::Batch::default();
+    for (id, label) in new {
+        b.insert(label_key(label), &id.to_be_bytes()[..]);
+        b.insert(&number_key(*id)[..], label.as_bytes());
+    }
+    b
+}
+
 /// Labels the dictionary keeps in memory; past this the cache starts over
 /// and labels are read back from the `series` tree as they come.
 const DICT_CACHE: usize = 65_536;
@@ -639,15 +654,10 @@ impl SeriesDict {
         })
     }
 
-    /// The number of `label`; a new one is added to `batch`, which must be
-    /// applied with the counts that use it (or [`SeriesDict::forget`]
-    /// called if that fails).
-    fn id(
-        &mut self,
-        label: &str,
-        tree: &sled::Tree,
-        batch: &mut sled::Batch,
-    ) -> Result<u32, WalError> {
+    /// The number of `label`; a new one is added to `new`, which must be
+    /// stored before (or with) the counts that use it (or
+    /// [`SeriesDict::forget`] called if that fails).
+    fn id(&mut self, label: &str, tree: &sled::Tree, new: &mut NewLabels) -> Result<u32, WalError> {
         if let Some(id) = self.ids.get(label) {
             return Ok(*id);
         }
@@ -666,8 +676,7 @@ impl SeriesDict {
                         what: "series number",
                         detail: "all 2^32 series numbers used".into(),
                     })?;
-                    batch.insert(key, &id.to_be_bytes()[..]);
-                    batch.insert(&number_key(id)[..], label.as_bytes());
+                    new.push((id, label.into()));
                     id
                 }
             };
@@ -971,43 +980,71 @@ struct CountTrees<'t> {
 }
 
 /// Writes the counts and time-index entries of `built`, the series labels
-/// they number for the first time and the marker `counted_to`, in one sled
-/// transaction (a count never refers to a label that is not stored).
+/// they number for the first time and the marker `counted_to`.
+///
+/// Plain sled inserts, in an order that keeps the invariants in any prefix
+/// sled recovers: each new label (its number first), then per frame its
+/// time-index entries and its counts, then the marker. Not a transaction
+/// (nor a batch): sled takes a process-wide write lock for those, which
+/// waits for a flush in progress (its read side is held through the flush's
+/// I/O) and holds up the writer's next group behind it; measured, the
+/// counter's transactions cost durable appends several percent. A count
+/// then refers only to a stored label, and the marker passes a frame only
+/// once its counts are stored; what a crash leaves after the marker is
+/// counted again on open (keys are per frame, so that is idempotent).
 fn apply_counts(
     trees: &CountTrees,
     dict: &mut SeriesDict,
     built: &[(u64, FrameCounts)],
     counted_to: u64,
 ) -> Result<(), WalError> {
-    let (mut cb, mut lb, mut ib, mut mb) = (
-        sled::Batch::default(),
-        sled::Batch::default(),
-        sled::Batch::default(),
-        sled::Batch::default(),
-    );
-    let mut encode = || -> Result<(), WalError> {
-        for (seq, c) in built {
-            if c.is_empty() {
-                continue;
-            }
-            cb.insert(&seq_key(*seq)[..], c.encode(dict, trees.series, &mut lb)?);
-            for m in c.minutes() {
-                ib.insert(&index_key(m, *seq)[..], &[][..]);
+    let mut new = NewLabels::new();
+    let mut encoded = Vec::with_capacity(built.len());
+    for (seq, c) in built {
+        if c.is_empty() {
+            continue;
+        }
+        match c.encode(dict, trees.series, &mut new) {
+            Ok(v) => encoded.push((*seq, c, v)),
+            Err(e) => {
+                dict.forget(trees.series);
+                return Err(e);
             }
         }
+    }
+    let written = (|| -> Result<(), WalError> {
+        for (id, label) in &new {
+            trees
+                .series
+                .insert(&number_key(*id)[..], label.as_bytes())
+                .map_err(WalError::sled("write series label"))?;
+            trees
+                .series
+                .insert(label_key(label), &id.to_be_bytes()[..])
+                .map_err(WalError::sled("write series label"))?;
+        }
+        for (seq, c, v) in encoded {
+            for m in c.minutes() {
+                trees
+                    .time_index
+                    .insert(&index_key(m, seq)[..], &[][..])
+                    .map_err(WalError::sled("write time index"))?;
+            }
+            trees
+                .counts
+                .insert(&seq_key(seq)[..], v)
+                .map_err(WalError::sled("write frame counts"))?;
+        }
+        trees
+            .meta
+            .insert(COUNTED_KEY, &counted_to.to_le_bytes()[..])
+            .map_err(WalError::sled("write counted marker"))?;
         Ok(())
-    };
-    let encoded = encode();
-    mb.insert(COUNTED_KEY, &counted_to.to_le_bytes()[..]);
-    let batches = encoded.map(|()| {
-        vec![
-            (trees.counts, cb),
-            (trees.series, lb),
-            (trees.time_index, ib),
-            (trees.meta, mb),
-        ]
-    });
-    apply_numbered(dict, trees.series, batches)
+    })();
+    if written.is_err() {
+        dict.forget(trees.series);
+    }
+    written
 }
 
 /// Converts the counts of a log written before series numbers (tree
@@ -1042,9 +1079,9 @@ fn convert_v1(
         if chunk.is_empty() {
             break;
         }
-        let (mut nb, mut lb, mut ob) = (
+        let (mut nb, mut new, mut ob) = (
             sled::Batch::default(),
-            sled::Batch::default(),
+            NewLabels::new(),
             sled::Batch::default(),
         );
         let mut encoded = || -> Result<(), WalError> {
@@ -1063,12 +1100,13 @@ fn convert_v1(
                     max_ts,
                 };
                 c.finish();
-                nb.insert(k.clone(), c.encode(dict, series, &mut lb)?);
+                nb.insert(k.clone(), c.encode(dict, series, &mut new)?);
                 converted += 1;
             }
             Ok(())
         };
-        let batches = encoded().map(|()| vec![(counts, nb), (series, lb), (&old, ob)]);
+        let batches =
+            encoded().map(|()| vec![(counts, nb), (series, label_batch(&new)), (&old, ob)]);
         apply_numbered(dict, series, batches)?;
     }
     drop(old);
@@ -1087,10 +1125,37 @@ fn convert_v1(
     Ok(())
 }
 
+/// Where an append's marks come from ([`Wal::append_encoded_with`]).
+///
+/// The producer computes them after it has handed its request to the writer,
+/// while its group is written and flushed, and sends them on a channel of
+/// their own to the counter, which waits for them (at most [`MARKS_WAIT`]);
+/// so hashing every record's series costs the producer CPU but not ack
+/// latency. Marks that never come (the producer panicked, or took longer
+/// than the wait) are replaced by decoding the frame from the log: counts
+/// are always those of the frame as written.
+pub(crate) enum MarksFrom<'a> {
+    /// The records the payload encodes.
+    Records(&'a [Record]),
+    /// The same, owned: dropped once the marks are made, before the flush.
+    Owned(Vec<Record>),
+    /// Decoded from the payload (before it moves to the writer).
+    Encoded,
+    /// Not counted (retention off, or a caller that appends no record).
+    Nothing,
+    /// Tests: marks promised but never sent (a producer that died).
+    #[cfg(test)]
+    Lost,
+}
+
+/// How long the counter waits for a producer's marks before counting the
+/// frame from the log instead.
+const MARKS_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// One committed group's counting work, from the writer to [`count_loop`].
 pub(crate) struct CountJob {
-    /// Each append's marks, taken from its request.
-    pub(crate) marks: Vec<Option<Marks>>,
+    /// Each append's marks, on their way from its producer.
+    pub(crate) marks: Vec<Option<crossbeam_channel::Receiver<Marks>>>,
     /// Per frame: its seq and the parts of appends packed into it.
     pub(crate) frames: Vec<(u64, Vec<Part>)>,
 }
@@ -1104,7 +1169,7 @@ pub(crate) struct Part {
 }
 
 /// The counting thread: builds and writes the counts of committed groups,
-/// everything queued at a time, at most one sled transaction per
+/// everything queued at a time, at most one pass of inserts per
 /// [`COUNT_ROUND`]. Ends when the writer drops its sender.
 pub(crate) fn count_loop(shared: &Shared, rx: crossbeam_channel::Receiver<CountJob>) {
     while let Ok(first) = rx.recv() {
@@ -1126,12 +1191,32 @@ pub(crate) fn count_loop(shared: &Shared, rx: crossbeam_channel::Receiver<CountJ
             }
             std::thread::sleep(COUNT_SLICE.min(round - now));
         }
+        // Each append's marks; `None` for one whose marks never came.
+        let marks: Vec<Vec<Option<Marks>>> = jobs
+            .iter()
+            .map(|job| {
+                job.marks
+                    .iter()
+                    .map(|rx| rx.as_ref().and_then(|rx| rx.recv_timeout(MARKS_WAIT).ok()))
+                    .collect()
+            })
+            .collect();
+        // Frames counted from the log (their marks missing), kept alive
+        // here because the counts borrow their labels.
+        let mut from_log: Vec<(u64, Marks)> = Vec::new();
         let mut built = Vec::new();
-        for job in &jobs {
+        for (job, marks) in jobs.iter().zip(&marks) {
             for (seq, parts) in &job.frames {
+                let complete = parts
+                    .iter()
+                    .all(|p| matches!(marks.get(p.append), Some(Some(_))));
+                if !complete {
+                    from_log.push((*seq, shared.marks_from_log(*seq)));
+                    continue;
+                }
                 let mut c = FrameCounts::default();
                 for p in parts {
-                    let Some(Some(m)) = job.marks.get(p.append) else {
+                    let Some(Some(m)) = marks.get(p.append) else {
                         continue;
                     };
                     if p.from == 0 && p.to == m.records.len() {
@@ -1143,6 +1228,12 @@ pub(crate) fn count_loop(shared: &Shared, rx: crossbeam_channel::Receiver<CountJ
                 c.finish();
                 built.push((*seq, c));
             }
+        }
+        for (seq, m) in &from_log {
+            let mut c = FrameCounts::default();
+            c.add_all(m);
+            c.finish();
+            built.push((*seq, c));
         }
         if let Err(e) = shared.write_counts(built) {
             // Fail-stop like every sled write error (durability.rs): sled
@@ -1161,6 +1252,23 @@ pub(crate) fn count_loop(shared: &Shared, rx: crossbeam_channel::Receiver<CountJ
 }
 
 impl Shared {
+    /// The marks of frame `seq`, decoded from the log (for a frame whose
+    /// producers' marks did not come): empty if it is gone (deleted, so the
+    /// counter skips it) or does not decode (nothing countable, as on open).
+    fn marks_from_log(&self, seq: u64) -> Marks {
+        let frame = self.frames.get(seq_key(seq)).ok().flatten();
+        match frame.map(|v| frame::decode(seq, &v)) {
+            Some(Ok(f)) => {
+                tracing::warn!(
+                    seq,
+                    "retention marks of a frame did not come; counted from the log"
+                );
+                Marks::of_records(&f.records)
+            }
+            _ => Marks::default(),
+        }
+    }
+
     /// Writes counts of frames just committed (the counter's round): frames
     /// already deleted are skipped, their events raise the horizon.
     fn write_counts(&self, built: Vec<(u64, FrameCounts)>) -> Result<(), WalError> {
@@ -1273,18 +1381,6 @@ pub struct AcceptedCounts {
 impl Shared {
     fn retention_on(&self) -> bool {
         self.config.retain.on()
-    }
-
-    /// Marks of an append, if retention is on.
-    #[allow(dead_code)] // used by `Wal::append_encoded`
-    pub(crate) fn marks(&self, payload: &[u8], ends: &[usize]) -> Option<Marks> {
-        self.retention_on()
-            .then(|| Marks::of_encoded(payload, ends))
-    }
-
-    /// Marks of an append's records, if retention is on.
-    pub(crate) fn marks_of(&self, records: &[Record]) -> Option<Marks> {
-        self.retention_on().then(|| Marks::of_records(records))
     }
 
     /// Removes counts and time-index entries of frames up to `seq` (already
@@ -1617,9 +1713,9 @@ mod tests {
         let db = sled::Config::new().temporary(true).open().unwrap();
         let tree = db.open_tree("series").unwrap();
         let mut dict = SeriesDict::open(&tree).unwrap();
-        let mut labels = sled::Batch::default();
+        let mut labels = NewLabels::new();
         let bytes = c.encode(&mut dict, &tree, &mut labels).unwrap();
-        tree.apply_batch(labels).unwrap();
+        tree.apply_batch(label_batch(&labels)).unwrap();
         (bytes, tree)
     }
 
@@ -1716,7 +1812,7 @@ mod tests {
         let db = sled::Config::new().temporary(true).open().unwrap();
         let tree = db.open_tree("series").unwrap();
         let mut dict = SeriesDict::open(&tree).unwrap();
-        let mut batch = sled::Batch::default();
+        let mut batch = NewLabels::new();
         let a = dict
             .id("I\u{1f}trades\u{1f}X\u{1f}A\u{1f}", &tree, &mut batch)
             .unwrap();
@@ -1729,11 +1825,11 @@ mod tests {
             a
         );
         assert_ne!(a, b);
-        tree.apply_batch(batch).unwrap();
+        tree.apply_batch(label_batch(&batch)).unwrap();
         // A new dictionary (a restart, or the cache started over) finds the
         // stored numbers and hands out new ones after them.
         let mut again = SeriesDict::open(&tree).unwrap();
-        let mut batch = sled::Batch::default();
+        let mut batch = NewLabels::new();
         assert_eq!(
             again
                 .id("I\u{1f}trades\u{1f}X\u{1f}B\u{1f}", &tree, &mut batch)
@@ -1746,7 +1842,7 @@ mod tests {
         assert!(c > a.max(b), "number {c} reused");
         // A write that failed: numbers handed out since are forgotten.
         again.forget(&tree);
-        let mut batch = sled::Batch::default();
+        let mut batch = NewLabels::new();
         assert_eq!(
             again
                 .id("I\u{1f}trades\u{1f}X\u{1f}D\u{1f}", &tree, &mut batch)

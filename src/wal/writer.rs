@@ -47,8 +47,9 @@ pub(crate) struct Request {
     pub mask: u16,
     /// Stored under (commit time, seq) in the memos tree (`memo.rs`).
     pub memo: Option<Vec<u8>>,
-    /// Series and event time of each record, with retention on (retention.rs).
-    pub marks: Option<super::retention::Marks>,
+    /// Series and event time of each record, with retention on: sent by the
+    /// producer once it has handed over this request (retention.rs).
+    pub marks: Option<Receiver<super::retention::Marks>>,
     /// Space held for this append; settled by the commit, released on drop.
     pub reservation: super::Reservation,
     pub reply: Sender<Result<AppendOutcome, WalError>>,
