@@ -987,8 +987,8 @@ struct CountTrees<'t> {
 /// time-index entries and its counts, then the marker. Not a transaction
 /// (nor a batch): sled takes a process-wide write lock for those, which
 /// waits for a flush in progress (its read side is held through the flush's
-/// I/O) and holds up the writer's next group behind it; measured, the
-/// counter's transactions cost durable appends several percent. A count
+/// I/O) and holds up the writer's next group (a transaction too) behind
+/// it. A count
 /// then refers only to a stored label, and the marker passes a frame only
 /// once its counts are stored; what a crash leaves after the marker is
 /// counted again on open (keys are per frame, so that is idempotent).
@@ -1130,8 +1130,8 @@ fn convert_v1(
 /// The producer computes them after it has handed its request to the writer,
 /// while its group is written and flushed, and sends them on a channel of
 /// their own to the counter, which waits for them (at most [`MARKS_WAIT`]);
-/// so hashing every record's series costs the producer CPU but not ack
-/// latency. Marks that never come (the producer panicked, or took longer
+/// so hashing every record's series costs the producer CPU but, unless the
+/// flush is quicker than the hashing, not ack latency. Marks that never come (the producer panicked, or took longer
 /// than the wait) are replaced by decoding the frame from the log: counts
 /// are always those of the frame as written.
 pub(crate) enum MarksFrom<'a> {
@@ -1149,8 +1149,10 @@ pub(crate) enum MarksFrom<'a> {
 }
 
 /// How long the counter waits for a producer's marks before counting the
-/// frame from the log instead.
-const MARKS_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+/// frame from the log instead. Short: while it waits, groups queue up behind
+/// it, and past the writer's queue to it (64 groups) appends would wait too;
+/// a producer descheduled this long costs a frame's decode instead.
+const MARKS_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// One committed group's counting work, from the writer to [`count_loop`].
 pub(crate) struct CountJob {
