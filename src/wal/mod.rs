@@ -560,6 +560,7 @@ impl Wal {
             (Some(_), MarksFrom::Encoded) => Some(Marks::of_encoded(&payload, &ends)),
             _ => None,
         };
+        let records = marks_from.records();
         let tx = self.inner.tx.as_ref().ok_or(WalError::Closed)?;
         if tx
             .send(writer::Request {
@@ -580,12 +581,7 @@ impl Wal {
             // The producer's own CPU, spent while its group is written and
             // flushed: off the acknowledgement's path unless the flush is
             // quicker than this (a few µs per hundred records).
-            let m = match (early, &marks_from) {
-                (Some(m), _) => Some(m),
-                (None, MarksFrom::Records(records)) => Some(Marks::of_records(records)),
-                (None, MarksFrom::Owned(records)) => Some(Marks::of_records(records)),
-                _ => None,
-            };
+            let m = early.or_else(|| records.map(Marks::of_records));
             // Owned records are not held while the group is flushed.
             drop(marks_from);
             if let Some(m) = m {

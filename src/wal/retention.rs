@@ -453,6 +453,14 @@ impl<'a> FrameCounts<'a> {
         self.max_ts = self.max_ts.max(max_ts);
     }
 
+    /// The finished counts of one frame holding exactly `marks`' records.
+    fn of(marks: &'a Marks) -> FrameCounts<'a> {
+        let mut c = FrameCounts::default();
+        c.add_all(marks);
+        c.finish();
+        c
+    }
+
     /// Adds a whole append (packed into this frame entirely).
     pub(crate) fn add_all(&mut self, marks: &'a Marks) {
         if marks.agg.is_empty() {
@@ -934,12 +942,7 @@ fn recount(
     let mut flush = |marks: &mut Vec<(u64, Marks)>, last: u64| -> Result<(), WalError> {
         let built: Vec<(u64, FrameCounts)> = marks
             .iter()
-            .map(|(seq, m)| {
-                let mut c = FrameCounts::default();
-                c.add_all(m);
-                c.finish();
-                (*seq, c)
-            })
+            .map(|(seq, m)| (*seq, FrameCounts::of(m)))
             .collect();
         apply_counts(trees, dict, &built, last)?;
         marks.clear();
@@ -998,21 +1001,12 @@ fn apply_counts(
     built: &[(u64, FrameCounts)],
     counted_to: u64,
 ) -> Result<(), WalError> {
-    let mut new = NewLabels::new();
-    let mut encoded = Vec::with_capacity(built.len());
-    for (seq, c) in built {
-        if c.is_empty() {
-            continue;
-        }
-        match c.encode(dict, trees.series, &mut new) {
-            Ok(v) => encoded.push((*seq, c, v)),
-            Err(e) => {
-                dict.forget(trees.series);
-                return Err(e);
-            }
-        }
-    }
     let written = (|| -> Result<(), WalError> {
+        let mut new = NewLabels::new();
+        let mut encoded = Vec::with_capacity(built.len());
+        for (seq, c) in built.iter().filter(|(_, c)| !c.is_empty()) {
+            encoded.push((*seq, c, c.encode(dict, trees.series, &mut new)?));
+        }
         for (id, label) in &new {
             trees
                 .series
@@ -1148,6 +1142,17 @@ pub(crate) enum MarksFrom<'a> {
     Lost,
 }
 
+impl MarksFrom<'_> {
+    /// The records to compute the marks from, if they were handed over.
+    pub(crate) fn records(&self) -> Option<&[Record]> {
+        match self {
+            MarksFrom::Records(r) => Some(r),
+            MarksFrom::Owned(r) => Some(r),
+            _ => None,
+        }
+    }
+}
+
 /// How long the counter waits for a producer's marks before counting the
 /// frame from the log instead. Short: while it waits, groups queue up behind
 /// it, and past the writer's queue to it (64 groups) appends would wait too;
@@ -1231,12 +1236,7 @@ pub(crate) fn count_loop(shared: &Shared, rx: crossbeam_channel::Receiver<CountJ
                 built.push((*seq, c));
             }
         }
-        for (seq, m) in &from_log {
-            let mut c = FrameCounts::default();
-            c.add_all(m);
-            c.finish();
-            built.push((*seq, c));
-        }
+        built.extend(from_log.iter().map(|(seq, m)| (*seq, FrameCounts::of(m))));
         if let Err(e) = shared.write_counts(built) {
             // Fail-stop like every sled write error (durability.rs): sled
             // refuses writes after one, so nothing more is acknowledged.
