@@ -619,12 +619,20 @@ pub(crate) struct SeriesDict {
 /// Labels numbered for the first time, to be stored (number and label).
 type NewLabels = Vec<(u32, Box<str>)>;
 
+/// The `series` tree's two entries of a new label: number -> label first,
+/// then label -> number (the order the counter's plain inserts keep).
+fn label_entries(id: u32, label: &str) -> [(Vec<u8>, Vec<u8>); 2] {
+    [
+        (number_key(id).to_vec(), label.as_bytes().to_vec()),
+        (label_key(label), id.to_be_bytes().to_vec()),
+    ]
+}
+
 /// The `series` tree's writes of `new`, for a transaction.
 fn label_batch(new: &NewLabels) -> sled::Batch {
     let mut b = sled::Batch::default();
-    for (id, label) in new {
-        b.insert(label_key(label), &id.to_be_bytes()[..]);
-        b.insert(&number_key(*id)[..], label.as_bytes());
+    for (k, v) in new.iter().flat_map(|(id, label)| label_entries(*id, label)) {
+        b.insert(k, v);
     }
     b
 }
@@ -991,10 +999,10 @@ struct CountTrees<'t> {
 /// (nor a batch): sled takes a process-wide write lock for those, which
 /// waits for a flush in progress (its read side is held through the flush's
 /// I/O) and holds up the writer's next group (a transaction too) behind
-/// it. A count
-/// then refers only to a stored label, and the marker passes a frame only
-/// once its counts are stored; what a crash leaves after the marker is
-/// counted again on open (keys are per frame, so that is idempotent).
+/// it. A count then refers only to a stored label, and the marker passes a
+/// frame only once its counts are stored; what a crash leaves after the
+/// marker is counted again on open (keys are per frame, so that is
+/// idempotent).
 fn apply_counts(
     trees: &CountTrees,
     dict: &mut SeriesDict,
@@ -1007,14 +1015,10 @@ fn apply_counts(
         for (seq, c) in built.iter().filter(|(_, c)| !c.is_empty()) {
             encoded.push((*seq, c, c.encode(dict, trees.series, &mut new)?));
         }
-        for (id, label) in &new {
+        for (k, v) in new.iter().flat_map(|(id, label)| label_entries(*id, label)) {
             trees
                 .series
-                .insert(&number_key(*id)[..], label.as_bytes())
-                .map_err(WalError::sled("write series label"))?;
-            trees
-                .series
-                .insert(label_key(label), &id.to_be_bytes()[..])
+                .insert(k, v)
                 .map_err(WalError::sled("write series label"))?;
         }
         for (seq, c, v) in encoded {
@@ -1125,9 +1129,10 @@ fn convert_v1(
 /// while its group is written and flushed, and sends them on a channel of
 /// their own to the counter, which waits for them (at most [`MARKS_WAIT`]);
 /// so hashing every record's series costs the producer CPU but, unless the
-/// flush is quicker than the hashing, not ack latency. Marks that never come (the producer panicked, or took longer
-/// than the wait) are replaced by decoding the frame from the log: counts
-/// are always those of the frame as written.
+/// flush is quicker than the hashing, not ack latency. Marks that never come
+/// (the producer panicked, or took longer than the wait) are replaced by
+/// decoding the frame from the log: counts are always those of the frame as
+/// written.
 pub(crate) enum MarksFrom<'a> {
     /// The records the payload encodes.
     Records(&'a [Record]),
