@@ -23,7 +23,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use super::error::IngestError;
 use super::identity::{stored_slot, IdentityWindow};
 use crate::record::{encode_record, now_ns, Limits, Record};
-use crate::wal::{AppendOutcome, MarksFrom, Wal, WalError};
+use crate::wal::{AppendOutcome, Wal, WalError};
 
 /// How the records of a request arrived; decides step 3.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -219,8 +219,11 @@ impl Gate {
             ends.push(payload.len());
             mask |= r.kind().bit();
         }
+        // The records are not needed past their binary form (retention
+        // counts from the frames): not held while the append is flushed.
+        drop(records);
         self.wal
-            .append_encoded_with(payload, ends, mask, memo, MarksFrom::Owned(records))
+            .append_encoded_with(payload, ends, mask, memo)
             .map_err(|e| match e {
                 WalError::Full { .. } => IngestError::Full {
                     retry_after: std::time::Duration::from_secs(1),

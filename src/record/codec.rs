@@ -138,6 +138,135 @@ pub fn decode_record(bytes: &[u8]) -> Result<(Record, usize), CodecError> {
     Ok((record, used + 1))
 }
 
+/// The series fields and event time at the front of a record's binary form,
+/// borrowed from it: for every kind but a point, its strings before `ts`
+/// (venue, symbol, and a bar's or kline's interval; a price index's
+/// `index_name` as the symbol), a bar's kind, and `ts`. What retention counts
+/// a record by, read without decoding (or allocating) the rest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Head<'a> {
+    pub(crate) kind: super::RecordKind,
+    /// `BarKind as u8` for a bar, 0 otherwise.
+    pub(crate) bar: u8,
+    pub(crate) venue: &'a str,
+    pub(crate) symbol: &'a str,
+    /// Empty unless a bar or a kline.
+    pub(crate) interval: &'a str,
+    pub(crate) ts: i64,
+}
+
+/// The leading fields of the variants' structs, in their declared order:
+/// decoding one of these reads the same bytes as the first fields of the
+/// full struct (bincode has no framing between fields), and stops there.
+#[derive(bincode::BorrowDecode)]
+struct Lead<'a> {
+    venue: &'a str,
+    symbol: &'a str,
+    ts: i64,
+}
+
+#[derive(bincode::BorrowDecode)]
+struct LeadInterval<'a> {
+    venue: &'a str,
+    symbol: &'a str,
+    interval: &'a str,
+    ts: i64,
+}
+
+#[derive(bincode::BorrowDecode)]
+struct BarLead<'a> {
+    kind: super::BarKind,
+    rest: LeadInterval<'a>,
+}
+
+/// The [`Head`] of one record's binary form; `None` for a point (its series
+/// lives in its tag map: decode it whole) or bytes that do not decode.
+/// `tests::heads_match_the_decoded_records` keeps this in step with the
+/// structs.
+pub(crate) fn decode_head(bytes: &[u8]) -> Option<Head<'_>> {
+    use super::RecordKind as K;
+    let (&tag, body) = bytes.split_first()?;
+    let tag = RecordTag::from_u8(tag)?;
+    let kind = K::ALL[tag as usize - RecordTag::ALL[0] as usize];
+    let head = |bar: u8, venue, symbol, interval, ts| Head {
+        kind,
+        bar,
+        venue,
+        symbol,
+        interval,
+        ts,
+    };
+    match tag {
+        RecordTag::Point => None,
+        RecordTag::Bar => {
+            let (b, _) = bincode::borrow_decode_from_slice::<BarLead, _>(body, cfg()).ok()?;
+            let r = b.rest;
+            Some(head(b.kind as u8, r.venue, r.symbol, r.interval, r.ts))
+        }
+        RecordTag::Kline => {
+            let (r, _) = bincode::borrow_decode_from_slice::<LeadInterval, _>(body, cfg()).ok()?;
+            Some(head(0, r.venue, r.symbol, r.interval, r.ts))
+        }
+        _ => {
+            let (r, _) = bincode::borrow_decode_from_slice::<Lead, _>(body, cfg()).ok()?;
+            Some(head(0, r.venue, r.symbol, "", r.ts))
+        }
+    }
+}
+
+/// The series of a record's binary form as raw bytes, and its event time:
+/// `key` is every byte from the tag through its last series string (the
+/// same series always encodes to the same bytes: bincode's varints are
+/// canonical), found by reading length prefixes only, with no UTF-8 check;
+/// [`decode_head`] reads the same fields as strings. `None` for a point or
+/// bytes too short.
+pub(crate) fn raw_head(bytes: &[u8]) -> Option<(&[u8], i64)> {
+    /// A bincode 2 varint (standard config): one byte below 251, else a
+    /// marker byte and a 2, 4 or 8-byte little-endian integer.
+    fn varint(b: &[u8], at: &mut usize) -> Option<u64> {
+        let first = *b.get(*at)?;
+        let (v, n) = match first {
+            0..=250 => (u64::from(first), 1),
+            251 => (
+                u64::from(u16::from_le_bytes(
+                    b.get(*at + 1..*at + 3)?.try_into().ok()?,
+                )),
+                3,
+            ),
+            252 => (
+                u64::from(u32::from_le_bytes(
+                    b.get(*at + 1..*at + 5)?.try_into().ok()?,
+                )),
+                5,
+            ),
+            253 => (
+                u64::from_le_bytes(b.get(*at + 1..*at + 9)?.try_into().ok()?),
+                9,
+            ),
+            _ => return None,
+        };
+        *at += n;
+        Some(v)
+    }
+    let strings = match RecordTag::from_u8(*bytes.first()?)? {
+        RecordTag::Point => return None,
+        RecordTag::Bar | RecordTag::Kline => 3,
+        _ => 2,
+    };
+    let mut at = 1;
+    if bytes[0] == RecordTag::Bar as u8 {
+        varint(bytes, &mut at)?;
+    }
+    for _ in 0..strings {
+        let len = usize::try_from(varint(bytes, &mut at)?).ok()?;
+        at = at.checked_add(len).filter(|&end| end <= bytes.len())?;
+    }
+    let key = &bytes[..at];
+    // i64 is zigzag-encoded, then a varint.
+    let z = varint(bytes, &mut at)?;
+    Some((key, (z >> 1) as i64 ^ -((z & 1) as i64)))
+}
+
 /// One record of every variant, in tag order (test fixture).
 #[cfg(test)]
 pub(crate) fn one_of_each() -> Vec<Record> {
@@ -302,6 +431,115 @@ mod tests {
                     "{record:?} cut at {cut}"
                 );
             }
+        }
+    }
+
+    /// The head read from the binary form equals the decoded record's fields,
+    /// for every variant and for strings whose length prefixes take one,
+    /// three and five bytes.
+    #[test]
+    fn heads_match_the_decoded_records() {
+        use crate::record::{BarKind, RecordKind};
+        let long = "v".repeat(300);
+        let longer = "w".repeat(70_000);
+        for (venue, symbol) in [("", ""), ("OKX", "ETH-USDT"), (&long[..], &longer[..])] {
+            for mut record in one_of_each() {
+                match &mut record {
+                    Record::Trade(r) => (r.venue, r.symbol) = (venue.into(), symbol.into()),
+                    Record::OrderBookTop(r) => (r.venue, r.symbol) = (venue.into(), symbol.into()),
+                    Record::Funding(r) => (r.venue, r.symbol) = (venue.into(), symbol.into()),
+                    Record::Liquidation(r) => (r.venue, r.symbol) = (venue.into(), symbol.into()),
+                    Record::OpenInterest(r) => (r.venue, r.symbol) = (venue.into(), symbol.into()),
+                    Record::OptionsTicker(r) => (r.venue, r.symbol) = (venue.into(), symbol.into()),
+                    Record::PriceIndex(r) => {
+                        (r.venue, r.index_name) = (venue.into(), symbol.into())
+                    }
+                    Record::Bar(r) => {
+                        (r.venue, r.symbol, r.interval) =
+                            (venue.into(), symbol.into(), symbol.into());
+                        r.kind = BarKind::Vpin;
+                    }
+                    Record::Kline(r) => {
+                        (r.venue, r.symbol, r.interval) =
+                            (venue.into(), symbol.into(), venue.into())
+                    }
+                    Record::Point(_) => {}
+                }
+                let mut buf = Vec::new();
+                encode_record(&record, &mut buf).unwrap();
+                let head = decode_head(&buf);
+                let want = match &record {
+                    Record::Trade(r) => Some((0, &r.venue[..], &r.symbol[..], "")),
+                    Record::OrderBookTop(r) => Some((0, &r.venue[..], &r.symbol[..], "")),
+                    Record::Funding(r) => Some((0, &r.venue[..], &r.symbol[..], "")),
+                    Record::Liquidation(r) => Some((0, &r.venue[..], &r.symbol[..], "")),
+                    Record::OpenInterest(r) => Some((0, &r.venue[..], &r.symbol[..], "")),
+                    Record::OptionsTicker(r) => Some((0, &r.venue[..], &r.symbol[..], "")),
+                    Record::PriceIndex(r) => Some((0, &r.venue[..], &r.index_name[..], "")),
+                    Record::Bar(r) => {
+                        Some((r.kind as u8, &r.venue[..], &r.symbol[..], &r.interval[..]))
+                    }
+                    Record::Kline(r) => Some((0, &r.venue[..], &r.symbol[..], &r.interval[..])),
+                    Record::Point(_) => None,
+                };
+                let got = head.map(|h| (h.bar, h.venue, h.symbol, h.interval));
+                assert_eq!(got, want, "{record:?}");
+                if let Some(h) = head {
+                    assert_eq!((h.kind, h.ts), (record.kind(), record.ts()), "{record:?}");
+                } else {
+                    assert_eq!(record.kind(), RecordKind::Point);
+                }
+                // The raw head: the bytes before `ts`, and `ts`.
+                match (raw_head(&buf), head) {
+                    (Some((key, ts)), Some(h)) => {
+                        let strings = match h.interval {
+                            "" if record.kind() != RecordKind::Kline
+                                && record.kind() != RecordKind::Bar =>
+                            {
+                                bincode::encode_to_vec((h.venue, h.symbol), cfg()).unwrap()
+                            }
+                            _ => bincode::encode_to_vec((h.venue, h.symbol, h.interval), cfg())
+                                .unwrap(),
+                        };
+                        let kind = match record.kind() {
+                            RecordKind::Bar => vec![h.bar],
+                            _ => vec![],
+                        };
+                        assert_eq!(key, [&buf[..1], &kind, &strings].concat(), "{record:?}");
+                        assert_eq!(ts, record.ts(), "{record:?}");
+                    }
+                    (None, None) => {}
+                    other => panic!("{record:?}: {other:?}"),
+                }
+                // A cut record has no head.
+                assert_eq!(decode_head(&buf[..buf.len().min(3)]), None, "{record:?}");
+                assert_eq!(raw_head(&buf[..buf.len().min(3)]), None, "{record:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn raw_heads_read_every_size_of_timestamp() {
+        let ts = [
+            0,
+            -1,
+            1,
+            125,
+            -126,
+            40_000,
+            -70_000,
+            1 << 40,
+            i64::MAX,
+            i64::MIN,
+        ];
+        for t in ts {
+            let mut record = one_of_each().remove(0);
+            if let Record::Trade(r) = &mut record {
+                r.ts = t;
+            }
+            let mut buf = Vec::new();
+            encode_record(&record, &mut buf).unwrap();
+            assert_eq!(raw_head(&buf).map(|h| h.1), Some(t));
         }
     }
 

@@ -122,14 +122,8 @@ mod tests {
             let mut payload = Vec::new();
             crate::record::encode_record(&rec(i), &mut payload).unwrap();
             let ends = vec![payload.len()];
-            wal.append_encoded_with(
-                payload,
-                ends,
-                1,
-                Some(vec![i as u8; 4]),
-                crate::wal::MarksFrom::Nothing,
-            )
-            .unwrap();
+            wal.append_encoded_with(payload, ends, 1, Some(vec![i as u8; 4]))
+                .unwrap();
         }
         // One append without a memo.
         wal.append(&[rec(9)]).unwrap();

@@ -106,9 +106,8 @@
 //!    it or none). Under `drop_oldest`, the deletes of the oldest frames
 //!    that make room go into the same transaction.
 //! 5. The writer settles the reservations and, with `[wal] retain`, hands the
-//!    group's layout to the counting thread (`retention.rs`), which joins it
-//!    with the marks each producer computes meanwhile: both off the
-//!    acknowledgement path.
+//!    group's frames and layout to the counting thread (`retention.rs`),
+//!    which counts them from their bytes, off the acknowledgement path.
 //! 6. `durability.rs` decides when the group is durable: the syncer thread
 //!    flushes once for the group (so that the writer applies the next group
 //!    meanwhile): sled's flush and `fdatasync` under `sync`, sled's flush
@@ -224,7 +223,6 @@ pub use retention::{
 };
 pub use writer::AppendOutcome;
 
-pub(crate) use retention::{Marks, MarksFrom};
 pub(crate) use space::Reservation;
 
 use std::sync::atomic::AtomicU64;
@@ -496,7 +494,7 @@ impl Wal {
             ends.push(payload.len());
             mask |= r.kind().bit();
         }
-        self.append_encoded_with(payload, ends, mask, None, MarksFrom::Records(records))
+        self.append_encoded_with(payload, ends, mask, None)
     }
 
     /// Appends records already in the log's binary form: `ends[i]` is the
@@ -509,20 +507,17 @@ impl Wal {
         ends: Vec<usize>,
         mask: u16,
     ) -> Result<AppendOutcome, WalError> {
-        self.append_encoded_with(payload, ends, mask, None, MarksFrom::Encoded)
+        self.append_encoded_with(payload, ends, mask, None)
     }
 
     /// [`Wal::append_encoded`] with a memo stored beside the append (written
-    /// before its frames, readable by commit time, [`Wal::memos_since`]) and
-    /// where retention's marks come from (with `retain` on; `records` are
-    /// those `payload` encodes, so the log need not decode them).
+    /// before its frames, readable by commit time, [`Wal::memos_since`]).
     pub(crate) fn append_encoded_with(
         &self,
         payload: Vec<u8>,
         ends: Vec<usize>,
         mask: u16,
         memo: Option<Vec<u8>>,
-        marks_from: MarksFrom<'_>,
     ) -> Result<AppendOutcome, WalError> {
         let shared = self.shared();
         let count = ends.len() as u32;
@@ -542,25 +537,6 @@ impl Wal {
         shared.disk.check(&shared.config, reserve)?;
         let reservation = Shared::reserve(&self.inner.shared, reserve)?;
         let (reply_tx, reply_rx) = bounded(1);
-        // Retention's marks travel apart from the request: the counter waits
-        // for them, the acknowledgement does not (retention.rs, `MarksFrom`).
-        let marks_from = match shared.config.retain.on() {
-            true => marks_from,
-            false => MarksFrom::Nothing,
-        };
-        let (marks_tx, marks) = match marks_from {
-            MarksFrom::Nothing => (None, None),
-            _ => {
-                let (tx, rx) = bounded(1);
-                (Some(tx), Some(rx))
-            }
-        };
-        // From the encoded form only before `payload` moves to the writer.
-        let early = match (&marks_tx, &marks_from) {
-            (Some(_), MarksFrom::Encoded) => Some(Marks::of_encoded(&payload, &ends)),
-            _ => None,
-        };
-        let records = marks_from.records();
         let tx = self.inner.tx.as_ref().ok_or(WalError::Closed)?;
         if tx
             .send(writer::Request {
@@ -569,25 +545,12 @@ impl Wal {
                 count,
                 mask,
                 memo,
-                marks,
                 reservation,
                 reply: reply_tx,
             })
             .is_err()
         {
             return Err(WalError::Closed);
-        }
-        if let Some(marks_tx) = marks_tx {
-            // The producer's own CPU, spent while its group is written and
-            // flushed: off the acknowledgement's path unless the flush is
-            // quicker than this (a few µs per hundred records).
-            let m = early.or_else(|| records.map(Marks::of_records));
-            // Owned records are not held while the group is flushed.
-            drop(marks_from);
-            if let Some(m) = m {
-                // The counter may be gone (shutdown): nothing to count then.
-                let _ = marks_tx.send(m);
-            }
         }
         reply_rx.recv().map_err(|_| WalError::Closed)?
     }

@@ -34,12 +34,14 @@
 //!
 //! - Only with `retain` on: with it off, nothing is computed or written, and
 //!   the append path is that of a log without retention.
-//! - Written off the append path: each producer computes its append's marks
-//!   after handing the append to the writer, while the group is written and
-//!   flushed ([`MarksFrom`]); the writer hands each committed group's layout
-//!   (which records of which append went into which frame) to a counting
-//!   thread ([`count_loop`]), which joins the two, builds the frames' counts
-//!   and time-index entries and writes them, then the marker
+//! - Written off the append path, and producers do nothing for it: the
+//!   writer hands each committed group's frames (their bytes shared, not
+//!   copied, up to [`COUNT_HOLD_BYTES`]; past it they are read back from
+//!   the log) and its layout (which records of which append went into which
+//!   frame, and where each record ends) to a counting thread
+//!   ([`count_loop`]). It reads each record's series and event time from
+//!   the frame's bytes (the leading fields only: [`raw_head`]), builds the
+//!   frames' counts and time-index entries and writes them, then the marker
 //!   `retention/counted_to` (the last frame counted), as plain sled inserts
 //!   in that order, several groups at a time (not a transaction: see
 //!   [`apply_counts`]). So counts may lag their frames (by what is queued,
@@ -54,7 +56,9 @@
 //!   writes under, so the counter never writes counts of a deleted frame: it
 //!   skips such frames and raises the horizon past their events instead.
 //! - The horizon (`meta` key `retention/horizon_ns`) only grows: the newest
-//!   event time of any frame deleted so far (or the time counting began).
+//!   event time of any frame deleted so far (or the time counting began;
+//!   or the time of the counter's round, for a frame deleted before it was
+//!   counted whose bytes were not held for it: its events are unknown).
 //!   Minutes before it may be incomplete in the log; an audit reaching before
 //!   it says so (exit 2) instead of reporting them.
 //! - Retained frames (delivered by every configured sink, kept for `retain`)
@@ -65,14 +69,14 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use serde::Deserialize;
 
 use super::frame::{self, key_seq, peek_header, seq_key};
 use super::state::STATE_KEY;
 use super::{Frame, Guarded, Shared, Wal, WalError};
-use crate::record::{decode_record, Record};
+use crate::record::{decode_head, decode_record, raw_head, BarKind, Head, Record, RecordKind};
 
 const HORIZON_KEY: &[u8] = b"retention/horizon_ns";
 /// The counts, labels by number (see the module docs).
@@ -143,19 +147,19 @@ impl<'de> Deserialize<'de> for Retain {
     }
 }
 
-/// The InfluxDB measurement of a record (the same names as
-/// `db::influx::measurement`, which the audit's tests compare against).
-fn measurement(r: &Record) -> &str {
-    match r {
-        Record::Trade(_) => "trades",
-        Record::OrderBookTop(_) => "orderbook",
-        Record::Funding(_) => "funding_rate",
-        Record::Liquidation(_) => "liquidation",
-        Record::OpenInterest(_) => "open_interest",
-        Record::OptionsTicker(_) => "options_ticker",
-        Record::PriceIndex(_) => "price_index",
-        Record::Point(p) => &p.measurement,
-        other => other.kind().as_str(),
+/// The InfluxDB measurement of a record kind other than a point (the same
+/// names as `db::influx::measurement`, which the audit's tests compare
+/// against).
+fn measurement(kind: RecordKind) -> &'static str {
+    match kind {
+        RecordKind::Trade => "trades",
+        RecordKind::OrderBookTop => "orderbook",
+        RecordKind::Funding => "funding_rate",
+        RecordKind::Liquidation => "liquidation",
+        RecordKind::OpenInterest => "open_interest",
+        RecordKind::OptionsTicker => "options_ticker",
+        RecordKind::PriceIndex => "price_index",
+        other => other.as_str(),
     }
 }
 
@@ -164,78 +168,26 @@ fn measurement(r: &Record) -> &str {
 /// measurement × exchange × symbol (a price index's `index_name` stands for
 /// the symbol; a point uses its `exchange` and `symbol` tags, if any).
 pub fn series_label(r: &Record, out: &mut String) {
+    label_of(series_key(r), out)
+}
+
+/// The label of a series key: the one place labels are spelled, whether the
+/// key comes from a record or from a record's binary form ([`Head`]).
+fn label_of(key: SeriesKey<'_>, out: &mut String) {
     use std::fmt::Write;
     out.clear();
-    let _ = match r {
-        Record::Bar(b) => write!(
-            out,
-            "T{SEP}bar__{}{SEP}{}{SEP}{}{SEP}{}",
-            b.kind.as_str(),
-            b.venue,
-            b.symbol,
-            b.interval
-        ),
-        Record::Kline(k) => write!(
-            out,
-            "T{SEP}bar__kline{SEP}{}{SEP}{}{SEP}{}",
-            k.venue, k.symbol, k.interval
-        ),
-        Record::Trade(t) => write!(
-            out,
-            "I{SEP}{}{SEP}{}{SEP}{}{SEP}",
-            measurement(r),
-            t.venue,
-            t.symbol
-        ),
-        Record::Liquidation(t) => write!(
-            out,
-            "I{SEP}{}{SEP}{}{SEP}{}{SEP}",
-            measurement(r),
-            t.venue,
-            t.symbol
-        ),
-        Record::OrderBookTop(t) => write!(
-            out,
-            "I{SEP}{}{SEP}{}{SEP}{}{SEP}",
-            measurement(r),
-            t.venue,
-            t.symbol
-        ),
-        Record::Funding(t) => write!(
-            out,
-            "I{SEP}{}{SEP}{}{SEP}{}{SEP}",
-            measurement(r),
-            t.venue,
-            t.symbol
-        ),
-        Record::OpenInterest(t) => write!(
-            out,
-            "I{SEP}{}{SEP}{}{SEP}{}{SEP}",
-            measurement(r),
-            t.venue,
-            t.symbol
-        ),
-        Record::OptionsTicker(t) => write!(
-            out,
-            "I{SEP}{}{SEP}{}{SEP}{}{SEP}",
-            measurement(r),
-            t.venue,
-            t.symbol
-        ),
-        Record::PriceIndex(t) => write!(
-            out,
-            "I{SEP}{}{SEP}{}{SEP}{}{SEP}",
-            measurement(r),
-            t.venue,
-            t.index_name
-        ),
-        Record::Point(p) => write!(
-            out,
-            "I{SEP}{}{SEP}{}{SEP}{}{SEP}",
-            p.measurement,
-            p.tags.get("exchange").map(String::as_str).unwrap_or(""),
-            p.tags.get("symbol").map(String::as_str).unwrap_or("")
-        ),
+    let (kind, bar, a, b, c) = key;
+    let kind = RecordKind::ALL.get(kind as usize).copied();
+    let _ = match kind {
+        Some(RecordKind::Bar) => {
+            let bar = BarKind::ALL.get(bar as usize).map_or("", |k| k.as_str());
+            write!(out, "T{SEP}bar__{bar}{SEP}{a}{SEP}{b}{SEP}{c}")
+        }
+        Some(RecordKind::Kline) => write!(out, "T{SEP}bar__kline{SEP}{a}{SEP}{b}{SEP}{c}"),
+        // A point's key is (measurement, exchange tag, symbol tag).
+        Some(RecordKind::Point) => write!(out, "I{SEP}{a}{SEP}{b}{SEP}{c}{SEP}"),
+        Some(k) => write!(out, "I{SEP}{}{SEP}{a}{SEP}{b}{SEP}", measurement(k)),
+        None => Ok(()),
     };
 }
 
@@ -290,9 +242,14 @@ pub fn minute_of(ts_ns: i64) -> u32 {
     (ts_ns.max(0) / 60_000_000_000).min(u32::MAX as i64) as u32
 }
 
-/// A record's series, borrowed from it (kind, bar kind, then the strings
-/// its label is made of): hashing it costs no allocation.
+/// A record's series, borrowed from it or from its binary form (kind, bar
+/// kind, then the strings its label is made of): hashing it costs no
+/// allocation.
 type SeriesKey<'a> = (u8, u8, &'a str, &'a str, &'a str);
+
+fn head_key<'a>(h: &Head<'a>) -> SeriesKey<'a> {
+    (h.kind.index() as u8, h.bar, h.venue, h.symbol, h.interval)
+}
 
 fn series_key(r: &Record) -> SeriesKey<'_> {
     let k = r.kind().index() as u8;
@@ -316,25 +273,123 @@ fn series_key(r: &Record) -> SeriesKey<'_> {
     }
 }
 
-/// The series and event times of one append, computed on the producer's
-/// thread (only with retention on): per record its label's index and event
-/// time, and the whole append's counts per (label, minute), so that the
-/// counter adds an append packed whole into one frame in O(series).
-/// A handful of allocations per append, however many series it holds: the
-/// labels share one string.
+/// The series and event-time counts of one frame: per (label, minute) how
+/// many records, and the frame's oldest and newest event time. Built by the
+/// counter from the frame's binary form ([`Marks::of_frame`]), or on open
+/// from decoded records ([`Marks::of_records`]). A handful of allocations
+/// per frame, however many series it holds: the labels share one string.
 #[derive(Debug, Default)]
 pub(crate) struct Marks {
-    /// Every label of the append, one after another; `label_ends[i]` ends
+    /// Every label of the frame, one after another; `label_ends[i]` ends
     /// label `i`.
     label_text: String,
     label_ends: Vec<u32>,
-    records: Vec<(u32, i64)>,
     /// (label, minute, count) over every record; one (label, minute) may
     /// appear more than once (a series whose records go back and forth
     /// across a minute's edge), [`FrameCounts::finish`] merges them.
     agg: Vec<(u32, u32, u32)>,
     min_ts: i64,
     max_ts: i64,
+}
+
+/// Builds [`Marks`] record by record.
+struct MarksBuilder {
+    m: Marks,
+    /// Per record one seeded 64-bit hash of its series (foldhash, seeded per
+    /// process) and, unless it is the series of the record before, one
+    /// lookup of that hash: no string is compared. Two series of one frame
+    /// are counted together only if their hashes collide (about n² / 2^65
+    /// for n series; not steerable without the seed).
+    index: HashMap<u64, u32, foldhash::fast::RandomState>,
+    /// Per series its newest `agg` entry: a record of the same minute adds
+    /// to it, another opens a new entry.
+    newest: Vec<u32>,
+    last: Option<(u64, u32)>,
+    buf: String,
+    records: usize,
+}
+
+impl MarksBuilder {
+    fn new() -> MarksBuilder {
+        MarksBuilder {
+            m: Marks::default(),
+            index: HashMap::with_capacity_and_hasher(32, *series_hasher()),
+            newest: Vec::new(),
+            last: None,
+            buf: String::new(),
+            records: 0,
+        }
+    }
+
+    fn push(&mut self, key: SeriesKey<'_>, ts: i64) {
+        let h = series_hasher().hash_one(key);
+        self.push_hashed(h, ts, |out| label_of(key, out));
+    }
+
+    /// Counts one record of the series hashed `h`; `label` writes the
+    /// series' label (called once per series).
+    fn push_hashed(&mut self, h: u64, ts: i64, label: impl FnOnce(&mut String)) {
+        let m = &mut self.m;
+        let i = match self.last {
+            Some((lh, i)) if lh == h => i,
+            _ => {
+                let i = match self.index.get(&h) {
+                    Some(i) => *i,
+                    None => {
+                        let i = m.label_ends.len() as u32;
+                        label(&mut self.buf);
+                        m.label_text.push_str(&self.buf);
+                        m.label_ends.push(m.label_text.len() as u32);
+                        self.newest.push(u32::MAX);
+                        self.index.insert(h, i);
+                        i
+                    }
+                };
+                self.last = Some((h, i));
+                i
+            }
+        };
+        if self.records == 0 {
+            (m.min_ts, m.max_ts) = (ts, ts);
+        }
+        self.records += 1;
+        m.min_ts = m.min_ts.min(ts);
+        m.max_ts = m.max_ts.max(ts);
+        let minute = minute_of(ts);
+        let at = &mut self.newest[i as usize];
+        match m.agg.get_mut(*at as usize) {
+            Some(e) if e.1 == minute => e.2 += 1,
+            _ => {
+                *at = m.agg.len() as u32;
+                m.agg.push((i, minute, 1));
+            }
+        }
+    }
+
+    /// Counts one record's binary form by its raw series bytes (hashed as
+    /// they are: no string is checked or built unless the series is new to
+    /// this frame); one that does not decode is not counted (it cannot have
+    /// been encoded by us).
+    fn push_encoded(&mut self, record: &[u8]) {
+        match raw_head(record) {
+            Some((key, ts)) => {
+                // Raw bytes and `SeriesKey`s hash apart: a point's series
+                // and another kind's never share a label anyway.
+                let h = series_hasher().hash_one(key);
+                self.push_hashed(h, ts, |out| match decode_head(record) {
+                    Some(head) => label_of(head_key(&head), out),
+                    // Not UTF-8: not ours (frames are encoded from strings).
+                    None => out.clear(),
+                });
+            }
+            // A point (its series is in its tags), decoded whole.
+            None => {
+                if let Ok((r, _)) = decode_record(record) {
+                    self.push(series_key(&r), r.ts());
+                }
+            }
+        }
+    }
 }
 
 impl Marks {
@@ -348,80 +403,38 @@ impl Marks {
     }
 
     pub(crate) fn of_records(records: &[Record]) -> Marks {
-        let mut m = Marks {
-            records: Vec::with_capacity(records.len()),
-            ..Marks::default()
-        };
-        // Per record one seeded 64-bit hash of its series (foldhash, seeded
-        // per process) and, unless it is the series of the record before,
-        // one lookup of that hash: no string is compared. Two series of one
-        // append are counted together only if their hashes collide (about
-        // n² / 2^65 for n series; not steerable without the seed).
-        // Per series the newest (minute, count) entry is kept at hand: a
-        // record of the same minute adds to it, another opens a new entry.
-        let state = series_hasher();
-        let mut index: HashMap<u64, u32, foldhash::fast::RandomState> =
-            HashMap::with_capacity_and_hasher(32, state.clone());
-        let mut newest: Vec<u32> = Vec::new();
-        let mut last: Option<(u64, u32)> = None;
-        let mut buf = String::new();
-        for (n, r) in records.iter().enumerate() {
-            let h = state.hash_one(series_key(r));
-            let i = match last {
-                Some((lh, i)) if lh == h => i,
-                _ => {
-                    let i = match index.get(&h) {
-                        Some(i) => *i,
-                        None => {
-                            let i = m.label_ends.len() as u32;
-                            series_label(r, &mut buf);
-                            m.label_text.push_str(&buf);
-                            m.label_ends.push(m.label_text.len() as u32);
-                            newest.push(u32::MAX);
-                            index.insert(h, i);
-                            i
-                        }
-                    };
-                    last = Some((h, i));
-                    i
-                }
-            };
-            let ts = r.ts();
-            if n == 0 {
-                (m.min_ts, m.max_ts) = (ts, ts);
-            }
-            m.min_ts = m.min_ts.min(ts);
-            m.max_ts = m.max_ts.max(ts);
-            m.records.push((i, ts));
-            let minute = minute_of(ts);
-            let at = &mut newest[i as usize];
-            match m.agg.get_mut(*at as usize) {
-                Some(e) if e.1 == minute => e.2 += 1,
-                _ => {
-                    *at = m.agg.len() as u32;
-                    m.agg.push((i, minute, 1));
-                }
-            }
+        let mut b = MarksBuilder::new();
+        for r in records {
+            b.push(series_key(r), r.ts());
         }
-        m
+        b.m
     }
 
-    /// From the log's binary form (`ends[i]` ends record `i`). A record that
-    /// does not decode is not counted (it cannot have been encoded by us).
-    pub(crate) fn of_encoded(payload: &[u8], ends: &[usize]) -> Marks {
-        let mut records = Vec::with_capacity(ends.len());
-        let mut start = 0;
-        for &end in ends {
-            if let Ok((r, _)) = decode_record(&payload[start..end]) {
-                records.push(r);
+    /// The marks of a frame as the writer packed it (`frame` its bytes):
+    /// its records are the `parts` of the group's appends, one after
+    /// another, and `ends[a][i]` ends record `i` of append `a` in that
+    /// append's payload. Only each record's leading fields are read.
+    pub(crate) fn of_frame(frame: &[u8], parts: &[Part], ends: &[Vec<usize>]) -> Marks {
+        let mut b = MarksBuilder::new();
+        let mut at = frame::HEADER_LEN;
+        for p in parts {
+            let Some(ends) = ends.get(p.append) else {
+                continue;
+            };
+            let base = match p.from {
+                0 => 0,
+                from => ends.get(from - 1).copied().unwrap_or(0),
+            };
+            let mut start = base;
+            for &end in ends.get(p.from..p.to).unwrap_or(&[]) {
+                if let Some(record) = frame.get(at + start - base..at + end - base) {
+                    b.push_encoded(record);
+                }
+                start = end;
             }
-            start = end;
+            at += start - base;
         }
-        if records.len() != ends.len() {
-            // Positions no longer line up with records: count nothing.
-            return Marks::default();
-        }
-        Marks::of_records(&records)
+        b.m
     }
 }
 
@@ -461,8 +474,8 @@ impl<'a> FrameCounts<'a> {
         c
     }
 
-    /// Adds a whole append (packed into this frame entirely).
-    pub(crate) fn add_all(&mut self, marks: &'a Marks) {
+    /// Adds the counts of `marks`.
+    fn add_all(&mut self, marks: &'a Marks) {
         if marks.agg.is_empty() {
             return;
         }
@@ -470,24 +483,6 @@ impl<'a> FrameCounts<'a> {
         for &(label, minute, count) in &marks.agg {
             if let Some(name) = marks.label(label) {
                 self.entries.push((name, minute, count));
-            }
-        }
-    }
-
-    /// Adds records `from..to` of an append's marks.
-    pub(crate) fn add(&mut self, marks: &'a Marks, from: usize, to: usize) {
-        let Some(part) = marks.records.get(from..to) else {
-            return;
-        };
-        for &(label, ts) in part {
-            let Some(name) = marks.label(label) else {
-                continue;
-            };
-            self.widen(ts, ts);
-            let minute = minute_of(ts);
-            match self.entries.last_mut() {
-                Some(e) if e.1 == minute && e.0 == name => e.2 += 1,
-                _ => self.entries.push((name, minute, 1)),
             }
         }
     }
@@ -837,6 +832,8 @@ pub(crate) struct Retention {
     pub(crate) time_index: sled::Tree,
     /// Records of retained frames deleted to make room (since open).
     dropped: AtomicU64,
+    /// Frame bytes on their way to the counter.
+    pub(crate) queue: CountQueue,
     /// The counter and the pruning paths write under this lock.
     counting: std::sync::Mutex<Counting>,
     counted: std::sync::Condvar,
@@ -923,6 +920,7 @@ impl Retention {
             series,
             time_index,
             dropped: AtomicU64::new(0),
+            queue: CountQueue::new(),
             counting: std::sync::Mutex::new(Counting {
                 pruned_to: 0,
                 counted_to,
@@ -1123,53 +1121,25 @@ fn convert_v1(
     Ok(())
 }
 
-/// Where an append's marks come from ([`Wal::append_encoded_with`]).
-///
-/// The producer computes them after it has handed its request to the writer,
-/// while its group is written and flushed, and sends them on a channel of
-/// their own to the counter, which waits for them (at most [`MARKS_WAIT`]);
-/// so hashing every record's series costs the producer CPU but, unless the
-/// flush is quicker than the hashing, not ack latency. Marks that never come
-/// (the producer panicked, or took longer than the wait) are replaced by
-/// decoding the frame from the log: counts are always those of the frame as
-/// written.
-pub(crate) enum MarksFrom<'a> {
-    /// The records the payload encodes.
-    Records(&'a [Record]),
-    /// The same, owned: dropped once the marks are made, before the flush.
-    Owned(Vec<Record>),
-    /// Decoded from the payload (before it moves to the writer).
-    Encoded,
-    /// Not counted (retention off, or a caller that appends no record).
-    Nothing,
-    /// Tests: marks promised but never sent (a producer that died).
-    #[cfg(test)]
-    Lost,
-}
-
-impl MarksFrom<'_> {
-    /// The records to compute the marks from, if they were handed over.
-    pub(crate) fn records(&self) -> Option<&[Record]> {
-        match self {
-            MarksFrom::Records(r) => Some(r),
-            MarksFrom::Owned(r) => Some(r),
-            _ => None,
-        }
-    }
-}
-
-/// How long the counter waits for a producer's marks before counting the
-/// frame from the log instead. Short: while it waits, groups queue up behind
-/// it, and past the writer's queue to it (64 groups) appends would wait too;
-/// a producer descheduled this long costs a frame's decode instead.
-const MARKS_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
-
 /// One committed group's counting work, from the writer to [`count_loop`].
 pub(crate) struct CountJob {
-    /// Each append's marks, on their way from its producer.
-    pub(crate) marks: Vec<Option<crossbeam_channel::Receiver<Marks>>>,
-    /// Per frame: its seq and the parts of appends packed into it.
-    pub(crate) frames: Vec<(u64, Vec<Part>)>,
+    /// The group's frames.
+    pub(crate) frames: Vec<CountFrame>,
+    /// Each append's record ends (`Request::ends`, moved).
+    pub(crate) ends: Vec<Vec<usize>>,
+    /// Frame bytes this job holds (counted in [`CountQueue`]).
+    pub(crate) held: usize,
+}
+
+/// One frame of a [`CountJob`].
+pub(crate) struct CountFrame {
+    pub(crate) seq: u64,
+    /// The frame's bytes, shared with the batch that stored them (an `IVec`
+    /// clone, no copy); `None` past [`COUNT_HOLD_BYTES`], when the counter
+    /// reads the frame from the log instead.
+    pub(crate) bytes: Option<sled::IVec>,
+    /// The parts of appends packed into it, in order.
+    pub(crate) parts: Vec<Part>,
 }
 
 /// Records `from..to` of append `append` of a group, packed into one frame.
@@ -1180,10 +1150,53 @@ pub(crate) struct Part {
     pub(crate) to: usize,
 }
 
-/// The counting thread: builds and writes the counts of committed groups,
-/// everything queued at a time, at most one pass of inserts per
-/// [`COUNT_ROUND`]. Ends when the writer drops its sender.
+/// At most this many frame bytes wait in the counter's queue (beside the 64
+/// groups its channel holds): the writer hands over frames past it without
+/// their bytes, and the counter reads those from the log. Frames held are
+/// shared with sled's cache as long as it keeps them, so this bounds only
+/// what counting adds to memory.
+pub(crate) const COUNT_HOLD_BYTES: usize = 32 * 1024 * 1024;
+
+/// Frame bytes queued for the counter (see [`COUNT_HOLD_BYTES`]); only the
+/// writer holds and only the counter releases.
+#[derive(Debug)]
+pub(crate) struct CountQueue {
+    held: AtomicUsize,
+    /// [`COUNT_HOLD_BYTES`]; tests lower it.
+    pub(crate) limit: AtomicUsize,
+}
+
+impl CountQueue {
+    fn new() -> CountQueue {
+        CountQueue {
+            held: AtomicUsize::new(0),
+            limit: AtomicUsize::new(COUNT_HOLD_BYTES),
+        }
+    }
+
+    /// Whether `bytes` more may be held; if so they are counted as held.
+    pub(crate) fn hold(&self, bytes: usize) -> bool {
+        let held = self.held.load(Ordering::Relaxed);
+        if held + bytes > self.limit.load(Ordering::Relaxed) {
+            return false;
+        }
+        self.held.fetch_add(bytes, Ordering::Relaxed);
+        true
+    }
+
+    pub(crate) fn release(&self, bytes: usize) {
+        self.held.fetch_sub(bytes, Ordering::Relaxed);
+    }
+}
+
+/// The counting thread: reads the series and event time of every record of
+/// committed groups from the frames themselves (each record's leading
+/// fields, at the record ends the writer passes along), builds the frames'
+/// counts and writes them, everything queued at a time, at most one pass of
+/// inserts per [`COUNT_ROUND`]. Producers do nothing for it. Ends when the
+/// writer drops its sender.
 pub(crate) fn count_loop(shared: &Shared, rx: crossbeam_channel::Receiver<CountJob>) {
+    let queue = &shared.retention.queue;
     while let Ok(first) = rx.recv() {
         let round = std::time::Instant::now() + COUNT_ROUND;
         let mut jobs = vec![first];
@@ -1203,46 +1216,39 @@ pub(crate) fn count_loop(shared: &Shared, rx: crossbeam_channel::Receiver<CountJ
             }
             std::thread::sleep(COUNT_SLICE.min(round - now));
         }
-        // Each append's marks; `None` for one whose marks never came.
-        let marks: Vec<Vec<Option<Marks>>> = jobs
-            .iter()
-            .map(|job| {
-                job.marks
-                    .iter()
-                    .map(|rx| rx.as_ref().and_then(|rx| rx.recv_timeout(MARKS_WAIT).ok()))
-                    .collect()
-            })
-            .collect();
-        // Frames counted from the log (their marks missing), kept alive
-        // here because the counts borrow their labels.
-        let mut from_log: Vec<(u64, Marks)> = Vec::new();
-        let mut built = Vec::new();
-        for (job, marks) in jobs.iter().zip(&marks) {
-            for (seq, parts) in &job.frames {
-                let complete = parts
-                    .iter()
-                    .all(|p| matches!(marks.get(p.append), Some(Some(_))));
-                if !complete {
-                    from_log.push((*seq, shared.marks_from_log(*seq)));
-                    continue;
+        let mut marks: Vec<(u64, Marks)> = Vec::new();
+        let (mut lost, mut last) = (false, 0);
+        for job in jobs {
+            for f in &job.frames {
+                last = last.max(f.seq);
+                let bytes = match &f.bytes {
+                    Some(b) => Some(b.clone()),
+                    None => shared.frames.get(seq_key(f.seq)).ok().flatten(),
+                };
+                match bytes {
+                    Some(b) => marks.push((f.seq, Marks::of_frame(&b, &f.parts, &job.ends))),
+                    // Deleted before it was counted, its bytes not held:
+                    // its event times are unknown.
+                    None => lost = true,
                 }
-                let mut c = FrameCounts::default();
-                for p in parts {
-                    let Some(Some(m)) = marks.get(p.append) else {
-                        continue;
-                    };
-                    if p.from == 0 && p.to == m.records.len() {
-                        c.add_all(m);
-                    } else {
-                        c.add(m, p.from, p.to);
-                    }
-                }
-                c.finish();
-                built.push((*seq, c));
             }
+            queue.release(job.held);
         }
-        built.extend(from_log.iter().map(|(seq, m)| (*seq, FrameCounts::of(m))));
-        if let Err(e) = shared.write_counts(built) {
+        let built = marks
+            .iter()
+            .map(|(seq, m)| (*seq, FrameCounts::of(m)))
+            .collect();
+        let written = (|| {
+            if lost {
+                // Events before now may be missing from the counts (a frame
+                // deleted this fast holds recent events, if its clock is
+                // right): the audit says so instead of reporting a gap.
+                tracing::warn!("a frame was deleted before it was counted; horizon raised to now");
+                shared.raise_horizon(now_ns())?;
+            }
+            shared.write_counts(built, last)
+        })();
+        if let Err(e) = written {
             // Fail-stop like every sled write error (durability.rs): sled
             // refuses writes after one, so nothing more is acknowledged.
             shared.persist.fail(&e);
@@ -1259,29 +1265,9 @@ pub(crate) fn count_loop(shared: &Shared, rx: crossbeam_channel::Receiver<CountJ
 }
 
 impl Shared {
-    /// The marks of frame `seq`, decoded from the log (for a frame whose
-    /// producers' marks did not come): empty if it is gone (deleted, so the
-    /// counter skips it) or does not decode (nothing countable, as on open).
-    fn marks_from_log(&self, seq: u64) -> Marks {
-        let frame = self.frames.get(seq_key(seq)).ok().flatten();
-        match frame.map(|v| frame::decode(seq, &v)) {
-            Some(Ok(f)) => {
-                tracing::warn!(
-                    seq,
-                    "retention marks of a frame did not come; counted from the log"
-                );
-                Marks::of_records(&f.records)
-            }
-            _ => Marks::default(),
-        }
-    }
-
     /// Writes counts of frames just committed (the counter's round): frames
     /// already deleted are skipped, their events raise the horizon.
-    fn write_counts(&self, built: Vec<(u64, FrameCounts)>) -> Result<(), WalError> {
-        let Some(last) = built.iter().map(|(s, _)| *s).max() else {
-            return Ok(());
-        };
+    fn write_counts(&self, built: Vec<(u64, FrameCounts)>, last: u64) -> Result<(), WalError> {
         let r = &self.retention;
         let mut g = r.counting.lock().unwrap_or_else(|p| p.into_inner());
         let pruned_to = g.pruned_to;
@@ -1736,55 +1722,106 @@ mod tests {
         out
     }
 
+    /// Entries of finished counts, with their labels.
+    fn listed(c: &FrameCounts) -> Vec<(String, u32, u32)> {
+        c.entries
+            .iter()
+            .map(|&(l, m, n)| (l.to_string(), m, n))
+            .collect()
+    }
+
     #[test]
-    fn counts_of_appends_in_one_frame_merge_by_series_and_minute() {
-        // Two appends (their own label strings) over the same series and a
-        // third series; a part of the second counted record by record.
-        let a = three_trades();
-        let b = Marks::of_records(&[crate::wal::test_trade(3), crate::wal::test_trade(4)]);
-        let mut other = crate::wal::test_trade(5);
-        if let Record::Trade(t) = &mut other {
+    fn a_frames_counts_read_from_its_bytes_equal_those_of_its_records() {
+        use crate::record::{codec_samples, encode_record};
+        use crate::wal::frame::FrameBuilder;
+        // Three appends packed as the writer packs them: the second (every
+        // kind, a point among them) split around the third, the first
+        // crossing a minute's edge and back.
+        let mut eth = crate::wal::test_trade(5);
+        if let Record::Trade(t) = &mut eth {
             t.symbol = "ETHUSDT".into();
         }
-        let c3 = Marks::of_records(&[other]);
-        let mut c = FrameCounts::default();
-        c.add_all(&a);
-        c.add(&b, 0, 1);
-        c.add_all(&c3);
-        c.add(&b, 1, 2);
-        c.finish();
-        let (bytes, tree) = encoded(&c);
-        let d = entries(&bytes, &tree);
-        let m0 = minute_of(crate::wal::test_trade(0).ts());
-        let got: Vec<(bool, u32, u32)> = d
+        let appends: Vec<Vec<Record>> = vec![
+            vec![
+                crate::wal::test_trade(1),
+                crate::wal::test_trade(60_000_000_001),
+                crate::wal::test_trade(2),
+            ],
+            codec_samples(),
+            vec![eth],
+        ];
+        let ends: Vec<Vec<usize>> = appends
             .iter()
-            .map(|(l, m, n)| (l.contains("ETHUSDT"), m - m0, *n))
+            .map(|recs| {
+                let mut buf = Vec::new();
+                recs.iter()
+                    .map(|r| {
+                        encode_record(r, &mut buf).unwrap();
+                        buf.len()
+                    })
+                    .collect()
+            })
             .collect();
+        let parts = [(0, 0, 3), (1, 0, 4), (2, 0, 1), (1, 4, 10)].map(|(append, from, to)| Part {
+            append,
+            from,
+            to,
+        });
+        let mut b = FrameBuilder::new();
+        let mut packed = Vec::new();
+        for p in &parts {
+            let records = &appends[p.append][p.from..p.to];
+            let mut buf = Vec::new();
+            for r in records {
+                encode_record(r, &mut buf).unwrap();
+            }
+            b.push_encoded(&buf, records.len() as u32);
+            packed.extend_from_slice(records);
+        }
+        let frame = b.seal(1, 0);
+        let (from_bytes, from_records) = (
+            Marks::of_frame(&frame, &parts, &ends),
+            Marks::of_records(&packed),
+        );
+        let (x, y) = (FrameCounts::of(&from_bytes), FrameCounts::of(&from_records));
+        assert_eq!(listed(&x), listed(&y));
+        assert_eq!((x.min_ts, x.max_ts), (y.min_ts, y.max_ts));
+        assert_eq!(listed(&x).len(), 2 + 10 + 1, "{:?}", listed(&x));
         // One entry per (series, minute), counts summed across appends.
+        let m0 = minute_of(crate::wal::test_trade(0).ts());
+        let mut label = String::new();
+        series_label(&crate::wal::test_trade(0), &mut label);
+        let trades: Vec<(u32, u32)> = listed(&x)
+            .into_iter()
+            .filter(|e| e.0 == label && e.1 <= m0 + 1)
+            .map(|e| (e.1 - m0, e.2))
+            .collect();
+        assert_eq!(trades, vec![(0, 2), (1, 1)]);
+        let (bytes, _) = encoded(&x);
         assert_eq!(
-            got,
-            vec![(false, 0, 4), (false, 1, 1), (true, 0, 1)],
-            "{d:?}"
+            count_minutes(&bytes).unwrap(),
+            x.minutes(),
+            "stored minutes"
         );
-        assert_eq!(
-            c.minutes().into_iter().collect::<Vec<_>>(),
-            vec![m0, m0 + 1]
-        );
-        assert_eq!(
-            count_minutes(&bytes)
-                .unwrap()
-                .into_iter()
-                .collect::<Vec<_>>(),
-            vec![m0, m0 + 1]
-        );
+    }
+
+    #[test]
+    fn the_counters_queue_holds_frame_bytes_up_to_its_bound() {
+        let q = CountQueue::new();
+        assert_eq!(q.limit.load(Ordering::Relaxed), COUNT_HOLD_BYTES);
+        q.limit.store(100, Ordering::Relaxed);
+        assert!(q.hold(60));
+        assert!(q.hold(40), "up to the bound itself");
+        assert!(!q.hold(1), "past the bound the frame is read from the log");
+        q.release(60);
+        assert!(!q.hold(61));
+        assert!(q.hold(60));
     }
 
     #[test]
     fn counts_round_trip_and_truncations_fail() {
         let marks = three_trades();
-        let mut c = FrameCounts::default();
-        c.add(&marks, 0, 3);
-        c.finish();
+        let c = FrameCounts::of(&marks);
         let (bytes, tree) = encoded(&c);
         let base = crate::wal::test_trade(0).ts();
         assert_eq!(count_times(&bytes), Some((base + 1, base + 60_000_000_001)));

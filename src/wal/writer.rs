@@ -17,7 +17,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crossbeam_channel::{Receiver, Sender};
 
 use super::frame::{seq_key, FrameBuilder};
-use super::retention::{CountJob, Part};
+use super::retention::{CountFrame, CountJob, CountQueue, Part};
 use super::state::STATE_KEY;
 use super::{Shared, WalError, WhenFull};
 
@@ -47,9 +47,6 @@ pub(crate) struct Request {
     pub mask: u16,
     /// Stored under (commit time, seq) in the memos tree (`memo.rs`).
     pub memo: Option<Vec<u8>>,
-    /// Series and event time of each record, with retention on: sent by the
-    /// producer once it has handed over this request (retention.rs).
-    pub marks: Option<Receiver<super::retention::Marks>>,
     /// Space held for this append; settled by the commit, released on drop.
     pub reservation: super::Reservation,
     pub reply: Sender<Result<AppendOutcome, WalError>>,
@@ -111,6 +108,7 @@ pub(crate) fn run(shared: Arc<Shared>, rx: Receiver<Request>) {
                 Err(_) => break,
             }
         }
+        let counting = count_tx.as_ref().map(|_| &shared.retention.queue);
         // Timed for the stall watchdog (durability.rs).
         let timed = shared.persist.busy(super::durability::Work::Apply);
         let committed = (|| {
@@ -120,17 +118,20 @@ pub(crate) fn run(shared: Arc<Shared>, rx: Receiver<Request>) {
                 what: "group commit",
                 detail: "injected by fail point wal::commit".into(),
             }));
-            commit_group(&shared, &mut builder, &group)
+            commit_group(&shared, &mut builder, &group, counting)
         })();
         drop(timed);
         match committed {
-            Ok((outcomes, parts)) => {
-                if let (Some(tx), false) = (&count_tx, parts.is_empty()) {
-                    let marks = group.iter_mut().map(|r| r.marks.take()).collect();
-                    let _ = tx.send(CountJob {
-                        marks,
-                        frames: parts,
-                    });
+            Ok((outcomes, frames, held)) => {
+                if let (Some(tx), false) = (&count_tx, frames.is_empty()) {
+                    let ends = group
+                        .iter_mut()
+                        .map(|r| std::mem::take(&mut r.ends))
+                        .collect();
+                    let job = CountJob { frames, ends, held };
+                    if tx.send(job).is_err() {
+                        shared.retention.queue.release(held);
+                    }
                 }
                 let applied = Applied {
                     last_seq: outcomes.last().map(|o| o.group_last_seq).unwrap_or(0),
@@ -236,15 +237,14 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// A group's frames with the parts of appends packed into each (for the
-/// counter; empty with retention off).
-type FrameParts = Vec<(u64, Vec<Part>)>;
-
+/// Commits one group; with `counting` (retention on) also returns its
+/// frames for the counter, with the bytes `counting` let them hold.
 fn commit_group(
     shared: &Shared,
     b: &mut FrameBuilder,
     group: &[Request],
-) -> Result<(Vec<AppendOutcome>, FrameParts), WalError> {
+    counting: Option<&CountQueue>,
+) -> Result<(Vec<AppendOutcome>, Vec<CountFrame>, usize), WalError> {
     let cfg = &shared.config;
     let created_ms = now_ms();
     let mut seqs = Vec::with_capacity(group.len());
@@ -252,9 +252,8 @@ fn commit_group(
     let mut masks: Vec<(u64, u16)> = Vec::new();
     let mut frame_mask = 0u16;
     // Retention's parts per frame (empty with retention off).
-    let mut parts: FrameParts = Vec::new();
+    let mut parts: Vec<Vec<Part>> = Vec::new();
     let mut frame_parts: Vec<Part> = Vec::new();
-    let counting = group.iter().any(|r| r.marks.is_some());
 
     let mut guard = shared.lock_state();
     let mut st = guard.log;
@@ -281,8 +280,8 @@ fn commit_group(
                 if b.count() > 0 {
                     frames.push((st.next_seq, b.seal(frame_first, created_ms)));
                     masks.push((st.next_seq, std::mem::take(&mut frame_mask)));
-                    if counting {
-                        parts.push((st.next_seq, std::mem::take(&mut frame_parts)));
+                    if counting.is_some() {
+                        parts.push(std::mem::take(&mut frame_parts));
                     }
                     st.next_seq += 1;
                     frame_first = st.next_record;
@@ -293,7 +292,7 @@ fn commit_group(
             }
             b.push_encoded(&req.payload[start..end], take as u32);
             frame_mask |= req.mask;
-            if req.marks.is_some() {
+            if counting.is_some() {
                 frame_parts.push(Part {
                     append,
                     from: rec,
@@ -308,15 +307,27 @@ fn commit_group(
     }
     frames.push((st.next_seq, b.seal(frame_first, created_ms)));
     masks.push((st.next_seq, frame_mask));
-    if counting {
-        parts.push((st.next_seq, frame_parts));
+    if counting.is_some() {
+        parts.push(frame_parts);
     }
     st.next_seq += 1;
 
     let mut batch = sled::Batch::default();
     let mut group_bytes = 0u64;
+    // With retention on, each frame for the counter: its bytes are a shared
+    // reference to the batch's (an `IVec` clone, no copy).
+    let mut counted = Vec::with_capacity(parts.len());
+    let mut parts = parts.into_iter();
     for (seq, bytes) in frames {
         group_bytes += bytes.len() as u64 + 8;
+        let bytes = sled::IVec::from(bytes);
+        if let (Some(_), Some(parts)) = (counting, parts.next()) {
+            counted.push(CountFrame {
+                seq,
+                bytes: Some(bytes.clone()),
+                parts,
+            });
+        }
         batch.insert(&seq_key(seq)[..], bytes);
     }
     st.bytes += group_bytes;
@@ -361,6 +372,19 @@ fn commit_group(
         shared.after_drop(last_dropped, records)?;
     }
     shared.prune_memos(created_ms)?;
+    // The counter reads frames from the bytes held here up to the queue's
+    // byte bound; past it, from the log.
+    let mut held = 0usize;
+    if let Some(queue) = counting {
+        for f in &mut counted {
+            let len = f.bytes.as_ref().map_or(0, |b| b.len());
+            if queue.hold(len) {
+                held += len;
+            } else {
+                f.bytes = None;
+            }
+        }
+    }
     let last = st.next_seq - 1;
     let outcomes = group
         .iter()
@@ -372,5 +396,5 @@ fn commit_group(
             records: r.count,
         })
         .collect();
-    Ok((outcomes, parts))
+    Ok((outcomes, counted, held))
 }

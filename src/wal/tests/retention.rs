@@ -58,40 +58,46 @@ fn delivered_frames_stay_for_retain_and_are_counted_per_minute_and_series() {
 }
 
 #[test]
-fn counts_are_whole_when_a_producers_marks_never_come_or_come_encoded() {
-    let dir = TempDir::new().unwrap();
-    let wal = Wal::open(retaining(&dir, 1 << 30, WhenFull::Block)).unwrap();
-    let encode = |records: &[Record]| {
-        let (mut payload, mut ends) = (Vec::new(), Vec::new());
-        for r in records {
-            crate::record::encode_record(r, &mut payload).unwrap();
-            ends.push(payload.len());
-        }
-        (payload, ends)
-    };
-    // Appends whose marks come from their records, from their encoded form,
-    // and never (the counter waits, then decodes the frame from the log).
-    let from = [MarksFrom::Records(&[]), MarksFrom::Encoded, MarksFrom::Lost];
-    let mut n = 0u64;
-    for (k, how) in from.into_iter().enumerate() {
-        let records: Vec<Record> = (0..5).map(|i| trade(n + i)).collect();
-        n += 5;
-        let (payload, ends) = encode(&records);
-        let how = match how {
-            MarksFrom::Records(_) => MarksFrom::Records(&records),
-            other => other,
-        };
-        wal.append_encoded_with(payload, ends, 1, None, how)
-            .unwrap_or_else(|e| panic!("append {k}: {e}"));
+fn counts_are_whole_whether_the_counter_reads_frames_held_for_it_or_from_the_log() {
+    // Every kind (a point among them), in appends that span frames.
+    let records: Vec<Record> = (0..40)
+        .flat_map(|_| crate::record::codec_samples())
+        .chain((0..100).map(trade))
+        .collect();
+    let base = records.iter().map(Record::ts).min().unwrap();
+    let mut want = std::collections::BTreeMap::new();
+    for r in &records {
+        let mut label = String::new();
+        crate::wal::retention::series_label(r, &mut label);
+        *want
+            .entry((minute_of(r.ts()), Series::from_label(&label).unwrap()))
+            .or_insert(0u64) += 1;
     }
-    let base = trade(0).ts();
-    let c = wal.accepted_counts(base, base + 60_000_000_000).unwrap();
-    let total: u64 = c.counts.values().sum();
-    assert_eq!(total, 15, "counts {:?}", c.counts);
-    assert_eq!(
-        wal.frames_between(base, base + 1).unwrap().len() as u64,
-        wal.stats().frames
-    );
+    for limit in [usize::MAX, 0] {
+        let dir = TempDir::new().unwrap();
+        let wal = Wal::open(WalConfig {
+            max_frame_records: 64,
+            ..retaining(&dir, 1 << 30, WhenFull::Block)
+        })
+        .unwrap();
+        // 0: no frame bytes are held for the counter, it reads them all back.
+        wal.shared()
+            .retention
+            .queue
+            .limit
+            .store(limit, std::sync::atomic::Ordering::Relaxed);
+        for chunk in records.chunks(150) {
+            wal.append(chunk).unwrap();
+        }
+        assert!(wal.stats().frames > 8, "appends span frames");
+        let c = wal.accepted_counts(base, base + 3_600_000_000_000).unwrap();
+        assert_eq!(c.counts, want, "hold limit {limit}");
+        assert_eq!(
+            wal.frames_between(base, base + 1).unwrap().len() as u64,
+            wal.stats().frames,
+            "hold limit {limit}"
+        );
+    }
 }
 
 /// Fills the log with undelivered frames until `block` refuses; returns how
