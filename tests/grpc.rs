@@ -368,7 +368,7 @@ async fn a_full_log_pauses_reading_without_loss() {
                 && s["sinks"][0]["backlog_records"] == 0
         })
         .await;
-    let got: BTreeSet<u64> = vm.value_set("trades_price").await;
+    let got: BTreeSet<u64> = vm.value_set_settled("trades_price", total as usize).await;
     assert_eq!(got.len() as u64, total, "every trade arrived");
     assert_eq!(relay.status().await["log"]["dropped_records"], 0);
     relay.stop().await;
