@@ -24,6 +24,9 @@
 //!   (the databases' own `count` queries come on top and are theirs).
 //!
 //! `cargo bench --bench retention` (about two minutes).
+//! `WALRELAY_BENCH_AA=1` runs the same with retention off on both logs (an
+//! A/A run): the ratios it prints are the benches' own noise floor, to
+//! judge the 5% goals by.
 
 mod common;
 #[path = "../tests/common/records.rs"]
@@ -89,16 +92,20 @@ fn settle(wal: &Wal) {
     wal.frames_between(i64::MIN, i64::MIN + 1).unwrap();
 }
 
-/// Two logs open at once, retention off (`[0]`) and on (`[1]`), with the
-/// directories that hold them.
-/// Two fresh logs, retention off and on; `on_first` opens (and creates) the
-/// one with retention first.
+/// Whether this is an A/A run (`WALRELAY_BENCH_AA` set and not empty).
+fn aa() -> bool {
+    std::env::var("WALRELAY_BENCH_AA").is_ok_and(|v| !v.is_empty())
+}
+
+/// Two fresh logs open at once, retention off (`[0]`) and on (`[1]`; off
+/// too in an A/A run), with the directories that hold them; `on_first`
+/// opens (and creates) the one with retention first.
 fn two_logs(on_first: bool) -> ([tempfile::TempDir; 2], [Wal; 2]) {
     let dirs = [
         tempfile::TempDir::new().unwrap(),
         tempfile::TempDir::new().unwrap(),
     ];
-    let open = |i: usize| Wal::open(config(dirs[i].path(), i == 1)).unwrap();
+    let open = |i: usize| Wal::open(config(dirs[i].path(), i == 1 && !aa())).unwrap();
     let wals = if on_first {
         let on = open(1);
         [open(0), on]
@@ -301,6 +308,9 @@ fn audit(c: &mut Criterion) {
 
 fn report() {
     let s = common::summary();
+    if aa() {
+        println!("A/A run (WALRELAY_BENCH_AA): both logs without retention; \"on\" is the second of them");
+    }
     s.print_rates(
         "walrelay retention summary (this run)",
         32,
