@@ -492,15 +492,13 @@ mod tests {
                 // The raw head: the bytes before `ts`, and `ts`.
                 match (raw_head(&buf), head) {
                     (Some((key, ts)), Some(h)) => {
-                        let strings = match h.interval {
-                            "" if record.kind() != RecordKind::Kline
-                                && record.kind() != RecordKind::Bar =>
-                            {
-                                bincode::encode_to_vec((h.venue, h.symbol), cfg()).unwrap()
+                        let strings = match record.kind() {
+                            RecordKind::Bar | RecordKind::Kline => {
+                                bincode::encode_to_vec((h.venue, h.symbol, h.interval), cfg())
                             }
-                            _ => bincode::encode_to_vec((h.venue, h.symbol, h.interval), cfg())
-                                .unwrap(),
-                        };
+                            _ => bincode::encode_to_vec((h.venue, h.symbol), cfg()),
+                        }
+                        .unwrap();
                         let kind = match record.kind() {
                             RecordKind::Bar => vec![h.bar],
                             _ => vec![],

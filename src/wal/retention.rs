@@ -368,8 +368,9 @@ impl MarksBuilder {
 
     /// Counts one record's binary form by its raw series bytes (hashed as
     /// they are: no string is checked or built unless the series is new to
-    /// this frame); one that does not decode is not counted (it cannot have
-    /// been encoded by us).
+    /// this frame). One that does not decode is not counted, and one whose
+    /// strings are not UTF-8 counts under an empty label, which the audit
+    /// ignores: neither can have been encoded by us.
     fn push_encoded(&mut self, record: &[u8]) {
         match raw_head(record) {
             Some((key, ts)) => {
@@ -444,8 +445,8 @@ fn series_hasher() -> &'static foldhash::fast::RandomState {
     STATE.get_or_init(foldhash::fast::RandomState::default)
 }
 
-/// The counts of one frame being packed, borrowing the labels of the marks
-/// they come from: entries are pushed as they come and merged once by
+/// The counts of one frame, borrowing the labels of the marks they come
+/// from: entries are pushed as they come and merged once by
 /// [`FrameCounts::finish`] (a sort of a few dozen entries), so building a
 /// frame's counts clones no label and hashes nothing.
 #[derive(Debug, Default)]
@@ -1223,7 +1224,11 @@ pub(crate) fn count_loop(shared: &Shared, rx: crossbeam_channel::Receiver<CountJ
                 last = last.max(f.seq);
                 let bytes = match &f.bytes {
                     Some(b) => Some(b.clone()),
-                    None => shared.frames.get(seq_key(f.seq)).ok().flatten(),
+                    None => shared.frames.get(seq_key(f.seq)).unwrap_or_else(|e| {
+                        // Counted as gone (the horizon rises past it).
+                        tracing::warn!(seq = f.seq, error = %e, "reading a frame to count it failed");
+                        None
+                    }),
                 };
                 match bytes {
                     Some(b) => marks.push((f.seq, Marks::of_frame(&b, &f.parts, &job.ends))),
