@@ -155,72 +155,41 @@ pub(crate) struct Head<'a> {
     pub(crate) ts: i64,
 }
 
-/// The leading fields of the variants' structs, in their declared order:
-/// decoding one of these reads the same bytes as the first fields of the
-/// full struct (bincode has no framing between fields), and stops there.
-#[derive(bincode::BorrowDecode)]
-struct Lead<'a> {
-    venue: &'a str,
-    symbol: &'a str,
-    ts: i64,
+/// A [`Head`] before its strings are checked as UTF-8, with `key`: every byte
+/// from the tag through the last series string (the same series always
+/// encodes to the same bytes: bincode's varints are canonical).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RawHead<'a> {
+    pub(crate) key: &'a [u8],
+    pub(crate) ts: i64,
+    kind: super::RecordKind,
+    bar: u8,
+    /// Venue, symbol and interval (empty unless a bar or a kline).
+    strings: [&'a [u8]; 3],
 }
 
-#[derive(bincode::BorrowDecode)]
-struct LeadInterval<'a> {
-    venue: &'a str,
-    symbol: &'a str,
-    interval: &'a str,
-    ts: i64,
-}
-
-#[derive(bincode::BorrowDecode)]
-struct BarLead<'a> {
-    kind: super::BarKind,
-    rest: LeadInterval<'a>,
-}
-
-/// The [`Head`] of one record's binary form; `None` for a point (its series
-/// lives in its tag map: decode it whole) or bytes that do not decode.
-/// `tests::heads_match_the_decoded_records` keeps this in step with the
-/// structs.
-pub(crate) fn decode_head(bytes: &[u8]) -> Option<Head<'_>> {
-    use super::RecordKind as K;
-    let (&tag, body) = bytes.split_first()?;
-    let tag = RecordTag::from_u8(tag)?;
-    let kind = K::ALL[tag as usize - RecordTag::ALL[0] as usize];
-    let head = |bar: u8, venue, symbol, interval, ts| Head {
-        kind,
-        bar,
-        venue,
-        symbol,
-        interval,
-        ts,
-    };
-    match tag {
-        RecordTag::Point => None,
-        RecordTag::Bar => {
-            let (b, _) = bincode::borrow_decode_from_slice::<BarLead, _>(body, cfg()).ok()?;
-            let r = b.rest;
-            Some(head(b.kind as u8, r.venue, r.symbol, r.interval, r.ts))
-        }
-        RecordTag::Kline => {
-            let (r, _) = bincode::borrow_decode_from_slice::<LeadInterval, _>(body, cfg()).ok()?;
-            Some(head(0, r.venue, r.symbol, r.interval, r.ts))
-        }
-        _ => {
-            let (r, _) = bincode::borrow_decode_from_slice::<Lead, _>(body, cfg()).ok()?;
-            Some(head(0, r.venue, r.symbol, "", r.ts))
-        }
+impl<'a> RawHead<'a> {
+    /// The strings checked as UTF-8 (`None` if one is not).
+    pub(crate) fn text(&self) -> Option<Head<'a>> {
+        let [venue, symbol, interval] = self.strings.map(std::str::from_utf8);
+        Some(Head {
+            kind: self.kind,
+            bar: self.bar,
+            venue: venue.ok()?,
+            symbol: symbol.ok()?,
+            interval: interval.ok()?,
+            ts: self.ts,
+        })
     }
 }
 
-/// The series of a record's binary form as raw bytes, and its event time:
-/// `key` is every byte from the tag through its last series string (the
-/// same series always encodes to the same bytes: bincode's varints are
-/// canonical), found by reading length prefixes only, with no UTF-8 check;
-/// [`decode_head`] reads the same fields as strings. `None` for a point or
-/// bytes too short.
-pub(crate) fn raw_head(bytes: &[u8]) -> Option<(&[u8], i64)> {
+/// The [`RawHead`] of one record's binary form, found by reading the bincode
+/// 2 length prefixes of the variant's leading fields (in their declared
+/// order; bincode has no framing between fields) and the zigzag varint of
+/// `ts`. `None` for a point (its series lives in its tag map: decode it
+/// whole) or bytes too short. `tests::heads_match_the_decoded_records` keeps
+/// this in step with the structs.
+pub(crate) fn raw_head(bytes: &[u8]) -> Option<RawHead<'_>> {
     /// A bincode 2 varint (standard config): one byte below 251, else a
     /// marker byte and a 2, 4 or 8-byte little-endian integer.
     fn varint(b: &[u8], at: &mut usize) -> Option<u64> {
@@ -248,23 +217,43 @@ pub(crate) fn raw_head(bytes: &[u8]) -> Option<(&[u8], i64)> {
         *at += n;
         Some(v)
     }
-    let strings = match RecordTag::from_u8(*bytes.first()?)? {
+    let tag = RecordTag::from_u8(*bytes.first()?)?;
+    let kind = super::RecordKind::ALL[tag as usize - RecordTag::ALL[0] as usize];
+    let count = match tag {
         RecordTag::Point => return None,
         RecordTag::Bar | RecordTag::Kline => 3,
         _ => 2,
     };
     let mut at = 1;
-    if bytes[0] == RecordTag::Bar as u8 {
-        varint(bytes, &mut at)?;
-    }
-    for _ in 0..strings {
+    let bar = match tag {
+        RecordTag::Bar => u8::try_from(varint(bytes, &mut at)?).ok()?,
+        _ => 0,
+    };
+    let mut strings: [&[u8]; 3] = [&[]; 3];
+    for s in strings.iter_mut().take(count) {
         let len = usize::try_from(varint(bytes, &mut at)?).ok()?;
-        at = at.checked_add(len).filter(|&end| end <= bytes.len())?;
+        let end = at.checked_add(len).filter(|&end| end <= bytes.len())?;
+        *s = &bytes[at..end];
+        at = end;
     }
     let key = &bytes[..at];
     // i64 is zigzag-encoded, then a varint.
     let z = varint(bytes, &mut at)?;
-    Some((key, (z >> 1) as i64 ^ -((z & 1) as i64)))
+    Some(RawHead {
+        key,
+        ts: (z >> 1) as i64 ^ -((z & 1) as i64),
+        kind,
+        bar,
+        strings,
+    })
+}
+
+/// The [`Head`] of one record's binary form: [`raw_head`] with its strings
+/// checked as UTF-8 (the tests' view; the counter checks only a new series'
+/// strings, through [`RawHead::text`]).
+#[cfg(test)]
+pub(crate) fn decode_head(bytes: &[u8]) -> Option<Head<'_>> {
+    raw_head(bytes)?.text()
 }
 
 /// One record of every variant, in tag order (test fixture).
@@ -490,7 +479,7 @@ mod tests {
                     assert_eq!(record.kind(), RecordKind::Point);
                 }
                 // The raw head: the bytes before `ts`, and `ts`.
-                match (raw_head(&buf), head) {
+                match (raw_head(&buf).map(|r| (r.key, r.ts)), head) {
                     (Some((key, ts)), Some(h)) => {
                         let strings = match record.kind() {
                             RecordKind::Bar | RecordKind::Kline => {
@@ -537,7 +526,7 @@ mod tests {
             }
             let mut buf = Vec::new();
             encode_record(&record, &mut buf).unwrap();
-            assert_eq!(raw_head(&buf).map(|h| h.1), Some(t));
+            assert_eq!(raw_head(&buf).map(|h| h.ts), Some(t));
         }
     }
 

@@ -18,8 +18,8 @@ mod validate;
 
 #[cfg(test)]
 pub(crate) use codec::one_of_each as codec_samples;
-pub(crate) use codec::{decode_head, raw_head, Head};
 pub use codec::{decode_record, encode_record, CodecError, RecordTag};
+pub(crate) use codec::{raw_head, Head};
 pub use text::Text;
 pub use validate::now_ns;
 pub use validate::{Limits, RecordError};

@@ -76,7 +76,7 @@ use serde::Deserialize;
 use super::frame::{self, key_seq, peek_header, seq_key};
 use super::state::STATE_KEY;
 use super::{Frame, Guarded, Shared, Wal, WalError};
-use crate::record::{decode_head, decode_record, raw_head, BarKind, Head, Record, RecordKind};
+use crate::record::{decode_record, raw_head, BarKind, Head, Record, RecordKind};
 
 const HORIZON_KEY: &[u8] = b"retention/horizon_ns";
 /// The counts, labels by number (see the module docs).
@@ -373,11 +373,11 @@ impl MarksBuilder {
     /// ignores: neither can have been encoded by us.
     fn push_encoded(&mut self, record: &[u8]) {
         match raw_head(record) {
-            Some((key, ts)) => {
+            Some(raw) => {
                 // Raw bytes and `SeriesKey`s hash apart: a point's series
                 // and another kind's never share a label anyway.
-                let h = series_hasher().hash_one(key);
-                self.push_hashed(h, ts, |out| match decode_head(record) {
+                let h = series_hasher().hash_one(raw.key);
+                self.push_hashed(h, raw.ts, |out| match raw.text() {
                     Some(head) => label_of(head_key(&head), out),
                     // Not UTF-8: not ours (frames are encoded from strings).
                     None => out.clear(),
