@@ -15,8 +15,9 @@
 //!   under `sync`, 0.4 s on each of three logs per iteration (retention
 //!   off, on, and a control with it off), the order rotating; each request
 //!   timed from its scheduled start until `append` returned; after the
-//!   `on` window the counter is settled (its last round, outside the next
-//!   arm's window). The summary prints p50, p90, p95 and p99 of each arm
+//!   `on` window the counter is settled and every log flushed after its
+//!   window (the counter's last round and its write-out fall in no arm's
+//!   window). The summary prints p50, p90, p95 and p99 of each arm
 //!   pooled over the run, on and the control against off: the control is
 //!   the ratios' own noise in the same run (goal: on within 5%).
 //! - `audit/accepted_counts`: the log side of `walrelay audit` over one hour
@@ -244,6 +245,8 @@ fn ack_latency(c: &mut Criterion) {
                         // next arm's window.
                         settle(wal);
                     }
+                    // Nor does sled's write-out of it (every arm alike).
+                    wal.flush().unwrap();
                     LATENCIES
                         .lock()
                         .unwrap()

@@ -6,16 +6,24 @@
 //!
 //! ```text
 //! tree             key                         -> value
-//! frame_counts_v2  u64 BE seq                  -> i64 LE min event ts (ns), i64 LE max,
+//! frame_counts_v2  u64 BE last ++ u64 BE first -> i64 LE min event ts (ns), i64 LE max,
 //!                                                 varint base minute, varint series,
 //!                                                 then per series: varint series id,
 //!                                                 varint minutes, (varint minute delta,
 //!                                                 varint count) each
 //! series           b'L' ++ label               -> u32 BE series id
 //!                  b'N' ++ u32 BE series id    -> label
-//! time_index       u32 BE minute ++ u64 BE seq -> (empty): frame `seq` holds records
-//!                                                 whose event time falls in `minute`
+//! time_index       u32 BE minute ++ counts key -> (empty): frames `first..=last`
+//!                                                 hold records whose event time falls
+//!                                                 in `minute`
 //! ```
+//!
+//! Counts are kept per run of frames: what one counter round counted (the
+//! groups committed in ~20 ms), frames `first..=last`, merged. So the
+//! counter writes one counts entry and one index entry per minute per round,
+//! not per frame: fewer inserts beside the writer's group commits (they are
+//! what retention cost acknowledgements). A counts key of 8 bytes is one
+//! frame's (`first = last`), as logs written before runs have them.
 //!
 //! A label is `sink ␟ target ␟ exchange ␟ symbol ␟ interval` ([`series_label`]):
 //! `T` and the TimescaleDB table, or `I` and the InfluxDB measurement, so the
@@ -48,13 +56,17 @@
 //!   milliseconds): a crash can leave frames without counts, never counts
 //!   without their frames (sled recovers a prefix of its log). On open,
 //!   frames after the marker are decoded and counted again
-//!   ([`Retention::open`]); counts are keyed by frame, so counting a frame
-//!   twice changes nothing. Readers that need every count (the audit, a
-//!   rewind's frame list) first wait for the counter ([`Shared::settle_counts`]).
+//!   ([`Retention::open`]), after the runs written past the marker are
+//!   removed (so no frame is counted twice; runs never overlap). Readers
+//!   that need every count (the audit, a rewind's frame list) first wait
+//!   for the counter ([`Shared::settle_counts`]).
 //! - Removed after their frames ([`Shared::prune_counts`], called by every
 //!   path that prunes the kinds index), under the same lock the counter
 //!   writes under, so the counter never writes counts of a deleted frame: it
-//!   skips such frames and raises the horizon past their events instead.
+//!   skips such frames and raises the horizon past their events instead. A
+//!   run cut by a prune (frames deleted up to a frame inside it) goes
+//!   whole, raising the horizon past all its events, and its frames still
+//!   in the log are counted again from the log as a run of their own.
 //! - The horizon (`meta` key `retention/horizon_ns`) only grows: the newest
 //!   event time of any frame deleted so far (or the time counting began;
 //!   or the time of the counter's round, for a frame deleted before it was
@@ -468,6 +480,7 @@ impl<'a> FrameCounts<'a> {
     }
 
     /// The finished counts of one frame holding exactly `marks`' records.
+    #[cfg(test)]
     fn of(marks: &'a Marks) -> FrameCounts<'a> {
         let mut c = FrameCounts::default();
         c.add_all(marks);
@@ -812,10 +825,30 @@ fn decode_counts_v1(b: &[u8]) -> Option<(i64, i64, Vec<(String, u32, u32)>)> {
     Some((min, max, entries))
 }
 
-fn index_key(minute: u32, seq: u64) -> [u8; 12] {
-    let mut k = [0u8; 12];
-    k[..4].copy_from_slice(&minute.to_be_bytes());
-    k[4..].copy_from_slice(&seq.to_be_bytes());
+/// The key of the counts of frames `first..=last` (a run): the last frame
+/// first, so a range over keys is a range over runs' last frames.
+fn run_key(first: u64, last: u64) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&last.to_be_bytes());
+    k[8..].copy_from_slice(&first.to_be_bytes());
+    k
+}
+
+/// The frames a counts key covers: a run's (16 bytes), or one frame's (8
+/// bytes: counts written one frame each, before runs).
+pub(crate) fn key_run(k: &[u8]) -> Option<(u64, u64)> {
+    match k.len() {
+        8 => key_seq(k).map(|s| (s, s)),
+        16 => Some((key_seq(&k[8..])?, key_seq(&k[..8])?)),
+        _ => None,
+    }
+}
+
+/// The time-index key of `minute` in the counts under `counts_key`.
+fn index_key_of(minute: u32, counts_key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(4 + counts_key.len());
+    k.extend_from_slice(&minute.to_be_bytes());
+    k.extend_from_slice(counts_key);
     k
 }
 
@@ -897,8 +930,8 @@ impl Retention {
                 None => counts
                     .last()
                     .map_err(WalError::sled("read frame counts"))?
-                    .and_then(|(k, _)| key_seq(&k))
-                    .unwrap_or(0),
+                    .and_then(|(k, _)| key_run(&k))
+                    .map_or(0, |(_, last)| last),
             };
             let trees = CountTrees {
                 counts: &counts,
@@ -940,17 +973,46 @@ fn recount(
     dict: &mut SeriesDict,
     from: u64,
 ) -> Result<(), WalError> {
+    // Runs written after the marker (a crash between a run and the marker)
+    // go first, with their index entries, and their frames are counted
+    // again: runs never overlap, so no frame is counted twice.
+    let mut from = from;
+    let mut stale = Vec::new();
+    for kv in trees.counts.range(seq_key(from.saturating_add(1))..) {
+        let (k, v) = kv.map_err(WalError::sled("read frame counts"))?;
+        if let Some((first, _)) = key_run(&k) {
+            from = from.min(first.saturating_sub(1));
+        }
+        stale.push((k, v));
+    }
+    for (k, v) in stale {
+        for m in count_minutes(&v).unwrap_or_default() {
+            trees
+                .time_index
+                .remove(index_key_of(m, &k))
+                .map_err(WalError::sled("remove time index"))?;
+        }
+        trees
+            .counts
+            .remove(k)
+            .map_err(WalError::sled("remove frame counts"))?;
+    }
     // In chunks, so the marks held at once stay bounded however many frames
-    // there are; each chunk moves the marker past its frames.
+    // there are; each chunk is one run and moves the marker past its frames.
     const CHUNK: usize = 256;
     let mut counted = 0usize;
     let mut last = from;
     let mut marks: Vec<(u64, Marks)> = Vec::with_capacity(CHUNK);
     let mut flush = |marks: &mut Vec<(u64, Marks)>, last: u64| -> Result<(), WalError> {
-        let built: Vec<(u64, FrameCounts)> = marks
-            .iter()
-            .map(|(seq, m)| (*seq, FrameCounts::of(m)))
-            .collect();
+        let mut c = FrameCounts::default();
+        for (_, m) in marks.iter() {
+            c.add_all(m);
+        }
+        c.finish();
+        let built = match marks.first() {
+            Some((first, _)) => vec![(*first, last, c)],
+            None => Vec::new(),
+        };
         apply_counts(trees, dict, &built, last)?;
         marks.clear();
         Ok(())
@@ -1005,14 +1067,18 @@ struct CountTrees<'t> {
 fn apply_counts(
     trees: &CountTrees,
     dict: &mut SeriesDict,
-    built: &[(u64, FrameCounts)],
+    built: &[(u64, u64, FrameCounts)],
     counted_to: u64,
 ) -> Result<(), WalError> {
     let written = (|| -> Result<(), WalError> {
         let mut new = NewLabels::new();
         let mut encoded = Vec::with_capacity(built.len());
-        for (seq, c) in built.iter().filter(|(_, c)| !c.is_empty()) {
-            encoded.push((*seq, c, c.encode(dict, trees.series, &mut new)?));
+        for (first, last, c) in built.iter().filter(|(_, _, c)| !c.is_empty()) {
+            encoded.push((
+                run_key(*first, *last),
+                c,
+                c.encode(dict, trees.series, &mut new)?,
+            ));
         }
         for (k, v) in new.iter().flat_map(|(id, label)| label_entries(*id, label)) {
             trees
@@ -1020,16 +1086,16 @@ fn apply_counts(
                 .insert(k, v)
                 .map_err(WalError::sled("write series label"))?;
         }
-        for (seq, c, v) in encoded {
+        for (key, c, v) in encoded {
             for m in c.minutes() {
                 trees
                     .time_index
-                    .insert(&index_key(m, seq)[..], &[][..])
+                    .insert(index_key_of(m, &key), &[][..])
                     .map_err(WalError::sled("write time index"))?;
             }
             trees
                 .counts
-                .insert(&seq_key(seq)[..], v)
+                .insert(&key[..], v)
                 .map_err(WalError::sled("write frame counts"))?;
         }
         trees
@@ -1239,10 +1305,6 @@ pub(crate) fn count_loop(shared: &Shared, rx: crossbeam_channel::Receiver<CountJ
             }
             queue.release(job.held);
         }
-        let built = marks
-            .iter()
-            .map(|(seq, m)| (*seq, FrameCounts::of(m)))
-            .collect();
         let written = (|| {
             if lost {
                 // Events before now may be missing from the counts (a frame
@@ -1251,7 +1313,7 @@ pub(crate) fn count_loop(shared: &Shared, rx: crossbeam_channel::Receiver<CountJ
                 tracing::warn!("a frame was deleted before it was counted; horizon raised to now");
                 shared.raise_horizon(now_ns())?;
             }
-            shared.write_counts(built, last)
+            shared.write_counts(&marks, last)
         })();
         if let Err(e) = written {
             // Fail-stop like every sled write error (durability.rs): sled
@@ -1270,21 +1332,34 @@ pub(crate) fn count_loop(shared: &Shared, rx: crossbeam_channel::Receiver<CountJ
 }
 
 impl Shared {
-    /// Writes counts of frames just committed (the counter's round): frames
-    /// already deleted are skipped, their events raise the horizon.
-    fn write_counts(&self, built: Vec<(u64, FrameCounts)>, last: u64) -> Result<(), WalError> {
+    /// Writes the counts of frames just committed (the counter's round,
+    /// `marks` in log order) as one run: frames already deleted are
+    /// skipped, their events raise the horizon.
+    fn write_counts(&self, marks: &[(u64, Marks)], last: u64) -> Result<(), WalError> {
         let r = &self.retention;
         let mut g = r.counting.lock().unwrap_or_else(|p| p.into_inner());
         let pruned_to = g.pruned_to;
-        let (keep, gone): (Vec<_>, Vec<_>) = built.into_iter().partition(|(s, _)| *s > pruned_to);
+        // Frames are deleted oldest first, so those kept are a suffix.
+        let (gone, keep) = marks.split_at(marks.partition_point(|(s, _)| *s <= pruned_to));
         if let Some(newest) = gone
             .iter()
-            .filter(|(_, c)| !c.is_empty())
-            .map(|(_, c)| c.max_ts)
+            .filter(|(_, m)| !m.agg.is_empty())
+            .map(|(_, m)| m.max_ts)
             .max()
         {
             self.raise_horizon(newest)?;
         }
+        let keep = match (keep.first(), keep.last()) {
+            (Some((first, _)), Some((last, _))) => {
+                let mut c = FrameCounts::default();
+                for (_, m) in keep {
+                    c.add_all(m);
+                }
+                c.finish();
+                vec![(*first, *last, c)]
+            }
+            _ => Vec::new(),
+        };
         let counted_to = last.max(g.counted_to);
         let trees = CountTrees {
             counts: &r.counts,
@@ -1381,8 +1456,35 @@ impl Shared {
         self.config.retain.on()
     }
 
+    /// The runs of counts holding events in `[since_ns, until_ns)` (whole
+    /// minutes), by counts key, from the time index, once the counter has
+    /// caught up.
+    fn runs_between(
+        &self,
+        since_ns: i64,
+        until_ns: i64,
+    ) -> Result<BTreeMap<Vec<u8>, (u64, u64)>, WalError> {
+        self.settle_counts();
+        let (from, to) = (minute_of(since_ns), minute_of(until_ns - 1));
+        let mut runs = BTreeMap::new();
+        let end = to.checked_add(1).map(u32::to_be_bytes);
+        let index = &self.retention.time_index;
+        let keys = match end {
+            Some(end) => index.range(from.to_be_bytes()..end),
+            None => index.range(from.to_be_bytes()..),
+        };
+        for k in keys.keys() {
+            let k = k.map_err(WalError::sled("read time index"))?;
+            if let Some(run) = k.get(4..).and_then(key_run) {
+                runs.insert(k[4..].to_vec(), run);
+            }
+        }
+        Ok(runs)
+    }
+
     /// Removes counts and time-index entries of frames up to `seq` (already
-    /// deleted), raising the horizon to their newest event first.
+    /// deleted), raising the horizon to their newest event first; a run
+    /// holding `seq` and later frames is replaced by the counts of those.
     pub(crate) fn prune_counts(&self, seq: u64) -> Result<(), WalError> {
         let r = &self.retention;
         // Under the counter's lock: it writes no count of these frames after.
@@ -1390,14 +1492,30 @@ impl Shared {
         g.pruned_to = g.pruned_to.max(seq);
         let (mut counts, mut index) = (sled::Batch::default(), sled::Batch::default());
         let mut newest = None::<i64>;
-        for kv in r.counts.range(..=seq_key(seq)) {
+        let mut rest = None;
+        // Runs that end by `seq`, and the one `seq` falls inside (if any):
+        // that one goes too, and its frames after `seq` are counted again
+        // below as a run of their own. The horizon rises past all its
+        // events (those of the deleted frames are not known apart).
+        for kv in r.counts.range(..seq_key(seq.saturating_add(1))).chain(
+            r.counts
+                .range(seq_key(seq.saturating_add(1))..)
+                .take(1)
+                .filter(|kv| {
+                    kv.as_ref()
+                        .ok()
+                        .and_then(|(k, _)| key_run(k))
+                        .is_some_and(|(first, _)| first <= seq)
+                }),
+        ) {
             let (k, v) = kv.map_err(WalError::sled("read frame counts"))?;
-            if let (Some(s), Some((_, max_ts)), Some(minutes)) =
-                (key_seq(&k), count_times(&v), count_minutes(&v))
-            {
+            if let Some((_, last)) = key_run(&k).filter(|(_, last)| *last > seq) {
+                rest = Some(last);
+            }
+            if let (Some((_, max_ts)), Some(minutes)) = (count_times(&v), count_minutes(&v)) {
                 newest = Some(newest.map_or(max_ts, |n| n.max(max_ts)));
                 for m in minutes {
-                    index.remove(&index_key(m, s)[..]);
+                    index.remove(index_key_of(m, &k));
                 }
             }
             counts.remove(k);
@@ -1411,6 +1529,30 @@ impl Shared {
         r.counts
             .apply_batch(counts)
             .map_err(WalError::sled("prune frame counts"))?;
+        if let Some(last) = rest {
+            // At most one counter round of frames, decoded from the log. A
+            // crash before this leaves them uncounted, under the horizon.
+            let mut marks = Vec::new();
+            for kv in self.frames.range(seq_key(seq + 1)..=seq_key(last)) {
+                let (k, v) = kv.map_err(WalError::sled("read frame"))?;
+                if let Some(f) = key_seq(&k).and_then(|s| frame::decode(s, &v).ok()) {
+                    marks.push((f.seq, Marks::of_records(&f.records)));
+                }
+            }
+            let mut c = FrameCounts::default();
+            for (_, m) in &marks {
+                c.add_all(m);
+            }
+            c.finish();
+            let trees = CountTrees {
+                counts: &r.counts,
+                series: &r.series,
+                time_index: &r.time_index,
+                meta: &self.meta,
+            };
+            let counted_to = g.counted_to.max(last);
+            apply_counts(&trees, &mut g.dict, &[(seq + 1, last, c)], counted_to)?;
+        }
         drop(g);
         Ok(())
     }
@@ -1538,12 +1680,20 @@ impl Wal {
         } else {
             (st.bytes as u128 * out.records as u128 / st.records as u128) as u64
         };
+        // The event times of the run holding frame `seq` (its whole run's:
+        // the newest may be that of a frame after the delivered ones, in
+        // the same counter round).
         let times = |seq: u64| -> Result<Option<(i64, i64)>, WalError> {
-            Ok(s.retention
+            let run = s
+                .retention
                 .counts
-                .get(seq_key(seq))
-                .map_err(WalError::sled("read frame counts"))?
-                .and_then(|v| count_times(&v)))
+                .range(seq_key(seq)..)
+                .next()
+                .transpose()
+                .map_err(WalError::sled("read frame counts"))?;
+            Ok(run
+                .filter(|(k, _)| key_run(k).is_some_and(|(first, _)| first <= seq))
+                .and_then(|(_, v)| count_times(&v)))
         };
         out.oldest_event_ns = times(fseq)?.map(|t| t.0);
         out.newest_event_ns = times(lseq)?.map(|t| t.1);
@@ -1561,27 +1711,15 @@ impl Wal {
         if until_ns <= since_ns {
             return Ok(Vec::new());
         }
-        s.settle_counts();
-        let (from, to) = (minute_of(since_ns), minute_of(until_ns - 1));
-        let mut seqs = BTreeSet::new();
-        for k in s
-            .retention
-            .time_index
-            .range(index_key(from, 0)..=index_key(to, u64::MAX))
-            .keys()
-        {
-            let k = k.map_err(WalError::sled("read time index"))?;
-            if let Some(seq) = k.get(4..).and_then(key_seq) {
-                seqs.insert(seq);
-            }
-        }
-        let mut out = Vec::with_capacity(seqs.len());
-        for seq in seqs {
-            if s.frames
-                .contains_key(seq_key(seq))
-                .map_err(WalError::sled("read frames"))?
-            {
-                out.push(seq);
+        let mut out = Vec::new();
+        for (first, last) in s.runs_between(since_ns, until_ns)?.into_values() {
+            for seq in first..=last {
+                if s.frames
+                    .contains_key(seq_key(seq))
+                    .map_err(WalError::sled("read frames"))?
+                {
+                    out.push(seq);
+                }
             }
         }
         Ok(out)
@@ -1630,11 +1768,22 @@ impl Wal {
         // allocation (an hour is ~350k frames); labels are read once each.
         let mut sums: HashMap<(u32, u32), u64> = HashMap::new();
         let mut entries = Vec::new();
-        for seq in self.frames_between(since_ns, until_ns)? {
+        for (key, (first, last)) in s.runs_between(since_ns, until_ns)? {
+            // A run whose last frame is gone is being pruned (deletes go
+            // oldest first; the horizon covers it). One whose first frame
+            // alone is gone (quarantined, unreadable) still says what the
+            // log accepted.
+            if !s
+                .frames
+                .contains_key(seq_key(last))
+                .map_err(WalError::sled("read frames"))?
+            {
+                continue;
+            }
             let Some(v) = s
                 .retention
                 .counts
-                .get(seq_key(seq))
+                .get(&key)
                 .map_err(WalError::sled("read frame counts"))?
             else {
                 continue;
@@ -1646,7 +1795,11 @@ impl Wal {
                 }
             });
             if !whole {
-                tracing::warn!(seq, "frame counts do not decode; the frame is not counted");
+                tracing::warn!(
+                    first,
+                    last,
+                    "frame counts do not decode; their frames are not counted"
+                );
                 continue;
             }
             for &(id, m, n) in &entries {
