@@ -373,3 +373,76 @@ fn no_count_outlives_its_frame() {
     );
     assert_eq!(counted_frames(s).len() as u64, frames);
 }
+
+/// A log written before runs keeps each frame's counts under its 8-byte
+/// seq (index keys: minute ++ seq). They read as runs of one frame, new
+/// counts go beside them as runs, and they are pruned with their frames.
+#[test]
+fn counts_kept_per_frame_by_an_older_version_count_and_prune_as_runs_of_one() {
+    let dir = TempDir::new().unwrap();
+    let base = trade(0).ts();
+    let window = (base, base + 60_000_000_000);
+    let (expected, frames) = {
+        let wal = Wal::open(retaining(&dir, 1 << 30, WhenFull::Block)).unwrap();
+        for i in 0..6 {
+            wal.append(&[trade(i)]).unwrap();
+            // Counted before the next append: a round, and a run, each.
+            wal.shared().settle_counts();
+        }
+        let c = wal.accepted_counts(window.0, window.1).unwrap().counts;
+        assert_eq!(c.values().sum::<u64>(), 6);
+        (c, wal.frames_between(window.0, window.1).unwrap())
+    };
+    {
+        // What the older version stored: the same counts, keyed by frame.
+        let db = raw_sled(&dir);
+        let (counts, index) = (
+            db.open_tree("frame_counts_v2").unwrap(),
+            db.open_tree("time_index").unwrap(),
+        );
+        let runs: Vec<_> = counts.iter().map(Result::unwrap).collect();
+        assert_eq!(runs.len(), 6);
+        for (k, v) in runs {
+            assert_eq!(k[..8], k[8..], "a run of one frame");
+            counts.remove(&k).unwrap();
+            counts.insert(&k[..8], v).unwrap();
+        }
+        let keys: Vec<_> = index.iter().keys().map(Result::unwrap).collect();
+        for k in keys {
+            index.remove(&k).unwrap();
+            index.insert(&k[..12], &[][..]).unwrap();
+        }
+        db.flush().unwrap();
+    }
+    let wal = Wal::open(retaining(&dir, 1 << 30, WhenFull::Block)).unwrap();
+    let s = wal.shared();
+    assert_eq!(
+        wal.accepted_counts(window.0, window.1).unwrap().counts,
+        expected
+    );
+    assert_eq!(wal.frames_between(window.0, window.1).unwrap(), frames);
+    assert_eq!(counted_frames(s), frames);
+    for i in 6..9 {
+        wal.append(&[trade(i)]).unwrap();
+    }
+    let all = wal.frames_between(window.0, window.1).unwrap();
+    assert_eq!(all.len(), 9);
+    assert_eq!(
+        wal.accepted_counts(window.0, window.1)
+            .unwrap()
+            .counts
+            .values()
+            .sum::<u64>(),
+        9
+    );
+    // The first three frames deleted: their counts go, the horizon passes
+    // their events, the rest still count.
+    for &seq in &frames[..3] {
+        s.frames.remove(frame::seq_key(seq)).unwrap();
+    }
+    s.prune_index(frames[2]).unwrap();
+    assert_eq!(counted_frames(s), all[3..].to_vec());
+    let c = wal.accepted_counts(window.0, window.1).unwrap();
+    assert_eq!(c.counts.values().sum::<u64>(), 6);
+    assert!(c.horizon_ns.unwrap() >= trade(2).ts());
+}
