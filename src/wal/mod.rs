@@ -77,11 +77,11 @@
 //!               ++ u64 BE last seq      identity slots, 16 B each)      (with the frames);
 //!                                                                       memo.rs prunes, reads
 //! frame_counts_v2 u64 BE last seq    -> per series number and event     retention.rs (written
-//!               ++ u64 BE first seq     minute: records of the run
-//!                                       minute: records ([wal] retain)  by its counting
-//! series        'L' ++ label / 'N'   -> series number / label           thread, pruned with
-//!               ++ u32 BE number        ([wal] retain only)             frame_kinds; series
-//! time_index    u32 BE minute ++     -> () ([wal] retain only)          never pruned)
+//!               ++ u64 BE first seq     minute: records of the run of   by its counting
+//!                                       frames ([wal] retain only)      thread, pruned with
+//! series        'L' ++ label / 'N'   -> series number / label           frame_kinds; series
+//!               ++ u32 BE number        ([wal] retain only)             never pruned)
+//! time_index    u32 BE minute ++     -> () ([wal] retain only)
 //!               counts key
 //! ```
 //!

@@ -21,8 +21,8 @@
 //! Counts are kept per run of frames: what one counter round counted (the
 //! groups committed in ~20 ms), frames `first..=last`, merged. So the
 //! counter writes one counts entry and one index entry per minute per round,
-//! not per frame: fewer inserts beside the writer's group commits (they are
-//! what retention cost acknowledgements). A counts key of 8 bytes is one
+//! not per frame: fewer inserts beside the writer's group commits (they were
+//! most of what retention cost acknowledgements). A counts key of 8 bytes is one
 //! frame's (`first = last`), as logs written before runs have them.
 //!
 //! A label is `sink ␟ target ␟ exchange ␟ symbol ␟ interval` ([`series_label`]):
@@ -68,9 +68,10 @@
 //!   whole, raising the horizon past all its events, and its frames still
 //!   in the log are counted again from the log as a run of their own.
 //! - The horizon (`meta` key `retention/horizon_ns`) only grows: the newest
-//!   event time of any frame deleted so far (or the time counting began;
-//!   or the time of the counter's round, for a frame deleted before it was
-//!   counted whose bytes were not held for it: its events are unknown).
+//!   event time of any frame deleted so far, or of the run it was counted
+//!   in (or the time counting began; or the time of the counter's round,
+//!   for a frame deleted before it was counted whose bytes were not held
+//!   for it: its events are unknown).
 //!   Minutes before it may be incomplete in the log; an audit reaching before
 //!   it says so (exit 2) instead of reporting them.
 //! - Retained frames (delivered by every configured sink, kept for `retain`)
