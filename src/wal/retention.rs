@@ -489,6 +489,16 @@ impl<'a> FrameCounts<'a> {
         c
     }
 
+    /// The finished counts of a run: the frames of `marks`, merged.
+    fn of_run(marks: &'a [(u64, Marks)]) -> FrameCounts<'a> {
+        let mut c = FrameCounts::default();
+        for (_, m) in marks {
+            c.add_all(m);
+        }
+        c.finish();
+        c
+    }
+
     /// Adds the counts of `marks`.
     fn add_all(&mut self, marks: &'a Marks) {
         if marks.agg.is_empty() {
@@ -1005,13 +1015,8 @@ fn recount(
     let mut last = from;
     let mut marks: Vec<(u64, Marks)> = Vec::with_capacity(CHUNK);
     let mut flush = |marks: &mut Vec<(u64, Marks)>, last: u64| -> Result<(), WalError> {
-        let mut c = FrameCounts::default();
-        for (_, m) in marks.iter() {
-            c.add_all(m);
-        }
-        c.finish();
         let built = match marks.first() {
-            Some((first, _)) => vec![(*first, last, c)],
+            Some((first, _)) => vec![(*first, last, FrameCounts::of_run(marks))],
             None => Vec::new(),
         };
         apply_counts(trees, dict, &built, last)?;
@@ -1351,14 +1356,7 @@ impl Shared {
             self.raise_horizon(newest)?;
         }
         let keep = match (keep.first(), keep.last()) {
-            (Some((first, _)), Some((last, _))) => {
-                let mut c = FrameCounts::default();
-                for (_, m) in keep {
-                    c.add_all(m);
-                }
-                c.finish();
-                vec![(*first, *last, c)]
-            }
+            (Some((first, _)), Some((last, _))) => vec![(*first, *last, FrameCounts::of_run(keep))],
             _ => Vec::new(),
         };
         let counted_to = last.max(g.counted_to);
@@ -1540,11 +1538,7 @@ impl Shared {
                     marks.push((f.seq, Marks::of_records(&f.records)));
                 }
             }
-            let mut c = FrameCounts::default();
-            for (_, m) in &marks {
-                c.add_all(m);
-            }
-            c.finish();
+            let c = FrameCounts::of_run(&marks);
             let trees = CountTrees {
                 counts: &r.counts,
                 series: &r.series,
